@@ -1,0 +1,75 @@
+# Every command developers and CI run. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+BIN       := $(VENV)/bin
+MODELS    ?= models
+HOST      ?= 127.0.0.1
+PORT      ?= 50051
+# The default model `make run` serves, and the preset that trains it.
+DEFAULT_MODEL  ?= char-gru
+DEFAULT_PRESET ?= char-gru
+
+STAMP := $(VENV)/.installed
+PROTO := proto/rnnserve/v1/rnnserve.proto
+STUBS := client/src/rnnserve/v1
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, spelled exactly, so pip takes the CPU wheel from local disk.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e client -e server -e training -r requirements-dev.txt
+	touch $@
+
+.PHONY: dev
+dev: $(STAMP) ## Install everything for development into $(VENV) (editable)
+
+.PHONY: proto
+proto: $(STAMP) ## Regenerate the Python stubs from proto/
+	bash scripts/gen-proto.sh $(PY) $(STUBS)
+
+.PHONY: check-proto
+check-proto: $(STAMP) ## Fail if the committed stubs differ from what proto/ generates
+	tmp=$$(mktemp -d) && bash scripts/gen-proto.sh $(PY) $$tmp \
+	  && diff -r -x __pycache__ $$tmp $(STUBS) && rm -rf $$tmp && echo "stubs are current"
+
+.PHONY: lint
+lint: $(STAMP) ## ruff (lint + format check) and strict mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: lint-docker
+lint-docker: $(STAMP) ## Validate the Dockerfiles (hadolint) and docker-compose.yml statically
+	bash scripts/lint-docker.sh $(BIN)
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/pytest
+
+$(MODELS)/$(DEFAULT_MODEL):
+	$(BIN)/rnnserve-train --preset=$(DEFAULT_PRESET) --out=$(MODELS)
+
+.PHONY: models
+models: $(STAMP) $(MODELS)/$(DEFAULT_MODEL) ## Train the default model if the repository lacks it
+
+.PHONY: run
+run: $(STAMP) $(MODELS)/$(DEFAULT_MODEL) ## Serve the model repository on $(HOST):$(PORT), training first if needed
+	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT)
+
+.PHONY: clean
+clean: ## Remove caches (keeps $(VENV) and $(MODELS))
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from rnnserve_server.app import main
+
+main()

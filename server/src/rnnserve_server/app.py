@@ -1,0 +1,166 @@
+"""Entry point: configuration, logging, the gRPC server with health and reflection,
+graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from rnnserve_server.config import ServerConfig, load_config
+from rnnserve_server.engine import Engine
+from rnnserve_server.repository import Repository
+from rnnserve_server.runtime import ProviderChoice
+from rnnserve_server.servicer import RnnServeServicer
+
+log = logging.getLogger("rnnserve_server")
+
+SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
+EXPIRY_SWEEP_S = 1.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the model and session ids when a record has them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("model", "session"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+
+
+@dataclass
+class RunningServer:
+    """A started server: the gRPC server, its bound port and the serving core."""
+
+    server: grpc.aio.Server
+    port: int
+    engine: Engine
+    health: HealthServicer
+    _sweeper: asyncio.Task[None]
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
+        await self.server.stop(grace)
+        self.engine.close()
+
+
+async def create_server(config: ServerConfig) -> RunningServer:
+    """Load the repository and start serving on config.host:config.port (0 = any free port)."""
+    providers = ProviderChoice.resolve(
+        config.provider,
+        allow_cpu_fallback=config.allow_cpu_fallback,
+        device_id=config.cuda_device_id,
+        intra_op_threads=config.intra_op_threads,
+    )
+    repository = Repository.load(config.models, providers)
+    engine = Engine(config, repository)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(RnnServeServicer(engine), server)  # type: ignore[no-untyped-call]
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = f"{config.host}:{config.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    await server.start()
+
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if repository.models
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+    if not repository.models:
+        log.warning("no model loaded from %s: health reports NOT_SERVING", config.models)
+    sweeper = asyncio.create_task(engine.sessions.run_expiry(EXPIRY_SWEEP_S))
+    return RunningServer(server, port, engine, health_servicer, sweeper)
+
+
+async def serve(config: ServerConfig) -> None:
+    running = await create_server(config)
+    log.info(
+        "serving %s on %s:%d (%d models, %d refused)",
+        SERVICE_NAME,
+        config.host,
+        running.port,
+        len(running.engine.repository.models),
+        len(running.engine.repository.broken),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.shutdown_grace_s)
+    await running.stop(config.shutdown_grace_s)
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = load_config(argv)
+    setup_logging(config)
+    log.info("configuration: %s", json.dumps(config.describe()))
+    try:
+        asyncio.run(serve(config))
+    except RuntimeError as exc:  # e.g. CUDA requested but unavailable, port in use
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

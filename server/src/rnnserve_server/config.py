@@ -1,0 +1,139 @@
+"""Server configuration: defaults, overridden by ``RNNSERVE_*`` variables, then by flags.
+
+Every field of ServerConfig is one setting: ``max_sessions`` is read from the variable
+``RNNSERVE_MAX_SESSIONS`` and the flag ``--max-sessions``. The effective configuration is
+validated once and logged once at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RNNSERVE_"
+PROVIDERS = ("cpu", "cuda")
+
+
+def setting(default: Any, help_text: str) -> Any:
+    """A configuration field with its --help text."""
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models: Path = setting(Path("models"), "model repository: <models>/<name>/<version>/")
+    host: str = setting("127.0.0.1", "address to listen on; 0.0.0.0 or [::] for all interfaces")
+    port: int = setting(50051, "port to listen on; 0 picks a free one")
+    provider: str = setting("cpu", "onnxruntime execution provider: cpu or cuda")
+    allow_cpu_fallback: bool = setting(
+        False, "with provider=cuda where CUDA is unavailable: warn and use the CPU, not fail"
+    )
+    cuda_device_id: int = setting(0, "GPU the CUDA provider uses")
+    intra_op_threads: int = setting(0, "threads onnxruntime uses in one run; 0: its default")
+    workers: int = setting(2, "threads that run inference beside the event loop")
+    max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
+    session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
+    max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
+    max_tokens_per_request: int = setting(4096, "tokens one Step or Generate prompt may carry")
+    max_generate_tokens: int = setting(4096, "largest max_tokens a Generate call may ask")
+    max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message in or out")
+    shutdown_grace_s: float = setting(10.0, "on SIGTERM, seconds in-flight calls may finish in")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = setting(False, "log one JSON object per line")
+
+    def validate(self) -> ServerConfig:
+        """Check ranges; raise ValueError naming the setting and the allowed range."""
+        checks: list[tuple[str, bool, str]] = [
+            ("port", 0 <= self.port <= 65535, "0..65535"),
+            ("provider", self.provider in PROVIDERS, " or ".join(PROVIDERS)),
+            ("cuda_device_id", self.cuda_device_id >= 0, ">= 0"),
+            ("intra_op_threads", self.intra_op_threads >= 0, ">= 0"),
+            ("workers", 1 <= self.workers <= 256, "1..256"),
+            ("max_sessions", self.max_sessions >= 1, ">= 1"),
+            ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
+            (
+                "max_session_idle_timeout_s",
+                self.max_session_idle_timeout_s >= self.session_idle_timeout_s,
+                ">= session_idle_timeout_s",
+            ),
+            ("max_tokens_per_request", self.max_tokens_per_request >= 1, ">= 1"),
+            ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("shutdown_grace_s", self.shutdown_grace_s >= 0, ">= 0"),
+            (
+                "log_level",
+                self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                "DEBUG, INFO, WARNING or ERROR",
+            ),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            f.name: str(v) if isinstance(v, Path) else v
+            for f, v in ((f, getattr(self, f.name)) for f in fields(self))
+        }
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} = {raw!r}: expected true or false")
+    converter = {"int": int, "float": float, "str": str, "Path": Path}.get(
+        kind if isinstance(kind, str) else kind.__name__, str
+    )
+    try:
+        return converter(raw)
+    except ValueError:
+        raise ValueError(f"{name} = {raw!r}: expected {converter.__name__}") from None
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Defaults, then RNNSERVE_* variables, then command-line flags; validated."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _convert(ENV_PREFIX + f.name.upper(), f.type, raw)
+
+    parser = argparse.ArgumentParser(
+        prog="rnnserve-server",
+        description="Serve a repository of RNN/GRU model packages over gRPC. Every flag "
+        "can also be set as an environment variable, e.g. --max-sessions as "
+        "RNNSERVE_MAX_SESSIONS.",
+    )
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = values.get(f.name, f.default)
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
+    args = parser.parse_args(argv)
+    for f in fields(ServerConfig):
+        raw = getattr(args, f.name)
+        if raw is None:
+            continue
+        values[f.name] = raw if isinstance(raw, bool) else _convert("--" + f.name, f.type, raw)
+    try:
+        return dataclasses.replace(ServerConfig(), **values).validate()
+    except ValueError as exc:
+        parser.error(str(exc))

@@ -1,0 +1,197 @@
+"""The in-process session store: hidden state per session, idle expiry, limits.
+
+State lives in one preallocated array per model, ``[L, capacity, H]``, indexed by
+slot, so gathering a batch of sessions is one indexing operation. A slot is released
+exactly once, under the session's lock, after the session has left the index: no
+in-flight call can write into a slot that another session has been given.
+
+Everything here runs on the event loop thread; inference threads only ever see copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rnnserve_server.errors import InvalidArgument, NotFound, over_limit
+from rnnserve_server.repository import Model
+from rnnserve_server.runtime import FloatArray
+
+log = logging.getLogger(__name__)
+
+SESSION_ID_HEX = 32  # 128 random bits
+
+
+class StatePool:
+    """Hidden states of one model's sessions, ``[L, capacity, H]``, grown by doubling."""
+
+    def __init__(self, layers: int, hidden: int, capacity: int = 64) -> None:
+        self.states: FloatArray = np.zeros((layers, capacity, hidden), dtype=np.float32)
+        self._free = list(range(capacity - 1, -1, -1))
+        self.in_use = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.states.shape[1])
+
+    def allocate(self, initial: FloatArray) -> int:
+        if not self._free:
+            old = self.capacity
+            grown = np.zeros((self.states.shape[0], old * 2, self.states.shape[2]), np.float32)
+            grown[:, :old] = self.states
+            self.states = grown
+            self._free = list(range(old * 2 - 1, old - 1, -1))
+        slot = self._free.pop()
+        self.states[:, slot, :] = initial
+        self.in_use += 1
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+        self.in_use -= 1
+
+    def gather(self, slots: list[int]) -> FloatArray:
+        """A copy of the states of these slots, [L, B, H]."""
+        return self.states[:, slots, :]
+
+    def scatter(self, slots: list[int], states: FloatArray) -> None:
+        self.states[:, slots, :] = states
+
+    @property
+    def state_bytes(self) -> int:
+        return int(self.states.nbytes)
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    model: Model
+    slot: int
+    idle_timeout_s: float
+    owner: str = ""
+    steps: int = 0
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    rng: np.random.Generator = field(
+        default_factory=lambda: np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+    )
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def ensure_open(self) -> None:
+        if self.closed:
+            raise NotFound(f"session {self.id} was closed")
+
+
+class SessionStore:
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        default_idle_timeout_s: float,
+        max_idle_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.default_idle_timeout_s = default_idle_timeout_s
+        self.max_idle_timeout_s = max_idle_timeout_s
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._pools: dict[tuple[str, int], StatePool] = {}
+        self.expired_total = 0
+        self.closed_total = 0
+        self.created_total = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def pool(self, model: Model) -> StatePool:
+        key = (model.name, model.version)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = StatePool(model.runtime.layers, model.runtime.hidden)
+        return pool
+
+    def create(self, model: Model, *, idle_timeout_s: float = 0, owner: str = "") -> Session:
+        if len(self._sessions) >= self.max_sessions:
+            raise over_limit(
+                "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
+            )
+        if not 0 <= idle_timeout_s <= self.max_idle_timeout_s:
+            raise InvalidArgument(
+                f"idle_timeout_s = {idle_timeout_s} is out of range; allowed: "
+                f"0 (the default, {self.default_idle_timeout_s:g}) .. {self.max_idle_timeout_s:g}"
+            )
+        session_id = secrets.token_hex(SESSION_ID_HEX // 2)
+        slot = self.pool(model).allocate(model.runtime.initial_state)
+        session = Session(
+            id=session_id,
+            model=model,
+            slot=slot,
+            idle_timeout_s=idle_timeout_s or self.default_idle_timeout_s,
+            owner=owner,
+        )
+        self._sessions[session_id] = session
+        self.created_total += 1
+        log.debug(
+            "session created",
+            extra={"session": session_id, "model": f"{model.name}/{model.version}"},
+        )
+        return session
+
+    def get(self, session_id: str, owner: str = "") -> Session:
+        if not session_id:
+            raise InvalidArgument("session_id is required")
+        session = self._sessions.get(session_id)
+        # Another owner's session answers exactly like an unknown one: no existence leak.
+        if session is None or session.owner != owner:
+            raise NotFound(
+                f"session {session_id!r} does not exist (closed, expired or never created)"
+            )
+        return session
+
+    async def close(self, session: Session, *, reason: str = "closed") -> None:
+        """Remove the session now; free its slot once its in-flight call (if any) ends."""
+        if self._sessions.pop(session.id, None) is None:
+            return  # already closed or expired: the slot is released only once
+        session.closed = True
+        async with session.lock:
+            self.pool(session.model).release(session.slot)
+        if reason == "expired":
+            self.expired_total += 1
+        else:
+            self.closed_total += 1
+        log.debug("session %s", reason, extra={"session": session.id})
+
+    async def expire_idle(self) -> int:
+        """Close sessions idle past their timeout; those with a call in flight are busy."""
+        now = self._clock()
+        idle = [
+            s
+            for s in self._sessions.values()
+            if not s.lock.locked() and now - s.last_used > s.idle_timeout_s
+        ]
+        for session in idle:
+            await self.close(session, reason="expired")
+        return len(idle)
+
+    async def run_expiry(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.expire_idle()
+            except Exception:  # the sweeper must outlive any single bad session
+                log.exception("session expiry sweep failed")
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(pool.state_bytes for pool in self._pools.values())
