@@ -103,14 +103,11 @@ def _convert(name: str, kind: Any, raw: str) -> Any:
 def load_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> ServerConfig:
-    """Defaults, then RNNSERVE_* variables, then command-line flags; validated."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in fields(ServerConfig):
-        raw = environ.get(ENV_PREFIX + f.name.upper())
-        if raw is not None:
-            values[f.name] = _convert(ENV_PREFIX + f.name.upper(), f.type, raw)
+    """Defaults, then RNNSERVE_* variables, then command-line flags; validated.
 
+    A bad value exits with status 2 and a message naming the variable or flag.
+    """
+    environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="rnnserve-server",
         description="Serve a repository of RNN/GRU model packages over gRPC. Every flag "
@@ -119,8 +116,7 @@ def load_config(
     )
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = values.get(f.name, f.default)
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f"{f.metadata['help']} (default: {f.default}; env {ENV_PREFIX}{f.name.upper()})"
         if f.type in (bool, "bool"):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -128,12 +124,19 @@ def load_config(
         else:
             parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
     args = parser.parse_args(argv)
-    for f in fields(ServerConfig):
-        raw = getattr(args, f.name)
-        if raw is None:
-            continue
-        values[f.name] = raw if isinstance(raw, bool) else _convert("--" + f.name, f.type, raw)
+    values: dict[str, Any] = {}
     try:
+        for f in fields(ServerConfig):
+            env_name = ENV_PREFIX + f.name.upper()
+            flag_value = getattr(args, f.name)
+            if flag_value is not None:
+                values[f.name] = (
+                    flag_value
+                    if isinstance(flag_value, bool)
+                    else _convert("--" + f.name.replace("_", "-"), f.type, flag_value)
+                )
+            elif env_name in environ:
+                values[f.name] = _convert(env_name, f.type, environ[env_name])
         return dataclasses.replace(ServerConfig(), **values).validate()
     except ValueError as exc:
         parser.error(str(exc))

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny model trained in this test session, real servers on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import ServerThread, server_config
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding the tiny character GRU, trained once per test session."""
+    from rnnserve_train.api import build_tiny_package
+
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_package(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_package(models_dir: Path) -> Path:
+    (package,) = sorted(models_dir.glob("*/*"))
+    return package
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[ServerThread]:
+    with ServerThread(server_config(models_dir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> Iterator[Any]:
+    from rnnserve import Client
+
+    with Client(server.address, timeout=60) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="session")
+def model_name(tiny_package: Path) -> str:
+    return tiny_package.parent.name

@@ -1,0 +1,34 @@
+"""Configuration: defaults, then RNNSERVE_* variables, then flags; validated."""
+
+from pathlib import Path
+
+import pytest
+
+from rnnserve_server.config import ServerConfig, load_config
+
+
+def test_defaults() -> None:
+    config = load_config([], environ={})
+    assert config == ServerConfig()
+    assert config.port == 50051 and config.provider == "cpu"
+
+
+def test_environment_then_flags() -> None:
+    env = {"RNNSERVE_PORT": "6000", "RNNSERVE_MODELS": "/srv/m", "RNNSERVE_LOG_JSON": "true"}
+    config = load_config([], environ=env)
+    assert (config.port, config.models, config.log_json) == (6000, Path("/srv/m"), True)
+    config = load_config(["--port", "7000", "--no-log-json"], environ=env)
+    assert (config.port, config.log_json) == (7000, False)
+
+
+def test_invalid_values_name_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(["--port", "70000"], environ={})
+    assert exit_info.value.code == 2
+    assert "port = 70000 is invalid; allowed: 0..65535" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_config([], environ={"RNNSERVE_MAX_SESSIONS": "many"})
+    assert "RNNSERVE_MAX_SESSIONS = 'many': expected int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_config(["--provider", "tpu"], environ={})
+    assert "provider = 'tpu' is invalid; allowed: cpu or cuda" in capsys.readouterr().err

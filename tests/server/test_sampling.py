@@ -1,0 +1,62 @@
+"""Probabilities, top-k by partial selection, and seeded sampling."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rnnserve_server.errors import InvalidArgument
+from rnnserve_server.sampling import SamplingParams, softmax, top_k
+
+
+def test_top_k_matches_a_full_sort() -> None:
+    rng = np.random.default_rng(0)
+    p = softmax(rng.normal(size=1000))
+    for k in (1, 5, 999, 1000, 2000):
+        expected = sorted(range(1000), key=lambda i: -p[i])[: min(k, 1000)]
+        assert [i for i, _ in top_k(p, k)] == expected
+    assert top_k(p, 0) == []
+
+
+def test_greedy_is_the_argmax() -> None:
+    logits = np.array([0.1, 3.0, 2.9, -1.0], dtype=np.float32)
+    params = SamplingParams.checked(temperature=0.0, top_k=0, top_p=None, vocabulary=4)
+    token, prob = params.sample(logits, np.random.default_rng(0))
+    assert token == 1
+    assert prob == pytest.approx(softmax(logits.astype(np.float64))[1])
+
+
+def test_same_seed_same_tokens_and_top_k_top_p_restrict() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    params = SamplingParams.checked(temperature=1.0, top_k=0, top_p=None, vocabulary=4)
+
+    def draw(seed: int) -> list[int]:
+        rng = np.random.default_rng(seed)
+        return [params.sample(logits, rng)[0] for _ in range(50)]
+
+    assert draw(7) == draw(7)
+    top2 = SamplingParams.checked(temperature=1.0, top_k=2, top_p=None, vocabulary=4)
+    rng = np.random.default_rng(1)
+    assert {top2.sample(logits, rng)[0] for _ in range(200)} == {0, 1}
+    nucleus = SamplingParams.checked(temperature=1.0, top_k=0, top_p=0.75, vocabulary=4)
+    samples = [nucleus.sample(logits, rng) for _ in range(200)]
+    assert {t for t, _ in samples} == {0, 1}
+    assert {round(p, 4) for _, p in samples} == {0.625, 0.375}  # renormalised over {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("temperature", {"temperature": -0.1}),
+        ("temperature", {"temperature": math.nan}),
+        ("temperature", {"temperature": math.inf}),
+        ("top_k", {"top_k": 5}),
+        ("top_p", {"top_p": 0.0}),
+        ("top_p", {"top_p": 1.5}),
+        ("top_p", {"top_p": math.nan}),
+    ],
+)
+def test_invalid_parameters_name_field_and_range(field: str, kwargs: dict[str, float]) -> None:
+    args = {"temperature": None, "top_k": 0, "top_p": None, **kwargs}
+    with pytest.raises(InvalidArgument, match=rf"^{field} = .* allowed: "):
+        SamplingParams.checked(vocabulary=4, **args)  # type: ignore[arg-type]

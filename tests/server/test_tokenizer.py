@@ -1,0 +1,69 @@
+"""The vocabulary and tokenizer shared by training and the server."""
+
+from pathlib import Path
+
+import pytest
+
+from rnnserve_server.tokenizer import UNKNOWN_TEXT, TokenizeError, Tokenizer
+
+CORPUS = ["the cat sat", "the dog ran", "a cat ran"]
+
+
+def test_special_tokens_come_first_then_by_frequency() -> None:
+    tok = Tokenizer.build("char", CORPUS)
+    assert tok.tokens[:4] == ("<pad>", "<unk>", "<s>", "</s>")
+    assert tok.special_tokens == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    counts = {c: "".join(CORPUS).count(c) for c in set("".join(CORPUS))}
+    ordinary = tok.tokens[4:]
+    assert [counts[c] for c in ordinary] == sorted(counts.values(), reverse=True)
+
+
+def test_char_round_trip_and_unknown() -> None:
+    tok = Tokenizer.build("char", CORPUS)
+    assert tok.decode(tok.encode("the cat")) == "the cat"
+    ids = tok.encode("cat!")
+    assert ids[-1] == tok.special_tokens["unk"]
+    assert tok.decode(ids) == "cat" + UNKNOWN_TEXT
+
+
+def test_no_unknown_token_rejects_unseen_text() -> None:
+    tok = Tokenizer(kind="char", tokens=("a", "b"))
+    with pytest.raises(TokenizeError, match=r"text\[1\] = 'z'"):
+        tok.encode("az")
+
+
+def test_special_token_text_is_never_produced_by_encoding() -> None:
+    tok = Tokenizer.build("char", ["<s>"])  # the characters, not the token
+    assert tok.encode("<s>") != [tok.special_tokens["bos"]]
+    assert tok.decode(tok.encode("<s>")) == "<s>"
+
+
+def test_word_tokenizer_lowercase_and_spacing() -> None:
+    tok = Tokenizer.build("word", ["Hello, world!", "hello again"], lowercase=True)
+    ids = tok.encode("HELLO world")
+    assert [tok.token_text(i) for i in ids] == ["hello", "world"]
+    assert tok.decode(ids) == "hello world"
+    pieces = [tok.piece(i, first=n == 0) for n, i in enumerate(ids)]
+    assert "".join(pieces) == tok.decode(ids)
+
+
+def test_max_size_and_min_count() -> None:
+    tok = Tokenizer.build("char", ["aaab"], max_size=5)
+    assert tok.tokens == ("<pad>", "<unk>", "<s>", "</s>", "a")
+    tok = Tokenizer.build("char", ["aaab"], min_count=2)
+    assert "b" not in tok.tokens
+
+
+def test_save_and_load(tmp_path: Path) -> None:
+    tok = Tokenizer.build("char", [*CORPUS, "naïve ☃"])
+    tok.save(tmp_path / "vocab.json")
+    assert Tokenizer.load_tokens(tmp_path / "vocab.json") == tok.tokens
+
+
+def test_rejects_inconsistent_vocabularies() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        Tokenizer(kind="char", tokens=("a", "a"))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        Tokenizer(kind="char", tokens=("a",), special_tokens={"eos": 3})
+    with pytest.raises(ValueError, match="kind"):
+        Tokenizer(kind="bytes", tokens=("a",))

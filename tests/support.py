@@ -1,0 +1,67 @@
+"""Test support: a real rnnserve server in a background thread of the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rnnserve_server.app import RunningServer, create_server
+from rnnserve_server.config import ServerConfig
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """A real rnnserve server on 127.0.0.1:<free port>, its event loop in a thread.
+
+    ``call`` runs a coroutine on the server's loop, for tests that look inside (session
+    counts, slots); everything else goes through the real client over the socket.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running: RunningServer | None = None
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self.running = self.call(create_server(self.config))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the server's loop thread (the store is not thread-safe)."""
+
+        async def wrapper() -> T:
+            return fn()
+
+        return self.call(wrapper())
+
+    @property
+    def port(self) -> int:
+        assert self.running is not None
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def server_config(models: Path, **overrides: Any) -> ServerConfig:
+    return dataclasses.replace(
+        ServerConfig(models=models, host="127.0.0.1", port=0, shutdown_grace_s=0), **overrides
+    ).validate()
