@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import shutil
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 
 from rnnserve_server.app import RunningServer, create_server
 from rnnserve_server.config import ServerConfig
+from rnnserve_server.modelpackage import MANIFEST_FILE
 
 T = TypeVar("T")
 
@@ -65,3 +68,18 @@ def server_config(models: Path, **overrides: Any) -> ServerConfig:
     return dataclasses.replace(
         ServerConfig(models=models, host="127.0.0.1", port=0, shutdown_grace_s=0), **overrides
     ).validate()
+
+
+def copy_package(src: Path, root: Path, name: str, version: int = 1) -> Path:
+    """Copy a package under a new name/version (manifest updated to match)."""
+    dst = root / name / str(version)
+    shutil.copytree(src, dst)
+    edit_manifest(dst, lambda m: m.update(name=name, version=version))
+    return dst
+
+
+def edit_manifest(package: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    path = package / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))

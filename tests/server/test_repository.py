@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import copy_package, edit_manifest
 
 from rnnserve_server.errors import NotFound
 from rnnserve_server.modelpackage import MANIFEST_FILE, load_package
@@ -15,21 +14,6 @@ from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 
 CPU = ProviderChoice.resolve("cpu", allow_cpu_fallback=False)
-
-
-def copy_package(src: Path, root: Path, name: str, version: int = 1) -> Path:
-    """Copy a package under a new name/version (manifest updated to match)."""
-    dst = root / name / str(version)
-    shutil.copytree(src, dst)
-    edit_manifest(dst, lambda m: m.update(name=name, version=version))
-    return dst
-
-
-def edit_manifest(package: Path, change: Callable[[dict], object]) -> None:  # type: ignore[type-arg]
-    path = package / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def test_the_tiny_package_is_valid(tiny_package: Path) -> None:

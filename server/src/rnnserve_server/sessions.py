@@ -122,14 +122,14 @@ class SessionStore:
         return pool
 
     def create(self, model: Model, *, idle_timeout_s: float = 0, owner: str = "") -> Session:
-        if len(self._sessions) >= self.max_sessions:
-            raise over_limit(
-                "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
-            )
         if not 0 <= idle_timeout_s <= self.max_idle_timeout_s:
             raise InvalidArgument(
                 f"idle_timeout_s = {idle_timeout_s} is out of range; allowed: "
                 f"0 (the default, {self.default_idle_timeout_s:g}) .. {self.max_idle_timeout_s:g}"
+            )
+        if len(self._sessions) >= self.max_sessions:
+            raise over_limit(
+                "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
             )
         session_id = secrets.token_hex(SESSION_ID_HEX // 2)
         slot = self.pool(model).allocate(model.runtime.initial_state)
