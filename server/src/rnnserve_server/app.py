@@ -80,7 +80,7 @@ class RunningServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper
         await self.server.stop(grace)
-        self.engine.close()
+        await self.engine.close()
 
 
 async def create_server(config: ServerConfig) -> RunningServer:

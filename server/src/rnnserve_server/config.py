@@ -36,6 +36,10 @@ class ServerConfig:
     cuda_device_id: int = setting(0, "GPU the CUDA provider uses")
     intra_op_threads: int = setting(0, "threads onnxruntime uses in one run; 0: its default")
     workers: int = setting(2, "threads that run inference beside the event loop")
+    max_batch: int = setting(256, "most sessions' steps one run of the step graph takes")
+    batch_window_us: int = setting(
+        0, "microseconds to wait for more steps before a run; 0: batch what is queued"
+    )
     max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
     session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
@@ -54,6 +58,8 @@ class ServerConfig:
             ("cuda_device_id", self.cuda_device_id >= 0, ">= 0"),
             ("intra_op_threads", self.intra_op_threads >= 0, ">= 0"),
             ("workers", 1 <= self.workers <= 256, "1..256"),
+            ("max_batch", 1 <= self.max_batch <= 65536, "1..65536"),
+            ("batch_window_us", 0 <= self.batch_window_us <= 1_000_000, "0..1000000"),
             ("max_sessions", self.max_sessions >= 1, ">= 1"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
             (

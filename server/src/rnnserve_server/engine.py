@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnserve_server.batcher import StepBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, InvalidArgument, out_of_range, over_limit
 from rnnserve_server.repository import Model, Repository
@@ -65,9 +66,25 @@ class Engine:
             max_idle_timeout_s=config.max_session_idle_timeout_s,
         )
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
+        self._batchers: dict[tuple[str, int], StepBatcher] = {}
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def batcher(self, model: Model) -> StepBatcher:
+        key = (model.name, model.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = StepBatcher(
+                model.runtime,
+                lambda: self.sessions.pool(model),
+                self._executor,
+                max_batch=self.config.max_batch,
+                window_s=self.config.batch_window_us / 1e6,
+            )
+        return batcher
 
     async def _infer(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -110,6 +127,34 @@ class Engine:
         top = [(i, names[i], p) for i, p in top_k(probabilities, k)]
         return top, (probabilities.astype(np.float32).tolist() if full else None)
 
+    # ------------------------------------------------------------------ feeding
+
+    async def _feed(self, session: Session, ids: np.ndarray[Any, np.dtype[np.int64]]) -> FloatArray:
+        """Feed tokens to a session (its lock held); the logits after the last, [K].
+
+        One token joins the cross-session batch; several run as one call on a worker
+        thread. Either way the state changes only when every token has been applied, so
+        a cancelled or failed call leaves the session as it was.
+        """
+        session.ensure_open()
+        if len(ids) == 1:
+            return await self.batcher(session.model).feed(session, int(ids[0]))
+        pool = self.sessions.pool(session.model)
+        state = pool.gather([session.slot])
+        logits, state = await self._infer(session.model.runtime.run_tokens, ids, state)
+        session.ensure_open()
+        pool.scatter([session.slot], state)
+        session.steps += len(ids)
+        return logits[0]  # type: ignore[no-any-return]
+
+    async def _current_logits(self, session: Session) -> FloatArray:
+        """The output for the session's current state, without feeding anything, [K]."""
+        session.ensure_open()
+        state = self.sessions.pool(session.model).gather([session.slot])
+        logits = await self._infer(session.model.runtime.head, state)
+        session.ensure_open()
+        return logits[0]  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ operations
 
     async def step(
@@ -128,13 +173,7 @@ class Engine:
         model = session.model
         ids = self.encode_input(model, token_ids=token_ids, text=text, field="input")
         async with session.lock:
-            session.ensure_open()
-            pool = self.sessions.pool(model)
-            state = pool.gather([session.slot])
-            logits, state = await self._infer(model.runtime.run_tokens, ids, state)
-            session.ensure_open()
-            pool.scatter([session.slot], state)
-            session.steps += len(ids)
+            logits = await self._feed(session, ids)
             session.touch()
             steps = session.steps
         top, distribution = self._describe(model, logits, k, full)
@@ -189,31 +228,22 @@ class Engine:
         end_token = tokenizer.special_tokens.get("eos")
         longest_stop = max((len(s) for s in stop), default=0)
 
+        batcher = self.batcher(model)
         async with session.lock:
-            session.ensure_open()
-            pool = self.sessions.pool(model)
-            state = pool.gather([session.slot])
             if prompt is not None:
-                logits, state = await self._infer(model.runtime.run_tokens, prompt, state)
-                session.ensure_open()
-                pool.scatter([session.slot], state)
-                session.steps += len(prompt)
+                logits = await self._feed(session, prompt)
             else:
-                logits = await self._infer(model.runtime.head, state)
-                session.ensure_open()
+                logits = await self._current_logits(session)
             tail = ""
             for produced in range(max_tokens):
-                token, probability = params.sample(logits[0], rng)
+                token, probability = params.sample(logits, rng)
                 if token == end_token:
                     session.touch()
                     yield GenerateEvent(None, session.steps, "end_token")
                     return
-                fed = np.array([token], dtype=np.int64)
-                logits, state = await self._infer(model.runtime.step, fed, state)
-                session.ensure_open()
-                pool.scatter([session.slot], state)
-                piece = tokenizer.piece(token, first=session.steps == 0)
-                session.steps += 1
+                first = session.steps == 0
+                logits = await batcher.feed(session, token)
+                piece = tokenizer.piece(token, first=first)
                 session.touch()
                 tail = (tail + piece)[-longest_stop:] if longest_stop else ""
                 matched = next((s for s in stop if tail.endswith(s)), "")

@@ -1,0 +1,69 @@
+"""Python client for rnnserve, stateful gRPC serving of RNN and GRU models.
+
+    from rnnserve import Client
+
+    with Client("127.0.0.1:50051") as client, client.create_session("char-gru") as session:
+        for chunk in session.generate("Once upon a time", max_tokens=100):
+            print(chunk.text, end="", flush=True)
+
+`AsyncClient` offers the same methods for asyncio. Failed calls raise a subclass of
+`RnnServeError` named after the gRPC status code.
+"""
+
+from rnnserve._channel import TLSConfig
+from rnnserve._version import __version__
+from rnnserve.aio import AsyncClient
+from rnnserve.client import Client
+from rnnserve.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    RnnServeError,
+    Unauthenticated,
+    Unavailable,
+)
+from rnnserve.session import AsyncSession, GenerateOptions, Session
+from rnnserve.types import (
+    GeneratedChunk,
+    GeneratedToken,
+    ModelInfo,
+    SessionInfo,
+    StepInput,
+    StepResult,
+    TokenProb,
+    Vocabulary,
+)
+
+__all__ = [
+    "AsyncClient",
+    "AsyncSession",
+    "Cancelled",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "GenerateOptions",
+    "GeneratedChunk",
+    "GeneratedToken",
+    "Internal",
+    "InvalidArgument",
+    "ModelInfo",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RnnServeError",
+    "Session",
+    "SessionInfo",
+    "StepInput",
+    "StepResult",
+    "TLSConfig",
+    "TokenProb",
+    "Unauthenticated",
+    "Unavailable",
+    "Vocabulary",
+    "__version__",
+]

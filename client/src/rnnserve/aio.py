@@ -1,0 +1,243 @@
+"""The asyncio client: the methods of `Client`, as coroutines and async iterators."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+import grpc.aio
+
+from rnnserve import _messages, _stubs, _validate
+from rnnserve._aio_status import FirstStatus
+from rnnserve._channel import Connection, TLSConfig
+from rnnserve.errors import typed_errors
+from rnnserve.session import AsyncSession
+from rnnserve.types import GeneratedChunk, ModelInfo, StepInput, StepResult
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from rnnserve.session import GenerateOptions
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+class AsyncClient:
+    """An asyncio client for one rnnserve server; arguments as for `rnnserve.Client`.
+
+    Create it inside the event loop that uses it (gRPC binds the channel to that loop), and
+    use it with `async with`, or `await close()`, to release the connection.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        timeout: float | None = 30.0,
+        tls: TLSConfig | bool | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._connection = Connection.resolve(address, timeout, tls, token)
+        self._channel = self._connection.open_aio()
+        self._stub = _stubs.async_rnnserve_stub(self._channel)
+        self._health = _stubs.async_health_stub(self._channel)
+
+    @property
+    def address(self) -> str:
+        """The gRPC target this client connects to."""
+        return self._connection.target
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; calls in flight are cancelled."""
+        await self._channel.close(None)
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        with typed_errors():
+            return await method(
+                request,
+                timeout=self._connection.deadline(timeout),
+                metadata=self._connection.metadata,
+            )
+
+    # ------------------------------------------------------------ models
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every servable model version, sorted by name then version."""
+        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [_messages.model_info(model) for model in response.models]
+
+    async def get_model(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> ModelInfo:
+        """Metadata of one model version; version 0 is the highest loaded version."""
+        request = _messages.get_model_request(name, version)
+        return _messages.model_info(await self._call(self._stub.GetModel, request, timeout))
+
+    # ------------------------------------------------------------ sessions
+
+    async def create_session(
+        self,
+        model: str,
+        version: int = 0,
+        idle_timeout_s: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncSession:
+        """Open a session on a model version and return its handle (see `Client`)."""
+        request = _messages.create_session_request(model, version, idle_timeout_s)
+        response = await self._call(self._stub.CreateSession, request, timeout)
+        return AsyncSession(self, _messages.session_info(response))
+
+    async def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
+        """Close a session; returns the number of tokens it had consumed."""
+        request = _messages.close_session_request(session_id)
+        return (await self._call(self._stub.CloseSession, request, timeout)).steps
+
+    # ------------------------------------------------------------ steps
+
+    async def step(
+        self,
+        session_id: str,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        return_distribution: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> StepResult:
+        """Feed token ids or text (exactly one) and return the next-token distribution."""
+        step = StepInput(session_id, tokens, text, top_k, return_distribution)
+        response = await self._call(self._stub.Step, _messages.step_request(step), timeout)
+        return _messages.step_result(response)
+
+    def step_stream(
+        self,
+        requests: AsyncIterable[StepInput] | Iterable[StepInput],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[StepResult, None]:
+        """Apply many steps over one bidirectional stream (see `Client.step_stream`).
+
+        `requests` may be an async or a plain iterable. Leaving the `async for` early, closing
+        the generator or cancelling the task cancels the stream.
+        """
+        return self._step_stream(requests, _validate.timeout(timeout))
+
+    async def _step_stream(
+        self,
+        requests: AsyncIterable[StepInput] | Iterable[StepInput],
+        deadline: float | None,
+    ) -> AsyncGenerator[StepResult, None]:
+        failures: list[Exception] = []
+        call = self._stub.StepStream(
+            _pump(requests, failures), timeout=deadline, metadata=self._connection.metadata
+        )
+        first_status = FirstStatus(call)
+        try:
+            async for response in call:
+                yield _messages.step_result(response)
+        except grpc.RpcError as error:
+            raise first_status.error_for(error) from None
+        finally:
+            call.cancel()
+        if failures:
+            raise failures[0]
+
+    # ------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncGenerator[GeneratedChunk, None]:
+        """Sample tokens from a session as they are produced (see `Client.generate`).
+
+        Use `async for`; leaving the loop early, `aclose()` or cancelling the task cancels
+        the call, so the server stops sampling.
+        """
+        request = _messages.generate_request(
+            session_id,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+        )
+        return self._generate(request, self._connection.deadline(timeout))
+
+    async def _generate(
+        self, request: pb.GenerateRequest, deadline: float | None
+    ) -> AsyncGenerator[GeneratedChunk, None]:
+        call = self._stub.Generate(request, timeout=deadline, metadata=self._connection.metadata)
+        try:
+            with typed_errors():
+                async for response in call:
+                    yield _messages.generated_chunk(response)
+        finally:
+            call.cancel()
+
+    async def generate_text(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> str:
+        """Like `generate`, but wait for the end and return the generated text."""
+        return "".join([chunk.text async for chunk in self.generate(session_id, prompt, **options)])
+
+    # ------------------------------------------------------------ health
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The server's status from the standard gRPC health service, e.g. "SERVING"."""
+        response = await self._call(self._health.Check, _stubs.health_request(service), timeout)
+        return _stubs.health_status(response)
+
+
+async def _pump(
+    requests: AsyncIterable[StepInput] | Iterable[StepInput], failures: list[Exception]
+) -> AsyncGenerator[pb.StepRequest, None]:
+    """Turns the caller's `StepInput`s into messages, keeping any exception they raise.
+
+    gRPC answers an exception from a request iterator by cancelling the call, so the caller
+    would see only CANCELLED; ending the requests there instead and handing the exception
+    back to `step_stream` reports the caller's own error where they are waiting.
+    """
+    try:
+        if isinstance(requests, AsyncIterable):
+            async for step in requests:
+                yield _messages.step_request(step)
+        else:
+            for step in requests:
+                yield _messages.step_request(step)
+    except Exception as error:
+        failures.append(error)

@@ -1,0 +1,176 @@
+"""Session handles: a session id bound to the client that created it.
+
+The handles only forward to their client's methods; they add closing on `with` exit and
+tolerate a session the server has already dropped (expired), since closing it is then done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TypedDict
+
+from rnnserve.errors import NotFound, RnnServeError
+from rnnserve.types import GeneratedChunk, ModelInfo, SessionInfo, StepResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from rnnserve.aio import AsyncClient
+    from rnnserve.client import Client
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword arguments of `Client.generate` after the prompt."""
+
+    max_tokens: int
+    temperature: float | None
+    top_k: int
+    top_p: float | None
+    seed: int | None
+    stop: str | Sequence[str]
+    timeout: float | None
+
+
+class _SessionBase:
+    def __init__(self, info: SessionInfo) -> None:
+        self.info = info
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self.info.id
+
+    @property
+    def model(self) -> ModelInfo:
+        """The model version the session is bound to."""
+        return self.info.model
+
+    @property
+    def idle_timeout_s(self) -> int:
+        """Seconds of inactivity after which the server closes the session."""
+        return self.info.idle_timeout_s
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.id} {self.model.name}/{self.model.version} {state}>"
+
+
+class Session(_SessionBase):
+    """A session opened by `Client.create_session`; closes itself at the end of a `with`."""
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    def step(
+        self,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        return_distribution: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> StepResult:
+        """`Client.step` on this session."""
+        return self._client.step(self.id, tokens, text, top_k, return_distribution, timeout=timeout)
+
+    def generate(
+        self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]
+    ) -> Generator[GeneratedChunk, None, None]:
+        """`Client.generate` on this session."""
+        return self._client.generate(self.id, prompt, **options)
+
+    def generate_text(
+        self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]
+    ) -> str:
+        """`Client.generate_text` on this session."""
+        return self._client.generate_text(self.id, prompt, **options)
+
+    def close(self, *, timeout: float | None = None) -> int | None:
+        """Close the session; returns the tokens it consumed, or None if it was already gone."""
+        if self._closed:
+            return None
+        try:
+            steps: int | None = self._client.close_session(self.id, timeout=timeout)
+        except NotFound:
+            steps = None
+        self._closed = True
+        return steps
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except RnnServeError:
+            # The error that ended the block matters more than the failed cleanup.
+            if exc is None:
+                raise
+
+
+class AsyncSession(_SessionBase):
+    """A session opened by `AsyncClient.create_session`; closes itself after `async with`."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    async def step(
+        self,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        return_distribution: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> StepResult:
+        """`AsyncClient.step` on this session."""
+        return await self._client.step(
+            self.id, tokens, text, top_k, return_distribution, timeout=timeout
+        )
+
+    def generate(
+        self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]
+    ) -> AsyncGenerator[GeneratedChunk, None]:
+        """`AsyncClient.generate` on this session."""
+        return self._client.generate(self.id, prompt, **options)
+
+    async def generate_text(
+        self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]
+    ) -> str:
+        """`AsyncClient.generate_text` on this session."""
+        return await self._client.generate_text(self.id, prompt, **options)
+
+    async def close(self, *, timeout: float | None = None) -> int | None:
+        """Close the session; returns the tokens it consumed, or None if it was already gone."""
+        if self._closed:
+            return None
+        try:
+            steps: int | None = await self._client.close_session(self.id, timeout=timeout)
+        except NotFound:
+            steps = None
+        self._closed = True
+        return steps
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self.close()
+        except RnnServeError:
+            if exc is None:
+                raise

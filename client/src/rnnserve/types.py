@@ -1,0 +1,125 @@
+"""Plain Python values the client returns and accepts, free of protobuf types.
+
+Enumerations from the proto become short lowercase strings (`"many-to-many"`, `"vocabulary"`,
+`"stop-string"`), so results print, compare and serialise to JSON as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rnnserve import _validate
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A model's token vocabulary: `kind` is "char" or "word"; ids are 0 .. size-1."""
+
+    kind: str
+    size: int
+    special_tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of one servable model version.
+
+    `shape` is the task shape ("many-to-many", "seq2seq", ...), `output` what the head
+    produces ("vocabulary", "labels" or "sigmoid"; `labels` names the outputs of the latter
+    two).
+    """
+
+    name: str
+    version: int
+    shape: str
+    cell: str
+    layers: int
+    hidden_size: int
+    vocabulary: Vocabulary
+    output: str
+    labels: list[str]
+    description: str
+    state_bytes: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session as the server created it: its id, model version and idle timeout."""
+
+    id: str
+    model: ModelInfo
+    idle_timeout_s: int
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    """One candidate next token (or label) and its probability."""
+
+    id: int
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The answer to one step.
+
+    `steps` counts the tokens the session has consumed in total, `consumed` those of this
+    step; `top` lists the most probable next tokens, highest first; `distribution` is the
+    full distribution indexed by token id when it was asked for, else None.
+    """
+
+    session_id: str
+    steps: int
+    consumed: int
+    top: list[TokenProb]
+    distribution: list[float] | None
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One sampled token and its probability under the distribution that drew it."""
+
+    id: int
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class GeneratedChunk:
+    """Tokens generated since the previous chunk.
+
+    `finish_reason` is None while generation runs and on the last chunk one of "length",
+    "end-token" or "stop-string" (then `matched_stop` is the stop string that matched).
+    """
+
+    tokens: list[GeneratedToken]
+    text: str
+    steps: int
+    finish_reason: str | None
+    matched_stop: str | None
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One request of `step_stream`: exactly one of `tokens` and `text`, validated here.
+
+    `top_k` None means the server's default (5); `return_distribution` asks for the full
+    distribution as well.
+    """
+
+    session_id: str
+    tokens: Sequence[int] | None = None
+    text: str | None = None
+    top_k: int | None = None
+    return_distribution: bool = False
+
+    def __post_init__(self) -> None:
+        _validate.string("session_id", self.session_id)
+        tokens = _validate.one_input(self.tokens, self.text, names=("tokens", "text"))
+        # A tuple keeps the frozen value immutable even if the caller's list changes later.
+        object.__setattr__(self, "tokens", tokens)
+        if self.top_k is not None:
+            _validate.unsigned("top_k", self.top_k, bits=32)

@@ -1,0 +1,191 @@
+"""Pure logic: argument checks before sending, request building, response conversion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import rnnserve
+from rnnserve import StepInput, TLSConfig
+from rnnserve._channel import call_metadata, parse_target
+from rnnserve._messages import generate_request, generated_chunk, model_info, step_request
+from rnnserve.v1 import rnnserve_pb2 as pb
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1:50051"),
+        ("localhost", "localhost:50051"),
+        (" rnnserve:9000 ", "rnnserve:9000"),
+        ("[::1]:7000", "[::1]:7000"),
+        ("[::1]", "[::1]:50051"),
+        ("unix:/run/rnnserve.sock", "unix:/run/rnnserve.sock"),
+        ("dns:///rnnserve.example:443", "dns:///rnnserve.example:443"),
+    ],
+)
+def test_addresses_become_grpc_targets(address: str, target: str) -> None:
+    assert parse_target(address) == target
+
+
+@pytest.mark.parametrize(
+    "address", ["", "http://localhost:50051", "::1", "host:port", "host:70000", "a b:1"]
+)
+def test_bad_addresses_fail_before_connecting(address: str) -> None:
+    with pytest.raises(ValueError, match="address"):
+        parse_target(address)
+
+
+def test_client_arguments_are_checked_in_the_constructor() -> None:
+    with pytest.raises(ValueError, match="address"):
+        rnnserve.Client("http://localhost")
+    with pytest.raises(ValueError, match="timeout"):
+        rnnserve.Client(timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        rnnserve.Client(timeout=math.inf)
+    with pytest.raises(ValueError, match="token"):
+        rnnserve.Client(token="two words")
+    with pytest.raises(ValueError, match="certificate and a key"):
+        TLSConfig(certificate_chain=b"pem")
+
+
+def test_the_token_travels_as_bearer_metadata() -> None:
+    assert call_metadata(None) is None
+    assert call_metadata("s3cr3t") == (("authorization", "Bearer s3cr3t"),)
+
+
+def test_tls_config_reads_pem_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "ca.pem").write_bytes(b"CA")
+    (tmp_path / "c.pem").write_bytes(b"CERT")
+    (tmp_path / "k.pem").write_bytes(b"KEY")
+    tls = TLSConfig.from_files(tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem", "srv")
+    assert tls == TLSConfig(b"CA", b"CERT", b"KEY", "srv")
+    assert TLSConfig.from_files() == TLSConfig()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, r"exactly one of tokens= and text= \(neither given\)"),
+        ({"tokens": [1], "text": "a"}, r"exactly one of tokens= and text= \(both given\)"),
+        ({"tokens": "abc"}, "pass text= for text"),
+        ({"tokens": [1, -2]}, r"tokens\[1\] must be in 0 \.\. 4294967295"),
+        ({"tokens": [1, 2**32]}, r"tokens\[1\] must be in"),
+        ({"tokens": [True]}, r"tokens\[0\] must be an int"),
+        ({"tokens": [1.0]}, r"tokens\[0\] must be an int"),
+        ({"tokens": 7}, "sequence of token ids"),
+        ({"text": b"abc"}, "text must be a str"),
+        ({"text": "a", "top_k": -1}, "top_k must be in"),
+    ],
+)
+def test_step_inputs_are_checked_locally(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StepInput("0" * 32, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_server_judges_values_the_wire_can_carry() -> None:
+    # Empty input and large top_k are range checks: the server names the limit it applies.
+    assert step_request(StepInput("s", text="")).WhichOneof("input") == "text"
+    assert list(step_request(StepInput("s", tokens=[])).tokens.ids) == []
+    assert step_request(StepInput("s", text="a", top_k=5000)).top_k == 5000
+
+
+def test_step_requests_leave_unset_fields_unset() -> None:
+    request = step_request(StepInput("s", tokens=(3, 1, 4)))
+    assert list(request.tokens.ids) == [3, 1, 4]
+    assert not request.HasField("top_k")
+    assert not request.return_distribution
+    zero = step_request(StepInput("s", text="hi", top_k=0, return_distribution=True))
+    assert zero.HasField("top_k") and zero.top_k == 0 and zero.return_distribution
+
+
+def test_step_inputs_are_immutable_snapshots() -> None:
+    ids = [1, 2]
+    step = StepInput("s", tokens=ids)
+    ids.append(3)
+    assert step.tokens == (1, 2)
+
+
+def test_step_stream_items_must_be_step_inputs() -> None:
+    with pytest.raises(TypeError, match="StepInput"):
+        step_request({"session_id": "s", "text": "a"})  # type: ignore[arg-type]
+
+
+def sampling(**overrides: object) -> pb.GenerateRequest:
+    options: dict[str, object] = {
+        "max_tokens": 0,
+        "temperature": None,
+        "top_k": 0,
+        "top_p": None,
+        "seed": None,
+        "stop": (),
+    }
+    prompt = overrides.pop("prompt", None)
+    return generate_request("s", prompt, **{**options, **overrides})  # type: ignore[arg-type]
+
+
+def test_generate_requests_keep_server_defaults_for_unset_options() -> None:
+    request = sampling()
+    assert request.WhichOneof("prompt") is None
+    for name in ("temperature", "top_p", "seed"):
+        assert not request.HasField(name)
+    greedy = sampling(prompt="once", temperature=0, top_p=0.9, seed=2**64 - 1, stop=["\n", "."])
+    assert greedy.prompt_text == "once" and greedy.HasField("temperature")
+    assert greedy.temperature == 0.0 and greedy.seed == 2**64 - 1
+    assert list(greedy.stop) == ["\n", "."]
+    assert list(sampling(prompt=[5, 6]).prompt_tokens.ids) == [5, 6]
+
+
+def test_a_single_stop_string_is_one_stop() -> None:
+    assert list(sampling(stop="END").stop) == ["END"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"seed": -1}, "seed"),
+        ({"top_k": 1.5}, "top_k must be an int"),
+        ({"temperature": "hot"}, "temperature must be a number"),
+        ({"stop": ["ok", 3]}, "stop strings must be str"),
+        ({"prompt": [1, "2"]}, r"prompt\[1\] must be an int"),
+    ],
+)
+def test_generate_arguments_are_checked_locally(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sampling(**overrides)
+
+
+def test_model_info_enums_become_short_labels() -> None:
+    message = pb.ModelInfo(
+        name="m",
+        version=3,
+        shape=pb.TASK_SHAPE_SEQ2SEQ,
+        output=pb.OUTPUT_KIND_SIGMOID,
+        vocabulary=pb.Vocabulary(kind="word", size=10, special_tokens={"pad": 0}),
+        labels=["x", "y"],
+        metrics={"acc": 0.5},
+    )
+    info = model_info(message)
+    assert (info.shape, info.output) == ("seq2seq", "sigmoid")
+    assert info.vocabulary == rnnserve.Vocabulary("word", 10, {"pad": 0})
+    assert (info.labels, info.metrics) == (["x", "y"], {"acc": 0.5})
+    message.shape = 99  # a shape added to the proto after this client was built
+    assert model_info(message).shape == "unknown-99"
+
+
+def test_generated_chunks_name_why_they_ended() -> None:
+    running = generated_chunk(
+        pb.GenerateResponse(
+            tokens=[pb.GeneratedToken(id=1, text="a"), pb.GeneratedToken(id=2, text="b")], steps=4
+        )
+    )
+    assert (running.text, running.steps, running.finish_reason) == ("ab", 4, None)
+    assert running.matched_stop is None
+    stopped = generated_chunk(
+        pb.GenerateResponse(finish_reason=pb.FINISH_REASON_STOP_STRING, matched_stop="\n")
+    )
+    assert (stopped.finish_reason, stopped.matched_stop) == ("stop-string", "\n")
+    ended = generated_chunk(pb.GenerateResponse(finish_reason=pb.FINISH_REASON_END_TOKEN))
+    assert ended.finish_reason == "end-token"

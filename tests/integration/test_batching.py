@@ -1,0 +1,97 @@
+"""The cross-session batcher: batched outputs equal solo ones, order and isolation hold."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from support import ServerThread
+
+from rnnserve import AsyncClient, Client
+
+TEXTS = [f"session {i}: {'abcdefgh'[i % 8] * (i % 5 + 1)} the end" for i in range(24)]
+
+
+def solo_distributions(client: Client, model: str, text: str) -> np.ndarray:
+    with client.create_session(model) as session:
+        return np.array([session.step(text=c, return_distribution=True).distribution for c in text])
+
+
+async def concurrent_distributions(address: str, model: str) -> list[np.ndarray]:
+    async with AsyncClient(address) as client:
+
+        async def run(text: str) -> np.ndarray:
+            session = await client.create_session(model)
+            rows = []
+            for c in text:
+                result = await session.step(text=c, return_distribution=True)
+                assert result.steps == len(rows) + 1  # each session's steps stay in order
+                rows.append(result.distribution)
+            await session.close()
+            return np.array(rows)
+
+        return list(await asyncio.gather(*(run(t) for t in TEXTS)))
+
+
+def test_concurrent_sessions_are_batched_and_equal_their_solo_runs(
+    server: ServerThread, client: Client, model_name: str
+) -> None:
+    batcher = server.run(
+        lambda: server.running.engine.batcher(  # type: ignore[union-attr]
+            server.running.engine.repository.get(model_name)  # type: ignore[union-attr]
+        )
+    )
+    runs_before, steps_before = batcher.stats.runs, batcher.stats.steps
+    together = asyncio.run(concurrent_distributions(server.address, model_name))
+    runs = batcher.stats.runs - runs_before
+    steps = batcher.stats.steps - steps_before
+    assert steps == sum(len(t) for t in TEXTS)
+    # How much is shared depends on timing (client and server share this process); that
+    # some runs carried several sessions' steps does not.
+    assert runs < steps and max(batcher.stats.batch_sizes[-runs:]) > 1
+    for text, batched in zip(TEXTS, together, strict=True):
+        alone = solo_distributions(client, model_name, text)
+        # Different batch sizes may take different kernels: equal to float32 rounding,
+        # and the same ranking of the top tokens.
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=2e-6)
+        assert (batched.argmax(axis=1) == alone.argmax(axis=1)).all()
+
+
+def test_a_cancelled_step_applies_nothing(
+    server: ServerThread, client: Client, model_name: str
+) -> None:
+    async def cancel_some() -> None:
+        async with AsyncClient(server.address) as aclient:
+            sessions = [await aclient.create_session(model_name) for _ in range(16)]
+            tasks = [asyncio.create_task(s.step(text="x")) for s in sessions]
+            await asyncio.sleep(0)
+            for task in tasks[::2]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.2)
+            for i, s in enumerate(sessions):
+                # A cancelled step either never ran or ran and was dropped: never half.
+                result = await s.step(text="y", return_distribution=True)
+                assert result.steps in ((2,) if i % 2 else (1, 2))
+                await s.close()
+
+    asyncio.run(cancel_some())
+
+
+@pytest.mark.parametrize("window_us", [2000])
+def test_a_batch_window_collects_steps(models_dir, model_name: str, window_us: int) -> None:  # type: ignore[no-untyped-def]
+    from support import server_config
+
+    with ServerThread(server_config(models_dir, batch_window_us=window_us, max_batch=4)) as server:
+        together = asyncio.run(concurrent_distributions(server.address, model_name))
+        batcher = server.run(
+            lambda: server.running.engine.batcher(  # type: ignore[union-attr]
+                server.running.engine.repository.get(model_name)  # type: ignore[union-attr]
+            )
+        )
+        assert max(batcher.stats.batch_sizes) == 4  # max_batch caps a run
+        with Client(server.address) as client:
+            np.testing.assert_allclose(
+                together[0], solo_distributions(client, model_name, TEXTS[0]), atol=2e-6
+            )
