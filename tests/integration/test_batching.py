@@ -49,7 +49,7 @@ def test_concurrent_sessions_are_batched_and_equal_their_solo_runs(
     assert steps == sum(len(t) for t in TEXTS)
     # How much is shared depends on timing (client and server share this process); that
     # some runs carried several sessions' steps does not.
-    assert runs < steps and max(batcher.stats.batch_sizes[-runs:]) > 1
+    assert runs < steps and max(list(batcher.stats.recent_batch_sizes)[-runs:]) > 1
     for text, batched in zip(TEXTS, together, strict=True):
         alone = solo_distributions(client, model_name, text)
         # Different batch sizes may take different kernels: equal to float32 rounding,
@@ -90,7 +90,7 @@ def test_a_batch_window_collects_steps(models_dir, model_name: str, window_us: i
                 server.running.engine.repository.get(model_name)  # type: ignore[union-attr]
             )
         )
-        assert max(batcher.stats.batch_sizes) == 4  # max_batch caps a run
+        assert max(batcher.stats.recent_batch_sizes) == 4  # max_batch caps a run
         with Client(server.address) as client:
             np.testing.assert_allclose(
                 together[0], solo_distributions(client, model_name, TEXTS[0]), atol=2e-6

@@ -114,7 +114,7 @@ def test_cancelling_stops_the_work(server: ServerThread, client: Client, model_n
         stream.close()  # cancels the RPC
         deadline = time.monotonic() + 10
         store = server.running.engine.sessions  # type: ignore[union-attr]
-        live = server.run(lambda: store.get(session.id))
+        live = server.run(lambda: next(s for s in store.open_sessions() if s.id == session.id))
         while server.run(live.lock.locked) and time.monotonic() < deadline:
             time.sleep(0.02)
         settled = server.run(lambda: live.steps)

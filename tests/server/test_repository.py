@@ -61,7 +61,7 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     ),
     "corrupt graph": (
         lambda p: (p / "head.onnx").write_bytes(b"not a graph"),
-        "onnxruntime cannot load a graph",
+        "onnxruntime cannot load the head graph",
     ),
     "weights not npz": (lambda p: (p / "weights.npz").write_text("x"), "not an .npz archive"),
     "directory name differs": (

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
+from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer
@@ -65,22 +66,57 @@ def setup_logging(config: ServerConfig) -> None:
 
 @dataclass
 class RunningServer:
-    """A started server: the gRPC server, its bound port and the serving core."""
+    """A started server: the gRPC server, its bound ports and the serving core."""
 
     server: grpc.aio.Server
     port: int
     engine: Engine
     health: HealthServicer
-    _sweeper: asyncio.Task[None]
+    metrics: Metrics
+    metrics_port: int | None
+    _background: list[asyncio.Task[None]]
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
-        self._sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sweeper
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.server.stop(grace)
         await self.engine.close()
+        self.metrics.stop()
+
+
+def model_health_name(name: str) -> str:
+    """The health-service name of one model's readiness, e.g. rnnserve.v1.RnnServe/char-gru."""
+    return f"{SERVICE_NAME}/{name}"
+
+
+class HealthUpdater:
+    """Keeps the health service in step with the repository: the server is SERVING while
+    at least one model is loaded, and each model name is SERVING while a version of it is."""
+
+    def __init__(self, health: HealthServicer, engine: Engine) -> None:
+        self.health = health
+        self.engine = engine
+        self.names: set[str] = set()
+
+    def __call__(self, _result: Any = None) -> None:
+        asyncio.get_running_loop().create_task(self.update())
+
+    async def update(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        names = {m.name for m in self.engine.repository.list()}
+        for name in names | self.names:
+            await self.health.set(
+                model_health_name(name), serving if name in names else not_serving
+            )
+        self.names = names
+        overall = serving if names else not_serving
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, overall)
 
 
 async def create_server(config: ServerConfig) -> RunningServer:
@@ -93,6 +129,8 @@ async def create_server(config: ServerConfig) -> RunningServer:
     )
     repository = Repository.load(config.models, providers)
     engine = Engine(config, repository)
+    metrics = Metrics()
+    metrics.watch(engine)
 
     server = grpc.aio.server(
         options=[
@@ -101,7 +139,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(RnnServeServicer(engine), server)  # type: ignore[no-untyped-call]
+    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(RnnServeServicer(engine, metrics), server)  # type: ignore[no-untyped-call]
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -118,17 +156,19 @@ async def create_server(config: ServerConfig) -> RunningServer:
         raise RuntimeError(f"cannot listen on {address}")
     await server.start()
 
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if repository.models
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, status)
+    updater = HealthUpdater(health_servicer, engine)
+    await updater.update()
+    engine.on_models_changed = updater
     if not repository.models:
         log.warning("no model loaded from %s: health reports NOT_SERVING", config.models)
-    sweeper = asyncio.create_task(engine.sessions.run_expiry(EXPIRY_SWEEP_S))
-    return RunningServer(server, port, engine, health_servicer, sweeper)
+    background = [asyncio.create_task(engine.sessions.run_expiry(EXPIRY_SWEEP_S))]
+    if config.repository_poll_s > 0:
+        background.append(asyncio.create_task(engine.poll_repository(config.repository_poll_s)))
+    metrics_port = None
+    if config.metrics_port >= 0:
+        metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
+    return RunningServer(server, port, engine, health_servicer, metrics, metrics_port, background)
 
 
 async def serve(config: ServerConfig) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rnnserve_server.errors import NotFound
+from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS, bucket_of
 from rnnserve_server.runtime import FloatArray, ModelRuntime
 from rnnserve_server.sessions import Session, StatePool
 
@@ -45,18 +46,21 @@ class BatchStats:
     runs: int = 0
     steps: int = 0
     dropped: int = 0
-    batch_sizes: list[int] = field(default_factory=list)  # recent runs, bounded
-    queue_seconds: list[float] = field(default_factory=list)
+    batch_size_counts: dict[float, int] = field(default_factory=dict)
+    queue_counts: dict[float, int] = field(default_factory=dict)
+    queue_seconds_total: float = 0.0
+    recent_batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
     def record(self, size: int, waits: list[float]) -> None:
         self.runs += 1
         self.steps += size
-        self.batch_sizes.append(size)
-        self.queue_seconds.extend(waits)
-        if len(self.batch_sizes) > 4096:
-            del self.batch_sizes[:2048]
-        if len(self.queue_seconds) > 65536:
-            del self.queue_seconds[:32768]
+        self.recent_batch_sizes.append(size)
+        bucket = bucket_of(size, BATCH_BUCKETS)
+        self.batch_size_counts[bucket] = self.batch_size_counts.get(bucket, 0) + 1
+        for wait in waits:
+            bucket = bucket_of(wait, QUEUE_BUCKETS)
+            self.queue_counts[bucket] = self.queue_counts.get(bucket, 0) + 1
+        self.queue_seconds_total += sum(waits)
 
 
 class StepBatcher:

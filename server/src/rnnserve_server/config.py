@@ -41,6 +41,15 @@ class ServerConfig:
         0, "microseconds to wait for more steps before a run; 0: batch what is queued"
     )
     max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
+    max_sessions_per_caller: int = setting(
+        100_000, "open sessions one caller may hold (the authenticated caller, else its IP)"
+    )
+    max_steps_per_message: int = setting(4096, "steps one StepMany message may carry")
+    repository_poll_s: float = setting(
+        0.0, "seconds between rescans of the model repository; 0: only on ReloadModels"
+    )
+    metrics_port: int = setting(-1, "port of the Prometheus /metrics endpoint; -1: off, 0: any")
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
     session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
     max_tokens_per_request: int = setting(4096, "tokens one Step or Generate prompt may carry")
@@ -61,6 +70,10 @@ class ServerConfig:
             ("max_batch", 1 <= self.max_batch <= 65536, "1..65536"),
             ("batch_window_us", 0 <= self.batch_window_us <= 1_000_000, "0..1000000"),
             ("max_sessions", self.max_sessions >= 1, ">= 1"),
+            ("max_sessions_per_caller", self.max_sessions_per_caller >= 1, ">= 1"),
+            ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
+            ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
+            ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
             (
                 "max_session_idle_timeout_s",

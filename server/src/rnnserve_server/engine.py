@@ -8,19 +8,27 @@ session store and the state pools are touched only on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from rnnserve_server import statecodec
 from rnnserve_server.batcher import StepBatcher
 from rnnserve_server.config import ServerConfig
-from rnnserve_server.errors import FailedPrecondition, InvalidArgument, out_of_range, over_limit
-from rnnserve_server.repository import Model, Repository
-from rnnserve_server.runtime import FloatArray
+from rnnserve_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    out_of_range,
+    over_limit,
+)
+from rnnserve_server.repository import Model, ReloadResult, Repository
+from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import MAX_TOP_K, SamplingParams, sigmoid, softmax, top_k
 from rnnserve_server.sessions import Session, SessionStore
 from rnnserve_server.tokenizer import TokenizeError
@@ -29,8 +37,21 @@ log = logging.getLogger(__name__)
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+MAX_STOP_TOKENS = 64
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class TokenInput:
+    """Token ids or text, as a request carries them (exactly one is set)."""
+
+    ids: Sequence[int] | None = None
+    text: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.ids is not None or self.text is not None
 
 
 @dataclass(frozen=True)
@@ -52,8 +73,37 @@ class GeneratedToken:
 class GenerateEvent:
     token: GeneratedToken | None
     steps: int
-    finish_reason: str | None = None  # "length", "end_token" or "stop_string"
+    finish_reason: str | None = None  # "length", "end_token", "stop_string", "stop_token"
     matched_stop: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    max_tokens: int = 0
+    temperature: float | None = None
+    top_k: int = 0
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class Classification:
+    top: list[tuple[int, str, float]]
+    final: list[float]
+    steps: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint reads."""
+
+    generated_tokens: int = 0
+    cancelled: dict[str, int] = field(default_factory=dict)
+
+    def cancel(self, method: str) -> None:
+        self.cancelled[method] = self.cancelled.get(method, 0) + 1
 
 
 class Engine:
@@ -62,11 +112,14 @@ class Engine:
         self.repository = repository
         self.sessions = SessionStore(
             max_sessions=config.max_sessions,
+            max_sessions_per_owner=config.max_sessions_per_caller,
             default_idle_timeout_s=config.session_idle_timeout_s,
             max_idle_timeout_s=config.max_session_idle_timeout_s,
         )
+        self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
-        self._batchers: dict[tuple[str, int], StepBatcher] = {}
+        self._batchers: dict[Model, StepBatcher] = {}
+        self.on_models_changed: Callable[[ReloadResult], Any] | None = None
 
     async def close(self) -> None:
         for batcher in self._batchers.values():
@@ -74,10 +127,9 @@ class Engine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def batcher(self, model: Model) -> StepBatcher:
-        key = (model.name, model.version)
-        batcher = self._batchers.get(key)
+        batcher = self._batchers.get(model)
         if batcher is None:
-            batcher = self._batchers[key] = StepBatcher(
+            batcher = self._batchers[model] = StepBatcher(
                 model.runtime,
                 lambda: self.sessions.pool(model),
                 self._executor,
@@ -86,24 +138,48 @@ class Engine:
             )
         return batcher
 
+    @property
+    def batchers(self) -> dict[Model, StepBatcher]:
+        return self._batchers
+
     async def _infer(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    # ------------------------------------------------------------------ repository
+
+    async def reload(self) -> ReloadResult:
+        """Rescan the model repository (loading graphs off the event loop)."""
+        result: ReloadResult = await self._infer(self.repository.reload)
+        for name in result.removed:
+            stale = [m for m in self._batchers if f"{m.name}/{m.version}" == name]
+            for model in stale:
+                if not any(s.model is model for s in self.sessions.open_sessions()):
+                    await self._batchers.pop(model).close()
+        if self.on_models_changed is not None:
+            self.on_models_changed(result)
+        return result
+
+    async def poll_repository(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reload()
+            except Exception:  # polling must survive any one bad scan
+                log.exception("model repository poll failed")
+
     # ------------------------------------------------------------------ inputs
 
-    def encode_input(
-        self, model: Model, *, token_ids: Sequence[int] | None, text: str | None, field: str
-    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+    def encode_input(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
         """Token ids from ids or text, checked: non-empty, in range, within the limit."""
-        if token_ids is None and text is None:
+        if not given.given:
             raise InvalidArgument(f"{field}: give token ids or text")
-        if text is not None:
+        if given.text is not None:
             try:
-                ids = model.package.tokenizer.encode(text)
+                ids = model.package.tokenizer.encode(given.text)
             except TokenizeError as exc:
                 raise InvalidArgument(f"{field}.text: {exc}") from None
         else:
-            ids = list(token_ids or ())
+            ids = list(given.ids or ())
         if not ids:
             raise InvalidArgument(f"{field} is empty; at least one token is required")
         limit = self.config.max_tokens_per_request
@@ -115,26 +191,140 @@ class Engine:
                 raise out_of_range(f"{field}.ids[{position}]", token, f"0 .. {size - 1}")
         return np.asarray(ids, dtype=np.int64)
 
+    @staticmethod
+    def _check_top_k(k: int | None) -> int:
+        k = DEFAULT_TOP_K if k is None else k
+        if not 0 <= k <= MAX_TOP_K:
+            raise out_of_range("top_k", k, f"0 .. {MAX_TOP_K}")
+        return k
+
     # ------------------------------------------------------------------ outputs
+
+    @staticmethod
+    def probabilities(model: Model, logits: FloatArray) -> np.ndarray[Any, Any]:
+        vector = logits.reshape(-1).astype(np.float64)
+        return (
+            sigmoid(vector) if model.package.manifest.output.kind == "sigmoid" else softmax(vector)
+        )
 
     def _describe(
         self, model: Model, logits: FloatArray, k: int, full: bool
     ) -> tuple[list[tuple[int, str, float]], list[float] | None]:
-        manifest = model.package.manifest
-        vector = logits.reshape(-1).astype(np.float64)
-        probabilities = sigmoid(vector) if manifest.output.kind == "sigmoid" else softmax(vector)
-        names = manifest.output.labels or model.package.tokenizer.tokens
+        probabilities = self.probabilities(model, logits)
+        names = model.package.manifest.output.labels or model.package.tokenizer.tokens
         top = [(i, names[i], p) for i, p in top_k(probabilities, k)]
         return top, (probabilities.astype(np.float32).tolist() if full else None)
 
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(
+        self,
+        model: Model,
+        *,
+        idle_timeout_s: float = 0,
+        owner: str = "",
+        seed: int | None = None,
+        state: bytes = b"",
+        source: TokenInput = TokenInput(),
+        condition: str = "",
+    ) -> Session:
+        """A new session: from the model's initial state, an encoded source, a
+        condition, or imported state bytes (exactly what the model's kind needs)."""
+        manifest = model.package.manifest
+        kind = manifest.initial_state.kind
+        self.sessions.check_idle_timeout(idle_timeout_s)
+        initial: FloatArray | None = None
+        steps = 0
+        rng = None if seed is None else np.random.Generator(np.random.PCG64(seed))
+        build: Callable[[], FloatArray] | None = None  # the graph run that makes the state
+        if state:
+            if source.given or condition:
+                raise InvalidArgument("state: an imported state excludes source and condition")
+            snapshot = statecodec.decode(
+                state,
+                model=model.name,
+                version=model.version,
+                layers=model.runtime.layers,
+                hidden=model.runtime.hidden,
+            )
+            initial, steps = snapshot.state, snapshot.steps
+            if rng is None:
+                rng = statecodec.rng_from_state(snapshot.rng)
+        elif kind == "encoder":
+            if condition:
+                raise InvalidArgument(
+                    f"condition: model {model.name} takes a source, not a condition"
+                )
+            if not source.given:
+                raise InvalidArgument(
+                    f"source: model {model.name} encodes a source: give source_tokens or text"
+                )
+            build = functools.partial(
+                model.runtime.encode, self.encode_input(model, source, field="source")
+            )
+        elif kind == "condition":
+            if source.given:
+                raise InvalidArgument(f"source: model {model.name} takes a condition, not a source")
+            if condition not in manifest.conditions:
+                raise out_of_range("condition", condition, f"one of {list(manifest.conditions)}")
+            build = functools.partial(model.runtime.condition, manifest.conditions.index(condition))
+        elif source.given or condition:
+            raise InvalidArgument(
+                f"model {model.name} starts from its {kind} state; it takes no source or condition"
+            )
+        self.sessions.check_capacity(owner)
+        if build is not None:
+            initial = await self._infer(build)
+        return self.sessions.create(
+            model,
+            idle_timeout_s=idle_timeout_s,
+            owner=owner,
+            initial=initial,
+            steps=steps,
+            rng=rng,
+        )
+
+    async def fork(
+        self, session: Session, *, idle_timeout_s: float = 0, owner: str = ""
+    ) -> Session:
+        async with session.lock:
+            session.ensure_open()
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = session.rng.bit_generator.state
+            copy = self.sessions.create(
+                session.model,
+                idle_timeout_s=idle_timeout_s,
+                owner=owner,
+                initial=self.sessions.state(session),
+                steps=session.steps,
+                rng=rng,
+            )
+            session.touch()
+            return copy
+
+    async def export(self, session: Session) -> bytes:
+        async with session.lock:
+            session.ensure_open()
+            session.touch()
+            return statecodec.encode(
+                statecodec.SessionState(
+                    model=session.model.name,
+                    version=session.model.version,
+                    steps=session.steps,
+                    rng=dict(session.rng.bit_generator.state),
+                    state=self.sessions.state(session),
+                )
+            )
+
     # ------------------------------------------------------------------ feeding
 
-    async def _feed(self, session: Session, ids: np.ndarray[Any, np.dtype[np.int64]]) -> FloatArray:
+    async def _feed(self, session: Session, ids: IntArray) -> FloatArray:
         """Feed tokens to a session (its lock held); the logits after the last, [K].
 
         One token joins the cross-session batch; several run as one call on a worker
-        thread. Either way the state changes only when every token has been applied, so
-        a cancelled or failed call leaves the session as it was.
+        thread (the sequence graph where the package has one). Either way the state
+        changes only when every token has been applied, so a cancelled or failed call
+        leaves the session as it was.
         """
         session.ensure_open()
         if len(ids) == 1:
@@ -158,20 +348,12 @@ class Engine:
     # ------------------------------------------------------------------ operations
 
     async def step(
-        self,
-        session: Session,
-        *,
-        token_ids: Sequence[int] | None,
-        text: str | None,
-        k: int | None,
-        full: bool,
+        self, session: Session, given: TokenInput, *, k: int | None, full: bool
     ) -> StepOutput:
         """Feed tokens; return the next-token (or label) distribution. All or nothing."""
-        k = DEFAULT_TOP_K if k is None else k
-        if not 0 <= k <= MAX_TOP_K:
-            raise out_of_range("top_k", k, f"0 .. {MAX_TOP_K}")
+        k = self._check_top_k(k)
         model = session.model
-        ids = self.encode_input(model, token_ids=token_ids, text=text, field="input")
+        ids = self.encode_input(model, given, field="input")
         async with session.lock:
             logits = await self._feed(session, ids)
             session.touch()
@@ -179,18 +361,68 @@ class Engine:
         top, distribution = self._describe(model, logits, k, full)
         return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
 
+    async def classify(
+        self, model: Model, given: TokenInput, *, k: int | None, every_step: bool
+    ) -> Classification:
+        """Label probabilities for a whole sequence from the model's initial state."""
+        if model.package.manifest.output.kind == "vocabulary":
+            raise FailedPrecondition(
+                f"model {model.name} outputs a vocabulary, not labels: Classify needs a "
+                "label or sigmoid head; use Step or Generate"
+            )
+        k = self._check_top_k(k)
+        ids = self.encode_input(model, given, field="input")
+        initial = model.runtime.initial_state[:, None, :]
+        if every_step:
+            rows: list[FloatArray] = await self._infer(_logits_per_step, model, ids, initial)
+            per_step = [self.probabilities(model, r).astype(np.float32).tolist() for r in rows]
+            last = rows[-1]
+        else:
+            logits, _ = await self._infer(model.runtime.run_tokens, ids, initial)
+            last, per_step = logits[0], []
+        top, final = self._describe(model, last, k, True)
+        assert final is not None
+        return Classification(top=top, final=final, steps=per_step)
+
+    def _checked_generation(
+        self, model: Model, options: GenerateOptions
+    ) -> tuple[int, SamplingParams]:
+        manifest = model.package.manifest
+        if manifest.output.kind != "vocabulary":
+            raise FailedPrecondition(
+                f"model {manifest.name} outputs {manifest.output.kind}, not tokens: "
+                "Generate needs a vocabulary output head; use Step"
+            )
+        max_tokens = options.max_tokens or DEFAULT_MAX_TOKENS
+        if max_tokens > self.config.max_generate_tokens:
+            raise over_limit(
+                "max_tokens", max_tokens, self.config.max_generate_tokens, "max_generate_tokens"
+            )
+        size = model.package.tokenizer.size
+        params = SamplingParams.checked(
+            temperature=options.temperature,
+            top_k=options.top_k,
+            top_p=options.top_p,
+            vocabulary=size,
+        )
+        if len(options.stop) > MAX_STOP_STRINGS:
+            raise out_of_range(
+                "stop", f"{len(options.stop)} strings", f"at most {MAX_STOP_STRINGS}"
+            )
+        for i, s in enumerate(options.stop):
+            if not 0 < len(s) <= MAX_STOP_LENGTH:
+                raise out_of_range(f"stop[{i}]", s[:20], f"1 .. {MAX_STOP_LENGTH} characters")
+        if len(options.stop_token_ids) > MAX_STOP_TOKENS:
+            raise out_of_range(
+                "stop_token_ids", f"{len(options.stop_token_ids)} ids", f"at most {MAX_STOP_TOKENS}"
+            )
+        for i, token in enumerate(options.stop_token_ids):
+            if not 0 <= token < size:
+                raise out_of_range(f"stop_token_ids[{i}]", token, f"0 .. {size - 1}")
+        return max_tokens, params
+
     async def generate(
-        self,
-        session: Session,
-        *,
-        prompt_ids: Sequence[int] | None,
-        prompt_text: str | None,
-        max_tokens: int,
-        temperature: float | None,
-        top_k: int,
-        top_p: float | None,
-        seed: int | None,
-        stop: Sequence[str],
+        self, session: Session, prompt: TokenInput, options: GenerateOptions
     ) -> AsyncIterator[GenerateEvent]:
         """Sample tokens one by one, feeding each back; see GenerateRequest in the proto.
 
@@ -199,41 +431,22 @@ class Engine:
         fed into the session, and nothing after it.
         """
         model = session.model
-        manifest = model.package.manifest
-        if manifest.output.kind != "vocabulary":
-            raise FailedPrecondition(
-                f"model {manifest.name} outputs {manifest.output.kind}, not tokens: "
-                "Generate needs a vocabulary output head; use Step"
-            )
-        max_tokens = max_tokens or DEFAULT_MAX_TOKENS
-        if max_tokens > self.config.max_generate_tokens:
-            raise over_limit(
-                "max_tokens", max_tokens, self.config.max_generate_tokens, "max_generate_tokens"
-            )
-        tokenizer = model.package.tokenizer
-        params = SamplingParams.checked(
-            temperature=temperature, top_k=top_k, top_p=top_p, vocabulary=tokenizer.size
+        max_tokens, params = self._checked_generation(model, options)
+        ids = self.encode_input(model, prompt, field="prompt") if prompt.given else None
+        rng = (
+            np.random.Generator(np.random.PCG64(options.seed))
+            if options.seed is not None
+            else session.rng
         )
-        if len(stop) > MAX_STOP_STRINGS:
-            raise out_of_range("stop", f"{len(stop)} strings", f"at most {MAX_STOP_STRINGS}")
-        for i, s in enumerate(stop):
-            if not 0 < len(s) <= MAX_STOP_LENGTH:
-                raise out_of_range(f"stop[{i}]", s[:20], f"1 .. {MAX_STOP_LENGTH} characters")
-        prompt = None
-        if prompt_ids is not None or prompt_text is not None:
-            prompt = self.encode_input(
-                model, token_ids=prompt_ids, text=prompt_text, field="prompt"
-            )
-        rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else session.rng
+        tokenizer = model.package.tokenizer
         end_token = tokenizer.special_tokens.get("eos")
-        longest_stop = max((len(s) for s in stop), default=0)
-
+        stop_tokens = frozenset(options.stop_token_ids)
+        longest_stop = max((len(s) for s in options.stop), default=0)
         batcher = self.batcher(model)
         async with session.lock:
-            if prompt is not None:
-                logits = await self._feed(session, prompt)
-            else:
-                logits = await self._current_logits(session)
+            logits = await (
+                self._feed(session, ids) if ids is not None else self._current_logits(session)
+            )
             tail = ""
             for produced in range(max_tokens):
                 token, probability = params.sample(logits, rng)
@@ -243,15 +456,55 @@ class Engine:
                     return
                 first = session.steps == 0
                 logits = await batcher.feed(session, token)
+                self.stats.generated_tokens += 1
                 piece = tokenizer.piece(token, first=first)
                 session.touch()
                 tail = (tail + piece)[-longest_stop:] if longest_stop else ""
-                matched = next((s for s in stop if tail.endswith(s)), "")
+                matched = next((s for s in options.stop if tail.endswith(s)), "")
                 finish = (
-                    "stop_string" if matched else "length" if produced == max_tokens - 1 else None
+                    "stop_string"
+                    if matched
+                    else "stop_token"
+                    if token in stop_tokens
+                    else "length"
+                    if produced == max_tokens - 1
+                    else None
                 )
                 yield GenerateEvent(
                     GeneratedToken(token, piece, probability), session.steps, finish, matched
                 )
                 if finish:
                     return
+
+    async def translate(
+        self, model: Model, source: TokenInput, options: GenerateOptions, *, owner: str = ""
+    ) -> tuple[list[GeneratedToken], str]:
+        """Encode, decode until the end token or max_tokens; no session outlives the call."""
+        if model.package.manifest.initial_state.kind != "encoder":
+            raise FailedPrecondition(
+                f"model {model.name} is not an encoder-decoder (its state starts from "
+                f"{model.package.manifest.initial_state.kind}); Translate needs a seq2seq model"
+            )
+        if options.temperature is None:
+            options = dataclasses.replace(options, temperature=0.0)
+        self._checked_generation(model, options)
+        session = await self.create_session(model, owner=owner, source=source)
+        tokens: list[GeneratedToken] = []
+        finish = "length"
+        try:
+            async for event in self.generate(session, TokenInput(), options):
+                if event.token is not None:
+                    tokens.append(event.token)
+                finish = event.finish_reason or finish
+        finally:
+            await self.sessions.close(session)
+        return tokens, finish
+
+
+def _logits_per_step(model: Model, ids: IntArray, state: FloatArray) -> list[FloatArray]:
+    """The logits after every token of one sequence (worker thread)."""
+    rows = []
+    for token in ids:
+        logits, state = model.runtime.step(token.reshape(1), state)
+        rows.append(logits[0])
+    return rows

@@ -6,6 +6,9 @@ A package is a directory ``<repository>/<name>/<version>/`` holding::
     vocab.json        the vocabulary, {"tokens": [...]} in id order
     step.onnx         (tokens [B] int64, state [L,B,H] f32) -> (logits [B,K], state_out [L,B,H])
     head.onnx         (state [L,B,H] f32) -> (logits [B,K]): the output for the current state
+    sequence.onnx     optional: a whole prompt per row in one run (see GRAPH_SIGNATURES)
+    encoder.onnx      optional: source tokens -> initial state (seq2seq)
+    condition.onnx    optional: condition index -> initial state (one-to-many)
     weights.npz       the weights in the notation of docs/MODELS.md (W_ax, W_aa, b_a, ...)
     MODEL_CARD.md     what the model is, its data, its metrics, a sample
 
@@ -29,13 +32,22 @@ MANIFEST_FILE = "manifest.json"
 SHAPES = ("one-to-one", "one-to-many", "many-to-one", "many-to-many", "seq2seq")
 CELLS = ("rnn-tanh", "rnn-relu", "gru-simple", "gru", "gru-torch")
 OUTPUT_KINDS = ("vocabulary", "labels", "sigmoid")
-INITIAL_STATE_KINDS = ("zeros", "after_token")
+INITIAL_STATE_KINDS = ("zeros", "after_token", "encoder", "condition")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # Input and output names of each graph kind, in order. They are part of the format.
+#   step:      tokens int64 [B], state f32 [L,B,H] -> logits f32 [B,K], state_out [L,B,H]
+#   head:      state [L,B,H] -> logits [B,K]
+#   sequence:  tokens int64 [B,T], lengths int64 [B] (1..T), state [L,B,H]
+#                -> logits [B,K] after each row's last token, state_out after it
+#   encoder:   tokens int64 [B,T], lengths int64 [B] -> state [L,B,H] (a decoder's start)
+#   condition: condition int64 [B] (index into manifest.conditions) -> state [L,B,H]
 GRAPH_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "step": (("tokens", "state"), ("logits", "state_out")),
     "head": (("state",), ("logits",)),
+    "sequence": (("tokens", "lengths", "state"), ("logits", "state_out")),
+    "encoder": (("tokens", "lengths"), ("state",)),
+    "condition": (("condition",), ("state",)),
 }
 REQUIRED_GRAPHS = ("step", "head")
 
@@ -68,7 +80,10 @@ class InitialStateSpec:
 
     ``zeros``: every layer's state is 0. ``after_token``: the state after feeding the
     special token ``token`` (e.g. ``bos`` for a language model trained on documents that
-    start with it) to a zero state; the step count still starts at 0.
+    start with it) to a zero state. ``encoder``: the encoder graph's state for the
+    source the caller gives, then ``token`` (if set, e.g. ``bos``) fed to it.
+    ``condition``: the condition graph's state for the condition the caller names, then
+    ``token`` (if set). The step count starts at 0 in every case.
     """
 
     kind: str = "zeros"
@@ -95,6 +110,7 @@ class Manifest:
     output: OutputSpec
     graphs: dict[str, GraphSpec]
     initial_state: InitialStateSpec = field(default_factory=InitialStateSpec)
+    conditions: tuple[str, ...] = ()
     weights_file: str = "weights.npz"
     card_file: str = "MODEL_CARD.md"
     training: dict[str, Any] = field(default_factory=dict)
@@ -137,12 +153,23 @@ class Manifest:
             output=_output_spec(r.child("output")),
             graphs=_graph_specs(r.child("graphs")),
             initial_state=_initial_state_spec(r.child("initial_state")),
+            conditions=tuple(r.string_list("conditions", required=False)),
             weights_file=r.string("weights_file"),
             card_file=r.string("card_file"),
             training=r.mapping("training"),
             metrics={k: float(v) for k, v in r.mapping("metrics", value_type=float).items()},
         )
         r.no_extra()
+        kind = manifest.initial_state.kind
+        if kind in ("encoder", "condition") and kind not in manifest.graphs:
+            raise PackageError(
+                f"manifest.initial_state.kind = {kind!r} needs a {kind!r} graph in manifest.graphs"
+            )
+        if (kind == "condition") != bool(manifest.conditions):
+            raise PackageError(
+                "manifest.conditions must name the conditions of a 'condition' initial state "
+                "and be empty otherwise"
+            )
         if manifest.initial_state.token is not None and (
             manifest.initial_state.token not in manifest.tokenizer.special_tokens
         ):
@@ -259,10 +286,10 @@ def _output_spec(r: _Reader) -> OutputSpec:
 def _initial_state_spec(r: _Reader) -> InitialStateSpec:
     kind = r.choice("kind", INITIAL_STATE_KINDS)
     token = r.optional_string("token")
-    if (kind == "after_token") != (token is not None):
-        raise PackageError(
-            "manifest.initial_state.token is required for kind 'after_token' and only for it"
-        )
+    if kind == "after_token" and token is None:
+        raise PackageError("manifest.initial_state.token is required for kind 'after_token'")
+    if kind == "zeros" and token is not None:
+        raise PackageError("manifest.initial_state.token must be null for kind 'zeros'")
     r.no_extra()
     return InitialStateSpec(kind=kind, token=token)
 
@@ -334,7 +361,10 @@ class _Reader:
             return None
         return self.string(key)
 
-    def string_list(self, key: str) -> list[str]:
+    def string_list(self, key: str, *, required: bool = True) -> list[str]:
+        if not required and key not in self.data:
+            self.seen.add(key)
+            return []
         value = self._get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PackageError(f"{self.where}.{key}: expected a list of strings")

@@ -18,7 +18,7 @@ from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Model:
     """A loaded model version: its package and the runtime that runs its graphs."""
 
@@ -34,24 +34,55 @@ class Model:
         return self.package.manifest.version
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    added: list[str]
+    removed: list[str]
+    refused: dict[Path, str]
+
+
 @dataclass
 class Repository:
     root: Path
+    providers: ProviderChoice
     models: dict[tuple[str, int], Model] = field(default_factory=dict)
     broken: dict[Path, str] = field(default_factory=dict)
+    _stamps: dict[Path, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path, providers: ProviderChoice) -> Repository:
-        repo = cls(root=root)
+        repo = cls(root=root, providers=providers)
         if not root.is_dir():
             log.warning("model repository %s does not exist; serving no models", root)
-            return repo
-        for path in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        repo.reload()
+        return repo
+
+    def reload(self) -> ReloadResult:
+        """Rescan the repository; (re)load packages whose files changed, drop vanished ones.
+
+        Unchanged packages keep their loaded runtime; a package refused before is not
+        logged again until its files change.
+        """
+        found = sorted(p for p in self.root.glob("*/*") if p.is_dir()) if self.root.is_dir() else []
+        models: dict[tuple[str, int], Model] = {}
+        by_path = {m.package.path: m for m in self.models.values()}
+        added: list[str] = []
+        refused: dict[Path, str] = {}
+        for path in found:
+            stamp = _stamp(path)
+            unchanged = self._stamps.get(path) == stamp
+            self._stamps[path] = stamp
+            if unchanged and path in by_path:
+                models[by_path[path].package.key] = by_path[path]
+                continue
+            if unchanged and path in self.broken:
+                refused[path] = self.broken[path]
+                continue
             try:
                 package = load_package(path)
-                model = Model(package=package, runtime=ModelRuntime(package, providers))
+                model = Model(package=package, runtime=ModelRuntime(package, self.providers))
             except PackageError as exc:
-                repo.broken[path] = str(exc)
+                refused[path] = str(exc)
                 log.error(
                     "refusing model package %s: %s",
                     path,
@@ -59,20 +90,28 @@ class Repository:
                     extra={"model": f"{path.parent.name}/{path.name}"},
                 )
                 continue
-            repo.models[package.key] = model
+            models[package.key] = model
+            added.append(f"{model.name}/{model.version}")
+            manifest = package.manifest
             log.info(
                 "loaded model %s version %d (%s, %s, %d x %d, vocabulary %d) on %s",
                 model.name,
                 model.version,
-                package.manifest.shape,
-                package.manifest.cell,
-                package.manifest.layers,
-                package.manifest.hidden_size,
+                manifest.shape,
+                manifest.cell,
+                manifest.layers,
+                manifest.hidden_size,
                 package.tokenizer.size,
                 ",".join(model.runtime.providers),
                 extra={"model": f"{model.name}/{model.version}"},
             )
-        return repo
+        removed = [f"{n}/{v}" for n, v in sorted(set(self.models) - set(models))]
+        for name in removed:
+            log.info("unloaded model %s (its package is gone)", name, extra={"model": name})
+        for path in set(self._stamps) - set(found):
+            del self._stamps[path]
+        self.models, self.broken = models, refused
+        return ReloadResult(added=added, removed=removed, refused=refused)
 
     def get(self, name: str, version: int = 0) -> Model:
         """A model version; version 0 means the default (highest loaded) version."""
@@ -92,3 +131,15 @@ class Repository:
 
     def list(self) -> list[Model]:
         return [self.models[key] for key in sorted(self.models)]
+
+
+def _stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What identifies a package's content on disk: each file's name, size and mtime."""
+    entries = []
+    for file in sorted(path.iterdir()):
+        try:
+            info = file.stat()
+        except OSError:
+            continue
+        entries.append((file.name, info.st_size, info.st_mtime_ns))
+    return tuple(entries)

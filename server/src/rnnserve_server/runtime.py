@@ -75,32 +75,49 @@ class ProviderChoice:
 
 
 class ModelRuntime:
-    """The step and head graphs of one package, checked against its manifest."""
+    """The graphs of one package, each checked against the manifest when loaded."""
 
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
         manifest = package.manifest
         self.layers, self.hidden = manifest.state_shape
         self.output_size = manifest.output_size
-        try:
-            self._step = providers.session(str(package.graph_path("step")))
-            self._head = providers.session(str(package.graph_path("head")))
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise PackageError(f"{package.path}: onnxruntime cannot load a graph: {exc}") from None
-        self._check_signature("step", self._step)
-        self._check_signature("head", self._head)
-        self.providers = tuple(self._step.get_providers())
-        self.initial_state = self._make_initial_state()
+        self._graphs: dict[str, ort.InferenceSession] = {}
+        for kind in manifest.graphs:
+            try:
+                session = providers.session(str(package.graph_path(kind)))
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise PackageError(
+                    f"{package.path}: onnxruntime cannot load the {kind} graph: {exc}"
+                ) from None
+            self._check_signature(kind, session)
+            self._graphs[kind] = session
+        self.providers = tuple(self._graphs["step"].get_providers())
+        self._start_token = (
+            None
+            if manifest.initial_state.token is None
+            else package.tokenizer.special_tokens[manifest.initial_state.token]
+        )
+        self.initial_state = self._after_start_token(self.zeros(1))[:, 0, :]
+
+    def has(self, kind: str) -> bool:
+        return kind in self._graphs
 
     # ------------------------------------------------------------------ checks
 
     def _check_signature(self, kind: str, session: ort.InferenceSession) -> None:
         """Every input and output has the name, type and shape the manifest implies."""
         L, H, K = self.layers, self.hidden, self.output_size
+        state = ("tensor(float)", (L, None, H))
+        int_batch = ("tensor(int64)", (None,))
         expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
-            "tokens": ("tensor(int64)", (None,)),
-            "state": ("tensor(float)", (L, None, H)),
-            "state_out": ("tensor(float)", (L, None, H)),
+            "tokens": ("tensor(int64)", (None, None))
+            if kind in ("sequence", "encoder")
+            else int_batch,
+            "lengths": int_batch,
+            "condition": int_batch,
+            "state": state,
+            "state_out": state,
             "logits": ("tensor(float)", (None, K)),
         }
         spec = self.package.manifest.graphs[kind]
@@ -118,29 +135,60 @@ class ModelRuntime:
                 if arg.type != dtype or got != shape:
                     raise PackageError(
                         f"{where}: {arg.name} is {arg.type}{list(arg.shape)}, expected "
-                        f"{dtype}{['batch' if d is None else d for d in shape]} "
+                        f"{dtype}{['dynamic' if d is None else d for d in shape]} "
                         f"(layers={L}, hidden_size={H}, outputs={K} from the manifest)"
                     )
 
-    def _make_initial_state(self) -> FloatArray:
-        """The state a new session starts from, [L, H] (see InitialStateSpec)."""
-        zeros = np.zeros((self.layers, 1, self.hidden), dtype=np.float32)
-        spec = self.package.manifest.initial_state
-        if spec.kind == "zeros" or spec.token is None:
-            return zeros[:, 0, :]
-        token = self.package.tokenizer.special_tokens[spec.token]
-        _, state = self.step(np.array([token], dtype=np.int64), zeros)
-        return np.ascontiguousarray(state[:, 0, :])
+    # ------------------------------------------------------------------ initial states
+
+    def zeros(self, batch: int) -> FloatArray:
+        return np.zeros((self.layers, batch, self.hidden), dtype=np.float32)
+
+    def _after_start_token(self, state: FloatArray) -> FloatArray:
+        if self._start_token is None:
+            return state
+        tokens = np.full(state.shape[1], self._start_token, dtype=np.int64)
+        return self.step(tokens, state)[1]
+
+    def encode(self, source: IntArray) -> FloatArray:
+        """A seq2seq session's initial state from its source tokens [T]: [L, H]."""
+        (state,) = self._graphs["encoder"].run(
+            None,
+            {"tokens": source.reshape(1, -1), "lengths": np.array([len(source)], np.int64)},
+        )
+        return self._after_start_token(state)[:, 0, :]
+
+    def condition(self, index: int) -> FloatArray:
+        """A conditional generator's initial state for one condition: [L, H]."""
+        (state,) = self._graphs["condition"].run(
+            None, {"condition": np.array([index], dtype=np.int64)}
+        )
+        return self._after_start_token(state)[:, 0, :]
 
     # ------------------------------------------------------------------ inference
 
     def step(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
-        logits, new_state = self._step.run(None, {"tokens": tokens, "state": state})
+        logits, new_state = self._graphs["step"].run(None, {"tokens": tokens, "state": state})
         return logits, new_state
 
     def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state."""
+        """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state.
+
+        One run of the sequence graph where the package has one, else the step graph
+        token by token (in this one call, so the caller pays one thread hop).
+        """
+        sequence = self._graphs.get("sequence")
+        if sequence is not None:
+            last, state = sequence.run(
+                None,
+                {
+                    "tokens": tokens.reshape(1, -1),
+                    "lengths": np.array([len(tokens)], dtype=np.int64),
+                    "state": state,
+                },
+            )
+            return last, state
         logits: FloatArray | None = None
         for token in tokens:
             logits, state = self.step(token.reshape(1), state)
@@ -149,5 +197,5 @@ class ModelRuntime:
 
     def head(self, state: FloatArray) -> FloatArray:
         """The output for the current state, without feeding a token: [L,B,H] -> [B,K]."""
-        (logits,) = self._head.run(None, {"state": state})
+        (logits,) = self._graphs["head"].run(None, {"state": state})
         return logits  # type: ignore[no-any-return]

@@ -1,22 +1,34 @@
 """The ``rnnserve.v1.RnnServe`` gRPC service: protobuf in, Engine calls, protobuf out.
 
 Kept thin on purpose: validation, state and sampling live in the engine. Every handler
-goes through ``_guard``, the one place where errors become statuses.
+goes through ``_guarded``, the one place where errors become statuses and where calls
+are counted and timed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from rnnserve_server.engine import Engine, StepOutput
-from rnnserve_server.errors import ServiceError
+from rnnserve_server import statecodec
+from rnnserve_server.engine import (
+    Engine,
+    GenerateEvent,
+    GenerateOptions,
+    StepOutput,
+    TokenInput,
+)
+from rnnserve_server.errors import InvalidArgument, ServiceError, over_limit
+from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Model
 
 log = logging.getLogger(__name__)
@@ -38,47 +50,72 @@ _FINISH = {
     "length": pb.FINISH_REASON_LENGTH,
     "end_token": pb.FINISH_REASON_END_TOKEN,
     "stop_string": pb.FINISH_REASON_STOP_STRING,
+    "stop_token": pb.FINISH_REASON_STOP_TOKEN,
 }
 
-R = TypeVar("R")
+
+def caller_of(context: Any) -> str:
+    """Who owns the sessions a call creates and counts against max_sessions_per_caller:
+    the caller's IP address ("ip:127.0.0.1"; "ip:[::1]"; a Unix socket's peer)."""
+    peer = context.peer() or ""
+    transport, _, address = peer.partition(":")
+    if transport in ("ipv4", "ipv6"):
+        address = address.rsplit(":", 1)[0]
+    return "ip:" + address
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
-) -> None:
-    if isinstance(exc, ServiceError):
-        log.info("%s -> %s: %s", method, exc.code.name, exc.message)
-        await context.abort(exc.code, exc.message)
-    log.error("%s failed unexpectedly", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
+def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Map ServiceError to its status, anything else to INTERNAL; count and time calls.
 
+    Works for unary handlers (coroutines) and streaming ones (async generators).
+    """
+    method = handler.__name__
+    streaming = inspect.isasyncgenfunction(handler)
 
-def _guard_unary(
-    handler: Callable[[Any, Any, Any], Awaitable[R]],
-) -> Callable[[Any, Any, Any], Awaitable[R]]:
+    async def fail(self: RnnServeServicer, context: Any, exc: BaseException) -> None:
+        if isinstance(exc, ServiceError):
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message)
+            self._done(method, exc.code.name)
+            await context.abort(exc.code, exc.message)
+        log.error("%s failed unexpectedly", method, exc_info=exc)
+        self._done(method, "INTERNAL")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
+
+    if streaming:
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: RnnServeServicer, request: Any, context: Any) -> Any:
+            self._start()
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except asyncio.CancelledError:
+                self._cancelled(method)
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await fail(self, context, exc)
+            else:
+                self._done(method, "OK")
+
+        return stream_wrapper
+
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: Any) -> R:
+    async def unary_wrapper(self: RnnServeServicer, request: Any, context: Any) -> Any:
+        self._start()
         try:
-            return await handler(self, request, context)
+            reply = await handler(self, request, context)
+        except asyncio.CancelledError:
+            self._cancelled(method)
+            raise
         except Exception as exc:
-            await _abort(context, exc, handler.__name__)
+            await fail(self, context, exc)
             raise  # unreachable: abort raises
+        self._done(method, "OK")
+        return reply
 
-    return wrapper
-
-
-def _guard_stream(
-    handler: Callable[[Any, Any, Any], AsyncIterator[R]],
-) -> Callable[[Any, Any, Any], AsyncIterator[R]]:
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[R]:
-        try:
-            async for item in handler(self, request, context):
-                yield item
-        except Exception as exc:
-            await _abort(context, exc, handler.__name__)
-
-    return wrapper
+    return unary_wrapper
 
 
 def model_info(model: Model) -> pb.ModelInfo:
@@ -99,7 +136,18 @@ def model_info(model: Model) -> pb.ModelInfo:
         description=manifest.description,
         state_bytes=manifest.layers * manifest.hidden_size * 4,
         metrics=manifest.metrics,
+        initial_state=manifest.initial_state.kind,
+        conditions=list(manifest.conditions),
     )
+
+
+def _token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> TokenInput:
+    which = request.WhichOneof(oneof)
+    if which == ids_field:
+        return TokenInput(ids=list(getattr(request, ids_field).ids))
+    if which == text_field:
+        return TokenInput(text=getattr(request, text_field))
+    return TokenInput()
 
 
 def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
@@ -112,95 +160,234 @@ def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
     )
 
 
-def _input_of(request: Any, ids_field: str, text_field: str, oneof: str) -> dict[str, Any]:
-    which = request.WhichOneof(oneof)
-    return {
-        "ids": list(getattr(request, ids_field).ids) if which == ids_field else None,
-        "text": getattr(request, text_field) if which == text_field else None,
-    }
+def _generate_response(session_id: str, event: GenerateEvent) -> pb.GenerateResponse:
+    tokens = []
+    if event.token is not None:
+        t = event.token
+        tokens.append(pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability))
+    return pb.GenerateResponse(
+        session_id=session_id,
+        tokens=tokens,
+        steps=event.steps,
+        finish_reason=_FINISH[event.finish_reason],
+        matched_stop=event.matched_stop,
+    )
+
+
+def _generate_options(request: Any) -> GenerateOptions:
+    return GenerateOptions(
+        max_tokens=request.max_tokens,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_k=request.top_k,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        seed=request.seed if request.HasField("seed") else None,
+        stop=list(getattr(request, "stop", ())),
+        stop_token_ids=list(getattr(request, "stop_token_ids", ())),
+    )
 
 
 class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
+        self._started: dict[int, float] = {}
 
-    @_guard_unary
+    # ------------------------------------------------------------------ accounting
+
+    def _start(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._started[id(task)] = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        task = asyncio.current_task()
+        began = self._started.pop(id(task), None) if task is not None else None
+        return 0.0 if began is None else time.perf_counter() - began
+
+    def _done(self, method: str, code: str) -> None:
+        elapsed = self._elapsed()
+        if self.metrics is not None:
+            self.metrics.observe(method, code, elapsed)
+
+    def _cancelled(self, method: str) -> None:
+        self.engine.stats.cancel(method)
+        self._done(method, "CANCELLED")
+
+    def _session(self, session_id: str, context: Any) -> Any:
+        return self.engine.sessions.get(session_id, caller_of(context))
+
+    # ------------------------------------------------------------------ models
+
+    @_guarded
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Any
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(m) for m in self.engine.repository.list()])
 
-    @_guard_unary
+    @_guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
         return model_info(self.engine.repository.get(request.name, request.version))
 
-    @_guard_unary
+    @_guarded
+    async def ReloadModels(
+        self, request: pb.ReloadModelsRequest, context: Any
+    ) -> pb.ReloadModelsResponse:
+        result = await self.engine.reload()
+        return pb.ReloadModelsResponse(
+            models=[model_info(m) for m in self.engine.repository.list()],
+            added=result.added,
+            removed=result.removed,
+            refused=[pb.RefusedPackage(path=str(p), reason=r) for p, r in result.refused.items()],
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    @_guarded
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
-        model = self.engine.repository.get(request.model, request.version)
-        session = self.engine.sessions.create(model, idle_timeout_s=request.idle_timeout_s)
+        version = request.version
+        if request.state and not version:  # an import names its own version
+            version = statecodec.peek_version(request.state) or 0
+        model = self.engine.repository.get(request.model, version)
+        session = await self.engine.create_session(
+            model,
+            idle_timeout_s=request.idle_timeout_s,
+            owner=caller_of(context),
+            seed=request.seed if request.HasField("seed") else None,
+            state=request.state,
+            source=_token_input(request, "source_tokens", "source_text", "source"),
+            condition=request.condition,
+        )
         return pb.Session(
             session_id=session.id,
             model=model_info(model),
             idle_timeout_s=int(session.idle_timeout_s),
         )
 
-    @_guard_unary
+    @_guarded
+    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.Session:
+        source = self._session(request.session_id, context)
+        copy = await self.engine.fork(
+            source, idle_timeout_s=request.idle_timeout_s, owner=caller_of(context)
+        )
+        return pb.Session(
+            session_id=copy.id,
+            model=model_info(copy.model),
+            idle_timeout_s=int(copy.idle_timeout_s),
+        )
+
+    @_guarded
+    async def ExportSession(
+        self, request: pb.ExportSessionRequest, context: Any
+    ) -> pb.ExportSessionResponse:
+        session = self._session(request.session_id, context)
+        data = await self.engine.export(session)
+        return pb.ExportSessionResponse(state=data, steps=session.steps)
+
+    @_guarded
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        session = self.engine.sessions.get(request.session_id)
+        session = self._session(request.session_id, context)
         await self.engine.sessions.close(session)
         return pb.CloseSessionResponse(steps=session.steps)
 
-    async def _step(self, request: pb.StepRequest) -> pb.StepResponse:
-        session = self.engine.sessions.get(request.session_id)
-        given = _input_of(request, "tokens", "text", "input")
+    # ------------------------------------------------------------------ steps
+
+    async def _step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
+        session = self._session(request.session_id, context)
         out = await self.engine.step(
             session,
-            token_ids=given["ids"],
-            text=given["text"],
+            _token_input(request, "tokens", "text", "input"),
             k=request.top_k if request.HasField("top_k") else None,
             full=request.return_distribution,
         )
         return _step_response(session.id, out)
 
-    @_guard_unary
+    @_guarded
     async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
-        return await self._step(request)
+        return await self._step(request, context)
 
-    @_guard_stream
+    @_guarded
     async def StepStream(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
     ) -> AsyncIterator[pb.StepResponse]:
         async for request in request_iterator:
-            yield await self._step(request)
+            yield await self._step(request, context)
 
-    @_guard_stream
+    @_guarded
+    async def StepMany(
+        self, request_iterator: AsyncIterator[pb.StepManyRequest], context: Any
+    ) -> AsyncIterator[pb.StepManyResponse]:
+        limit = self.engine.config.max_steps_per_message
+        async for request in request_iterator:
+            if len(request.steps) > limit:
+                raise over_limit(
+                    "steps in one message", len(request.steps), limit, "max_steps_per_message"
+                )
+            yield pb.StepManyResponse(outcomes=await self._step_many(request.steps, context))
+
+    async def _step_many(self, steps: Any, context: Any) -> list[pb.StepOutcome]:
+        """Every step of one message at once: steps of different sessions share batches;
+        steps of the same session run in message order (its lock orders them)."""
+
+        async def one(step: pb.StepRequest) -> pb.StepOutcome:
+            try:
+                return pb.StepOutcome(result=await self._step(step, context))
+            except ServiceError as exc:
+                return pb.StepOutcome(code=exc.code.value[0], message=exc.message)
+
+        tasks = [asyncio.ensure_future(one(step)) for step in steps]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # ------------------------------------------------------------------ generation
+
+    @_guarded
     async def Generate(
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateResponse]:
-        session = self.engine.sessions.get(request.session_id)
-        given = _input_of(request, "prompt_tokens", "prompt_text", "prompt")
+        session = self._session(request.session_id, context)
         events = self.engine.generate(
             session,
-            prompt_ids=given["ids"],
-            prompt_text=given["text"],
-            max_tokens=request.max_tokens,
-            temperature=request.temperature if request.HasField("temperature") else None,
-            top_k=request.top_k,
-            top_p=request.top_p if request.HasField("top_p") else None,
-            seed=request.seed if request.HasField("seed") else None,
-            stop=list(request.stop),
+            _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
+            _generate_options(request),
         )
         async for event in events:
-            tokens = []
-            if event.token is not None:
-                t = event.token
-                tokens.append(pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability))
-            yield pb.GenerateResponse(
-                session_id=session.id,
-                tokens=tokens,
-                steps=event.steps,
-                finish_reason=_FINISH[event.finish_reason],
-                matched_stop=event.matched_stop,
-            )
+            yield _generate_response(session.id, event)
+
+    # ------------------------------------------------------------------ one-call conveniences
+
+    @_guarded
+    async def Classify(self, request: pb.ClassifyRequest, context: Any) -> pb.ClassifyResponse:
+        model = self.engine.repository.get(request.model, request.version)
+        result = await self.engine.classify(
+            model,
+            _token_input(request, "tokens", "text", "input"),
+            k=request.top_k if request.HasField("top_k") else None,
+            every_step=request.every_step,
+        )
+        return pb.ClassifyResponse(
+            top=[pb.TokenProbability(id=i, text=t, probability=p) for i, t, p in result.top],
+            final=pb.LabelProbabilities(probabilities=result.final),
+            steps=[pb.LabelProbabilities(probabilities=row) for row in result.steps],
+        )
+
+    @_guarded
+    async def Translate(self, request: pb.TranslateRequest, context: Any) -> pb.TranslateResponse:
+        model = self.engine.repository.get(request.model, request.version)
+        source = _token_input(request, "source_tokens", "source_text", "source")
+        if not source.given:
+            raise InvalidArgument("source: give source_tokens or source_text")
+        tokens, finish = await self.engine.translate(
+            model, source, _generate_options(request), owner=caller_of(context)
+        )
+        return pb.TranslateResponse(
+            tokens=[
+                pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability) for t in tokens
+            ],
+            text="".join(t.text for t in tokens),
+            finish_reason=_FINISH[finish],
+        )

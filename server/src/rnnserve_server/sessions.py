@@ -97,16 +97,19 @@ class SessionStore:
         self,
         *,
         max_sessions: int,
+        max_sessions_per_owner: int,
         default_idle_timeout_s: float,
         max_idle_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner
         self.default_idle_timeout_s = default_idle_timeout_s
         self.max_idle_timeout_s = max_idle_timeout_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
-        self._pools: dict[tuple[str, int], StatePool] = {}
+        self._pools: dict[Model, StatePool] = {}
+        self._per_owner: dict[str, int] = {}
         self.expired_total = 0
         self.closed_total = 0
         self.created_total = 0
@@ -114,33 +117,68 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
     def pool(self, model: Model) -> StatePool:
-        key = (model.name, model.version)
-        pool = self._pools.get(key)
+        """The state pool of a loaded model (keyed by the object: a reloaded package
+        with the same name and version gets a pool of its own)."""
+        pool = self._pools.get(model)
         if pool is None:
-            pool = self._pools[key] = StatePool(model.runtime.layers, model.runtime.hidden)
+            pool = self._pools[model] = StatePool(model.runtime.layers, model.runtime.hidden)
         return pool
 
-    def create(self, model: Model, *, idle_timeout_s: float = 0, owner: str = "") -> Session:
+    def check_idle_timeout(self, idle_timeout_s: float) -> None:
         if not 0 <= idle_timeout_s <= self.max_idle_timeout_s:
             raise InvalidArgument(
                 f"idle_timeout_s = {idle_timeout_s} is out of range; allowed: "
                 f"0 (the default, {self.default_idle_timeout_s:g}) .. {self.max_idle_timeout_s:g}"
             )
+
+    def check_capacity(self, owner: str) -> None:
+        """RESOURCE_EXHAUSTED if one more session would pass a limit."""
         if len(self._sessions) >= self.max_sessions:
             raise over_limit(
                 "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
             )
+        owned = self._per_owner.get(owner, 0)
+        if owned >= self.max_sessions_per_owner:
+            raise over_limit(
+                "open sessions of this caller",
+                owned + 1,
+                self.max_sessions_per_owner,
+                "max_sessions_per_caller",
+            )
+
+    def create(
+        self,
+        model: Model,
+        *,
+        idle_timeout_s: float = 0,
+        owner: str = "",
+        initial: FloatArray | None = None,
+        steps: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> Session:
+        """A new session from the model's initial state, or from ``initial`` [L, H]."""
+        self.check_idle_timeout(idle_timeout_s)
+        self.check_capacity(owner)
         session_id = secrets.token_hex(SESSION_ID_HEX // 2)
-        slot = self.pool(model).allocate(model.runtime.initial_state)
+        slot = self.pool(model).allocate(
+            model.runtime.initial_state if initial is None else initial
+        )
         session = Session(
             id=session_id,
             model=model,
             slot=slot,
             idle_timeout_s=idle_timeout_s or self.default_idle_timeout_s,
             owner=owner,
+            steps=steps,
         )
+        if rng is not None:
+            session.rng = rng
         self._sessions[session_id] = session
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self.created_total += 1
         log.debug(
             "session created",
@@ -164,6 +202,11 @@ class SessionStore:
         if self._sessions.pop(session.id, None) is None:
             return  # already closed or expired: the slot is released only once
         session.closed = True
+        left = self._per_owner[session.owner] - 1
+        if left:
+            self._per_owner[session.owner] = left
+        else:
+            del self._per_owner[session.owner]
         async with session.lock:
             self.pool(session.model).release(session.slot)
         if reason == "expired":
@@ -192,6 +235,11 @@ class SessionStore:
             except Exception:  # the sweeper must outlive any single bad session
                 log.exception("session expiry sweep failed")
 
+    def state(self, session: Session) -> FloatArray:
+        """A copy of one session's state, [L, H]."""
+        return self.pool(session.model).states[:, session.slot, :].copy()
+
     @property
     def state_bytes(self) -> int:
+        """Bytes of state arrays allocated (all slots, used or free)."""
         return sum(pool.state_bytes for pool in self._pools.values())

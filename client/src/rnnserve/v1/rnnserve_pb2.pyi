@@ -29,6 +29,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_END_TOKEN: _ClassVar[FinishReason]
     FINISH_REASON_STOP_STRING: _ClassVar[FinishReason]
+    FINISH_REASON_STOP_TOKEN: _ClassVar[FinishReason]
 TASK_SHAPE_UNSPECIFIED: TaskShape
 TASK_SHAPE_ONE_TO_ONE: TaskShape
 TASK_SHAPE_ONE_TO_MANY: TaskShape
@@ -43,6 +44,7 @@ FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_END_TOKEN: FinishReason
 FINISH_REASON_STOP_STRING: FinishReason
+FINISH_REASON_STOP_TOKEN: FinishReason
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -80,7 +82,7 @@ class Vocabulary(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., size: _Optional[int] = ..., special_tokens: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "shape", "cell", "layers", "hidden_size", "vocabulary", "output", "labels", "description", "state_bytes", "metrics")
+    __slots__ = ("name", "version", "shape", "cell", "layers", "hidden_size", "vocabulary", "output", "labels", "description", "state_bytes", "metrics", "initial_state", "conditions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,8 @@ class ModelInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     shape: TaskShape
@@ -112,17 +116,51 @@ class ModelInfo(_message.Message):
     description: str
     state_bytes: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., shape: _Optional[_Union[TaskShape, str]] = ..., cell: _Optional[str] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., output: _Optional[_Union[OutputKind, str]] = ..., labels: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., state_bytes: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    initial_state: str
+    conditions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., shape: _Optional[_Union[TaskShape, str]] = ..., cell: _Optional[str] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., output: _Optional[_Union[OutputKind, str]] = ..., labels: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., state_bytes: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., initial_state: _Optional[str] = ..., conditions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "version", "idle_timeout_s")
+    __slots__ = ("model", "version", "idle_timeout_s", "seed", "state", "source_tokens", "source_text", "condition")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     idle_timeout_s: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., idle_timeout_s: _Optional[int] = ...) -> None: ...
+    seed: int
+    state: bytes
+    source_tokens: TokenIds
+    source_text: str
+    condition: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., idle_timeout_s: _Optional[int] = ..., seed: _Optional[int] = ..., state: _Optional[bytes] = ..., source_tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., source_text: _Optional[str] = ..., condition: _Optional[str] = ...) -> None: ...
+
+class ForkSessionRequest(_message.Message):
+    __slots__ = ("session_id", "idle_timeout_s")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    idle_timeout_s: int
+    def __init__(self, session_id: _Optional[str] = ..., idle_timeout_s: _Optional[int] = ...) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportSessionResponse(_message.Message):
+    __slots__ = ("state", "steps")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    state: bytes
+    steps: int
+    def __init__(self, state: _Optional[bytes] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "model", "idle_timeout_s")
@@ -191,7 +229,7 @@ class StepResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., steps: _Optional[int] = ..., consumed: _Optional[int] = ..., top: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., distribution: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_tokens", "prompt_text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+    __slots__ = ("session_id", "prompt_tokens", "prompt_text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +239,7 @@ class GenerateRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_tokens: TokenIds
     prompt_text: str
@@ -210,7 +249,8 @@ class GenerateRequest(_message.Message):
     top_p: float
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., prompt_text: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., prompt_text: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GeneratedToken(_message.Message):
     __slots__ = ("id", "text", "probability")
@@ -235,3 +275,113 @@ class GenerateResponse(_message.Message):
     finish_reason: FinishReason
     matched_stop: str
     def __init__(self, session_id: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[GeneratedToken, _Mapping]]] = ..., steps: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., matched_stop: _Optional[str] = ...) -> None: ...
+
+class StepManyRequest(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[StepRequest]
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepRequest, _Mapping]]] = ...) -> None: ...
+
+class StepOutcome(_message.Message):
+    __slots__ = ("code", "message", "result")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    result: StepResponse
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., result: _Optional[_Union[StepResponse, _Mapping]] = ...) -> None: ...
+
+class StepManyResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[StepOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[StepOutcome, _Mapping]]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "version", "tokens", "text", "top_k", "every_step")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EVERY_STEP_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    tokens: TokenIds
+    text: str
+    top_k: int
+    every_step: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., text: _Optional[str] = ..., top_k: _Optional[int] = ..., every_step: _Optional[bool] = ...) -> None: ...
+
+class LabelProbabilities(_message.Message):
+    __slots__ = ("probabilities",)
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("top", "final", "steps")
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    top: _containers.RepeatedCompositeFieldContainer[TokenProbability]
+    final: LabelProbabilities
+    steps: _containers.RepeatedCompositeFieldContainer[LabelProbabilities]
+    def __init__(self, top: _Optional[_Iterable[_Union[TokenProbability, _Mapping]]] = ..., final: _Optional[_Union[LabelProbabilities, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[LabelProbabilities, _Mapping]]] = ...) -> None: ...
+
+class TranslateRequest(_message.Message):
+    __slots__ = ("model", "version", "source_tokens", "source_text", "max_tokens", "temperature", "top_k", "top_p", "seed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    source_tokens: TokenIds
+    source_text: str
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., source_tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., source_text: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class TranslateResponse(_message.Message):
+    __slots__ = ("tokens", "text", "finish_reason")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[GeneratedToken]
+    text: str
+    finish_reason: FinishReason
+    def __init__(self, tokens: _Optional[_Iterable[_Union[GeneratedToken, _Mapping]]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+
+class ReloadModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RefusedPackage(_message.Message):
+    __slots__ = ("path", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReloadModelsResponse(_message.Message):
+    __slots__ = ("models", "added", "removed", "refused")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedPackage]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., refused: _Optional[_Iterable[_Union[RefusedPackage, _Mapping]]] = ...) -> None: ...

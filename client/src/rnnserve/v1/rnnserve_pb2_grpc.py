@@ -49,6 +49,16 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CreateSessionRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.Session.FromString,
                 _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/ForkSession',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.Session.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/ExportSession',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/rnnserve.v1.RnnServe/CloseSession',
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CloseSessionRequest.SerializeToString,
@@ -68,6 +78,26 @@ class RnnServeStub:
                 '/rnnserve.v1.RnnServe/Generate',
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.GenerateResponse.FromString,
+                _registered_method=True)
+        self.StepMany = channel.stream_stream(
+                '/rnnserve.v1.RnnServe/StepMany',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StepManyRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StepManyResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/Classify',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.Translate = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/Translate',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.TranslateResponse.FromString,
+                _registered_method=True)
+        self.ReloadModels = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/ReloadModels',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -89,9 +119,31 @@ class RnnServeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateSession(self, request, context):
-        """Opens a session on a model version; its state starts at the model's initial
-        state. Errors: NOT_FOUND (model), RESOURCE_EXHAUSTED (session limit),
-        INVALID_ARGUMENT (idle_timeout_s out of range).
+        """Opens a session on a model version. Its state starts at the model's initial
+        state: zeros, the state after a start token, the encoding of `source` (seq2seq) or
+        the state of `condition` (conditional generators); or the imported `state`.
+        Errors: NOT_FOUND (model), RESOURCE_EXHAUSTED (session limits), INVALID_ARGUMENT
+        (idle_timeout_s out of range; source or condition missing, unknown or not
+        expected by the model; state bytes corrupt, of another model or another shape).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """Copies a session: the new session has the same state, step count and sampling
+        generator state, and from then on both evolve independently (e.g. beam search).
+        Errors: NOT_FOUND (session), RESOURCE_EXHAUSTED (session limits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """Returns a session's state as self-describing bytes (model name and version, step
+        count, sampling generator state, hidden state, SHA-256 checksum) that
+        CreateSession.state imports, on this or another server process. The session
+        stays open. Errors: NOT_FOUND (session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +190,48 @@ class RnnServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StepMany(self, request_iterator, context):
+        """Many sessions' steps in one message and their results in one message, for callers
+        that front many users (a gateway), so the per-message cost is paid once per batch.
+        Each request message is answered by one response message, in order; within it the
+        outcomes are in the order of the steps. A failing step fails alone: its outcome
+        carries the status code and message, and the other steps are applied. Steps of
+        one session within a message are applied in order. Errors of the stream itself:
+        INVALID_ARGUMENT (more than max_steps_per_message steps in a message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """One call for classifiers: feeds the input to a fresh state and returns the label
+        probabilities after the last token (and after every token on request); no session
+        is kept. Errors: NOT_FOUND (model), INVALID_ARGUMENT (input, top_k),
+        FAILED_PRECONDITION (the model's output is a vocabulary, not labels).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Translate(self, request, context):
+        """One call for encoder-decoder models: encodes the source, then decodes (greedy by
+        default) until the end token or max_tokens; no session is kept. Errors: NOT_FOUND
+        (model), INVALID_ARGUMENT (source, sampling parameters), FAILED_PRECONDITION (the
+        model is not an encoder-decoder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModels(self, request, context):
+        """Rescans the model repository: new packages and versions are loaded, removed ones
+        unloaded (their open sessions keep working until closed), broken ones reported.
+        The server can also do this by itself (setting repository_poll_s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RnnServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +249,16 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.CreateSession,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.CreateSessionRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.Session.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.Session.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionResponse.SerializeToString,
             ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
@@ -175,6 +279,26 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.GenerateRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.GenerateResponse.SerializeToString,
+            ),
+            'StepMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.StepMany,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.StepManyRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.StepManyResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'Translate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Translate,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.TranslateRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.TranslateResponse.SerializeToString,
+            ),
+            'ReloadModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModels,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +382,60 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/CreateSession',
             rnnserve_dot_v1_dot_rnnserve__pb2.CreateSessionRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/ForkSession',
+            rnnserve_dot_v1_dot_rnnserve__pb2.ForkSessionRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/ExportSession',
+            rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.ExportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -366,6 +544,114 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/Generate',
             rnnserve_dot_v1_dot_rnnserve__pb2.GenerateRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rnnserve.v1.RnnServe/StepMany',
+            rnnserve_dot_v1_dot_rnnserve__pb2.StepManyRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.StepManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/Classify',
+            rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Translate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/Translate',
+            rnnserve_dot_v1_dot_rnnserve__pb2.TranslateRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.TranslateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/ReloadModels',
+            rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
