@@ -63,7 +63,15 @@ class Repository:
         Unchanged packages keep their loaded runtime; a package refused before is not
         logged again until its files change.
         """
-        found = sorted(p for p in self.root.glob("*/*") if p.is_dir()) if self.root.is_dir() else []
+        found = (
+            sorted(
+                p
+                for p in self.root.glob("*/*")
+                if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")
+            )
+            if self.root.is_dir()
+            else []
+        )  # dot-names: exports still being written
         models: dict[tuple[str, int], Model] = {}
         by_path = {m.package.path: m for m in self.models.values()}
         added: list[str] = []

@@ -27,7 +27,7 @@ from rnnserve_server.engine import (
     StepOutput,
     TokenInput,
 )
-from rnnserve_server.errors import InvalidArgument, ServiceError, over_limit
+from rnnserve_server.errors import InvalidArgument, ServiceError, out_of_range
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Model
 
@@ -320,9 +320,11 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     ) -> AsyncIterator[pb.StepManyResponse]:
         limit = self.engine.config.max_steps_per_message
         async for request in request_iterator:
-            if len(request.steps) > limit:
-                raise over_limit(
-                    "steps in one message", len(request.steps), limit, "max_steps_per_message"
+            if len(request.steps) > limit:  # the proto's contract: INVALID_ARGUMENT
+                raise out_of_range(
+                    "steps",
+                    len(request.steps),
+                    f"0 .. {limit} per message (the server's max_steps_per_message)",
                 )
             yield pb.StepManyResponse(outcomes=await self._step_many(request.steps, context))
 

@@ -115,7 +115,11 @@ def decode(data: bytes, *, model: str, version: int, layers: int, hidden: int) -
 
 
 def peek_version(data: bytes) -> int | None:
-    """The model version exported bytes name, without checking them (None if unreadable)."""
+    """The model version exported bytes name; None if they are unreadable or corrupted
+    (checked first, so a damaged version field is reported by ``decode`` as corruption)."""
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if len(data) <= _DIGEST or hashlib.sha256(body).digest() != digest:
+        return None
     try:
         (length,) = struct.unpack_from("<I", data, len(MAGIC))
         start = len(MAGIC) + 4

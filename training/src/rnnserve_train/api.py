@@ -1,0 +1,69 @@
+"""The Python face of rnnserve-train, for tests and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnserve_server.tokenizer import Tokenizer
+from rnnserve_train import checkpoint as _checkpoint
+from rnnserve_train.config import PRESETS, TrainConfig, make_config
+from rnnserve_train.export import export_checkpoint, export_model
+from rnnserve_train.generate import greedy_tokens, sample_tokens
+from rnnserve_train.model import RNNLanguageModel
+from rnnserve_train.parity import ParityError
+from rnnserve_train.train import TrainResult, train
+
+__all__ = [
+    "ParityError",
+    "TrainConfig",
+    "TrainResult",
+    "build_tiny_package",
+    "export_checkpoint",
+    "export_model",
+    "greedy_tokens",
+    "load_checkpoint",
+    "make_config",
+    "sample_tokens",
+    "tiny_checkpoint",
+    "tiny_runs_dir",
+    "train",
+    "train_and_export",
+]
+
+
+def train_and_export(config: TrainConfig) -> Path:
+    """Train, then export; return the package directory ``<out>/<name>/<version>``."""
+    result = train(config)
+    return export_checkpoint(result.checkpoint, Path(config.out), config.version)
+
+
+def load_checkpoint(path: Path) -> tuple[RNNLanguageModel, Tokenizer, TrainConfig]:
+    """The model (in eval mode, on the CPU), its tokenizer and its config."""
+    loaded = _checkpoint.load_checkpoint(path)
+    return loaded.model, loaded.tokenizer, loaded.config
+
+
+def tiny_runs_dir(models_dir: Path) -> Path:
+    """Where ``build_tiny_package(models_dir)`` keeps its run: beside the repository,
+    so the repository holds nothing but packages."""
+    return models_dir.parent / f"{models_dir.name}-runs"
+
+
+def build_tiny_package(models_dir: Path, runs_dir: Path | None = None) -> Path:
+    """Train the ``tiny`` preset and export it into the repository ``models_dir`` (~10 s).
+
+    Returns the package ``models_dir/char-gru-tiny/<next version>``. The run (checkpoint,
+    metrics, plot) goes to ``runs_dir/char-gru-tiny``, by default under
+    ``tiny_runs_dir(models_dir)``; ``load_checkpoint`` on its ``checkpoint.pt`` gives the
+    torch model for comparisons with the served one.
+    """
+    runs = runs_dir if runs_dir is not None else tiny_runs_dir(models_dir)
+    config = make_config("tiny", {"out": str(models_dir), "runs": str(runs), "progress": False})
+    return train_and_export(config)
+
+
+def tiny_checkpoint(models_dir: Path, runs_dir: Path | None = None) -> Path:
+    """The checkpoint that ``build_tiny_package`` with the same arguments wrote."""
+    runs = runs_dir if runs_dir is not None else tiny_runs_dir(models_dir)
+    name: str = PRESETS["tiny"]["name"]
+    return runs / name / "checkpoint.pt"
