@@ -83,3 +83,27 @@ def edit_manifest(package: Path, change: Callable[[dict[str, Any]], object]) -> 
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_test_certificates(folder: Path) -> Path:
+    """A test CA (ca.pem), a server certificate for localhost/127.0.0.1 (server.pem,
+    server.key) and a client certificate (client.pem, client.key), made by openssl."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-days", "2",
+            "-subj", "/CN=rnnserve-test-ca", "-out", "ca.pem", cwd=folder)  # fmt: skip
+    for name, subject, extensions in (
+        ("server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        ("client", "/CN=rnnserve-test-client", ""),
+    ):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                "-subj", subject, "-out", f"{name}.csr", cwd=folder)  # fmt: skip
+        (folder / f"{name}.ext").write_text(extensions)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+                "-out", f"{name}.pem", cwd=folder)  # fmt: skip
+    return folder

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.metrics import Metrics
@@ -132,12 +134,14 @@ async def create_server(config: ServerConfig) -> RunningServer:
     metrics = Metrics()
     metrics.watch(engine)
 
+    tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
     server = grpc.aio.server(
+        interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     rnnserve_pb2_grpc.add_RnnServeServicer_to_server(RnnServeServicer(engine, metrics), server)  # type: ignore[no-untyped-call]
     health_servicer = HealthServicer()
@@ -151,7 +155,22 @@ async def create_server(config: ServerConfig) -> RunningServer:
         server,
     )
     address = f"{config.host}:{config.port}"
-    port = server.add_insecure_port(address)
+    if config.tls_cert:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+            root_certificates=(
+                Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+            ),
+            require_client_auth=bool(config.tls_client_ca),
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    log.info(
+        "authentication %s, %s",
+        f"on ({len(tokens)} tokens)" if tokens else "off",
+        "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext",
+    )
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     await server.start()

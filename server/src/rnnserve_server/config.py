@@ -56,6 +56,13 @@ class ServerConfig:
     max_generate_tokens: int = setting(4096, "largest max_tokens a Generate call may ask")
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message in or out")
     shutdown_grace_s: float = setting(10.0, "on SIGTERM, seconds in-flight calls may finish in")
+    auth_tokens: str = setting(
+        "", "bearer tokens as name:token pairs, comma-separated; empty: no authentication"
+    )
+    auth_tokens_file: str = setting("", "file of name:token lines (adds to auth_tokens)")
+    tls_cert: str = setting("", "PEM certificate chain of the server; with tls_key: TLS")
+    tls_key: str = setting("", "PEM private key of the server")
+    tls_client_ca: str = setting("", "PEM CA bundle: require client certificates (mutual TLS)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
 
@@ -74,6 +81,8 @@ class ServerConfig:
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
+            ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "set with tls_cert"),
+            ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "needs tls_cert"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
             (
                 "max_session_idle_timeout_s",

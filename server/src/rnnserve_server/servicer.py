@@ -20,6 +20,7 @@ import grpc
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
 from rnnserve_server import statecodec
+from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import (
     Engine,
     GenerateEvent,
@@ -56,7 +57,11 @@ _FINISH = {
 
 def caller_of(context: Any) -> str:
     """Who owns the sessions a call creates and counts against max_sessions_per_caller:
-    the caller's IP address ("ip:127.0.0.1"; "ip:[::1]"; a Unix socket's peer)."""
+    the authenticated caller's name ("user:alice") when authentication is on, else the
+    caller's IP address ("ip:127.0.0.1"; "ip:[::1]"; a Unix socket's peer)."""
+    authenticated = CURRENT_CALLER.get()
+    if authenticated is not None:
+        return "user:" + authenticated
     peer = context.peer() or ""
     transport, _, address = peer.partition(":")
     if transport in ("ipv4", "ipv6"):

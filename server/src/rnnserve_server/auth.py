@@ -1,0 +1,137 @@
+"""Optional bearer-token authentication, as a gRPC server interceptor.
+
+Tokens come from the setting ``auth_tokens`` (``name:token`` pairs, comma-separated,
+e.g. from the variable RNNSERVE_AUTH_TOKENS) and/or the file ``auth_tokens_file`` (one
+``name:token`` per line; ``#`` starts a comment). A call must carry the metadata
+``authorization: Bearer <token>``; its caller is then that token's name, which owns the
+sessions it creates: another caller's session id answers NOT_FOUND, exactly like an
+unknown one. Every method except the health service answers UNAUTHENTICATED without a
+valid token. With no tokens configured, authentication is off and the caller is the
+peer's IP address.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "rnnserve_caller", default=None
+)
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+def load_tokens(inline: str, file: str) -> dict[str, str]:
+    """token -> caller name, from the inline setting and the file; ValueError if malformed."""
+    entries: list[tuple[str, str]] = []
+    for n, item in enumerate(filter(None, (i.strip() for i in inline.split(",")))):
+        entries.append((f"auth_tokens entry {n + 1}", item))
+    if file:
+        for n, raw in enumerate(Path(file).read_text(encoding="utf-8").splitlines()):
+            line = raw.split("#", 1)[0].strip()
+            if line:
+                entries.append((f"{file}:{n + 1}", line))
+    tokens: dict[str, str] = {}
+    for where, item in entries:
+        name, sep, token = item.partition(":")
+        if not sep or not name.strip() or len(token.strip()) < 8:
+            raise ValueError(f"{where}: expected name:token with a token of 8+ characters")
+        if token.strip() in tokens:
+            raise ValueError(f"{where}: this token is already given to {tokens[token.strip()]!r}")
+        tokens[token.strip()] = name.strip()
+    return tokens
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self._tokens = tokens
+
+    def _caller(self, metadata: Any) -> str | None:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, presented = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    return None
+                for token, name in self._tokens.items():  # compare every one: constant time
+                    if hmac.compare_digest(token.encode(), presented.strip().encode()):
+                        return name
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        caller = self._caller(details.invocation_metadata)
+        if caller is None:
+            return _refusal(handler)
+        return _with_caller(handler, caller)
+
+
+def _refusal(handler: Handler) -> Handler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "a valid 'authorization: Bearer <token>' metadata entry is required",
+        )
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await refuse(request, context)
+        yield  # pragma: no cover - abort raises first
+
+    return _replace_behaviour(handler, refuse, refuse_stream)
+
+
+def _with_caller(handler: Handler, caller: str) -> Handler:
+    def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: Any) -> Any:
+            CURRENT_CALLER.set(caller)
+            return await behaviour(request, context)
+
+        return run
+
+    def streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: Any) -> Any:
+            CURRENT_CALLER.set(caller)
+            async for item in behaviour(request, context):
+                yield item
+
+        return run
+
+    return _wrap(handler, unary, streaming)
+
+
+def _replace_behaviour(
+    handler: Handler, unary: Callable[..., Any], stream: Callable[..., Any]
+) -> Handler:
+    return _wrap(handler, lambda _b: unary, lambda _b: stream)
+
+
+def _wrap(
+    handler: Handler,
+    unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+    streaming: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> Handler:
+    """The same handler kind with its behaviour wrapped (unary or streaming response)."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
