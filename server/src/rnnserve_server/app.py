@@ -21,14 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from rnnserve.v1 import rnnserve_pb2, rnnserve_pb2_grpc
+from rnnserve.v1 import rnnserve_pb2
 from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
-from rnnserve_server.servicer import RnnServeServicer
+from rnnserve_server.servicer import RnnServeServicer, add_to_server
 
 log = logging.getLogger("rnnserve_server")
 
@@ -143,7 +143,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    rnnserve_pb2_grpc.add_RnnServeServicer_to_server(RnnServeServicer(engine, metrics), server)  # type: ignore[no-untyped-call]
+    add_to_server(RnnServeServicer(engine, metrics), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
@@ -69,6 +70,55 @@ def caller_of(context: Any) -> str:
     return "ip:" + address
 
 
+class Malformed:
+    """A request whose bytes are not a valid protobuf message of the method's type.
+
+    The deserializer hands this to the handler instead of raising, so the caller gets
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN) and the server logs no traceback.
+    """
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name, self.error = type_name, error
+
+
+def parsed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"request: not a valid {request.type_name} message ({request.error})")
+    return request
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return decode
+
+
+def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
+    """Register every method of the service with lenient request decoding (Malformed)."""
+    service = pb.DESCRIPTOR.services_by_name["RnnServe"]
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        method.name: factories[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
 def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     """Map ServiceError to its status, anything else to INTERNAL; count and time calls.
 
@@ -92,6 +142,7 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         async def stream_wrapper(self: RnnServeServicer, request: Any, context: Any) -> Any:
             self._start()
             try:
+                parsed(request)
                 async for item in handler(self, request, context):
                     yield item
             except asyncio.CancelledError:
@@ -110,7 +161,7 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     async def unary_wrapper(self: RnnServeServicer, request: Any, context: Any) -> Any:
         self._start()
         try:
-            reply = await handler(self, request, context)
+            reply = await handler(self, parsed(request), context)
         except asyncio.CancelledError:
             self._cancelled(method)
             raise
@@ -317,7 +368,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
     ) -> AsyncIterator[pb.StepResponse]:
         async for request in request_iterator:
-            yield await self._step(request, context)
+            yield await self._step(parsed(request), context)
 
     @_guarded
     async def StepMany(
@@ -325,7 +376,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     ) -> AsyncIterator[pb.StepManyResponse]:
         limit = self.engine.config.max_steps_per_message
         async for request in request_iterator:
-            if len(request.steps) > limit:  # the proto's contract: INVALID_ARGUMENT
+            if len(parsed(request).steps) > limit:  # the proto's contract: INVALID_ARGUMENT
                 raise out_of_range(
                     "steps",
                     len(request.steps),
