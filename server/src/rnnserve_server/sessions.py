@@ -187,9 +187,15 @@ class SessionStore:
         return session
 
     def get(self, session_id: str, owner: str = "") -> Session:
+        """An open session of this owner; an idle-expired one is closed here and then,
+        so expiry is exact to the call, not to the sweeper's interval."""
         if not session_id:
             raise InvalidArgument("session_id is required")
         session = self._sessions.get(session_id)
+        if session is not None and self._idle_past_timeout(session, self._clock()):
+            self._detach(session, "expired")
+            asyncio.get_running_loop().create_task(self._release(session))
+            session = None
         # Another owner's session answers exactly like an unknown one: no existence leak.
         if session is None or session.owner != owner:
             raise NotFound(
@@ -199,30 +205,39 @@ class SessionStore:
 
     async def close(self, session: Session, *, reason: str = "closed") -> None:
         """Remove the session now; free its slot once its in-flight call (if any) ends."""
+        if self._detach(session, reason):
+            await self._release(session)
+
+    def _detach(self, session: Session, reason: str) -> bool:
+        """Take the session out of the index (new calls: NOT_FOUND). False if it was out."""
         if self._sessions.pop(session.id, None) is None:
-            return  # already closed or expired: the slot is released only once
+            return False  # already closed or expired: the slot is released only once
         session.closed = True
         left = self._per_owner[session.owner] - 1
         if left:
             self._per_owner[session.owner] = left
         else:
             del self._per_owner[session.owner]
-        async with session.lock:
-            self.pool(session.model).release(session.slot)
         if reason == "expired":
             self.expired_total += 1
         else:
             self.closed_total += 1
         log.debug("session %s", reason, extra={"session": session.id})
+        return True
+
+    async def _release(self, session: Session) -> None:
+        """Free the slot once no call of the session is in flight (under its lock)."""
+        async with session.lock:
+            self.pool(session.model).release(session.slot)
+
+    @staticmethod
+    def _idle_past_timeout(session: Session, now: float) -> bool:
+        return not session.lock.locked() and now - session.last_used > session.idle_timeout_s
 
     async def expire_idle(self) -> int:
         """Close sessions idle past their timeout; those with a call in flight are busy."""
         now = self._clock()
-        idle = [
-            s
-            for s in self._sessions.values()
-            if not s.lock.locked() and now - s.last_used > s.idle_timeout_s
-        ]
+        idle = [s for s in self._sessions.values() if self._idle_past_timeout(s, now)]
         for session in idle:
             await self.close(session, reason="expired")
         return len(idle)
