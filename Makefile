@@ -57,8 +57,12 @@ lint-docker: $(STAMP) ## Validate the Dockerfiles (hadolint) and docker-compose.
 	bash scripts/lint-docker.sh $(BIN)
 
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite
+test: $(STAMP) ## Run the whole test suite (the Docker end-to-end test: make test-docker)
 	$(BIN)/pytest
+
+.PHONY: test-docker
+test-docker: $(STAMP) ## Build the images and run the compose stack end to end (needs root or a Docker engine)
+	$(BIN)/pytest -m docker -rP tests/docker
 
 $(MODELS)/$(DEFAULT_MODEL):
 	$(BIN)/rnnserve-train --preset=$(DEFAULT_PRESET) --out=$(MODELS)
