@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -59,8 +60,10 @@ class Splits:
 
 
 def load_corpus(name: str, max_documents: int = 0) -> Corpus:
+    """The built-in ``fortunes`` corpus, or your own text: a UTF-8 file, or a folder of
+    ``*.txt`` files, in which documents are separated by blank lines."""
     if name != "fortunes":
-        raise ValueError(f"unknown data set {name!r}; known: fortunes")
+        return load_text_corpus(Path(name), max_documents)
     documents: list[str] = []
     for path in fortune_files():
         documents.extend(parse_fortunes(path.read_text(encoding="utf-8", errors="replace")))
@@ -73,6 +76,32 @@ def load_corpus(name: str, max_documents: int = 0) -> Corpus:
         origin=FORTUNE_ORIGIN,
         licence=licence,
         files=FORTUNE_FILES,
+        documents=tuple(documents),
+    )
+
+
+def load_text_corpus(path: Path, max_documents: int = 0) -> Corpus:
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(
+            f"data = {str(path)!r}: neither 'fortunes' nor an existing text file or folder"
+        )
+    documents: list[str] = []
+    for file in files:
+        text = file.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        documents.extend(d.strip("\n") for d in re.split(r"\n\s*\n", text) if d.strip())
+    if not documents:
+        raise ValueError(f"data = {str(path)!r}: no documents (UTF-8 text, blank-line separated)")
+    if max_documents:
+        documents = documents[:max_documents]
+    return Corpus(
+        name=str(path),
+        origin=f"user-supplied text: {', '.join(f.name for f in files)}",
+        licence="as supplied by the user (not checked by rnnserve)",
+        files=tuple(f.name for f in files),
         documents=tuple(documents),
     )
 
