@@ -64,6 +64,10 @@ test: $(STAMP) ## Run the whole test suite (the Docker end-to-end test: make tes
 test-docker: $(STAMP) ## Build the images and run the compose stack end to end (needs root or a Docker engine)
 	$(BIN)/pytest -m docker -rP tests/docker
 
+.PHONY: bench
+bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~5 min); rewrites docs/benchmarks.md
+	$(PY) -m bench
+
 $(MODELS)/$(DEFAULT_MODEL):
 	$(BIN)/rnnserve-train --preset=$(DEFAULT_PRESET) --out=$(MODELS)
 

@@ -1,0 +1,252 @@
+"""The performance targets of issue 6, judged on one run's records.
+
+Each target compares figures of the same run; one that lacks a figure (a quick run, a
+failed measurement, a graph the package does not have yet) is "n/a" with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.records import (
+    ECHO,
+    GENERATE,
+    IDLE_MEMORY,
+    LOCKSTEP,
+    MULTIPLEXED,
+    PROMPT_ONE_CALL,
+    PROMPT_RAW_SEQUENCE,
+    PROMPT_RAW_STEPS,
+    PROMPT_SINGLE_STEPS,
+    RAW,
+    RAW_SAMPLING,
+    RAW_STEP,
+    RNNSERVE,
+    Record,
+)
+
+PASS, MISS, NOT_MEASURED = "PASS", "MISS", "n/a"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    required: str
+    measured: str
+    status: str
+
+
+def find(
+    records: Sequence[Record],
+    system: str,
+    scenario: str,
+    *,
+    concurrency: int | None = None,
+    batch: int | None = None,
+) -> Record | None:
+    """The successful record of that measurement, if the run has one."""
+    for r in records:
+        if (
+            r.system == system
+            and r.scenario == scenario
+            and (concurrency is None or r.concurrency == concurrency)
+            and (batch is None or r.batch == batch)
+            and r.error is None
+            and r.skipped is None
+        ):
+            return r
+    return None
+
+
+def _ratio_verdict(
+    target: str,
+    required: str,
+    measured: tuple[float, str] | None,
+    *,
+    limit: float,
+    at_least: bool,
+    missing: str,
+) -> Verdict:
+    """PASS when the measured ratio is on the right side of ``limit``; n/a without one."""
+    if measured is None:
+        return Verdict(target, required, missing, NOT_MEASURED)
+    value, describe = measured
+    ok = value >= limit if at_least else value <= limit
+    return Verdict(target, required, describe, PASS if ok else MISS)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def lockstep_64(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, LOCKSTEP, concurrency=64)
+    echo = find(records, ECHO, LOCKSTEP, concurrency=64)
+    measured = None
+    if ours and echo and ours.steps_per_s and echo.steps_per_s:
+        value = ours.steps_per_s / echo.steps_per_s
+        measured = (
+            value,
+            f"{_fmt(ours.steps_per_s)} / {_fmt(echo.steps_per_s)} steps/s = {value:.2f}× echo",
+        )
+    return _ratio_verdict(
+        "64 lockstep sessions: rnnserve steps/s vs the echo ceiling",
+        "≥ 0.90× echo",
+        measured,
+        limit=0.9,
+        at_least=True,
+        missing="needs rnnserve and echo at 64 sessions",
+    )
+
+
+def one_session_latency(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, LOCKSTEP, concurrency=1)
+    echo = find(records, ECHO, LOCKSTEP, concurrency=1)
+    raw = find(records, RAW, RAW_STEP, batch=1)
+    measured = None
+    if ours and echo and raw and ours.p50_ms and echo.p50_ms and raw.p50_ms:
+        bound = echo.p50_ms + raw.p50_ms
+        value = ours.p50_ms / bound
+        measured = (
+            value,
+            (
+                f"p50 {ours.p50_ms:.3f} ms vs echo {echo.p50_ms:.3f} + raw step "
+                f"{raw.p50_ms:.3f} = {bound:.3f} ms ({value:.2f}×)"
+            ),
+        )
+    return _ratio_verdict(
+        "one session: p50 round trip",
+        "≤ 1.1 × (echo p50 + raw batch-1 step)",
+        measured,
+        limit=1.1,
+        at_least=False,
+        missing="needs rnnserve and echo at 1 session and raw batch 1",
+    )
+
+
+def generation(records: Sequence[Record], sessions: int, share: float) -> Verdict:
+    ours = find(records, RNNSERVE, GENERATE, concurrency=sessions)
+    raw = find(records, RAW, RAW_SAMPLING, batch=sessions)
+    measured = None
+    if ours and raw and ours.tokens_per_s and raw.tokens_per_s:
+        value = ours.tokens_per_s / raw.tokens_per_s
+        measured = (
+            value,
+            f"{_fmt(ours.tokens_per_s)} / {_fmt(raw.tokens_per_s)} tokens/s = {value:.2f}× raw",
+        )
+    plural = "s" if sessions > 1 else ""
+    return _ratio_verdict(
+        f"{sessions} concurrent generation{plural}: tokens/s vs the raw batch-{sessions} "
+        "sampling loop",
+        f"≥ {share:.1f}× raw",
+        measured,
+        limit=share,
+        at_least=True,
+        missing=f"needs rnnserve generate at {sessions} and raw sampling at batch {sessions}",
+    )
+
+
+def prompt_vs_sequence_graph(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, PROMPT_ONE_CALL)
+    raw = find(records, RAW, PROMPT_RAW_SEQUENCE)
+    target = "a long prompt in one call vs the raw sequence graph"
+    if raw is None:
+        skipped = next(
+            (r.skipped for r in records if r.scenario == PROMPT_RAW_SEQUENCE and r.skipped),
+            "no raw sequence-graph figure",
+        )
+        loop = find(records, RAW, PROMPT_RAW_STEPS)
+        if ours and loop and ours.total_ms and loop.total_ms:
+            skipped += f" (vs the raw step-graph loop: {ours.total_ms / loop.total_ms:.2f}×)"
+        return Verdict(target, "≤ 1.5× raw sequence graph", skipped, NOT_MEASURED)
+    measured = None
+    if ours and ours.total_ms and raw.total_ms:
+        value = ours.total_ms / raw.total_ms
+        measured = value, f"{ours.total_ms:.1f} ms vs {raw.total_ms:.1f} ms = {value:.2f}×"
+    return _ratio_verdict(
+        target,
+        "≤ 1.5× raw sequence graph",
+        measured,
+        limit=1.5,
+        at_least=False,
+        missing="needs rnnserve's one-call prompt figure",
+    )
+
+
+def prompt_vs_single_steps(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, PROMPT_ONE_CALL)
+    single = find(records, RNNSERVE, PROMPT_SINGLE_STEPS)
+    measured = None
+    if ours and single and ours.total_ms and single.total_ms:
+        value = single.total_ms / ours.total_ms
+        measured = (
+            value,
+            (
+                f"{ours.total_ms:.1f} ms in one call vs {single.total_ms:,.0f} ms as "
+                f"{ours.prompt_tokens} Steps = {value:.1f}× faster"
+            ),
+        )
+    return _ratio_verdict(
+        "a long prompt in one call vs token-by-token Step calls",
+        "≥ 20× faster",
+        measured,
+        limit=20.0,
+        at_least=True,
+        missing="needs both prompt figures",
+    )
+
+
+def idle_memory(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, IDLE_MEMORY)
+    measured = None
+    if ours and ours.bytes_per_session and ours.state_bytes_per_session:
+        value = ours.bytes_per_session / ours.state_bytes_per_session
+        measured = (
+            value,
+            (
+                f"{ours.bytes_per_session:,.0f} B/session vs {ours.state_bytes_per_session} B "
+                f"of state = {value:.2f}× (measured at {ours.sessions:,} sessions, linear to 1M)"
+            ),
+        )
+    return _ratio_verdict(
+        "1,000,000 idle sessions: memory above the process baseline",
+        "≤ 1.5× state bytes",
+        measured,
+        limit=1.5,
+        at_least=False,
+        missing="needs the idle-memory figure",
+    )
+
+
+def multiplexed_stream(records: Sequence[Record]) -> Verdict:
+    ours = find(records, RNNSERVE, MULTIPLEXED, concurrency=256)
+    raw = find(records, RAW, RAW_STEP, batch=64)
+    measured = None
+    if ours and raw and ours.steps_per_s and raw.steps_per_s:
+        value = ours.steps_per_s / raw.steps_per_s
+        measured = (
+            value,
+            f"{_fmt(ours.steps_per_s)} / {_fmt(raw.steps_per_s)} steps/s = {value:.2f}× raw",
+        )
+    return _ratio_verdict(
+        "256 sessions multiplexed over one StepMany stream vs raw batch 64",
+        "≥ 0.5× raw batch 64",
+        measured,
+        limit=0.5,
+        at_least=True,
+        missing="needs rnnserve multiplexed at 256 sessions and raw batch 64",
+    )
+
+
+def evaluate(records: Sequence[Record]) -> list[Verdict]:
+    return [
+        lockstep_64(records),
+        one_session_latency(records),
+        generation(records, 64, 0.5),
+        generation(records, 1, 0.7),
+        prompt_vs_sequence_graph(records),
+        prompt_vs_single_steps(records),
+        idle_memory(records),
+        multiplexed_stream(records),
+    ]
