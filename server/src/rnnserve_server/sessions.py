@@ -68,8 +68,14 @@ class StatePool:
         return int(self.states.nbytes)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
+    """One session's bookkeeping; its state lives in the model's StatePool at ``slot``.
+
+    Slotted, with the lock and the sampling generator made on first use, so an idle
+    session costs little beyond its state (a million idle sessions is a target).
+    """
+
     id: str
     model: Model
     slot: int
@@ -79,10 +85,30 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    rng: np.random.Generator = field(
-        default_factory=lambda: np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-    )
+    _lock: asyncio.Lock | None = None
+    _rng: np.random.Generator | None = None
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Orders the session's calls; held for the whole of each call."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @property
+    def busy(self) -> bool:
+        return self._lock is not None and self._lock.locked()
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The session's sampling generator (random seed unless one was given)."""
+        if self._rng is None:
+            self._rng = np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+        return self._rng
+
+    @rng.setter
+    def rng(self, generator: np.random.Generator) -> None:
+        self._rng = generator
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -232,7 +258,7 @@ class SessionStore:
 
     @staticmethod
     def _idle_past_timeout(session: Session, now: float) -> bool:
-        return not session.lock.locked() and now - session.last_used > session.idle_timeout_s
+        return not session.busy and now - session.last_used > session.idle_timeout_s
 
     async def expire_idle(self) -> int:
         """Close sessions idle past their timeout; those with a call in flight are busy."""
