@@ -24,12 +24,21 @@ from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
+    ServiceError,
     out_of_range,
     over_limit,
 )
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
-from rnnserve_server.sampling import MAX_TOP_K, SamplingParams, sigmoid, softmax, top_k
+from rnnserve_server.sampling import (
+    MAX_TOP_K,
+    SamplingParams,
+    sigmoid,
+    softmax,
+    top_k,
+    top_k_rows,
+)
 from rnnserve_server.sessions import Session, SessionStore
 from rnnserve_server.tokenizer import TokenizeError
 
@@ -52,6 +61,16 @@ class TokenInput:
     @property
     def given(self) -> bool:
         return self.ids is not None or self.text is not None
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One step of a StepMany message."""
+
+    session_id: str
+    given: TokenInput
+    k: int | None = None
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,6 +234,28 @@ class Engine:
         top = [(i, names[i], p) for i, p in top_k(probabilities, k)]
         return top, (probabilities.astype(np.float32).tolist() if full else None)
 
+    def _describe_rows(
+        self, model: Model, logits: FloatArray, ks: list[int], fulls: list[bool]
+    ) -> list[tuple[list[tuple[int, str, float]], list[float] | None]]:
+        """_describe for a batch of rows at once (vectorized softmax and top-k)."""
+        rows = logits.astype(np.float64)
+        probabilities = (
+            sigmoid(rows) if model.package.manifest.output.kind == "sigmoid" else softmax(rows)
+        )
+        names = model.package.manifest.output.labels or model.package.tokenizer.tokens
+        ids, values = top_k_rows(probabilities, max(ks, default=0))
+        ids_list, values_list = ids.tolist(), values.tolist()
+        return [
+            (
+                [
+                    (i, names[i], p)
+                    for i, p in zip(ids_list[r][:k], values_list[r][:k], strict=True)
+                ],
+                probabilities[r].astype(np.float32).tolist() if full else None,
+            )
+            for r, (k, full) in enumerate(zip(ks, fulls, strict=True))
+        ]
+
     # ------------------------------------------------------------------ sessions
 
     async def create_session(
@@ -360,6 +401,84 @@ class Engine:
             steps = session.steps
         top, distribution = self._describe(model, logits, k, full)
         return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
+
+    async def step_many(
+        self, calls: Sequence[StepCall], *, owner: str = ""
+    ) -> list[StepOutput | ServiceError]:
+        """Many sessions' steps, each answered alone (an error fails only its step).
+
+        Single-token steps of sessions that appear once and have no call in flight run
+        as one batch per model with vectorized outputs; the rest (several tokens, a
+        session named twice, a busy session) take the ordinary path, in message order
+        per session.
+        """
+        results: list[StepOutput | ServiceError | None] = [None] * len(calls)
+        mentions: dict[str, int] = {}
+        for call in calls:
+            mentions[call.session_id] = mentions.get(call.session_id, 0) + 1
+        fast: dict[Model, list[tuple[int, Session, int, int, bool]]] = {}
+        ordinary: list[tuple[int, Session, TokenInput, int, bool]] = []
+        for index, call in enumerate(calls):
+            try:
+                session = self.sessions.get(call.session_id, owner)
+                k = self._check_top_k(call.k)
+                ids = self.encode_input(session.model, call.given, field="input")
+            except ServiceError as exc:
+                results[index] = exc
+                continue
+            if len(ids) == 1 and mentions[call.session_id] == 1 and not session.busy:
+                fast.setdefault(session.model, []).append(
+                    (index, session, int(ids[0]), k, call.full)
+                )
+            else:
+                ordinary.append((index, session, call.given, k, call.full))
+
+        async def one(index: int, session: Session, given: TokenInput, k: int, full: bool) -> None:
+            try:
+                results[index] = await self.step(session, given, k=k, full=full)
+            except ServiceError as exc:
+                results[index] = exc
+
+        tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
+        try:
+            for model, items in fast.items():
+                await self._step_batch(model, items, results)
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return [r if r is not None else NotFound("session was closed") for r in results]
+
+    async def _step_batch(
+        self,
+        model: Model,
+        items: list[tuple[int, Session, int, int, bool]],
+        results: list[StepOutput | ServiceError | None],
+    ) -> None:
+        """One step-graph run for single-token steps of distinct, idle sessions."""
+        sessions = [session for _, session, _, _, _ in items]
+        for session in sessions:  # idle when sorted; a later model group may wait its turn
+            await session.lock.acquire()
+        try:
+            pool = self.sessions.pool(model)
+            slots = [session.slot for session in sessions]
+            tokens = np.fromiter((token for _, _, token, _, _ in items), np.int64, len(items))
+            logits, new_state = await self._infer(model.runtime.step, tokens, pool.gather(slots))
+            live = [r for r, session in enumerate(sessions) if not session.closed]
+            pool.scatter([slots[r] for r in live], new_state[:, live, :])
+            described = self._describe_rows(
+                model, logits[live], [items[r][3] for r in live], [items[r][4] for r in live]
+            )
+            for r, (top, distribution) in zip(live, described, strict=True):
+                session = sessions[r]
+                session.steps += 1
+                session.touch()
+                results[items[r][0]] = StepOutput(
+                    steps=session.steps, consumed=1, top=top, distribution=distribution
+                )
+        finally:
+            for session in sessions:
+                session.lock.release()
 
     async def classify(
         self, model: Model, given: TokenInput, *, k: int | None, every_step: bool

@@ -19,25 +19,37 @@ Vector = np.ndarray[Any, np.dtype[np.floating[Any]]]
 
 
 def softmax(logits: Vector) -> Vector:
-    shifted = np.exp(logits - np.max(logits))
-    return shifted / shifted.sum()  # type: ignore[no-any-return]
+    """Softmax over the last axis (one distribution per row)."""
+    shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def sigmoid(logits: Vector) -> Vector:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def top_k(probabilities: Vector, k: int) -> list[tuple[int, float]]:
-    """The k most probable entries, most probable first (ties: lower id first)."""
-    k = min(k, probabilities.shape[0])
-    if k <= 0:
-        return []
-    if k < probabilities.shape[0]:
-        candidates = np.argpartition(-probabilities, k - 1)[:k]
+def top_k_rows(probabilities: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
+    """Per row of [B, K], the k most probable ids and their probabilities, most probable
+    first (ties: lower id first), by partial selection: [B, k] and [B, k]."""
+    rows, width = probabilities.shape
+    k = max(0, min(k, width))
+    if k < width:
+        candidates = (
+            np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+            if k
+            else (np.zeros((rows, 0), dtype=np.int64))
+        )
     else:
-        candidates = np.arange(probabilities.shape[0])
-    order = sorted(candidates.tolist(), key=lambda i: (-probabilities[i], i))
-    return [(int(i), float(probabilities[i])) for i in order]
+        candidates = np.broadcast_to(np.arange(width), (rows, width))
+    values = np.take_along_axis(probabilities, candidates, axis=1)
+    order = np.lexsort((candidates, -values), axis=-1)
+    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def top_k(probabilities: Vector, k: int) -> list[tuple[int, float]]:
+    """The k most probable entries of one distribution, most probable first."""
+    ids, values = top_k_rows(probabilities[None, :], k)
+    return list(zip(ids[0].tolist(), values[0].tolist(), strict=True))
 
 
 @dataclass(frozen=True)

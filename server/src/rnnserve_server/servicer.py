@@ -26,6 +26,7 @@ from rnnserve_server.engine import (
     Engine,
     GenerateEvent,
     GenerateOptions,
+    StepCall,
     StepOutput,
     TokenInput,
 )
@@ -145,7 +146,9 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
                 parsed(request)
                 async for item in handler(self, request, context):
                     yield item
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # A cancel that lands while gRPC writes a response closes the generator at
+                # its yield (GeneratorExit) instead of cancelling the task: count both.
                 self._cancelled(method)
                 raise
             except grpc.aio.AbortError:
@@ -385,21 +388,22 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
             yield pb.StepManyResponse(outcomes=await self._step_many(request.steps, context))
 
     async def _step_many(self, steps: Any, context: Any) -> list[pb.StepOutcome]:
-        """Every step of one message at once: steps of different sessions share batches;
-        steps of the same session run in message order (its lock orders them)."""
-
-        async def one(step: pb.StepRequest) -> pb.StepOutcome:
-            try:
-                return pb.StepOutcome(result=await self._step(step, context))
-            except ServiceError as exc:
-                return pb.StepOutcome(code=exc.code.value[0], message=exc.message)
-
-        tasks = [asyncio.ensure_future(one(step)) for step in steps]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for task in tasks:
-                task.cancel()
+        calls = [
+            StepCall(
+                session_id=step.session_id,
+                given=_token_input(step, "tokens", "text", "input"),
+                k=step.top_k if step.HasField("top_k") else None,
+                full=step.return_distribution,
+            )
+            for step in steps
+        ]
+        outcomes = await self.engine.step_many(calls, owner=caller_of(context))
+        return [
+            pb.StepOutcome(code=out.code.value[0], message=out.message)
+            if isinstance(out, ServiceError)
+            else pb.StepOutcome(result=_step_response(call.session_id, out))
+            for call, out in zip(calls, outcomes, strict=True)
+        ]
 
     # ------------------------------------------------------------------ generation
 
