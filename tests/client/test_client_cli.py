@@ -38,7 +38,7 @@ def test_help_and_version_run_as_installed() -> None:
     for command in ([str(script)], RNNSERVE):
         shown = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True)
         assert "usage: rnnserve" in shown.stdout
-        for name in ("models", "generate", "step", "interactive", "health"):
+        for name in ("models", "generate", "step", "classify", "translate", "reload", "health"):
             assert name in shown.stdout
     version = subprocess.run([*RNNSERVE, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"rnnserve {__version__}"
@@ -46,7 +46,17 @@ def test_help_and_version_run_as_installed() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["nope"], ["generate", "--max-tokens", "many"], ["generate", "--stop"], ["step"]],
+    [
+        [],
+        ["nope"],
+        ["generate", "--max-tokens", "many"],
+        ["generate", "--stop"],
+        ["generate", "--condition"],
+        ["step"],
+        ["classify"],
+        ["translate", "--max-tokens", "1"],
+        ["reload", "extra"],
+    ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     shown = subprocess.run([*RNNSERVE, *argv], capture_output=True, text=True, check=False)

@@ -68,7 +68,13 @@ def test_async_step_stream_keeps_order_and_state(server: ServerThread, model_nam
                 r async for r in client.step_stream(StepInput(split.id, text=c) for c in PROMPT)
             ]
         assert [r.steps for r in results] == list(range(1, len(PROMPT) + 1))
-        assert results[-1].top[:3] == expected.top
+        # A package with a sequence graph runs the whole prompt through it: the same
+        # candidates, probabilities equal to float32 rounding.
+        last = results[-1].top[:3]
+        assert [t.id for t in last] == [t.id for t in expected.top]
+        assert [t.probability for t in last] == pytest.approx(
+            [t.probability for t in expected.top], abs=2e-6
+        )
 
     run(server, body)
 

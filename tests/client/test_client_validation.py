@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import math
 
+import grpc
 import pytest
 
 import rnnserve
 from rnnserve import StepInput, TLSConfig
 from rnnserve._channel import call_metadata, parse_target
-from rnnserve._messages import generate_request, generated_chunk, model_info, step_request
+from rnnserve._messages import (
+    classify_request,
+    classify_result,
+    create_session_request,
+    generate_request,
+    generated_chunk,
+    model_info,
+    reload_result,
+    step_many_request,
+    step_outcomes,
+    step_request,
+    translate_request,
+    translate_result,
+)
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 
@@ -120,6 +134,7 @@ def sampling(**overrides: object) -> pb.GenerateRequest:
         "top_p": None,
         "seed": None,
         "stop": (),
+        "stop_tokens": (),
     }
     prompt = overrides.pop("prompt", None)
     return generate_request("s", prompt, **{**options, **overrides})  # type: ignore[arg-type]
@@ -189,3 +204,131 @@ def test_generated_chunks_name_why_they_ended() -> None:
     assert (stopped.finish_reason, stopped.matched_stop) == ("stop-string", "\n")
     ended = generated_chunk(pb.GenerateResponse(finish_reason=pb.FINISH_REASON_END_TOKEN))
     assert ended.finish_reason == "end-token"
+
+
+def test_stop_tokens_travel_as_ids() -> None:
+    assert list(sampling(stop_tokens=[3, 0]).stop_token_ids) == [3, 0]
+    assert list(sampling().stop_token_ids) == []
+    with pytest.raises(ValueError, match=r"stop_tokens must be a sequence of token ids"):
+        sampling(stop_tokens="ab")
+    with pytest.raises(ValueError, match=r"stop_tokens\[0\] must be in"):
+        sampling(stop_tokens=[-1])
+
+
+def test_create_session_requests_carry_only_what_is_given() -> None:
+    plain = create_session_request("m", 0, 0, seed=None, state=None, source=None, condition=None)
+    assert not plain.HasField("seed") and plain.WhichOneof("source") is None
+    assert (plain.state, plain.condition) == (b"", "")
+    full = create_session_request(
+        "m", 2, 30, seed=0, state=bytearray(b"RNN"), source="hola", condition="calm"
+    )
+    assert full.HasField("seed") and full.seed == 0 and full.state == b"RNN"
+    assert (full.source_text, full.condition, full.version) == ("hola", "calm", 2)
+    ids = create_session_request("m", 0, 0, seed=None, state=None, source=(4, 2), condition=None)
+    assert list(ids.source_tokens.ids) == [4, 2]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"state": b""}, "state must be the bytes of an export, not empty"),
+        ({"state": "RNNSTATE"}, "state must be bytes, got str"),
+        ({"source": b"abc"}, "source must be a str or a sequence of token ids"),
+        ({"source": [1, -1]}, r"source\[1\] must be in"),
+        ({"condition": 3}, "condition must be a str"),
+        ({"seed": 2**64}, "seed must be in"),
+    ],
+)
+def test_create_session_arguments_are_checked_locally(
+    overrides: dict[str, object], message: str
+) -> None:
+    options: dict[str, object] = {"seed": None, "state": None, "source": None, "condition": None}
+    with pytest.raises(ValueError, match=message):
+        create_session_request("m", 0, 0, **{**options, **overrides})  # type: ignore[arg-type]
+
+
+def test_step_many_messages_are_sequences_of_step_inputs() -> None:
+    steps = [StepInput("a", text="x"), StepInput("b", tokens=[1], top_k=0)]
+    request = step_many_request(steps)
+    assert [s.session_id for s in request.steps] == ["a", "b"]
+    assert request.steps[1].HasField("top_k")
+    assert list(step_many_request(()).steps) == []
+    with pytest.raises(TypeError, match=r"sequence of rnnserve\.StepInput, got StepInput"):
+        step_many_request(steps[0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="StepInput"):
+        step_many_request([{"session_id": "a"}])  # type: ignore[list-item]
+
+
+def test_step_outcomes_are_results_or_typed_errors() -> None:
+    outcomes = step_outcomes(
+        pb.StepManyResponse(
+            outcomes=[
+                pb.StepOutcome(result=pb.StepResponse(session_id="a", steps=2, consumed=1)),
+                pb.StepOutcome(code=grpc.StatusCode.NOT_FOUND.value[0], message="gone"),
+                pb.StepOutcome(code=99, message="from the future"),
+            ]
+        )
+    )
+    ok, missing, unknown = outcomes
+    assert ok == rnnserve.StepResult("a", 2, 1, [], None)
+    assert isinstance(missing, rnnserve.NotFound) and missing.details == "gone"
+    assert type(unknown) is rnnserve.RnnServeError and unknown.code is grpc.StatusCode.UNKNOWN
+    assert "status code 99: from the future" in unknown.details
+
+
+def test_classify_and_translate_requests_keep_server_defaults() -> None:
+    classify = classify_request("m", "abc", None, version=0, top_k=None, every_step=False)
+    assert classify.text == "abc" and not classify.HasField("top_k") and not classify.every_step
+    by_ids = classify_request("m", None, [1, 2], version=3, top_k=0, every_step=True)
+    assert list(by_ids.tokens.ids) == [1, 2] and by_ids.HasField("top_k") and by_ids.every_step
+    options: dict[str, object] = {
+        "version": 0,
+        "max_tokens": 0,
+        "temperature": None,
+        "top_k": 0,
+        "top_p": None,
+        "seed": None,
+    }
+    translate = translate_request("m", "hola", **options)  # type: ignore[arg-type]
+    assert translate.source_text == "hola"
+    for name in ("temperature", "top_p", "seed"):
+        assert not translate.HasField(name)
+    sampled = translate_request("m", [7], **{**options, "temperature": 0.5, "seed": 1})  # type: ignore[arg-type]
+    assert list(sampled.source_tokens.ids) == [7] and sampled.temperature == 0.5
+
+
+def test_newer_responses_become_dataclasses() -> None:
+    info = model_info(
+        pb.ModelInfo(name="g", initial_state="condition", conditions=["calm", "wild"])
+    )
+    assert (info.initial_state, info.conditions) == ("condition", ["calm", "wild"])
+    stopped = generated_chunk(pb.GenerateResponse(finish_reason=pb.FINISH_REASON_STOP_TOKEN))
+    assert stopped.finish_reason == "stop-token"
+    classified = classify_result(
+        pb.ClassifyResponse(
+            top=[pb.TokenProbability(id=1, text="pos", probability=0.75)],
+            final=pb.LabelProbabilities(probabilities=[0.25, 0.75]),
+            steps=[pb.LabelProbabilities(probabilities=[0.5, 0.5])],
+        )
+    )
+    assert classified == rnnserve.ClassifyResult(
+        [rnnserve.TokenProb(1, "pos", 0.75)], [0.25, 0.75], [[0.5, 0.5]]
+    )
+    translated = translate_result(
+        pb.TranslateResponse(
+            tokens=[pb.GeneratedToken(id=2, text="ok", probability=1.0)],
+            text="ok",
+            finish_reason=pb.FINISH_REASON_END_TOKEN,
+        )
+    )
+    assert (translated.text, translated.finish_reason) == ("ok", "end-token")
+    reloaded = reload_result(
+        pb.ReloadModelsResponse(
+            models=[pb.ModelInfo(name="g", version=2)],
+            added=["g/2"],
+            refused=[pb.RefusedPackage(path="/m/x/1", reason="manifest.json: missing")],
+        )
+    )
+    assert (reloaded.added, reloaded.removed) == (["g/2"], [])
+    assert reloaded.refused == [rnnserve.RefusedPackage("/m/x/1", "manifest.json: missing")]
+    assert [(m.name, m.version) for m in reloaded.models] == [("g", 2)]

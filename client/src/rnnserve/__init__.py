@@ -29,13 +29,17 @@ from rnnserve.errors import (
 )
 from rnnserve.session import AsyncSession, GenerateOptions, Session
 from rnnserve.types import (
+    ClassifyResult,
     GeneratedChunk,
     GeneratedToken,
     ModelInfo,
+    RefusedPackage,
+    ReloadResult,
     SessionInfo,
     StepInput,
     StepResult,
     TokenProb,
+    TranslateResult,
     Vocabulary,
 )
 
@@ -43,6 +47,7 @@ __all__ = [
     "AsyncClient",
     "AsyncSession",
     "Cancelled",
+    "ClassifyResult",
     "Client",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -54,6 +59,8 @@ __all__ = [
     "ModelInfo",
     "NotFound",
     "PermissionDenied",
+    "RefusedPackage",
+    "ReloadResult",
     "ResourceExhausted",
     "RnnServeError",
     "Session",
@@ -62,6 +69,7 @@ __all__ = [
     "StepResult",
     "TLSConfig",
     "TokenProb",
+    "TranslateResult",
     "Unauthenticated",
     "Unavailable",
     "Vocabulary",

@@ -7,18 +7,24 @@ definition of a well-formed call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper as _EnumType
 
 from rnnserve import _validate
+from rnnserve.errors import RnnServeError, from_code_number
 from rnnserve.types import (
+    ClassifyResult,
     GeneratedChunk,
     GeneratedToken,
     ModelInfo,
+    RefusedPackage,
+    ReloadResult,
     SessionInfo,
     StepInput,
     StepResult,
     TokenProb,
+    TranslateResult,
     Vocabulary,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -32,16 +38,71 @@ def get_model_request(name: str, version: int) -> pb.GetModelRequest:
     return pb.GetModelRequest(name=name, version=_validate.unsigned("version", version, bits=32))
 
 
+def _set_sequence(
+    request: Any, name: str, value: str | Sequence[int], *, text_field: str, tokens_field: str
+) -> None:
+    """Fill a request's text-or-token-ids oneof: a str is text, anything else token ids."""
+    checked = _validate.text_or_tokens(name, value)
+    if isinstance(checked, str):
+        setattr(request, text_field, checked)
+    else:
+        getattr(request, tokens_field).ids.extend(checked)
+
+
 def create_session_request(
-    model: str, version: int, idle_timeout_s: int
+    model: str,
+    version: int,
+    idle_timeout_s: int,
+    *,
+    seed: int | None,
+    state: bytes | None,
+    source: str | Sequence[int] | None,
+    condition: str | None,
 ) -> pb.CreateSessionRequest:
-    """CreateSession; 0 for version or idle timeout means the server's default."""
+    """CreateSession; 0 for version or idle timeout means the server's default.
+
+    Whether the model needs `source` or `condition`, and whether `state` fits it, is the
+    server's to say (it knows the model).
+    """
     _validate.string("model", model)
-    return pb.CreateSessionRequest(
+    request = pb.CreateSessionRequest(
         model=model,
         version=_validate.unsigned("version", version, bits=32),
         idle_timeout_s=_validate.unsigned("idle_timeout_s", idle_timeout_s, bits=32),
     )
+    if seed is not None:
+        request.seed = _validate.unsigned("seed", seed, bits=64)
+    if state is not None:
+        exported = _validate.data("state", state)
+        if not exported:
+            # The wire cannot tell empty bytes from no import: refuse rather than start afresh.
+            raise ValueError(
+                "state must be the bytes of an export, not empty; "
+                "leave it None to start from the model's initial state"
+            )
+        request.state = exported
+    if source is not None:
+        _set_sequence(
+            request, "source", source, text_field="source_text", tokens_field="source_tokens"
+        )
+    if condition is not None:
+        request.condition = _validate.string("condition", condition)
+    return request
+
+
+def fork_session_request(session_id: str, idle_timeout_s: int) -> pb.ForkSessionRequest:
+    """ForkSession; idle timeout 0 means the server's default."""
+    _validate.string("session_id", session_id)
+    return pb.ForkSessionRequest(
+        session_id=session_id,
+        idle_timeout_s=_validate.unsigned("idle_timeout_s", idle_timeout_s, bits=32),
+    )
+
+
+def export_session_request(session_id: str) -> pb.ExportSessionRequest:
+    """ExportSession."""
+    _validate.string("session_id", session_id)
+    return pb.ExportSessionRequest(session_id=session_id)
 
 
 def close_session_request(session_id: str) -> pb.CloseSessionRequest:
@@ -66,6 +127,36 @@ def step_request(step: StepInput) -> pb.StepRequest:
     return request
 
 
+def step_many_request(steps: Sequence[StepInput]) -> pb.StepManyRequest:
+    """One StepMany message: a sequence of `StepInput`s, checked like `step_request`'s."""
+    if isinstance(steps, StepInput) or not isinstance(steps, Sequence):
+        raise TypeError(
+            "each step_many message must be a sequence of rnnserve.StepInput, "
+            f"got {type(steps).__name__}"
+        )
+    return pb.StepManyRequest(steps=[step_request(step) for step in steps])
+
+
+def _sampling(
+    request: pb.GenerateRequest | pb.TranslateRequest,
+    *,
+    max_tokens: int,
+    temperature: float | None,
+    top_k: int,
+    top_p: float | None,
+    seed: int | None,
+) -> None:
+    """The sampling fields Generate and Translate share; None leaves the server's default."""
+    request.max_tokens = _validate.unsigned("max_tokens", max_tokens, bits=32)
+    request.top_k = _validate.unsigned("top_k", top_k, bits=32)
+    if temperature is not None:
+        request.temperature = _validate.real("temperature", temperature)
+    if top_p is not None:
+        request.top_p = _validate.real("top_p", top_p)
+    if seed is not None:
+        request.seed = _validate.unsigned("seed", seed, bits=64)
+
+
 def generate_request(
     session_id: str,
     prompt: str | Sequence[int] | None,
@@ -76,28 +167,71 @@ def generate_request(
     top_p: float | None,
     seed: int | None,
     stop: str | Sequence[str],
+    stop_tokens: Sequence[int],
 ) -> pb.GenerateRequest:
     """Generate; unset optional values leave the server's defaults in effect."""
     _validate.string("session_id", session_id)
     request = pb.GenerateRequest(
         session_id=session_id,
-        max_tokens=_validate.unsigned("max_tokens", max_tokens, bits=32),
-        top_k=_validate.unsigned("top_k", top_k, bits=32),
         stop=_validate.stop_strings(stop),
+        stop_token_ids=_validate.token_ids("stop_tokens", stop_tokens),
     )
-    if isinstance(prompt, str):
-        _validate.one_input(None, prompt, names=("prompt tokens", "prompt"))
-        request.prompt_text = prompt
-    elif prompt is not None:
-        request.prompt_tokens.ids.extend(
-            _validate.one_input(prompt, None, names=("prompt", "prompt text")) or ()
+    if prompt is not None:
+        _set_sequence(
+            request, "prompt", prompt, text_field="prompt_text", tokens_field="prompt_tokens"
         )
-    if temperature is not None:
-        request.temperature = _validate.real("temperature", temperature)
-    if top_p is not None:
-        request.top_p = _validate.real("top_p", top_p)
-    if seed is not None:
-        request.seed = _validate.unsigned("seed", seed, bits=64)
+    _sampling(
+        request, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    return request
+
+
+def classify_request(
+    model: str,
+    text: str | None,
+    tokens: Sequence[int] | None,
+    *,
+    version: int,
+    top_k: int | None,
+    every_step: bool,
+) -> pb.ClassifyRequest:
+    """Classify; exactly one of `text` and `tokens`; `top_k` None leaves the default (5)."""
+    _validate.string("model", model)
+    ids = _validate.one_input(tokens, text, names=("tokens", "text"))
+    request = pb.ClassifyRequest(
+        model=model,
+        version=_validate.unsigned("version", version, bits=32),
+        every_step=bool(every_step),
+    )
+    if ids is None:
+        request.text = text or ""
+    else:
+        request.tokens.ids.extend(ids)
+    if top_k is not None:
+        request.top_k = _validate.unsigned("top_k", top_k, bits=32)
+    return request
+
+
+def translate_request(
+    model: str,
+    source: str | Sequence[int],
+    *,
+    version: int,
+    max_tokens: int,
+    temperature: float | None,
+    top_k: int,
+    top_p: float | None,
+    seed: int | None,
+) -> pb.TranslateRequest:
+    """Translate; unset optional values leave the server's defaults (greedy decoding)."""
+    _validate.string("model", model)
+    request = pb.TranslateRequest(
+        model=model, version=_validate.unsigned("version", version, bits=32)
+    )
+    _set_sequence(request, "source", source, text_field="source_text", tokens_field="source_tokens")
+    _sampling(
+        request, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     return request
 
 
@@ -132,6 +266,8 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         description=message.description,
         state_bytes=message.state_bytes,
         metrics=dict(message.metrics),
+        initial_state=message.initial_state,
+        conditions=list(message.conditions),
     )
 
 
@@ -150,20 +286,71 @@ def step_result(message: pb.StepResponse) -> StepResult:
         session_id=message.session_id,
         steps=message.steps,
         consumed=message.consumed,
-        top=[TokenProb(t.id, t.text, t.probability) for t in message.top],
+        top=_token_probs(message.top),
         distribution=list(message.distribution) or None,
     )
 
 
+def _token_probs(messages: Sequence[pb.TokenProbability]) -> list[TokenProb]:
+    return [TokenProb(t.id, t.text, t.probability) for t in messages]
+
+
+def _generated_tokens(messages: Sequence[pb.GeneratedToken]) -> list[GeneratedToken]:
+    return [GeneratedToken(t.id, t.text, t.probability) for t in messages]
+
+
+def _finish_reason(value: int) -> str | None:
+    """FINISH_REASON_STOP_TOKEN -> "stop-token"; None while generation runs."""
+    if value == pb.FINISH_REASON_UNSPECIFIED:
+        return None
+    return _enum_label(pb.FinishReason, value, "FINISH_REASON_")
+
+
 def generated_chunk(message: pb.GenerateResponse) -> GeneratedChunk:
     """GenerateResponse message -> dataclass."""
-    tokens = [GeneratedToken(t.id, t.text, t.probability) for t in message.tokens]
+    tokens = _generated_tokens(message.tokens)
     return GeneratedChunk(
         tokens=tokens,
         text="".join(token.text for token in tokens),
         steps=message.steps,
-        finish_reason=None
-        if message.finish_reason == pb.FINISH_REASON_UNSPECIFIED
-        else _enum_label(pb.FinishReason, message.finish_reason, "FINISH_REASON_"),
+        finish_reason=_finish_reason(message.finish_reason),
         matched_stop=message.matched_stop or None,
+    )
+
+
+def step_outcomes(message: pb.StepManyResponse) -> list[StepResult | RnnServeError]:
+    """StepManyResponse -> one `StepResult`, or the typed error of a failed step, per step."""
+    return [
+        step_result(outcome.result)
+        if outcome.code == 0
+        else from_code_number(outcome.code, outcome.message)
+        for outcome in message.outcomes
+    ]
+
+
+def classify_result(message: pb.ClassifyResponse) -> ClassifyResult:
+    """ClassifyResponse message -> dataclass."""
+    return ClassifyResult(
+        top=_token_probs(message.top),
+        final=list(message.final.probabilities),
+        steps=[list(row.probabilities) for row in message.steps],
+    )
+
+
+def translate_result(message: pb.TranslateResponse) -> TranslateResult:
+    """TranslateResponse message -> dataclass."""
+    return TranslateResult(
+        tokens=_generated_tokens(message.tokens),
+        text=message.text,
+        finish_reason=_enum_label(pb.FinishReason, message.finish_reason, "FINISH_REASON_"),
+    )
+
+
+def reload_result(message: pb.ReloadModelsResponse) -> ReloadResult:
+    """ReloadModelsResponse message -> dataclass."""
+    return ReloadResult(
+        models=[model_info(model) for model in message.models],
+        added=list(message.added),
+        removed=list(message.removed),
+        refused=[RefusedPackage(r.path, r.reason) for r in message.refused],
     )

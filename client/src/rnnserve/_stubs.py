@@ -23,10 +23,16 @@ class RnnServeStub(Protocol):
     ListModels: grpc.UnaryUnaryMultiCallable[pb.ListModelsRequest, pb.ListModelsResponse]
     GetModel: grpc.UnaryUnaryMultiCallable[pb.GetModelRequest, pb.ModelInfo]
     CreateSession: grpc.UnaryUnaryMultiCallable[pb.CreateSessionRequest, pb.Session]
+    ForkSession: grpc.UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.Session]
+    ExportSession: grpc.UnaryUnaryMultiCallable[pb.ExportSessionRequest, pb.ExportSessionResponse]
     CloseSession: grpc.UnaryUnaryMultiCallable[pb.CloseSessionRequest, pb.CloseSessionResponse]
     Step: grpc.UnaryUnaryMultiCallable[pb.StepRequest, pb.StepResponse]
     StepStream: grpc.StreamStreamMultiCallable[pb.StepRequest, pb.StepResponse]
+    StepMany: grpc.StreamStreamMultiCallable[pb.StepManyRequest, pb.StepManyResponse]
     Generate: grpc.UnaryStreamMultiCallable[pb.GenerateRequest, pb.GenerateResponse]
+    Classify: grpc.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
+    Translate: grpc.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
+    ReloadModels: grpc.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
 
 
 class AsyncRnnServeStub(Protocol):
@@ -35,10 +41,18 @@ class AsyncRnnServeStub(Protocol):
     ListModels: grpc.aio.UnaryUnaryMultiCallable[pb.ListModelsRequest, pb.ListModelsResponse]
     GetModel: grpc.aio.UnaryUnaryMultiCallable[pb.GetModelRequest, pb.ModelInfo]
     CreateSession: grpc.aio.UnaryUnaryMultiCallable[pb.CreateSessionRequest, pb.Session]
+    ForkSession: grpc.aio.UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.Session]
+    ExportSession: grpc.aio.UnaryUnaryMultiCallable[
+        pb.ExportSessionRequest, pb.ExportSessionResponse
+    ]
     CloseSession: grpc.aio.UnaryUnaryMultiCallable[pb.CloseSessionRequest, pb.CloseSessionResponse]
     Step: grpc.aio.UnaryUnaryMultiCallable[pb.StepRequest, pb.StepResponse]
     StepStream: grpc.aio.StreamStreamMultiCallable[pb.StepRequest, pb.StepResponse]
+    StepMany: grpc.aio.StreamStreamMultiCallable[pb.StepManyRequest, pb.StepManyResponse]
     Generate: grpc.aio.UnaryStreamMultiCallable[pb.GenerateRequest, pb.GenerateResponse]
+    Classify: grpc.aio.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
+    Translate: grpc.aio.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
+    ReloadModels: grpc.aio.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
 
 
 class HealthStub(Protocol):

@@ -35,6 +35,13 @@ def unsigned(name: str, value: object, *, bits: int) -> int:
     return number
 
 
+def data(name: str, value: object) -> bytes:
+    """`value` must be bytes (or bytearray or memoryview, copied)."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise ValueError(f"{name} must be bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
 def real(name: str, value: object) -> float:
     """`value` must be an int or a float."""
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -58,11 +65,27 @@ def one_input(
         raise ValueError(
             f"{tokens_name} must be a sequence of token ids; pass {text_name}= for text"
         )
+    return token_ids(tokens_name, tokens)
+
+
+def token_ids(name: str, value: object) -> tuple[int, ...]:
+    """A sequence of token ids, each in the uint32 range; a str is text, not ids."""
+    if isinstance(value, str | bytes):
+        raise ValueError(f"{name} must be a sequence of token ids, got {type(value).__name__}")
     try:
-        items = list(tokens)  # type: ignore[arg-type]
+        items = list(value)  # type: ignore[call-overload]
     except TypeError:
-        raise ValueError(f"{tokens_name} must be a sequence of token ids") from None
-    return tuple(unsigned(f"{tokens_name}[{i}]", token, bits=32) for i, token in enumerate(items))
+        raise ValueError(f"{name} must be a sequence of token ids") from None
+    return tuple(unsigned(f"{name}[{i}]", token, bits=32) for i, token in enumerate(items))
+
+
+def text_or_tokens(name: str, value: object) -> str | tuple[int, ...]:
+    """One argument that is either text (a str) or token ids (a sequence of ints)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        raise ValueError(f"{name} must be a str or a sequence of token ids, got bytes")
+    return token_ids(name, value)
 
 
 def stop_strings(stop: str | Sequence[str]) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -12,9 +12,17 @@ import grpc.aio
 from rnnserve import _messages, _stubs, _validate
 from rnnserve._aio_status import FirstStatus
 from rnnserve._channel import Connection, TLSConfig
-from rnnserve.errors import typed_errors
+from rnnserve.errors import RnnServeError, typed_errors
 from rnnserve.session import AsyncSession
-from rnnserve.types import GeneratedChunk, ModelInfo, StepInput, StepResult
+from rnnserve.types import (
+    ClassifyResult,
+    GeneratedChunk,
+    ModelInfo,
+    ReloadResult,
+    StepInput,
+    StepResult,
+    TranslateResult,
+)
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 if TYPE_CHECKING:
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class AsyncClient:
@@ -93,6 +103,11 @@ class AsyncClient:
         request = _messages.get_model_request(name, version)
         return _messages.model_info(await self._call(self._stub.GetModel, request, timeout))
 
+    async def reload_models(self, *, timeout: float | None = None) -> ReloadResult:
+        """Make the server rescan its model repository (see `Client.reload_models`)."""
+        response = await self._call(self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout)
+        return _messages.reload_result(response)
+
     # ------------------------------------------------------------ sessions
 
     async def create_session(
@@ -101,12 +116,37 @@ class AsyncClient:
         version: int = 0,
         idle_timeout_s: int = 0,
         *,
+        seed: int | None = None,
+        state: bytes | None = None,
+        source: str | Sequence[int] | None = None,
+        condition: str | None = None,
         timeout: float | None = None,
     ) -> AsyncSession:
         """Open a session on a model version and return its handle (see `Client`)."""
-        request = _messages.create_session_request(model, version, idle_timeout_s)
+        request = _messages.create_session_request(
+            model,
+            version,
+            idle_timeout_s,
+            seed=seed,
+            state=state,
+            source=source,
+            condition=condition,
+        )
         response = await self._call(self._stub.CreateSession, request, timeout)
         return AsyncSession(self, _messages.session_info(response))
+
+    async def fork_session(
+        self, session_id: str, idle_timeout_s: int = 0, *, timeout: float | None = None
+    ) -> AsyncSession:
+        """Copy a session and return the copy's handle (see `Client.fork_session`)."""
+        request = _messages.fork_session_request(session_id, idle_timeout_s)
+        response = await self._call(self._stub.ForkSession, request, timeout)
+        return AsyncSession(self, _messages.session_info(response))
+
+    async def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes:
+        """A session's state as bytes for `create_session(state=...)` (see `Client`)."""
+        request = _messages.export_session_request(session_id)
+        return (await self._call(self._stub.ExportSession, request, timeout)).state
 
     async def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Close a session; returns the number of tokens it had consumed."""
@@ -141,21 +181,51 @@ class AsyncClient:
         `requests` may be an async or a plain iterable. Leaving the `async for` early, closing
         the generator or cancelling the task cancels the stream.
         """
-        return self._step_stream(requests, _validate.timeout(timeout))
+        return self._stream(
+            self._stub.StepStream,
+            requests,
+            _messages.step_request,
+            _messages.step_result,
+            _validate.timeout(timeout),
+        )
 
-    async def _step_stream(
+    def step_many(
         self,
-        requests: AsyncIterable[StepInput] | Iterable[StepInput],
+        batches: AsyncIterable[Sequence[StepInput]] | Iterable[Sequence[StepInput]],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[list[StepResult | RnnServeError], None]:
+        """Apply batches of steps over one bidirectional stream (see `Client.step_many`).
+
+        Each batch is answered by one list holding per step its `StepResult` or its typed
+        error (returned, not raised). `batches` may be an async or a plain iterable.
+        """
+        return self._stream(
+            self._stub.StepMany,
+            batches,
+            _messages.step_many_request,
+            _messages.step_outcomes,
+            _validate.timeout(timeout),
+        )
+
+    async def _stream(
+        self,
+        method: grpc.aio.StreamStreamMultiCallable[_Request, _Response],
+        requests: AsyncIterable[_Item] | Iterable[_Item],
+        to_message: Callable[[_Item], _Request],
+        from_message: Callable[[_Response], _Result],
         deadline: float | None,
-    ) -> AsyncGenerator[StepResult, None]:
+    ) -> AsyncGenerator[_Result, None]:
         failures: list[Exception] = []
-        call = self._stub.StepStream(
-            _pump(requests, failures), timeout=deadline, metadata=self._connection.metadata
+        call = method(
+            _pump(requests, to_message, failures),
+            timeout=deadline,
+            metadata=self._connection.metadata,
         )
         first_status = FirstStatus(call)
         try:
             async for response in call:
-                yield _messages.step_result(response)
+                yield from_message(response)
         except grpc.RpcError as error:
             raise first_status.error_for(error) from None
         finally:
@@ -176,6 +246,7 @@ class AsyncClient:
         top_p: float | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
+        stop_tokens: Sequence[int] = (),
         timeout: float | None = None,
     ) -> AsyncGenerator[GeneratedChunk, None]:
         """Sample tokens from a session as they are produced (see `Client.generate`).
@@ -192,6 +263,7 @@ class AsyncClient:
             top_p=top_p,
             seed=seed,
             stop=stop,
+            stop_tokens=stop_tokens,
         )
         return self._generate(request, self._connection.deadline(timeout))
 
@@ -215,6 +287,51 @@ class AsyncClient:
         """Like `generate`, but wait for the end and return the generated text."""
         return "".join([chunk.text async for chunk in self.generate(session_id, prompt, **options)])
 
+    # ------------------------------------------------------------ one-call conveniences
+
+    async def classify(
+        self,
+        model: str,
+        text: str | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        version: int = 0,
+        top_k: int | None = None,
+        every_step: bool = False,
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        """Classify a whole sequence with a label or sigmoid model (see `Client.classify`)."""
+        request = _messages.classify_request(
+            model, text, tokens, version=version, top_k=top_k, every_step=every_step
+        )
+        return _messages.classify_result(await self._call(self._stub.Classify, request, timeout))
+
+    async def translate(
+        self,
+        model: str,
+        source: str | Sequence[int],
+        *,
+        version: int = 0,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> TranslateResult:
+        """Encode and decode `source` with an encoder-decoder model (see `Client.translate`)."""
+        request = _messages.translate_request(
+            model,
+            source,
+            version=version,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        return _messages.translate_result(await self._call(self._stub.Translate, request, timeout))
+
     # ------------------------------------------------------------ health
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
@@ -224,20 +341,22 @@ class AsyncClient:
 
 
 async def _pump(
-    requests: AsyncIterable[StepInput] | Iterable[StepInput], failures: list[Exception]
-) -> AsyncGenerator[pb.StepRequest, None]:
-    """Turns the caller's `StepInput`s into messages, keeping any exception they raise.
+    requests: AsyncIterable[_Item] | Iterable[_Item],
+    convert: Callable[[_Item], _Request],
+    failures: list[Exception],
+) -> AsyncGenerator[_Request, None]:
+    """Turns the caller's items into messages, keeping any exception they raise.
 
     gRPC answers an exception from a request iterator by cancelling the call, so the caller
     would see only CANCELLED; ending the requests there instead and handing the exception
-    back to `step_stream` reports the caller's own error where they are waiting.
+    back to the stream's reader reports the caller's own error where they are waiting.
     """
     try:
         if isinstance(requests, AsyncIterable):
-            async for step in requests:
-                yield _messages.step_request(step)
+            async for item in requests:
+                yield convert(item)
         else:
-            for step in requests:
-                yield _messages.step_request(step)
+            for item in requests:
+                yield convert(item)
     except Exception as error:
         failures.append(error)

@@ -1,4 +1,5 @@
-"""The `rnnserve` command: list models, generate, step, type-ahead and health checks.
+"""The `rnnserve` command: list and reload models, generate, step, classify, translate,
+type-ahead and health checks.
 
 Exit status: 0 success, 1 a failed call (printed as `error: <CODE>: <details>`), 2 a usage
 error, 130 interrupted by Ctrl-C.
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rnnserve import _typeahead
@@ -60,8 +62,12 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:
     """Print the prompt, then the generated text as it arrives."""
-    model = _pick_model(client, args.model, need_vocabulary=True)
-    with client.create_session(model.name, model.version) as session:
+    if args.condition is None:
+        model = _pick_model(client, args.model, _LANGUAGE_MODELS)
+    else:
+        model = _pick_model(client, args.model, _CONDITIONAL_GENERATORS)
+    session = client.create_session(model.name, model.version, condition=args.condition)
+    with session:
         chunks = session.generate(
             args.prompt or None,
             max_tokens=args.max_tokens,
@@ -78,6 +84,7 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
                 {
                     "model": model.name,
                     "version": model.version,
+                    "condition": args.condition,
                     "prompt": args.prompt,
                     "text": "".join(chunk.text for chunk in collected),
                     "tokens": sum(len(chunk.tokens) for chunk in collected),
@@ -95,7 +102,7 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_step(client: Client, args: argparse.Namespace) -> int:
     """Feed text into a fresh session and show the most probable next tokens."""
-    model = _pick_model(client, args.model, need_vocabulary=False)
+    model = _pick_model(client, args.model, _ANY_MODEL)
     with client.create_session(model.name, model.version) as session:
         result = session.step(text=args.text, top_k=args.top_k)
     if args.json:
@@ -106,9 +113,84 @@ def cmd_step(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(client: Client, args: argparse.Namespace) -> int:
+    """The most probable labels of a text; with --every-step, the leading label per token."""
+    model = _pick_model(client, args.model, _CLASSIFIERS)
+    result = client.classify(
+        model.name, args.text, version=model.version, top_k=args.top_k, every_step=args.every_step
+    )
+    if args.json:
+        _print_json(
+            {
+                "model": model.name,
+                "version": model.version,
+                "labels": model.labels,
+                **dataclasses.asdict(result),
+            }
+        )
+        return 0
+    _print_table(["PROB", "LABEL"], [[f"{t.probability:.4f}", t.text] for t in result.top])
+    if result.steps:
+        # Character models take one token per character: show which one each row follows.
+        by_char = model.vocabulary.kind == "char" and len(result.steps) == len(args.text)
+        rows = []
+        for position, row in enumerate(result.steps):
+            best = max(range(len(row)), key=row.__getitem__)
+            token = [repr(args.text[position])] if by_char else []
+            rows.append([str(position + 1), *token, model.labels[best], f"{row[best]:.4f}"])
+        print()
+        _print_table(["STEP", *(["TOKEN"] if by_char else []), "TOP LABEL", "PROB"], rows)
+    return 0
+
+
+def cmd_translate(client: Client, args: argparse.Namespace) -> int:
+    """Print the decoding of the source by an encoder-decoder model."""
+    model = _pick_model(client, args.model, _ENCODER_DECODERS)
+    result = client.translate(
+        model.name,
+        args.source,
+        version=model.version,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    if args.json:
+        _print_json(
+            {
+                "model": model.name,
+                "version": model.version,
+                "source": args.source,
+                "text": result.text,
+                "tokens": len(result.tokens),
+                "finish_reason": result.finish_reason,
+            }
+        )
+        return 0
+    print(result.text)
+    return 0
+
+
+def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+    """Rescan the server's model repository; fail if a package was refused."""
+    result = client.reload_models()
+    if args.json:
+        _print_json(dataclasses.asdict(result))
+    else:
+        for name in result.added:
+            print(f"added    {name}")
+        for name in result.removed:
+            print(f"removed  {name}")
+        for package in result.refused:
+            print(f"refused  {package.path}: {package.reason}")
+        print(f"{len(result.models)} model versions loaded")
+    return EXIT_FAILED if result.refused else 0
+
+
 def cmd_interactive(client: Client, args: argparse.Namespace) -> int:
     """Type-ahead: keys on a terminal, lines from a pipe."""
-    model = _pick_model(client, args.model, need_vocabulary=True)
+    model = _pick_model(client, args.model, _LANGUAGE_MODELS)
     _typeahead.check_model(model)
     typeahead = _typeahead.TypeAhead(client, model, args.top_k)
     try:
@@ -130,18 +212,37 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- helpers
 
 
-def _pick_model(client: Client, spec: str | None, *, need_vocabulary: bool) -> ModelInfo:
-    """`NAME[:VERSION]`, or without one the first model (the first language model if needed)."""
+@dataclass(frozen=True)
+class _Kind:
+    """Which models a command can use, and how to name them in an error."""
+
+    description: str
+    suits: Callable[[ModelInfo], bool]
+
+
+_ANY_MODEL = _Kind("models", lambda m: True)
+_LANGUAGE_MODELS = _Kind("language models (vocabulary output)", lambda m: m.output == "vocabulary")
+_CONDITIONAL_GENERATORS = _Kind(
+    "conditional generators (initial state 'condition')", lambda m: m.initial_state == "condition"
+)
+_CLASSIFIERS = _Kind("classifiers (label or sigmoid output)", lambda m: m.output != "vocabulary")
+_ENCODER_DECODERS = _Kind(
+    "encoder-decoder models (initial state 'encoder')", lambda m: m.initial_state == "encoder"
+)
+
+
+def _pick_model(client: Client, spec: str | None, kind: _Kind) -> ModelInfo:
+    """`NAME[:VERSION]`, or without one the first model of the kind the command needs."""
     if spec is not None:
         name, _, version = spec.partition(":")
         if version and not version.isdigit():
             raise ValueError(f"--model {spec!r}: expected NAME or NAME:VERSION")
         return client.get_model(name, int(version or 0))
-    models = client.list_models()
-    suitable = [m for m in models if m.output == "vocabulary"] if need_vocabulary else models
+    suitable = [m for m in client.list_models() if kind.suits(m)]
     if not suitable:
-        kind = "language models (vocabulary output)" if need_vocabulary else "models"
-        raise ValueError(f"the server at {client.address} has no {kind}; see `rnnserve models`")
+        raise ValueError(
+            f"the server at {client.address} has no {kind.description}; see `rnnserve models`"
+        )
     return suitable[0]
 
 
@@ -223,12 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(shared, defaults=False)
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Command, help_text: str, details: str = ""
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             parents=[shared],
             help=help_text,
-            description=help_text,
+            description=f"{help_text}. {details}" if details else help_text,
             epilog="The connection options of `rnnserve --help` may also follow the command.",
         )
         sub.set_defaults(run=run)
@@ -239,21 +342,31 @@ def build_parser() -> argparse.ArgumentParser:
             "--model", metavar="NAME[:VERSION]", help=f"model to use (default: {default_text})"
         )
 
+    def sampling_options(sub: argparse.ArgumentParser, *, temperature_help: str) -> None:
+        sub.add_argument(
+            "--max-tokens", metavar="N", type=int, default=0, help="at most N tokens (server: 64)"
+        )
+        sub.add_argument("--temperature", metavar="T", type=float, help=temperature_help)
+        sub.add_argument(
+            "--top-k", metavar="K", type=int, default=0, help="sample among the K most likely"
+        )
+        sub.add_argument("--top-p", metavar="P", type=float, help="nucleus sampling, (0, 1]")
+        sub.add_argument("--seed", metavar="N", type=int, help="for reproducible sampling")
+
     models = command("models", cmd_models, "list the servable models")
     models.add_argument("--json", action="store_true", help="print JSON")
 
     generate = command("generate", cmd_generate, "generate text, printed as it arrives")
-    generate.add_argument("prompt", nargs="?", default="", help="text to continue")
+    generate.add_argument("prompt", nargs="?", default="", help="text to continue (optional)")
     model_option(generate, "the first language model")
     generate.add_argument(
-        "--max-tokens", metavar="N", type=int, default=0, help="at most N tokens (server: 64)"
+        "--condition",
+        metavar="NAME",
+        help="for conditional generators: start from this condition, one of the model's "
+        "conditions (`rnnserve models --json` lists them); default model: the first "
+        "conditional generator",
     )
-    generate.add_argument("--temperature", metavar="T", type=float, help="0 is greedy (1.0)")
-    generate.add_argument(
-        "--top-k", metavar="K", type=int, default=0, help="sample among the K most likely"
-    )
-    generate.add_argument("--top-p", metavar="P", type=float, help="nucleus sampling, (0, 1]")
-    generate.add_argument("--seed", metavar="N", type=int, help="for reproducible sampling")
+    sampling_options(generate, temperature_help="0 is greedy (1.0)")
     generate.add_argument(
         "--stop",
         action="append",
@@ -269,6 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(step, "the first model")
     step.add_argument("--top-k", metavar="K", type=int, default=5, help="candidates (5)")
     step.add_argument("--json", action="store_true", help="print JSON")
+
+    classify = command(
+        "classify", cmd_classify, "classify a text with a label or sigmoid model (no session kept)"
+    )
+    classify.add_argument("text", help="text to classify")
+    model_option(classify, "the first classifier")
+    classify.add_argument("--top-k", metavar="K", type=int, default=5, help="labels shown (5)")
+    classify.add_argument(
+        "--every-step", action="store_true", help="also show the leading label after each token"
+    )
+    classify.add_argument(
+        "--json", action="store_true", help="print JSON, with every label's probability"
+    )
+
+    translate = command(
+        "translate", cmd_translate, "decode a source with an encoder-decoder model (greedy)"
+    )
+    translate.add_argument("source", help="text to encode")
+    model_option(translate, "the first encoder-decoder model")
+    sampling_options(translate, temperature_help="sample instead of greedy decoding (0: greedy)")
+    translate.add_argument("--json", action="store_true", help="print JSON")
+
+    reload = command(
+        "reload",
+        cmd_reload,
+        "make the server rescan its model repository",
+        "Prints the model versions added and removed and the packages refused (broken); "
+        "exits 1 if a package was refused. Sessions on removed versions keep working.",
+    )
+    reload.add_argument("--json", action="store_true", help="print JSON, with every model")
 
     interactive = command(
         "interactive", cmd_interactive, "type-ahead: the likely next characters as you type"

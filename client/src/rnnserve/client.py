@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
 
 from rnnserve import _messages, _stubs, _validate
 from rnnserve._channel import Connection, TLSConfig
-from rnnserve.errors import typed_errors
+from rnnserve.errors import RnnServeError, typed_errors
 from rnnserve.session import Session
-from rnnserve.types import GeneratedChunk, ModelInfo, StepInput, StepResult
+from rnnserve.types import (
+    ClassifyResult,
+    GeneratedChunk,
+    ModelInfo,
+    ReloadResult,
+    StepInput,
+    StepResult,
+    TranslateResult,
+)
 from rnnserve.v1 import rnnserve_pb2 as pb
 
 if TYPE_CHECKING:
@@ -22,6 +30,8 @@ if TYPE_CHECKING:
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class Client:
@@ -95,6 +105,15 @@ class Client:
         request = _messages.get_model_request(name, version)
         return _messages.model_info(self._call(self._stub.GetModel, request, timeout))
 
+    def reload_models(self, *, timeout: float | None = None) -> ReloadResult:
+        """Make the server rescan its model repository and report what changed.
+
+        New packages and versions are loaded, removed ones unloaded (their open sessions keep
+        working until closed), broken ones listed in `refused`; the others are unaffected.
+        """
+        response = self._call(self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout)
+        return _messages.reload_result(response)
+
     # ------------------------------------------------------------ sessions
 
     def create_session(
@@ -103,16 +122,54 @@ class Client:
         version: int = 0,
         idle_timeout_s: int = 0,
         *,
+        seed: int | None = None,
+        state: bytes | None = None,
+        source: str | Sequence[int] | None = None,
+        condition: str | None = None,
         timeout: float | None = None,
     ) -> Session:
         """Open a session on a model version (0: the highest loaded) and return its handle.
 
         `idle_timeout_s` 0 takes the server's default; the server closes the session after
         that many idle seconds. Close it with `Session.close()` or a `with` block.
+
+        `seed` fixes the session's sampling generator (used by `generate` calls without a seed
+        of their own). `state` imports bytes from `export_session`, from this or another
+        server: the session continues where the exported one was, sampling generator included
+        (version 0 then means the version the bytes were exported from). An encoder-decoder
+        model (`ModelInfo.initial_state` "encoder") needs the `source` to encode, as text or
+        token ids; a conditional generator ("condition") one of `ModelInfo.conditions`.
         """
-        request = _messages.create_session_request(model, version, idle_timeout_s)
+        request = _messages.create_session_request(
+            model,
+            version,
+            idle_timeout_s,
+            seed=seed,
+            state=state,
+            source=source,
+            condition=condition,
+        )
         response = self._call(self._stub.CreateSession, request, timeout)
         return Session(self, _messages.session_info(response))
+
+    def fork_session(
+        self, session_id: str, idle_timeout_s: int = 0, *, timeout: float | None = None
+    ) -> Session:
+        """Copy a session and return the copy's handle.
+
+        The copy has the same state, step count and sampling generator; from then on the two
+        evolve independently (e.g. for beam search). `idle_timeout_s` 0 takes the server's
+        default.
+        """
+        request = _messages.fork_session_request(session_id, idle_timeout_s)
+        response = self._call(self._stub.ForkSession, request, timeout)
+        return Session(self, _messages.session_info(response))
+
+    def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes:
+        """A session's state as bytes that `create_session(state=...)` imports on any server
+        serving the same model version; the session stays open."""
+        request = _messages.export_session_request(session_id)
+        return self._call(self._stub.ExportSession, request, timeout).state
 
     def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Close a session; returns the number of tokens it had consumed."""
@@ -151,21 +208,52 @@ class Client:
         the previous result. Results come in request order. The stream has no deadline unless
         `timeout` is given, since it lives as long as `requests` does. An exception raised by
         `requests` is re-raised here after the results of the requests before it. Closing the
-        returned generator cancels the stream.
+        returned generator cancels the stream. The first failing request ends the stream with
+        its error.
         """
-        return self._step_stream(requests, _validate.timeout(timeout))
-
-    def _step_stream(
-        self, requests: Iterable[StepInput], deadline: float | None
-    ) -> Generator[StepResult, None, None]:
-        pump = _RequestPump(requests)
-        call = self._stub.StepStream(
-            iter(pump), timeout=deadline, metadata=self._connection.metadata
+        return self._stream(
+            self._stub.StepStream,
+            requests,
+            _messages.step_request,
+            _messages.step_result,
+            _validate.timeout(timeout),
         )
+
+    def step_many(
+        self, batches: Iterable[Sequence[StepInput]], *, timeout: float | None = None
+    ) -> Generator[list[StepResult | RnnServeError], None, None]:
+        """Apply batches of steps, each naming any sessions, over one bidirectional stream.
+
+        For callers that front many users (a gateway): each batch travels as one message and
+        is answered by one list, in batch order, holding per step either its `StepResult` or
+        its typed error (an `RnnServeError` returned, not raised). A failing step fails alone:
+        the other steps of the batch are applied. Steps of one session within a batch are
+        applied in order. Only a batch longer than the server's `max_steps_per_message` ends
+        the stream, with `InvalidArgument`. Streaming, deadline and closing work as in
+        `step_stream`.
+        """
+        return self._stream(
+            self._stub.StepMany,
+            batches,
+            _messages.step_many_request,
+            _messages.step_outcomes,
+            _validate.timeout(timeout),
+        )
+
+    def _stream(
+        self,
+        method: grpc.StreamStreamMultiCallable[_Request, _Response],
+        requests: Iterable[_Item],
+        to_message: Callable[[_Item], _Request],
+        from_message: Callable[[_Response], _Result],
+        deadline: float | None,
+    ) -> Generator[_Result, None, None]:
+        pump = _RequestPump(requests, to_message)
+        call = method(iter(pump), timeout=deadline, metadata=self._connection.metadata)
         try:
             with typed_errors():
                 for response in call:
-                    yield _messages.step_result(response)
+                    yield from_message(response)
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
         if pump.failure is not None:
@@ -184,15 +272,18 @@ class Client:
         top_p: float | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
+        stop_tokens: Sequence[int] = (),
         timeout: float | None = None,
     ) -> Generator[GeneratedChunk, None, None]:
         """Sample tokens from a session, yielding them as the server produces them.
 
         `prompt` (text or token ids) is fed first; without it sampling continues from the
         session's state. Zero or None leaves a parameter at the server's default:
-        `max_tokens` 64, `temperature` 1.0 (0 is greedy), no top-k or top-p limit, a random
-        `seed`. Generation stops after `max_tokens`, at the model's end token, or once the
-        text ends with one of the `stop` strings; the last chunk says why.
+        `max_tokens` 64, `temperature` 1.0 (0 is greedy), no top-k or top-p limit, the
+        session's sampling generator (random unless the session was created with a `seed`).
+        Generation stops after `max_tokens`, at the model's end token, once the text ends with
+        one of the `stop` strings, or after one of the `stop_tokens` ids (which is returned);
+        the last chunk says why.
 
         Arguments are checked now; the call starts on the first iteration. Leaving the loop
         early or closing the generator cancels the call, so the server stops sampling.
@@ -206,6 +297,7 @@ class Client:
             top_p=top_p,
             seed=seed,
             stop=stop,
+            stop_tokens=stop_tokens,
         )
         return self._generate(request, self._connection.deadline(timeout))
 
@@ -230,6 +322,62 @@ class Client:
         """Like `generate`, but wait for the end and return the generated text."""
         return "".join(chunk.text for chunk in self.generate(session_id, prompt, **options))
 
+    # ------------------------------------------------------------ one-call conveniences
+
+    def classify(
+        self,
+        model: str,
+        text: str | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        version: int = 0,
+        top_k: int | None = None,
+        every_step: bool = False,
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        """Classify a whole sequence, `text` or `tokens` (exactly one), with a label or
+        sigmoid model.
+
+        No session is kept. `top_k` None gives the server's default of 5 labels; `every_step`
+        adds the label probabilities after every token. A model whose output is a vocabulary
+        gives `FailedPrecondition`.
+        """
+        request = _messages.classify_request(
+            model, text, tokens, version=version, top_k=top_k, every_step=every_step
+        )
+        return _messages.classify_result(self._call(self._stub.Classify, request, timeout))
+
+    def translate(
+        self,
+        model: str,
+        source: str | Sequence[int],
+        *,
+        version: int = 0,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> TranslateResult:
+        """Encode `source` (text or token ids) and decode it with an encoder-decoder model.
+
+        No session is kept. Decoding is greedy unless `temperature` is given; it stops at the
+        end token or after `max_tokens` (0: the server's default of 64). Other models give
+        `FailedPrecondition`.
+        """
+        request = _messages.translate_request(
+            model,
+            source,
+            version=version,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        return _messages.translate_result(self._call(self._stub.Translate, request, timeout))
+
     # ------------------------------------------------------------ health
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
@@ -242,21 +390,22 @@ class Client:
         return _stubs.health_status(response)
 
 
-class _RequestPump:
-    """Turns the caller's `StepInput`s into messages on gRPC's sending thread.
+class _RequestPump(Generic[_Item, _Request]):
+    """Turns the caller's items into messages on gRPC's sending thread.
 
     gRPC answers an exception from a request iterator with a logged traceback and an
     UNKNOWN status; the pump instead ends the requests there and keeps the exception, so
     the caller gets their own error back.
     """
 
-    def __init__(self, requests: Iterable[StepInput]) -> None:
+    def __init__(self, requests: Iterable[_Item], convert: Callable[[_Item], _Request]) -> None:
         self._requests = requests
+        self._convert = convert
         self.failure: Exception | None = None
 
-    def __iter__(self) -> Iterator[pb.StepRequest]:
+    def __iter__(self) -> Iterator[_Request]:
         try:
-            for step in self._requests:
-                yield _messages.step_request(step)
+            for item in self._requests:
+                yield self._convert(item)
         except Exception as error:
             self.failure = error

@@ -95,6 +95,21 @@ def from_status(code: grpc.StatusCode, details: str) -> RnnServeError:
     return _BY_CODE.get(code, RnnServeError)(code, details)
 
 
+_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_code_number(number: int, details: str) -> RnnServeError:
+    """Return the typed exception for a status code carried as a number in a message.
+
+    StepMany reports each step's status that way. A number this gRPC version does not know
+    gives a plain `RnnServeError` with code UNKNOWN; the number stays in the details.
+    """
+    code = _BY_NUMBER.get(number)
+    if code is None:
+        return RnnServeError(grpc.StatusCode.UNKNOWN, f"status code {number}: {details}")
+    return from_status(code, details)
+
+
 @contextmanager
 def typed_errors() -> Iterator[None]:
     """Re-raise any `grpc.RpcError` escaping the block as its typed `RnnServeError`."""

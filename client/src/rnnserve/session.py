@@ -29,6 +29,7 @@ class GenerateOptions(TypedDict, total=False):
     top_p: float | None
     seed: int | None
     stop: str | Sequence[str]
+    stop_tokens: Sequence[int]
     timeout: float | None
 
 
@@ -87,6 +88,14 @@ class Session(_SessionBase):
     ) -> str:
         """`Client.generate_text` on this session."""
         return self._client.generate_text(self.id, prompt, **options)
+
+    def fork(self, idle_timeout_s: int = 0, *, timeout: float | None = None) -> Session:
+        """`Client.fork_session` on this session: an independent copy, as a new handle."""
+        return self._client.fork_session(self.id, idle_timeout_s, timeout=timeout)
+
+    def export(self, *, timeout: float | None = None) -> bytes:
+        """`Client.export_session` on this session: bytes for `create_session(state=...)`."""
+        return self._client.export_session(self.id, timeout=timeout)
 
     def close(self, *, timeout: float | None = None) -> int | None:
         """Close the session; returns the tokens it consumed, or None if it was already gone."""
@@ -148,6 +157,14 @@ class AsyncSession(_SessionBase):
     ) -> str:
         """`AsyncClient.generate_text` on this session."""
         return await self._client.generate_text(self.id, prompt, **options)
+
+    async def fork(self, idle_timeout_s: int = 0, *, timeout: float | None = None) -> AsyncSession:
+        """`AsyncClient.fork_session` on this session: an independent copy, as a new handle."""
+        return await self._client.fork_session(self.id, idle_timeout_s, timeout=timeout)
+
+    async def export(self, *, timeout: float | None = None) -> bytes:
+        """`AsyncClient.export_session` on this session."""
+        return await self._client.export_session(self.id, timeout=timeout)
 
     async def close(self, *, timeout: float | None = None) -> int | None:
         """Close the session; returns the tokens it consumed, or None if it was already gone."""

@@ -27,7 +27,8 @@ class ModelInfo:
 
     `shape` is the task shape ("many-to-many", "seq2seq", ...), `output` what the head
     produces ("vocabulary", "labels" or "sigmoid"; `labels` names the outputs of the latter
-    two).
+    two). `initial_state` says how a session starts: "zeros", "after_token", "encoder" (pass
+    `source=` to `create_session`) or "condition" (pass `condition=`, one of `conditions`).
     """
 
     name: str
@@ -42,6 +43,8 @@ class ModelInfo:
     description: str
     state_bytes: int
     metrics: dict[str, float]
+    initial_state: str
+    conditions: list[str]
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ class GeneratedChunk:
     """Tokens generated since the previous chunk.
 
     `finish_reason` is None while generation runs and on the last chunk one of "length",
-    "end-token" or "stop-string" (then `matched_stop` is the stop string that matched).
+    "end-token", "stop-string" (then `matched_stop` is the stop string that matched) or
+    "stop-token".
     """
 
     tokens: list[GeneratedToken]
@@ -104,7 +108,8 @@ class GeneratedChunk:
 
 @dataclass(frozen=True)
 class StepInput:
-    """One request of `step_stream`: exactly one of `tokens` and `text`, validated here.
+    """One request of `step_stream` (or one step of a `step_many` batch): exactly one of
+    `tokens` and `text`, validated here.
 
     `top_k` None means the server's default (5); `return_distribution` asks for the full
     distribution as well.
@@ -123,3 +128,49 @@ class StepInput:
         object.__setattr__(self, "tokens", tokens)
         if self.top_k is not None:
             _validate.unsigned("top_k", self.top_k, bits=32)
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The answer to `classify`.
+
+    `top` lists the most probable labels after the last token, highest first; `final` holds
+    every label's probability after the last token, in `ModelInfo.labels` order; `steps` one
+    such row per input token when `every_step` was asked for, else it is empty.
+    """
+
+    top: list[TokenProb]
+    final: list[float]
+    steps: list[list[float]]
+
+
+@dataclass(frozen=True)
+class TranslateResult:
+    """The answer to `translate`: the decoded tokens, their text and why decoding ended
+    ("length", "end-token" or "stop-token")."""
+
+    tokens: list[GeneratedToken]
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class RefusedPackage:
+    """A model package the server could not load: its directory and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """The answer to `reload_models`.
+
+    `models` lists every model version loaded afterwards; `added` and `removed` name the
+    versions this reload loaded and unloaded as "name/version"; `refused` the broken packages.
+    """
+
+    models: list[ModelInfo]
+    added: list[str]
+    removed: list[str]
+    refused: list[RefusedPackage]
