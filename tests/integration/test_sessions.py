@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import ServerThread, server_config
 
@@ -28,6 +29,12 @@ def distributions(client: Client, session_id: str, text: str) -> list[list[float
         assert result.distribution is not None
         out.append(result.distribution)
     return out
+
+
+def assert_same_distribution(got: list[float] | None, expected: list[float] | None) -> None:
+    assert got is not None and expected is not None
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    assert int(np.argmax(got)) == int(np.argmax(expected))
 
 
 def solo(client: Client, model: str, text: str) -> list[list[float]]:
@@ -60,7 +67,9 @@ def test_state_persists_across_calls_and_streams(client: Client, model_name: str
         split.step(text=TEXT_A[5:12])
         pieces = split.step(text=TEXT_A[12:], return_distribution=True)
     assert pieces.steps == len(TEXT_A)
-    assert pieces.distribution == one_call.distribution
+    # Several tokens in one call may run the sequence graph, one token the step graph:
+    # the same function, equal to float32 rounding.
+    assert_same_distribution(pieces.distribution, one_call.distribution)
     with client.create_session(model_name) as streamed:
         results = list(
             client.step_stream(
@@ -68,7 +77,7 @@ def test_state_persists_across_calls_and_streams(client: Client, model_name: str
             )
         )
     assert [r.steps for r in results] == list(range(1, len(TEXT_A) + 1))
-    assert results[-1].distribution == one_call.distribution
+    assert_same_distribution(results[-1].distribution, one_call.distribution)
 
 
 def test_stream_results_keep_request_order_across_sessions(client: Client, model_name: str) -> None:
@@ -128,7 +137,8 @@ def test_bad_input_is_refused_and_hurts_no_session(client: Client, model_name: s
             victim.step(text="x", top_k=1001)
         # Nothing of the refused requests was applied: the victim continues as if alone.
         rest = distributions(client, victim.id, TEXT_A[3:])
-        assert rest == control[3:]
+        for got, expected in zip(rest, control[3:], strict=True):
+            assert_same_distribution(got, expected)
         assert victim.step(text="!").steps == len(TEXT_A) + 1
         assert other.step(text="x").steps == 4
 
