@@ -128,3 +128,16 @@ def test_cuda_without_cuda_fails_clearly(tmp_path: Path) -> None:
     )
     assert shown.returncode == 1
     assert "provider=cuda was requested but onnxruntime offers only" in shown.stderr
+
+
+def test_json_logs_carry_session_and_model_ids(running: ServerProcess, model_name: str) -> None:
+    from rnnserve import InvalidArgument
+
+    with Client(running.address) as client, client.create_session(model_name) as session:
+        with pytest.raises(InvalidArgument):
+            session.step(text="")
+        session_id = session.id
+    time.sleep(0.3)
+    records = [json.loads(line) for line in running.lines if line.startswith("{")]
+    refused = [r for r in records if "INVALID_ARGUMENT" in r["message"]]
+    assert refused and refused[-1]["session"] == session_id

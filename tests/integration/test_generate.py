@@ -139,3 +139,27 @@ def test_label_heads_step_but_do_not_generate(tiny_package: Path, tmp_path: Path
             assert all(t.text == labels[t.id] for t in top)
             with pytest.raises(FailedPrecondition, match="Generate needs a vocabulary"):
                 list(session.generate(max_tokens=3))
+
+
+def test_sigmoid_heads_give_independent_label_probabilities(
+    tiny_package: Path, tmp_path: Path, client: Client, model_name: str
+) -> None:
+    """Relabel the LM's head as sigmoids: q_i = sigmoid(l_i), so logit(q_i) - logit(q_j)
+    must equal log p_i - log p_j of the softmax the LM gives for the same text."""
+    import numpy as np
+
+    package = copy_package(tiny_package, tmp_path, "multilabel")
+    size = json.loads((package / "manifest.json").read_text())["tokenizer"]["size"]
+    labels = [f"tag-{i}" for i in range(size)]
+    edit_manifest(package, lambda m: m.update(output={"kind": "sigmoid", "labels": labels}))
+    with client.create_session(model_name) as lm:
+        p = np.array(lm.step(text="abc", return_distribution=True).distribution, np.float64)
+    with ServerThread(server_config(tmp_path)) as server, Client(server.address) as other:
+        with other.create_session("multilabel") as session:
+            result = session.step(text="abc", top_k=3, return_distribution=True)
+        assert result.distribution is not None
+        q = np.array(result.distribution, dtype=np.float64)
+        assert not np.isclose(q.sum(), 1.0, atol=1e-3)  # independent, not a distribution
+        logit_q = np.log(q) - np.log1p(-q)
+        np.testing.assert_allclose(logit_q - logit_q[0], np.log(p) - np.log(p[0]), atol=1e-3)
+        assert [t.text for t in result.top] == [labels[i] for i in np.argsort(-q)[:3]]

@@ -120,6 +120,16 @@ def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
     )
 
 
+def _log_fields(request: Any) -> dict[str, str]:
+    """The session and model ids a request names, for structured (JSON) log lines."""
+    fields = {}
+    for name, key in (("session_id", "session"), ("model", "model"), ("name", "model")):
+        value = getattr(request, name, None)
+        if isinstance(value, str) and value:
+            fields[key] = value[:64]
+    return fields
+
+
 def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     """Map ServiceError to its status, anything else to INTERNAL; count and time calls.
 
@@ -128,12 +138,15 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     method = handler.__name__
     streaming = inspect.isasyncgenfunction(handler)
 
-    async def fail(self: RnnServeServicer, context: Any, exc: BaseException) -> None:
+    async def fail(
+        self: RnnServeServicer, context: Any, exc: BaseException, request: Any = None
+    ) -> None:
+        extra = _log_fields(request)
         if isinstance(exc, ServiceError):
-            log.info("%s -> %s: %s", method, exc.code.name, exc.message)
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
             self._done(method, exc.code.name)
             await context.abort(exc.code, exc.message)
-        log.error("%s failed unexpectedly", method, exc_info=exc)
+        log.error("%s failed unexpectedly", method, exc_info=exc, extra=extra)
         self._done(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
 
@@ -154,7 +167,7 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await fail(self, context, exc)
+                await fail(self, context, exc, request)
             else:
                 self._done(method, "OK")
 
@@ -169,7 +182,7 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             self._cancelled(method)
             raise
         except Exception as exc:
-            await fail(self, context, exc)
+            await fail(self, context, exc, request)
             raise  # unreachable: abort raises
         self._done(method, "OK")
         return reply
