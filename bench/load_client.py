@@ -367,6 +367,36 @@ async def run_sessions(
     return {"sessions": len(created), "seconds": elapsed, "errors": []}
 
 
+async def run_churn(
+    stub: RnnServeStub, model: str, count: int, time_limit_s: float
+) -> dict[str, Any]:
+    """Create and close ``count`` sessions, SETUP_INFLIGHT at a time (one step each)."""
+    errors: list[str] = []
+
+    async def cycle(i: int) -> None:
+        try:
+            session = await stub.CreateSession(
+                pb.CreateSessionRequest(model=model), timeout=CALL_TIMEOUT_S
+            )
+            await stub.Step(
+                pb.StepRequest(
+                    session_id=session.session_id,
+                    tokens=pb.TokenIds(ids=[TOKEN_CYCLE[i % len(TOKEN_CYCLE)]]),
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+            await stub.CloseSession(
+                pb.CloseSessionRequest(session_id=session.session_id), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            errors.append(_describe(exc))
+
+    started = time.perf_counter()
+    await bounded(count, SETUP_INFLIGHT, cycle, time_limit_s)
+    return {"sessions": count, "seconds": time.perf_counter() - started, "errors": errors[:20],
+            "error_count": len(errors)}  # fmt: skip
+
+
 # ---------------------------------------------------------------- process
 
 
@@ -393,6 +423,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             )
         if args.mode == "prompt":
             return await run_prompt(stub, args.model, args.tokens, args.repeats, args.duration)
+        if args.mode == "churn":
+            return await run_churn(stub, args.model, args.count, args.duration)
         return await run_sessions(stub, args.model, args.count, args.duration)
     finally:
         await channel.close(None)
@@ -403,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--address", required=True, help="127.0.0.1:PORT")
     parser.add_argument("--model", required=True)
     parser.add_argument(
-        "--mode", choices=("lockstep", "multiplexed", "generate", "prompt", "sessions")
+        "--mode", choices=("lockstep", "multiplexed", "generate", "prompt", "sessions", "churn")
     )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")

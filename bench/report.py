@@ -34,6 +34,7 @@ from bench.records import (
     SERVERS,
     Record,
 )
+from bench.soak import soak_section
 from bench.targets import find
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -416,19 +417,42 @@ def render(result: dict[str, Any], json_path: Path, plot_path: Path, docs: Path)
     lines += _targets(records)
     lines += _absolute(records, plot_path, docs)
     lines += _failures(records)
+    lines += soak_section(json_path.parent / "soak.json")
+    lines += training_section(docs.parent / "training-benchmarks.md", docs)
     lines += _machine(result)
     return "\n".join(lines).rstrip() + "\n"
 
 
+def training_section(page: Path, docs: Path) -> list[str]:
+    """A pointer to the training-speed benchmark, which has a page of its own."""
+    if not page.exists():
+        return []
+    return [
+        "## Training speed",
+        "",
+        "The course cells against PyTorch's fused modules: "
+        f"[{page.name}]({_rel(page, docs.parent)}).",
+        "",
+    ]
+
+
+DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "latest.json"
+DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def write_report(json_path: Path = DEFAULT_JSON, docs: Path = DEFAULT_DOCS) -> None:
+    """Regenerate docs/benchmarks.md from the result files alone."""
+    result = json.loads(json_path.read_text(encoding="utf-8"))
+    plot_path = json_path.parent / "throughput.png"
+    docs.write_text(render(result, json_path, plot_path, docs), encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    default_json = REPO_ROOT / "bench" / "results" / "latest.json"
-    parser.add_argument("json", type=Path, nargs="?", default=default_json)
-    parser.add_argument("docs", type=Path, nargs="?", default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("json", type=Path, nargs="?", default=DEFAULT_JSON)
+    parser.add_argument("docs", type=Path, nargs="?", default=DEFAULT_DOCS)
     args = parser.parse_args(argv)
-    result = json.loads(args.json.read_text(encoding="utf-8"))
-    plot_path = args.json.parent / "throughput.png"
-    args.docs.write_text(render(result, args.json, plot_path, args.docs), encoding="utf-8")
+    write_report(args.json, args.docs)
 
 
 if __name__ == "__main__":
