@@ -163,3 +163,20 @@ def test_sigmoid_heads_give_independent_label_probabilities(
         logit_q = np.log(q) - np.log1p(-q)
         np.testing.assert_allclose(logit_q - logit_q[0], np.log(p) - np.log(p[0]), atol=1e-3)
         assert [t.text for t in result.top] == [labels[i] for i in np.argsort(-q)[:3]]
+
+
+def test_several_tokens_per_message(client: Client, model_name: str) -> None:
+    def run(per_message: int) -> list[list[int]]:
+        with client.create_session(model_name) as session:
+            chunks = session.generate(PROMPT, max_tokens=30, seed=9, tokens_per_message=per_message)
+            return [[t.id for t in chunk.tokens] for chunk in chunks]
+
+    one_each, grouped = run(0), run(8)
+    flat_one = [t for chunk in one_each for t in chunk]
+    flat_grouped = [t for chunk in grouped for t in chunk]
+    assert flat_grouped == flat_one  # the same tokens, in fewer messages
+    assert all(len(c) <= 1 for c in one_each) and len(one_each) >= len(flat_one)
+    assert all(len(c) == 8 for c in grouped[:-1]) and len(grouped[-1]) <= 8
+    assert len(grouped) == -(-len(flat_one) // 8) or len(grouped[-1]) == 0
+    with pytest.raises(InvalidArgument, match=r"tokens_per_message = 257 .*0 \.\. 256"):
+        run(257)

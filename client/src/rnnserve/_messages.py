@@ -168,6 +168,7 @@ def generate_request(
     seed: int | None,
     stop: str | Sequence[str],
     stop_tokens: Sequence[int],
+    tokens_per_message: int = 0,
 ) -> pb.GenerateRequest:
     """Generate; unset optional values leave the server's defaults in effect."""
     _validate.string("session_id", session_id)
@@ -175,6 +176,7 @@ def generate_request(
         session_id=session_id,
         stop=_validate.stop_strings(stop),
         stop_token_ids=_validate.token_ids("stop_tokens", stop_tokens),
+        tokens_per_message=_validate.unsigned("tokens_per_message", tokens_per_message, bits=32),
     )
     if prompt is not None:
         _set_sequence(

@@ -247,6 +247,7 @@ class AsyncClient:
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stop_tokens: Sequence[int] = (),
+        tokens_per_message: int = 0,
         timeout: float | None = None,
     ) -> AsyncGenerator[GeneratedChunk, None]:
         """Sample tokens from a session as they are produced (see `Client.generate`).
@@ -264,6 +265,7 @@ class AsyncClient:
             seed=seed,
             stop=stop,
             stop_tokens=stop_tokens,
+            tokens_per_message=tokens_per_message,
         )
         return self._generate(request, self._connection.deadline(timeout))
 

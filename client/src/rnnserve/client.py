@@ -273,6 +273,7 @@ class Client:
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stop_tokens: Sequence[int] = (),
+        tokens_per_message: int = 0,
         timeout: float | None = None,
     ) -> Generator[GeneratedChunk, None, None]:
         """Sample tokens from a session, yielding them as the server produces them.
@@ -283,7 +284,8 @@ class Client:
         session's sampling generator (random unless the session was created with a `seed`).
         Generation stops after `max_tokens`, at the model's end token, once the text ends with
         one of the `stop` strings, or after one of the `stop_tokens` ids (which is returned);
-        the last chunk says why.
+        the last chunk says why. `tokens_per_message` above 1 lets the server put up to that
+        many tokens in one chunk (less transport work per token, a little more latency).
 
         Arguments are checked now; the call starts on the first iteration. Leaving the loop
         early or closing the generator cancels the call, so the server stops sampling.
@@ -298,6 +300,7 @@ class Client:
             seed=seed,
             stop=stop,
             stop_tokens=stop_tokens,
+            tokens_per_message=tokens_per_message,
         )
         return self._generate(request, self._connection.deadline(timeout))
 

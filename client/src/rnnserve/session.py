@@ -30,6 +30,7 @@ class GenerateOptions(TypedDict, total=False):
     seed: int | None
     stop: str | Sequence[str]
     stop_tokens: Sequence[int]
+    tokens_per_message: int
     timeout: float | None
 
 

@@ -57,6 +57,9 @@ _FINISH = {
 }
 
 
+MAX_TOKENS_PER_MESSAGE = 256
+
+
 def caller_of(context: Any) -> str:
     """Who owns the sessions a call creates and counts against max_sessions_per_caller:
     the authenticated caller's name ("user:alice") when authentication is on, else the
@@ -232,17 +235,19 @@ def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
     )
 
 
-def _generate_response(session_id: str, event: GenerateEvent) -> pb.GenerateResponse:
-    tokens = []
-    if event.token is not None:
-        t = event.token
-        tokens.append(pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability))
+def _generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
+    """One response message for one or more consecutive events (the last one's status)."""
+    last = events[-1]
     return pb.GenerateResponse(
         session_id=session_id,
-        tokens=tokens,
-        steps=event.steps,
-        finish_reason=_FINISH[event.finish_reason],
-        matched_stop=event.matched_stop,
+        tokens=[
+            pb.GeneratedToken(id=e.token.id, text=e.token.text, probability=e.token.probability)
+            for e in events
+            if e.token is not None
+        ],
+        steps=last.steps,
+        finish_reason=_FINISH[last.finish_reason],
+        matched_stop=last.matched_stop,
     )
 
 
@@ -430,8 +435,15 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
             _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
             _generate_options(request),
         )
+        per_message = request.tokens_per_message
+        if per_message > MAX_TOKENS_PER_MESSAGE:
+            raise out_of_range("tokens_per_message", per_message, f"0 .. {MAX_TOKENS_PER_MESSAGE}")
+        pending: list[GenerateEvent] = []
         async for event in events:
-            yield _generate_response(session.id, event)
+            pending.append(event)
+            if len(pending) >= per_message or event.finish_reason is not None:
+                yield _generate_response(session.id, pending)
+                pending = []
 
     # ------------------------------------------------------------------ one-call conveniences
 
