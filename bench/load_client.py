@@ -243,7 +243,14 @@ async def run_multiplexed(
 
 
 async def _generate_session(
-    stub: RnnServeStub, session_id: str, *, seed: int, max_tokens: int, window: Window, tally: Tally
+    stub: RnnServeStub,
+    session_id: str,
+    *,
+    seed: int,
+    max_tokens: int,
+    window: Window,
+    tally: Tally,
+    tokens_per_message: int = 0,
 ) -> None:
     for call_index in range(MAX_CALLS_PER_SESSION):
         if time.perf_counter() >= window.end:
@@ -254,6 +261,7 @@ async def _generate_session(
                 max_tokens=max_tokens,
                 temperature=1.0,
                 seed=seed * MAX_CALLS_PER_SESSION + call_index,
+                tokens_per_message=tokens_per_message,
             )
         )
         previous = time.perf_counter()
@@ -281,6 +289,7 @@ async def run_generate(
     warmup_s: float,
     duration_s: float,
     max_tokens: int,
+    tokens_per_message: int = 0,
 ) -> dict[str, Any]:
     session_ids = await create_sessions(stub, model, concurrency)
     tally = Tally()
@@ -290,7 +299,13 @@ async def run_generate(
             asyncio.gather(
                 *(
                     _generate_session(
-                        stub, sid, seed=i, max_tokens=max_tokens, window=window, tally=tally
+                        stub,
+                        sid,
+                        seed=i,
+                        max_tokens=max_tokens,
+                        window=window,
+                        tally=tally,
+                        tokens_per_message=tokens_per_message,
                     )
                     for i, sid in enumerate(session_ids)
                 )
@@ -420,6 +435,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 warmup_s=args.warmup,
                 duration_s=args.duration,
                 max_tokens=args.max_tokens,
+                tokens_per_message=args.tokens_per_message,
             )
         if args.mode == "prompt":
             return await run_prompt(stub, args.model, args.tokens, args.repeats, args.duration)
@@ -446,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="the window (lockstep, multiplexed, generate), or the time budget (prompt, sessions)",
     )
     parser.add_argument("--max-tokens", type=int, default=512, help="per Generate call")
+    parser.add_argument(
+        "--tokens-per-message", type=int, default=0, help="GenerateRequest.tokens_per_message"
+    )
     parser.add_argument("--tokens", type=int, default=2000, help="prompt length")
     parser.add_argument("--repeats", type=int, default=5, help="one-call prompt repeats")
     parser.add_argument("--count", type=int, default=1000, help="sessions to create")

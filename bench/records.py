@@ -19,6 +19,8 @@ LOCKSTEP = "lockstep"  # N sessions, each its own StepStream, one token per mess
 MULTIPLEXED = "multiplexed"  # N sessions' steps in each StepMany message, one stream
 RAW_STEP = "raw-step"  # the step graph in-process at batch B, state fed back
 GENERATE = "generate"  # N concurrent Generate calls, tokens/s aggregate
+# rnnserve's Generate with GenerateRequest.tokens_per_message > 1 (the caller permits it)
+GENERATE_GROUPED = "generate-grouped"
 RAW_SAMPLING = "raw-sampling"  # step graph + numpy sampling at batch B, in-process
 PROMPT_ONE_CALL = "prompt-one-call"  # one Step carrying the whole prompt
 PROMPT_SINGLE_STEPS = "prompt-single-steps"  # the prompt as single-token unary Steps
@@ -31,6 +33,7 @@ SCENARIOS = (
     MULTIPLEXED,
     RAW_STEP,
     GENERATE,
+    GENERATE_GROUPED,
     RAW_SAMPLING,
     PROMPT_ONE_CALL,
     PROMPT_SINGLE_STEPS,

@@ -20,6 +20,7 @@ from bench.records import (
     BASELINE,
     ECHO,
     GENERATE,
+    GENERATE_GROUPED,
     IDLE_MEMORY,
     LOCKSTEP,
     MULTIPLEXED,
@@ -265,7 +266,12 @@ def _absolute(records: Sequence[Record], plot_path: Path, docs: Path) -> list[st
             ["system", "sessions / batch", "tokens/s", "p50 ms", "p99 ms"],
             (
                 [
-                    r.system,
+                    r.system
+                    + (
+                        f" ({r.extra.get('tokens_per_message')} tokens per message)"
+                        if r.scenario == GENERATE_GROUPED
+                        else ""
+                    ),
                     str(r.concurrency or r.batch),
                     _num(r.tokens_per_s),
                     _ms(r.p50_ms),
@@ -273,7 +279,9 @@ def _absolute(records: Sequence[Record], plot_path: Path, docs: Path) -> list[st
                 ]
                 for system in (*SERVERS, RAW)
                 for r in records
-                if r.system == system and r.scenario in (GENERATE, RAW_SAMPLING) and r.error is None
+                if r.system == system
+                and r.scenario in (GENERATE, GENERATE_GROUPED, RAW_SAMPLING)
+                and r.error is None
             ),
         ),
     ]

@@ -36,6 +36,7 @@ from bench.records import (
     BASELINE,
     ECHO,
     GENERATE,
+    GENERATE_GROUPED,
     IDLE_MEMORY,
     LOCKSTEP,
     MULTIPLEXED,
@@ -76,6 +77,7 @@ class Plan:
     sampling_batches: tuple[int, ...] = (1, 64)
     raw_duration_s: float = 2.0
     max_tokens: int = 512  # per Generate call; the client calls again until the window ends
+    tokens_per_message: int = 16  # rnnserve's grouped generation (GENERATE_GROUPED)
     prompt_tokens: int = 2000
     prompt_repeats: int = 5
     single_steps_budget_s: float = 60.0
@@ -290,8 +292,15 @@ def measure_multiplexed(
     ]
 
 
-def measure_generate(
+def measure_generate_grouped(
     server: ServerProcess, model: str, concurrency: int, plan: Plan
+) -> list[Record]:
+    """rnnserve's Generate with several tokens per response message."""
+    return measure_generate(server, model, concurrency, plan, plan.tokens_per_message)
+
+
+def measure_generate(
+    server: ServerProcess, model: str, concurrency: int, plan: Plan, tokens_per_message: int = 0
 ) -> list[Record]:
     result = load_client(
         server,
@@ -301,12 +310,13 @@ def measure_generate(
         f"--warmup={plan.warmup_s}",
         f"--duration={plan.duration_s}",
         f"--max-tokens={plan.max_tokens}",
+        f"--tokens-per-message={tokens_per_message}",
         budget_s=plan.warmup_s + plan.duration_s,
     )
     return [
         Record(
             server.name,
-            GENERATE,
+            GENERATE_GROUPED if tokens_per_message > 1 else GENERATE,
             concurrency=concurrency,
             tokens_per_s=result["tokens_per_s"],
             p50_ms=result["p50_ms"],
@@ -316,6 +326,7 @@ def measure_generate(
             extra={
                 "errors": result["errors"],
                 "max_tokens_per_call": plan.max_tokens,
+                "tokens_per_message": tokens_per_message,
                 "latency": "gap between response messages",
             },
         )
@@ -452,6 +463,7 @@ def server_plan(plan: Plan) -> list[tuple[str, str, MeasureFn, int]]:
     todo += [(name, MULTIPLEXED, measure_multiplexed, n) for name in MULTIPLEXED_SYSTEMS]
     for n in plan.generate_concurrencies:
         todo += [(name, GENERATE, measure_generate, n) for name in SERVERS]
+    todo.append((RNNSERVE, GENERATE_GROUPED, measure_generate_grouped, 1))
     todo.append((RNNSERVE, PROMPT_ONE_CALL, measure_prompt, 1))
     return todo
 
