@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rnnserve_server.tokenizer import Tokenizer
@@ -31,9 +32,14 @@ __all__ = [
 ]
 
 
-def train_and_export(config: TrainConfig) -> Path:
-    """Train, then export; return the package directory ``<out>/<name>/<version>``."""
+def train_and_export(config: TrainConfig) -> Path | None:
+    """Train, then export; return the package directory ``<out>/<name>/<version>``.
+
+    Under torchrun only rank 0 exports; the other ranks (and ``export=False``) return None.
+    """
     result = train(config)
+    if int(os.environ.get("RANK", "0")) != 0 or not config.export:
+        return None
     return export_checkpoint(result.checkpoint, Path(config.out), config.version)
 
 
@@ -59,7 +65,9 @@ def build_tiny_package(models_dir: Path, runs_dir: Path | None = None) -> Path:
     """
     runs = runs_dir if runs_dir is not None else tiny_runs_dir(models_dir)
     config = make_config("tiny", {"out": str(models_dir), "runs": str(runs), "progress": False})
-    return train_and_export(config)
+    package = train_and_export(config)
+    assert package is not None
+    return package
 
 
 def tiny_checkpoint(models_dir: Path, runs_dir: Path | None = None) -> Path:

@@ -39,6 +39,11 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             "lowercase": tokenizer.lowercase,
         },
         "model": checkpoint.model.state_dict(),
+        "architecture": {
+            "output_size": checkpoint.model.output_size,
+            "encoder": checkpoint.model.encoder is not None,
+            "conditions": checkpoint.model.conditions,
+        },
         "step": checkpoint.step,
         "training": checkpoint.training,
         "metrics": checkpoint.metrics,
@@ -61,7 +66,16 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
         normalize=spec["normalize"],
         lowercase=spec["lowercase"],
     )
-    model = RNNLanguageModel(config.cell, tokenizer.size, config.hidden_size, config.layers)
+    architecture = payload["architecture"]
+    model = RNNLanguageModel(
+        config.cell,
+        tokenizer.size,
+        config.hidden_size,
+        config.layers,
+        output_size=int(architecture["output_size"]),
+        encoder=bool(architecture["encoder"]),
+        conditions=int(architecture["conditions"]),
+    )
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return Checkpoint(

@@ -1,8 +1,11 @@
-"""``rnnserve-train``: train a preset (with ``--key=value`` overrides) and export it, or
-export an existing checkpoint.
+"""``rnnserve-train``: train a preset (with ``--key=value`` overrides) and export it,
+export an existing checkpoint, train the demo zoo, or compute the baselines.
 
-    rnnserve-train [--preset=char-gru|tiny] [--key=value ...]
+    rnnserve-train [--preset=NAME] [--key=value ...]
     rnnserve-train export --checkpoint=runs/char-gru/checkpoint.pt [--out=models] [--version=N]
+    rnnserve-train zoo [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
+    rnnserve-train baselines [--only=a,b]
+    torchrun --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...   (data parallel)
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "export":
             return _export(args[1:])
+        if args and args[0] == "zoo":
+            return _zoo(args[1:])
+        if args and args[0] == "baselines":
+            return _baselines(args[1:])
         return _train(args)
     except ConfigError as exc:
         print(f"rnnserve-train: {exc}", file=sys.stderr)
@@ -50,23 +57,69 @@ def _train(args: list[str]) -> int:
     from rnnserve_train.api import train_and_export  # late: torch loads only when needed
 
     package = train_and_export(config)
+    if package is None:  # a torchrun rank other than 0, or --export=false
+        return 0
     from rnnserve_server.modelpackage import load_package
 
     metrics = load_package(package).manifest.metrics
     print(f"package: {package}")
-    print(f"test bits/char: {metrics['test_bits_per_char']:.4f}")
+    for key, value in metrics.items():
+        if key.startswith("test_"):
+            print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _options(command: str, args: list[str], keys: Sequence[str]) -> dict[str, str]:
+    """``--key=value`` options of a subcommand; unknown keys are a ConfigError."""
+    options: dict[str, str] = {}
+    for arg in args:
+        key, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key not in keys or not value:
+            raise ConfigError(
+                f"{command}: {arg!r} is not one of {', '.join(f'--{k}=...' for k in keys)}"
+            )
+        options[key] = value
+    return options
+
+
+def _zoo(args: list[str]) -> int:
+    from rnnserve_train.zoo import ZOO, train_zoo
+
+    options = _options("zoo", args, ("out", "runs", "only", "jobs"))
+    only = [n for n in options.get("only", "").split(",") if n]
+    unknown = [n for n in only if n not in ZOO]
+    if unknown:
+        raise ConfigError(f"zoo: --only names {unknown} are not in the zoo ({', '.join(ZOO)})")
+    try:
+        jobs = int(options.get("jobs", "2"))
+    except ValueError:
+        raise ConfigError(f"zoo: --jobs={options['jobs']}: expected int") from None
+    out, runs = Path(options.get("out", "models")), Path(options.get("runs", "runs"))
+    results = train_zoo(out, runs, only, jobs)
+    for run in results:
+        print(f"{run.name:16} {run.status} ({run.seconds:.0f} s)")
+    return 0 if all(not r.status.startswith("failed") for r in results) else 1
+
+
+def _baselines(args: list[str]) -> int:
+    from rnnserve_train.baselines import BASELINES, compute
+
+    options = _options("baselines", args, ("only",))
+    only = [n for n in options.get("only", "").split(",") if n] or list(BASELINES)
+    unknown = [n for n in only if n not in BASELINES]
+    if unknown:
+        raise ConfigError(f"baselines: {unknown} have none; known: {', '.join(BASELINES)}")
+    results = compute(only)
+    for name in only:
+        shown = {
+            k: v for k, v in results[name].items() if k.startswith("test_") and isinstance(v, float)
+        }
+        print(f"{name}: {results[name]['baseline']}: {shown}")
     return 0
 
 
 def _export(args: list[str]) -> int:
-    options: dict[str, str] = {}
-    for arg in args:
-        key, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if key not in EXPORT_KEYS or not value:
-            raise ConfigError(
-                f"export: {arg!r} is not one of --checkpoint=PATH, --out=DIR, --version=N"
-            )
-        options[key] = value
+    options = _options("export", args, EXPORT_KEYS)
     if "checkpoint" not in options:
         raise ConfigError("export: --checkpoint=PATH is required")
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from rnnserve_server.tokenizer import Tokenizer
 
@@ -60,8 +61,20 @@ class Splits:
 
 
 def load_corpus(name: str, max_documents: int = 0) -> Corpus:
-    """The built-in ``fortunes`` corpus, or your own text: a UTF-8 file, or a folder of
-    ``*.txt`` files, in which documents are separated by blank lines."""
+    """The built-in ``fortunes`` (FreeBSD fortunes) or ``kjv`` (Bible chapters) corpus,
+    or your own text: a UTF-8 file, or a folder of ``*.txt`` files, in which documents are
+    separated by blank lines."""
+    if name == "kjv":
+        from rnnserve_train.corpora import kjv_chapters
+
+        texts, version, origin, licence = kjv_chapters()
+        return Corpus(
+            name=version,
+            origin=origin,
+            licence=licence,
+            files=("bible/data/kjv.jsonl",),
+            documents=tuple(texts[:max_documents] if max_documents else texts),
+        )
     if name != "fortunes":
         return load_text_corpus(Path(name), max_documents)
     documents: list[str] = []
@@ -149,9 +162,19 @@ def split_documents(documents: Sequence[str], val_fraction: float, test_fraction
     return Splits(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]))
 
 
-def build_tokenizer(train_documents: Sequence[str], min_count: int) -> Tokenizer:
-    """Characters of the training split only; rarer ones than ``min_count`` become unk."""
-    return Tokenizer.build("char", train_documents, min_count=min_count)
+def build_tokenizer(
+    train_documents: Sequence[str],
+    min_count: int,
+    *,
+    kind: str = "char",
+    max_size: int = 0,
+    lowercase: bool = False,
+) -> Tokenizer:
+    """Tokens of the training split only: those seen fewer than ``min_count`` times, and
+    all but the ``max_size`` most frequent (specials included; 0: no cap), become unk."""
+    return Tokenizer.build(
+        kind, train_documents, min_count=min_count, max_size=max_size or None, lowercase=lowercase
+    )
 
 
 def encode_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> list[np.ndarray]:
@@ -212,6 +235,15 @@ def chunks(packed: np.ndarray, seq_len: int, tokenizer: Tokenizer) -> Iterator[B
             loss_mask=loss_mask[:, window],
             keep=keep[:, window],
         )
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Right-padded [B, T] int64 tokens and the lengths [B] of variable-length rows."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+    tokens = torch.full((len(sequences), max(1, int(lengths.max()))), pad, dtype=torch.int64)
+    for row, sequence in enumerate(sequences):
+        tokens[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.int64)
+    return tokens, lengths
 
 
 def training_batches(

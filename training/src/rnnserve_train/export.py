@@ -12,15 +12,12 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import torch
-from torch import Tensor, nn
 
 from rnnserve_server.modelpackage import (
     InitialStateSpec,
@@ -32,41 +29,62 @@ from rnnserve_server.modelpackage import (
     standard_graph,
 )
 from rnnserve_server.tokenizer import Tokenizer
+from rnnserve_train import graphs
+from rnnserve_train.baselines import baseline_lines
 from rnnserve_train.checkpoint import load_checkpoint
 from rnnserve_train.config import TrainConfig
-from rnnserve_train.generate import greedy_tokens, sample_tokens
 from rnnserve_train.model import RNNLanguageModel
-from rnnserve_train.parity import ParityReport, check_parity
+from rnnserve_train.parity import ParityReport, Start, check_parity
+from rnnserve_train.tasks import Task, language_model_samples, make_task
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-BATCH_AXIS = "batch"
 VOCAB_FILE, WEIGHTS_FILE, CARD_FILE = "vocab.json", "weights.npz", "MODEL_CARD.md"
-STEP_FILE, HEAD_FILE = "step.onnx", "head.onnx"
-INITIAL_TOKEN = "bos"  # training documents start with it
+GRAPH_FILES = {
+    "step": "step.onnx",
+    "head": "head.onnx",
+    "sequence": "sequence.onnx",
+    "encoder": "encoder.onnx",
+    "condition": "condition.onnx",
+}
+STEP_FILE, HEAD_FILE = GRAPH_FILES["step"], GRAPH_FILES["head"]
+INITIAL_TOKEN = "bos"  # training documents and examples start with it
 
 
 class ExportError(RuntimeError):
     """The graphs do not have the shapes the package format needs."""
 
 
-class _StepGraph(nn.Module):
-    def __init__(self, model: RNNLanguageModel) -> None:
-        super().__init__()
-        self.model = model
+@dataclass(frozen=True)
+class Layout:
+    """What a package declares besides its graphs: the shape, the output head, how a
+    session starts, the conditions, and the lines of the card that show the model."""
 
-    def forward(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.step(tokens, state)
+    shape: str
+    output: OutputSpec
+    initial_state: InitialStateSpec
+    conditions: tuple[str, ...] = ()
+    card_sections: tuple[str, ...] = ()
 
-
-class _HeadGraph(nn.Module):
-    def __init__(self, model: RNNLanguageModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, state: Tensor) -> Tensor:
-        return self.model.head(state)
+    @classmethod
+    def of(
+        cls, task: Task | None, model: RNNLanguageModel, tokenizer: Tokenizer, config: TrainConfig
+    ) -> Layout:
+        """The task's layout; without a task, a language model's (vocabulary, bos)."""
+        if task is None:
+            return cls(
+                shape="many-to-many",
+                output=OutputSpec(kind="vocabulary"),
+                initial_state=InitialStateSpec(kind="after_token", token=INITIAL_TOKEN),
+                card_sections=tuple(language_model_samples(model, tokenizer, config.sample_chars)),
+            )
+        return cls(
+            shape=task.shape,
+            output=task.output_spec(),
+            initial_state=task.initial_state(),
+            conditions=task.conditions(),
+            card_sections=tuple(task.card_sections(model)),
+        )
 
 
 def next_free_version(root: Path) -> int:
@@ -74,66 +92,25 @@ def next_free_version(root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_graphs(model: RNNLanguageModel, directory: Path) -> None:
-    """step.onnx and head.onnx with a dynamic batch axis and every other dim fixed."""
+def export_graphs(model: RNNLanguageModel, directory: Path, sequence_form: str) -> dict[str, Path]:
+    """Every graph the model needs, each checked for its input/output shapes."""
     model = model.cpu().eval()
-    batch = 2  # not 1, so the tracer cannot fold the batch dimension into a constant
-    tokens = torch.zeros(batch, dtype=torch.int64)
-    state = model.zero_state(batch)
-    with torch.no_grad(), warnings.catch_warnings():
-        # dynamo=False is deliberate (see docs/FACTS.md); its deprecation notice is not news.
-        warnings.filterwarnings(
-            "ignore", "You are using the legacy TorchScript", DeprecationWarning
-        )
-        torch.onnx.export(
-            _StepGraph(model),
-            (tokens, state),
-            str(directory / STEP_FILE),
-            input_names=["tokens", "state"],
-            output_names=["logits", "state_out"],
-            dynamic_axes={
-                "tokens": {0: BATCH_AXIS},
-                "state": {1: BATCH_AXIS},
-                "logits": {0: BATCH_AXIS},
-                "state_out": {1: BATCH_AXIS},
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        torch.onnx.export(
-            _HeadGraph(model),
-            (state,),
-            str(directory / HEAD_FILE),
-            input_names=["state"],
-            output_names=["logits"],
-            dynamic_axes={"state": {1: BATCH_AXIS}, "logits": {0: BATCH_AXIS}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    L, H, K = model.layers, model.hidden_size, model.vocab_size
-    expected: dict[str, tuple[int | str, ...]] = {
-        "tokens": (BATCH_AXIS,),
-        "state": (L, BATCH_AXIS, H),
-        "state_out": (L, BATCH_AXIS, H),
-        "logits": (BATCH_AXIS, K),
-    }
-    for file in (STEP_FILE, HEAD_FILE):
-        check_graph_shapes(directory / file, expected)
-
-
-def check_graph_shapes(path: Path, expected: Mapping[str, tuple[int | str, ...]]) -> None:
-    """Each input/output has a symbolic batch dim and static ints elsewhere, as expected."""
-    graph = onnx.load(str(path)).graph
-    for value in [*graph.input, *graph.output]:
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim
-        )
-        if dims != expected[value.name]:
-            raise ExportError(
-                f"{path.name}: {value.name} has shape {list(dims)}, "
-                f"expected {list(expected[value.name])}"
-            )
+    paths = {kind: directory / GRAPH_FILES[kind] for kind in ("step", "head", "sequence")}
+    graphs.export_step(model, paths["step"])
+    graphs.export_head(model, paths["head"])
+    graphs.export_sequence(model, paths["sequence"], encoder=False, form=sequence_form)
+    if model.encoder is not None:
+        paths["encoder"] = directory / GRAPH_FILES["encoder"]
+        graphs.export_sequence(model, paths["encoder"], encoder=True, form=sequence_form)
+    if model.condition_table is not None:
+        paths["condition"] = directory / GRAPH_FILES["condition"]
+        graphs.export_condition(model, paths["condition"])
+    for kind, path in paths.items():
+        try:
+            graphs.check_graph_shapes(path, graphs.expected_for(kind, model))
+        except graphs.GraphShapeError as exc:
+            raise ExportError(str(exc)) from None
+    return paths
 
 
 def write_model_card(
@@ -144,57 +121,71 @@ def write_model_card(
     model: RNNLanguageModel,
     config: TrainConfig,
     parity: ParityReport,
+    layout: Layout,
 ) -> None:
     training, metrics = manifest.training, manifest.metrics
-    greedy = tokenizer.decode(greedy_tokens(model, tokenizer, [], config.sample_chars))
-    samples = [
-        tokenizer.decode(sample_tokens(model, tokenizer, [], config.sample_chars, seed=seed))
-        for seed in (1, 2)
-    ]
-    split_docs = training.get("split_documents", {})
-    split_chars = training.get("split_characters", {})
+    start = manifest.initial_state
+    starts = {
+        "zeros": "a session starts from the zero state",
+        "after_token": f"a session starts from the state after `{start.token}`",
+        "encoder": "a session starts from the encoder's state for its source, "
+        f"then `{start.token}`",
+        "condition": f"a session starts from its condition's state, then `{start.token}`",
+    }
+    outputs = {
+        "vocabulary": "each step returns the next-token distribution",
+        "labels": f"each step returns the distribution over {len(manifest.output.labels)} labels",
+        "sigmoid": f"each step returns {len(manifest.output.labels)} independent probabilities",
+    }
+    units = "characters" if tokenizer.kind == "char" else "words"
+    split = {k: v for k, v in training.items() if k.startswith("split_") and k != "split_sizes"}
     lines = [
         f"# {manifest.name} v{manifest.version}",
         "",
         manifest.description + ".",
         "",
         "## Model",
-        f"- cell `{manifest.cell}` (docs/MODELS.md), {manifest.layers} layer(s) of "
-        f"{manifest.hidden_size} units, {sum(p.numel() for p in model.parameters()):,} parameters",
-        f"- character vocabulary of {tokenizer.size} tokens (special: "
+        f"- shape `{manifest.shape}`, cell `{manifest.cell}` (docs/MODELS.md), "
+        f"{manifest.layers} layer(s) of {manifest.hidden_size} units, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+        + (", with an encoder of the same form" if model.encoder is not None else ""),
+        f"- {tokenizer.kind} vocabulary of {tokenizer.size} {units} (special: "
         f"{', '.join(f'{r}={i}' for r, i in tokenizer.special_tokens.items())})",
-        f"- a session starts from the state after `{INITIAL_TOKEN}`; each step returns the "
-        "next-character distribution",
+        f"- {starts[start.kind]}; {outputs[manifest.output.kind]}",
+        *([f"- conditions: {', '.join(manifest.conditions)}"] if manifest.conditions else []),
+        f"- graphs: {', '.join(f'`{g.file}`' for g in manifest.graphs.values())} "
+        f"(sequence graphs: {config.sequence_graph} form)",
         "",
         "## Data",
         f"- {training.get('data')}: {training.get('data_origin')}",
-        f"- files: {', '.join(training.get('data_files', []))}",
         f"- licence: {training.get('data_licence')}",
-        f"- split by {training.get('split')}: documents {split_docs}, "
-        f"predicted characters (incl. eos) {split_chars}",
+        f"- split by {training.get('split')}: "
+        + "; ".join(f"{k.removeprefix('split_')} {v}" for k, v in split.items()),
+        *([f"- {training['data_notes']}"] if training.get("data_notes") else []),
         "",
         "## Training",
-        f"- {training.get('steps')} steps of truncated BPTT (chunks of {config.seq_len}, "
-        f"batch {config.batch_size}), AdamW lr {config.lr:g} → {config.min_lr:g}, "
-        f"clip {config.grad_clip:g}, seed {config.seed}",
+        f"- {training.get('steps')} steps, batch {config.batch_size}"
+        + (
+            f", truncated BPTT over chunks of {config.seq_len}"
+            if manifest.shape == "many-to-many"
+            else ""
+        )
+        + f", AdamW lr {config.lr:g} → {config.min_lr:g}, clip {config.grad_clip:g}, "
+        f"seed {config.seed}",
         f"- {training.get('seconds')} s on {training.get('machine')} "
-        f"(torch {training.get('torch')})",
+        f"(torch {training.get('torch')}, {training.get('processes', 1)} process(es))",
         "",
-        "## Metrics (bits per character, held-out characters including eos)",
+        "## Metrics (held-out data)",
         *(f"- {k}: {v:.4f}" for k, v in metrics.items()),
         "",
+        *baseline_lines(manifest.name, training),
         "## Parity (checked at export)",
-        f"- numpy reference vs torch vs onnxruntime, {parity.steps} greedy steps, batch "
-        f"{parity.batch}: max abs diff "
+        f"- numpy reference vs torch vs onnxruntime on the graphs "
+        f"{', '.join(parity.graphs)}: {parity.steps} greedy steps and a batch of "
+        f"{parity.batch} prompts of different lengths; max abs diff "
         + ", ".join(f"{k} {v:.2g}" for k, v in parity.max_abs_diff.items()),
         "",
-        "## Samples",
-        "Greedy:",
-        "```",
-        greedy,
-        "```",
-        "Sampled (temperature 0.8, seeds 1 and 2):",
-        *(line for sample in samples for line in ("```", sample, "```")),
+        *layout.card_sections,
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -209,8 +200,15 @@ def export_model(
     metrics: Mapping[str, float],
     out: Path | None = None,
     version: int = 0,
+    task: Task | None = None,
+    layout: Layout | None = None,
 ) -> Path:
-    """Write and check the package; return its path ``<out>/<name>/<version>``."""
+    """Write and check the package; return its path ``<out>/<name>/<version>``.
+
+    ``task`` (``tasks.py``) or an explicit ``layout`` gives the shape, head and initial
+    state; without either the model is packaged as a language model that starts after
+    ``bos``.
+    """
     model = model.cpu().eval()
     root = Path(out if out is not None else config.out) / config.name
     version = version or config.version or next_free_version(root)
@@ -225,23 +223,29 @@ def export_model(
     staging = scratch / config.name / str(version)
     try:
         staging.mkdir(parents=True)
+        layout = layout or Layout.of(task, model, tokenizer, config)
         tokenizer.save(staging / VOCAB_FILE)
         np.savez(staging / WEIGHTS_FILE, **model.to_seed_weights())  # type: ignore[arg-type]
-        export_graphs(model, staging)
+        paths = export_graphs(model, staging, config.sequence_graph)
         with np.load(staging / WEIGHTS_FILE) as archive:
             weights = {k: archive[k] for k in archive.files}
+        start_token = layout.initial_state.token
         parity = check_parity(
             model,
             weights,
-            staging / STEP_FILE,
-            staging / HEAD_FILE,
-            tokenizer.special_tokens[INITIAL_TOKEN],
+            paths,
+            Start(
+                kind=layout.initial_state.kind,
+                token=None if start_token is None else tokenizer.special_tokens[start_token],
+                conditions=len(layout.conditions),
+            ),
+            steps=config.parity_steps,
         )
         manifest = Manifest(
             name=config.name,
             version=version,
             description=config.description,
-            shape="many-to-many",
+            shape=layout.shape,
             cell=config.cell,
             layers=model.layers,
             hidden_size=model.hidden_size,
@@ -253,15 +257,17 @@ def export_model(
                 normalize=tokenizer.normalize,
                 lowercase=tokenizer.lowercase,
             ),
-            output=OutputSpec(kind="vocabulary"),
-            graphs={
-                "step": standard_graph("step", STEP_FILE),
-                "head": standard_graph("head", HEAD_FILE),
-            },
-            initial_state=InitialStateSpec(kind="after_token", token=INITIAL_TOKEN),
+            output=layout.output,
+            graphs={kind: standard_graph(kind, path.name) for kind, path in paths.items()},
+            initial_state=layout.initial_state,
+            conditions=layout.conditions,
             weights_file=WEIGHTS_FILE,
             card_file=CARD_FILE,
-            training={**training, "parity": parity.summary()},
+            training={
+                **training,
+                "sequence_graph": config.sequence_graph,
+                "parity": parity.summary(),
+            },
             metrics=dict(metrics),
         )
         manifest.write(staging)
@@ -272,6 +278,7 @@ def export_model(
             model=model,
             config=config,
             parity=parity,
+            layout=layout,
         )
         load_package(staging)
         os.rename(staging, final)
@@ -288,7 +295,7 @@ def export_model(
 
 
 def export_checkpoint(checkpoint: Path, out: Path | None = None, version: int = 0) -> Path:
-    """Rebuild the model from ``checkpoint`` alone and export it."""
+    """Rebuild the model and its task from ``checkpoint`` alone and export it."""
     loaded = load_checkpoint(checkpoint)
     return export_model(
         loaded.model,
@@ -298,4 +305,5 @@ def export_checkpoint(checkpoint: Path, out: Path | None = None, version: int = 
         metrics=loaded.metrics,
         out=out,
         version=version,
+        task=make_task(loaded.config, loaded.tokenizer),
     )

@@ -1,13 +1,19 @@
-"""The recurrent language model of docs/MODELS.md, written from primitives.
+"""The recurrent models of docs/MODELS.md, written from primitives.
 
 A model is a stack of cells and an output layer ``ŷ<t> = W_ya a<t> + b_y`` (logits; the
-softmax lives in the loss and in the server). The first layer's input is a token, whose
-one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight``; deeper layers read
-the activation of the layer below.
+softmax or sigmoid lives in the loss and in the server). The first layer's input is a
+token, whose one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight``;
+deeper layers read the activation of the layer below.
 
 Each cell splits its work in two: ``project`` computes the input half of every gate for a
 whole chunk in one product (no recurrence there), and ``step`` does the recurrent half of
 one time step. Cells are registered in ``CELLS`` by their manifest name.
+
+One model class serves every shape of docs/MODELS.md: the output layer has ``output_size``
+units (the vocabulary, or the labels of a classifier); an optional encoder stack (same
+cell, layers and width) turns a source into the decoder's initial state (seq2seq); an
+optional condition table gives a one-to-many generator its initial state
+``a<0> = tanh(A0[c])`` for condition ``c``.
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ class Cell(nn.Module):
 
     ``input_weight`` holds, for every gate g, the input block of ``W_g`` transposed:
     row i is ``W_gx[:, i]`` for every gate side by side, so a token's projection is
-    one row lookup and a dense input's is one matrix product.
+    one row lookup and a dense input's is one matrix product. ``recurrent`` holds the
+    recurrent blocks ``W_ga`` of the gates that read ``a<t-1>`` directly, transposed, side
+    by side, so their recurrent half is one product per step.
     """
 
     gates: ClassVar[tuple[str, ...]]
+    # The gates whose recurrent block is in ``recurrent`` (in order); the rest (the GRU's
+    # candidate, which reads Γ_r * c<t-1>) have their own parameter.
+    recurrent_gates: ClassVar[tuple[str, ...]]
 
     def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
         super().__init__()
@@ -37,6 +48,9 @@ class Cell(nn.Module):
         width = len(self.gates) * hidden_size
         self.input_weight = nn.Parameter(torch.empty(input_size, width))
         self.bias = nn.Parameter(torch.empty(width))
+        self.recurrent = nn.Parameter(
+            torch.empty(hidden_size, len(self.recurrent_gates) * hidden_size)
+        )
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -53,19 +67,30 @@ class Cell(nn.Module):
         """One time step: ``projected`` [B, gates*H], ``state`` [B, H] -> new state."""
         raise NotImplementedError
 
-    def scan(self, projected: Tensor, state: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    def scan(
+        self,
+        projected: Tensor,
+        state: Tensor,
+        keep: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Every step of a chunk: [B, T, gates*H] -> (activations [B, T, H], last state).
 
-        ``keep`` [B, T] zeroes the state before the steps where it is 0 (document starts).
+        ``keep`` [B, T] (float) zeroes the state before the steps where it is 0 (document
+        starts in a packed stream). ``valid`` [B, T] (bool) marks real tokens: at a padded
+        step the state is carried unchanged, so the last state of a row is its state after
+        its last real token, exactly as if the row had been run alone.
         """
         # unbind, not projected[:, t]: indexing's backward would build a full-size
         # gradient per step.
         keeps = keep.unsqueeze(-1).unbind(1) if keep is not None else None
+        valids = valid.unsqueeze(-1).unbind(1) if valid is not None else None
         outputs = []
         for t, projected_t in enumerate(projected.unbind(1)):
             if keeps is not None:
                 state = state * keeps[t]
-            state = self.step(projected_t, state)
+            new = self.step(projected_t, state)
+            state = new if valids is None else torch.where(valids[t], new, state)
             outputs.append(state)
         return torch.stack(outputs, dim=1), state
 
@@ -73,10 +98,21 @@ class Cell(nn.Module):
 
     def recurrent_blocks(self) -> dict[str, Tensor]:
         """``W_ga`` (hidden, hidden) for every gate g: the recurrent block of ``W_g``."""
-        raise NotImplementedError
+        H = self.hidden_size
+        return {
+            gate: self.recurrent[:, i * H : (i + 1) * H].T
+            for i, gate in enumerate(self.recurrent_gates)
+        }
 
     def load_recurrent_blocks(self, blocks: dict[str, Tensor]) -> None:
-        raise NotImplementedError
+        self.recurrent.copy_(torch.cat([blocks[g].T for g in self.recurrent_gates], dim=1))
+
+    def extra_seed_weights(self) -> dict[str, np.ndarray]:
+        """Parameters outside ``W_g``/``b_g`` (none, except in gru-torch)."""
+        return {}
+
+    def load_extra_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """The inverse of ``extra_seed_weights``."""
 
     def seed_weights(self) -> dict[str, np.ndarray]:
         """``W_g = [W_ga | W_gx]`` of shape (n_a, n_a + n_x) and ``b_g``, per gate."""
@@ -88,6 +124,7 @@ class Cell(nn.Module):
             matrix = torch.cat([recurrent[gate], input_block], dim=1)
             out[f"W_{gate}"] = matrix.detach().cpu().numpy().astype(np.float32)
             out[f"b_{gate}"] = self.bias[i * H : (i + 1) * H].detach().cpu().numpy()
+        out.update(self.extra_seed_weights())
         return out
 
     @torch.no_grad()
@@ -103,6 +140,55 @@ class Cell(nn.Module):
             self.input_weight[:, i * H : (i + 1) * H] = matrix[:, H:].T
             self.bias[i * H : (i + 1) * H] = torch.as_tensor(weights[f"b_{gate}"])
         self.load_recurrent_blocks(recurrent)
+        self.load_extra_seed_weights(weights)
+
+
+class RNNTanhCell(Cell):
+    """The vanilla RNN (``rnn-tanh``): ``a<t> = tanh(W_a [a<t-1>, x<t>] + b_a)``."""
+
+    gates = ("a",)
+    recurrent_gates = ("a",)
+
+    def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
+        super().__init__(input_size, hidden_size, embed=embed)
+        self.reset_parameters()
+
+    @staticmethod
+    def activation(z: Tensor) -> Tensor:
+        return torch.tanh(z)
+
+    def step(self, projected: Tensor, state: Tensor) -> Tensor:
+        return self.activation(torch.addmm(projected, state, self.recurrent))
+
+
+class RNNReluCell(RNNTanhCell):
+    """The vanilla RNN with ReLU (``rnn-relu``): ``a<t> = max(0, W_a [a<t-1>, x<t>] + b_a)``."""
+
+    @staticmethod
+    def activation(z: Tensor) -> Tensor:
+        return torch.relu(z)
+
+
+class SimpleGRUCell(Cell):
+    """The GRU with the update gate only (``gru-simple``), ``c<t> = a<t>``:
+
+    c̃<t> = tanh(W_c [c<t-1>, x<t>] + b_c)
+        Γ_u   = σ(W_u [c<t-1>, x<t>] + b_u)
+        c<t>  = Γ_u * c̃<t> + (1 - Γ_u) * c<t-1>
+    """
+
+    gates = ("u", "c")
+    recurrent_gates = ("u", "c")
+
+    def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
+        super().__init__(input_size, hidden_size, embed=embed)
+        self.reset_parameters()
+
+    def step(self, projected: Tensor, state: Tensor) -> Tensor:
+        H = self.hidden_size
+        both = torch.addmm(projected, state, self.recurrent)
+        update, candidate = torch.sigmoid(both[:, :H]), torch.tanh(both[:, H:])
+        return torch.lerp(state, candidate, update)  # Γ_u * c̃ + (1 - Γ_u) * c<t-1>
 
 
 class GRUCell(Cell):
@@ -116,60 +202,192 @@ class GRUCell(Cell):
     """
 
     gates = ("r", "u", "c")
+    recurrent_gates = ("r", "u")
 
     def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
         super().__init__(input_size, hidden_size, embed=embed)
-        # Recurrent blocks, transposed for `state @ weight`: [W_ra | W_ua]^T and W_ca^T.
-        self.recurrent_ru = nn.Parameter(torch.empty(hidden_size, 2 * hidden_size))
+        # W_ca^T: the candidate's recurrent block reads Γ_r * c<t-1>, so it has its own.
         self.recurrent_c = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.reset_parameters()
 
     def step(self, projected: Tensor, state: Tensor) -> Tensor:
         H = self.hidden_size
-        gates_ru = torch.sigmoid(torch.addmm(projected[:, : 2 * H], state, self.recurrent_ru))
+        gates_ru = torch.sigmoid(torch.addmm(projected[:, : 2 * H], state, self.recurrent))
         relevance, update = gates_ru[:, :H], gates_ru[:, H:]
         candidate = torch.tanh(
             torch.addmm(projected[:, 2 * H :], relevance * state, self.recurrent_c)
         )
         return torch.lerp(state, candidate, update)  # Γ_u * c̃ + (1 - Γ_u) * c<t-1>
 
+    @property
+    def recurrent_ru(self) -> Tensor:
+        """[W_ra | W_ua]^T (the name earlier versions used)."""
+        return self.recurrent
+
     def recurrent_blocks(self) -> dict[str, Tensor]:
-        H = self.hidden_size
-        return {
-            "r": self.recurrent_ru[:, :H].T,
-            "u": self.recurrent_ru[:, H:].T,
-            "c": self.recurrent_c.T,
-        }
+        return {**super().recurrent_blocks(), "c": self.recurrent_c.T}
 
     def load_recurrent_blocks(self, blocks: dict[str, Tensor]) -> None:
-        self.recurrent_ru.copy_(torch.cat([blocks["r"].T, blocks["u"].T], dim=1))
+        super().load_recurrent_blocks(blocks)
         self.recurrent_c.copy_(blocks["c"].T)
 
 
-# Manifest cell name -> implementation. rnn-tanh, rnn-relu, gru-simple and gru-torch
-# join here as siblings of GRUCell.
-CELLS: dict[str, type[Cell]] = {"gru": GRUCell}
+class TorchGRUCell(Cell):
+    """PyTorch's GRU variant (``gru-torch``, what ``nn.GRU`` computes; *not* the course
+    GRU): the reset gate multiplies *after* the recurrent product, and ``z`` weights the
+    old state.
+
+        r  = σ(W_r [h, x] + b_r)                 (b_r = b_ir + b_hr)
+        z  = σ(W_z [h, x] + b_z)                 (b_z = b_iz + b_hz)
+        n  = tanh(W_in x + b_n + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    The seed weights name the blocks as the course does (``W_n = [W_hn | W_in]``) and add
+    ``b_hn``, the one bias that cannot be folded. Over a chunk without resets or padding
+    ``scan`` runs PyTorch's fused GRU kernel; ``step`` is the same function written out.
+    """
+
+    gates = ("r", "z", "n")
+    recurrent_gates = ("r", "z", "n")
+
+    def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
+        super().__init__(input_size, hidden_size, embed=embed)
+        self.recurrent_bias_n = nn.Parameter(torch.empty(hidden_size))  # b_hn
+        self.reset_parameters()
+
+    def step(self, projected: Tensor, state: Tensor) -> Tensor:
+        H = self.hidden_size
+        recurrent = state @ self.recurrent
+        gates_rz = torch.sigmoid(projected[:, : 2 * H] + recurrent[:, : 2 * H])
+        reset, update = gates_rz[:, :H], gates_rz[:, H:]
+        candidate = torch.tanh(
+            projected[:, 2 * H :] + reset * (recurrent[:, 2 * H :] + self.recurrent_bias_n)
+        )
+        return torch.lerp(candidate, state, update)  # (1 - z) * n + z * h
+
+    def scan(
+        self,
+        projected: Tensor,
+        state: Tensor,
+        keep: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if keep is not None or valid is not None or projected.device.type != "cpu":
+            return super().scan(projected, state, keep, valid)
+        # The fused kernel multiplies its input by W_ih itself; the input here is already
+        # projected (a gathered row, bias included), so W_ih is the identity. On the CPU
+        # that product is one large GEMM for the whole chunk, before the recurrent loop.
+        width = projected.shape[-1]
+        identity = torch.eye(width, dtype=projected.dtype, device=projected.device)
+        zeros = projected.new_zeros(width)
+        recurrent_bias = torch.cat([zeros[: 2 * self.hidden_size], self.recurrent_bias_n])
+        params = [identity, self.recurrent.T, zeros, recurrent_bias]
+        outputs, last = torch._VF.gru(
+            projected, state.unsqueeze(0), params, True, 1, 0.0, self.training, False, True
+        )
+        return outputs, last[0]
+
+    def extra_seed_weights(self) -> dict[str, np.ndarray]:
+        return {"b_hn": self.recurrent_bias_n.detach().cpu().numpy().copy()}
+
+    def load_extra_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.recurrent_bias_n.copy_(torch.as_tensor(weights["b_hn"]))
+
+    @torch.no_grad()
+    def load_torch_gru(self, gru: nn.GRU, layer: int = 0) -> None:
+        """Copy layer ``layer`` of an ``nn.GRU`` (gate order r, z, n), folding biases."""
+        H = self.hidden_size
+        w_ih = getattr(gru, f"weight_ih_l{layer}")
+        w_hh = getattr(gru, f"weight_hh_l{layer}")
+        b_ih = getattr(gru, f"bias_ih_l{layer}")
+        b_hh = getattr(gru, f"bias_hh_l{layer}")
+        self.input_weight.copy_(w_ih.T)
+        self.recurrent.copy_(w_hh.T)
+        self.bias.copy_(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]))
+        self.recurrent_bias_n.copy_(b_hh[2 * H :])
+
+
+# Manifest cell name -> implementation.
+CELLS: dict[str, type[Cell]] = {
+    "rnn-tanh": RNNTanhCell,
+    "rnn-relu": RNNReluCell,
+    "gru-simple": SimpleGRUCell,
+    "gru": GRUCell,
+    "gru-torch": TorchGRUCell,
+}
+
+ENCODER_PREFIX = "encoder."
+CONDITION_KEY = "condition.A0"
+
+
+def _stack(cell: str, vocab_size: int, hidden_size: int, layers: int) -> nn.ModuleList:
+    return nn.ModuleList(
+        CELLS[cell](vocab_size if i == 0 else hidden_size, hidden_size, embed=i == 0)
+        for i in range(layers)
+    )
+
+
+def _run_stack(
+    cells: nn.ModuleList,
+    tokens: Tensor,
+    state: Tensor,
+    keep: Tensor | None = None,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """tokens [B, T] through every layer -> (top activations [B, T, H], state [L, B, H])."""
+    inputs: Tensor = tokens
+    states = []
+    for layer, cell in enumerate(cast("list[Cell]", list(cells))):
+        inputs, last = cell.scan(cell.project(inputs), state[layer], keep, valid)
+        states.append(last)
+    return inputs, torch.stack(states)
+
+
+def valid_mask(lengths: Tensor, steps: int) -> Tensor:
+    """[B, T] bool: True for the first ``lengths[b]`` steps of row b."""
+    return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class RNNLanguageModel(nn.Module):
-    """Stacked cells over a vocabulary; the state is [layers, batch, hidden]."""
+    """Stacked cells over a vocabulary; the state is [layers, batch, hidden].
 
-    def __init__(self, cell: str, vocab_size: int, hidden_size: int, layers: int) -> None:
+    ``output_size`` (default: the vocabulary) is K, the width of the logits;
+    ``encoder=True`` adds an encoder stack for seq2seq; ``conditions=C`` adds the
+    table of C initial states of a conditional generator.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        vocab_size: int,
+        hidden_size: int,
+        layers: int,
+        *,
+        output_size: int | None = None,
+        encoder: bool = False,
+        conditions: int = 0,
+    ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; known: {sorted(CELLS)}")
         self.cell_name, self.vocab_size = cell, vocab_size
         self.hidden_size, self.layers = hidden_size, layers
-        self.cells = nn.ModuleList(
-            CELLS[cell](vocab_size if i == 0 else hidden_size, hidden_size, embed=i == 0)
-            for i in range(layers)
+        self.output_size = output_size or vocab_size
+        self.cells = _stack(cell, vocab_size, hidden_size, layers)
+        self.encoder = _stack(cell, vocab_size, hidden_size, layers) if encoder else None
+        self.condition_table = (
+            nn.Parameter(torch.randn(conditions, layers, hidden_size) * 0.1) if conditions else None
         )
-        self.output = nn.Linear(hidden_size, vocab_size)  # W_ya, b_y
+        self.output = nn.Linear(hidden_size, self.output_size)  # W_ya, b_y
 
     @property
     def stack(self) -> list[Cell]:
-        """The cells, first layer first."""
+        """The (decoder) cells, first layer first."""
         return cast("list[Cell]", list(self.cells))
+
+    @property
+    def conditions(self) -> int:
+        return 0 if self.condition_table is None else int(self.condition_table.shape[0])
 
     def zero_state(self, batch: int) -> Tensor:
         parameter = self.output.weight
@@ -181,16 +399,20 @@ class RNNLanguageModel(nn.Module):
         return self.step(tokens, self.zero_state(batch))[1]
 
     def forward(
-        self, tokens: Tensor, state: Tensor, keep: Tensor | None = None
+        self,
+        tokens: Tensor,
+        state: Tensor,
+        keep: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """tokens [B, T], state [L, B, H] -> (logits [B, T, K], state [L, B, H])."""
-        inputs: Tensor = tokens
-        states = []
-        for layer, cell in enumerate(self.stack):
-            inputs, last = cell.scan(cell.project(inputs), state[layer], keep)
-            states.append(last)
-        logits: Tensor = self.output(inputs)
-        return logits, torch.stack(states)
+        """tokens [B, T], state [L, B, H] -> (logits [B, T, K], state [L, B, H]).
+
+        ``keep`` and ``valid`` as in ``Cell.scan``; with ``valid`` the returned state is
+        each row's state after its last valid token.
+        """
+        top, new_state = _run_stack(self.cells, tokens, state, keep, valid)
+        logits: Tensor = self.output(top)
+        return logits, new_state
 
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """tokens [B], state [L, B, H] -> (logits [B, K], state [L, B, H])."""
@@ -207,25 +429,63 @@ class RNNLanguageModel(nn.Module):
         logits: Tensor = self.output(state[-1])
         return logits
 
+    def sequence(self, tokens: Tensor, lengths: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The sequence graph: tokens [B, T], lengths [B] (1..T), state [L, B, H] ->
+        (logits [B, K] after each row's last token, state [L, B, H] after it)."""
+        _, new_state = _run_stack(
+            self.cells, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
+        )
+        return self.head(new_state), new_state
+
+    def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The encoder graph: source tokens [B, T], lengths [B] -> decoder state [L, B, H]."""
+        if self.encoder is None:
+            raise ValueError("this model has no encoder")
+        state = self.zero_state(tokens.shape[0])
+        _, final = _run_stack(
+            self.encoder, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
+        )
+        return final
+
+    def condition_state(self, condition: Tensor) -> Tensor:
+        """The condition graph: condition indices [B] -> initial state [L, B, H]."""
+        if self.condition_table is None:
+            raise ValueError("this model has no conditions")
+        return torch.tanh(self.condition_table[condition]).transpose(0, 1)
+
     # ------------------------------------------------------------------ seed notation
 
     def to_seed_weights(self) -> dict[str, np.ndarray]:
-        """Weights in the notation of docs/MODELS.md: ``layer1.W_r`` ... ``W_ya``, ``b_y``."""
+        """Weights in the notation of docs/MODELS.md: ``layer1.W_r`` ... ``W_ya``, ``b_y``;
+        ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, L, H] for
+        conditions (``a<0> = tanh(A0[c])``)."""
         weights: dict[str, np.ndarray] = {}
-        for i, cell in enumerate(self.stack, start=1):
-            for key, value in cell.seed_weights().items():
-                weights[f"layer{i}.{key}"] = value
+        stacks = [("", self.cells)]
+        if self.encoder is not None:
+            stacks.append((ENCODER_PREFIX, self.encoder))
+        for prefix, cells in stacks:
+            for i, cell in enumerate(cast("list[Cell]", list(cells)), start=1):
+                for key, value in cell.seed_weights().items():
+                    weights[f"{prefix}layer{i}.{key}"] = value
+        if self.condition_table is not None:
+            weights[CONDITION_KEY] = self.condition_table.detach().cpu().numpy().copy()
         weights["W_ya"] = self.output.weight.detach().cpu().numpy().copy()
         weights["b_y"] = self.output.bias.detach().cpu().numpy().copy()
         return weights
 
     @torch.no_grad()
     def load_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
-        for i, cell in enumerate(self.stack, start=1):
-            prefix = f"layer{i}."
-            cell.load_seed_weights(
-                {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            )
+        stacks = [("", self.cells)]
+        if self.encoder is not None:
+            stacks.append((ENCODER_PREFIX, self.encoder))
+        for stack_prefix, cells in stacks:
+            for i, cell in enumerate(cast("list[Cell]", list(cells)), start=1):
+                prefix = f"{stack_prefix}layer{i}."
+                cell.load_seed_weights(
+                    {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+                )
+        if self.condition_table is not None:
+            self.condition_table.copy_(torch.as_tensor(weights[CONDITION_KEY]))
         self.output.weight.copy_(torch.as_tensor(weights["W_ya"]))
         self.output.bias.copy_(torch.as_tensor(weights["b_y"]))
 
@@ -233,7 +493,21 @@ class RNNLanguageModel(nn.Module):
     def from_seed_weights(cls, cell: str, weights: dict[str, np.ndarray]) -> RNNLanguageModel:
         """Rebuild a model from seed-notation weights alone (shapes give the sizes)."""
         layers = len({k.split(".")[0] for k in weights if k.startswith("layer")})
-        vocab_size, hidden_size = weights["W_ya"].shape
-        model = cls(cell, vocab_size, hidden_size, layers)
+        output_size, hidden_size = weights["W_ya"].shape
+        first_gate = CELLS[cell].gates[0]
+        vocab_size = weights[f"layer1.W_{first_gate}"].shape[1] - hidden_size
+        conditions = weights[CONDITION_KEY].shape[0] if CONDITION_KEY in weights else 0
+        model = cls(
+            cell,
+            vocab_size,
+            hidden_size,
+            layers,
+            output_size=output_size,
+            encoder=any(k.startswith(ENCODER_PREFIX) for k in weights),
+            conditions=conditions,
+        )
         model.load_seed_weights(weights)
         return model
+
+
+RNNModel = RNNLanguageModel  # every shape uses the same class
