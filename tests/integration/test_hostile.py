@@ -409,3 +409,18 @@ def test_close_during_a_stream_and_cancel_during_generation(
     generation.cancel()
     after = b.stub.Step(pb.StepRequest(session_id=session, text="x"), timeout=10)
     assert after.steps >= delivered[-1].steps + 1  # the session is free and consistent
+
+
+def test_status_details_never_echo_unbounded_input(battery: tuple[ServerThread, Battery]) -> None:
+    """Details travel as a trailer that gRPC caps (8-16 KiB): a 10k-character id must come
+    back as a short NOT_FOUND, never as the client's RESOURCE_EXHAUSTED about metadata."""
+    _, b = battery
+    for call in (
+        lambda: b.stub.Step(pb.StepRequest(session_id="y" * 10_000, text="a")),
+        lambda: b.stub.CreateSession(pb.CreateSessionRequest(model="m" * 10_000)),
+        lambda: b.stub.CreateSession(pb.CreateSessionRequest(model=b.model, condition="c" * 9_000)),
+    ):
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() in (NOT_FOUND, INVALID)
+        assert len(raised.value.details() or "") < 300

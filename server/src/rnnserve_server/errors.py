@@ -41,9 +41,15 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as messages quote it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def out_of_range(field: str, value: Any, allowed: str) -> InvalidArgument:
     """INVALID_ARGUMENT naming the field, the value and the allowed range."""
-    return InvalidArgument(f"{field} = {value!r} is out of range; allowed: {allowed}")
+    return InvalidArgument(f"{field} = {shown(value)} is out of range; allowed: {allowed}")
 
 
 def over_limit(what: str, value: int, limit: int, setting: str) -> ResourceExhausted:

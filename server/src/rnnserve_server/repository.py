@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnserve_server.errors import NotFound
+from rnnserve_server.errors import NotFound, shown
 from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 
@@ -128,13 +128,13 @@ class Repository:
             if model is None:
                 known = sorted(v for n, v in self.models if n == name)
                 if not known:
-                    raise NotFound(f"model {name!r} is not loaded")
-                raise NotFound(f"model {name!r} has no version {version}; loaded: {known}")
+                    raise NotFound(f"model {shown(name)} is not loaded")
+                raise NotFound(f"model {shown(name)} has no version {version}; loaded: {known}")
             return model
         versions = [v for n, v in self.models if n == name]
         if not versions:
             names = sorted({n for n, _ in self.models})
-            raise NotFound(f"model {name!r} is not loaded; loaded models: {names}")
+            raise NotFound(f"model {shown(name)} is not loaded; loaded models: {names}")
         return self.models[(name, max(versions))]
 
     def list(self) -> list[Model]:

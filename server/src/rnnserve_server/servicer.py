@@ -123,6 +123,14 @@ def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
     )
 
 
+MAX_DETAILS = 1024  # status details travel as a trailer; gRPC caps metadata at ~8-16 KiB
+
+
+def bounded_details(message: str) -> str:
+    """Status details never echo unbounded input (a 10k-character id, say) back."""
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
+
+
 def _log_fields(request: Any) -> dict[str, str]:
     """The session and model ids a request names, for structured (JSON) log lines."""
     fields = {}
@@ -148,7 +156,7 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(exc, ServiceError):
             log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
             self._done(method, exc.code.name)
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, bounded_details(exc.message))
         log.error("%s failed unexpectedly", method, exc_info=exc, extra=extra)
         self._done(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")

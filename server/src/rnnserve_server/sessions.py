@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rnnserve_server.errors import InvalidArgument, NotFound, over_limit
+from rnnserve_server.errors import InvalidArgument, NotFound, over_limit, shown
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
 
@@ -225,7 +225,7 @@ class SessionStore:
         # Another owner's session answers exactly like an unknown one: no existence leak.
         if session is None or session.owner != owner:
             raise NotFound(
-                f"session {session_id!r} does not exist (closed, expired or never created)"
+                f"session {shown(session_id)} does not exist (closed, expired or never created)"
             )
         return session
 
