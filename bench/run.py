@@ -238,13 +238,21 @@ def load_client(server: ServerProcess, model: str, *args: str, budget_s: float) 
     )
 
 
-def measure_lockstep(
-    server: ServerProcess, model: str, concurrency: int, plan: Plan
+def _measure_steps(
+    server: ServerProcess,
+    model: str,
+    concurrency: int,
+    plan: Plan,
+    *,
+    mode: str,
+    scenario: str,
+    extra: dict[str, Any],
 ) -> list[Record]:
+    """Steps/s and per-step (or per-message) latency of one load-client mode."""
     result = load_client(
         server,
         model,
-        "--mode=lockstep",
+        f"--mode={mode}",
         f"--concurrency={concurrency}",
         f"--warmup={plan.warmup_s}",
         f"--duration={plan.duration_s}",
@@ -253,43 +261,38 @@ def measure_lockstep(
     return [
         Record(
             server.name,
-            LOCKSTEP,
+            scenario,
             concurrency=concurrency,
             steps_per_s=result["steps_per_s"],
             p50_ms=result["p50_ms"],
             p99_ms=result["p99_ms"],
             count=result["count"],
             duration_s=plan.duration_s,
-            extra={"errors": result["errors"]},
+            extra={"errors": result["errors"], **extra},
         )
     ]
+
+
+def measure_lockstep(
+    server: ServerProcess, model: str, concurrency: int, plan: Plan
+) -> list[Record]:
+    return _measure_steps(
+        server, model, concurrency, plan, mode="lockstep", scenario=LOCKSTEP, extra={}
+    )
 
 
 def measure_multiplexed(
     server: ServerProcess, model: str, concurrency: int, plan: Plan
 ) -> list[Record]:
-    result = load_client(
+    return _measure_steps(
         server,
         model,
-        "--mode=multiplexed",
-        f"--concurrency={concurrency}",
-        f"--warmup={plan.warmup_s}",
-        f"--duration={plan.duration_s}",
-        budget_s=plan.warmup_s + plan.duration_s,
+        concurrency,
+        plan,
+        mode="multiplexed",
+        scenario=MULTIPLEXED,
+        extra={"latency": "per StepMany message"},
     )
-    return [
-        Record(
-            server.name,
-            MULTIPLEXED,
-            concurrency=concurrency,
-            steps_per_s=result["steps_per_s"],
-            p50_ms=result["p50_ms"],
-            p99_ms=result["p99_ms"],
-            count=result["count"],
-            duration_s=plan.duration_s,
-            extra={"errors": result["errors"], "latency": "per StepMany message"},
-        )
-    ]
 
 
 def measure_generate_grouped(
