@@ -1,17 +1,28 @@
 """Check onnxruntime's CUDA execution provider on a GPU machine, in one short run.
 
-    python -m bench.cuda_check [--package DIR] [--steps 200] [--json OUT]
+    python -m bench.cuda_check [--models DIR | --package DIR] [--steps 200] [--serve]
+                               [--json OUT]
+    python -m bench.cuda_check --build DIR      # (torch) a model of every cell, to carry
 
-Loads a model package's step graph twice, on the CPU provider and on the CUDA provider
-(as rnnserve-server --provider cuda does), feeds both the same tokens with the state fed
-back for ``--steps`` steps at batch 1, 64 and 256, and reports the largest difference of
-logits and states, whether greedy tokens agree, and the time per step on each provider.
-It exits 1 if CUDA is unavailable or the outputs disagree beyond 1e-4 (GPU kernels round
-differently from the CPU's; greedy tokens must still agree).
+For every package (the highest version of each model in ``--models``, or the one
+``--package``; without either, the benchmark model of bench/.cache):
 
-Without --package it builds the benchmark model (bench/.cache), which needs the training
-package; on a GPU machine with only the server installed, pass a package directory.
-Needs onnxruntime-gpu with a CUDA runtime that matches it.
+* **graphs**: every graph of the manifest (step, head, sequence, encoder, condition) is
+  loaded on the CPU provider and on the CUDA provider, fed the same random inputs at
+  batch 1, 64 and 256, and the outputs compared; a second CUDA session with the CPU
+  fallback disabled says whether every node of the graph runs on the GPU;
+* **steps**: the step graph fed ``--steps`` tokens with the state fed back, on both
+  providers: the largest difference of logits and states, whether greedy tokens agree, and
+  the time per step of each;
+* **serve** (``--serve``): two real servers over the repository, ``--provider cpu`` and
+  ``--provider cuda``; through the Python client, every model's one-call answer (greedy
+  generation of up to 100 tokens, classification, translation) must be the same on both.
+
+It exits 1 if CUDA is unavailable or anything disagrees beyond 1e-4 (GPU kernels round
+differently from the CPU's; greedy tokens must still agree). Needs onnxruntime-gpu with
+a CUDA runtime that matches it. ``--build`` (on a machine with training installed)
+exports a small random model of every cell in both sequence-graph forms, to carry to
+the GPU machine beside the zoo's (``make models``), which add the other shapes.
 """
 
 from __future__ import annotations
@@ -26,22 +37,83 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve_server.runtime import preload_cuda_libraries
+
 BATCHES = (1, 64, 256)
 TOLERANCE = 1e-4
+SEQUENCE_LENGTH = 24
+SERVERS = ("cpu", "cuda")  # the --serve comparison: the reference, then the one checked
+Array = np.ndarray[Any, Any]
 
 
-def _session(path: Path, provider: str) -> ort.InferenceSession:
+def _session(path: Path, provider: str, *, strict: bool = False) -> ort.InferenceSession:
+    """A session on the CPU, or on CUDA (``strict``: no node may fall back to the CPU)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # as the server: onnxruntime's warnings are noise here
+    if strict:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     providers: list[Any] = (
         [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
         if provider == "cuda"
         else ["CPUExecutionProvider"]
     )
-    return ort.InferenceSession(str(path), providers=providers)
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def _run(
-    session: ort.InferenceSession, tokens: np.ndarray[Any, Any], state: np.ndarray[Any, Any]
-) -> tuple[list[np.ndarray[Any, Any]], list[np.ndarray[Any, Any]], float]:
+def _inputs(
+    kind: str, manifest: dict[str, Any], batch: int, rng: np.random.Generator
+) -> dict[str, Array]:
+    """Random inputs of one graph, by the names the manifest gives it."""
+    layers, hidden = manifest["layers"], manifest["hidden_size"]
+    vocabulary = manifest["tokenizer"]["size"]
+    values: dict[str, Array] = {
+        "state": (rng.standard_normal((layers, batch, hidden)) * 0.5).astype(np.float32),
+        "lengths": rng.integers(1, SEQUENCE_LENGTH + 1, size=batch, dtype=np.int64),
+        "condition": rng.integers(0, max(1, len(manifest.get("conditions", []))), size=batch),
+        "tokens": rng.integers(
+            4,
+            vocabulary,
+            size=(batch, SEQUENCE_LENGTH) if kind in ("sequence", "encoder") else batch,
+            dtype=np.int64,
+        ),
+    }
+    return {name: values[name] for name in manifest["graphs"][kind]["inputs"]}
+
+
+def check_graphs(package: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    rng = np.random.default_rng(0)
+    records, ok = [], True
+    for kind, spec in manifest["graphs"].items():
+        path = package / spec["file"]
+        cpu, cuda = _session(path, "cpu"), _session(path, "cuda")
+        try:
+            _session(path, "cuda", strict=True)
+            on_gpu, placement = True, "every node on CUDA"
+        except Exception as exc:  # onnxruntime's own exception types
+            on_gpu, placement = False, str(exc).splitlines()[0][:300]
+        for batch in BATCHES:
+            feeds = _inputs(kind, manifest, batch, rng)
+            expected = cpu.run(None, feeds)
+            got = cuda.run(None, feeds)
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
+            good = diff <= TOLERANCE
+            ok = ok and good
+            records.append(
+                {
+                    "graph": kind,
+                    "batch": batch,
+                    "max_abs_diff": diff,
+                    "all_nodes_on_cuda": on_gpu,
+                    "placement": placement,
+                    "ok": good,
+                }
+            )
+    return records, ok
+
+
+def _run_steps(
+    session: ort.InferenceSession, tokens: Array, state: Array
+) -> tuple[list[Array], list[Array], float]:
     """Feed tokens[t] for every t, state fed back; logits and states per step, s/step."""
     logits_seen, states_seen = [], []
     started = time.perf_counter()
@@ -52,32 +124,21 @@ def _run(
     return logits_seen, states_seen, (time.perf_counter() - started) / len(tokens)
 
 
-def check(package: Path, steps: int) -> dict[str, Any]:
-    manifest = json.loads((package / "manifest.json").read_text())
+def check_steps(
+    package: Path, manifest: dict[str, Any], steps: int
+) -> tuple[list[dict[str, Any]], bool]:
     layers, hidden = manifest["layers"], manifest["hidden_size"]
     vocabulary = manifest["tokenizer"]["size"]
     step_graph = package / manifest["graphs"]["step"]["file"]
-    report: dict[str, Any] = {
-        "package": str(package),
-        "onnxruntime": ort.__version__,
-        "available_providers": ort.get_available_providers(),
-        "device": ort.get_device(),
-        "batches": [],
-    }
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        report["ok"] = False
-        report["error"] = "CUDAExecutionProvider is not available (install onnxruntime-gpu)"
-        return report
     cpu, cuda = _session(step_graph, "cpu"), _session(step_graph, "cuda")
-    report["cuda_session_providers"] = cuda.get_providers()
     rng = np.random.default_rng(0)
-    ok = True
+    records, ok = [], True
     for batch in BATCHES:
         tokens = rng.integers(4, vocabulary, size=(steps, batch), dtype=np.int64)
         state = np.zeros((layers, batch, hidden), dtype=np.float32)
-        _run(cuda, tokens[:5], state)  # warm-up: kernel selection, allocations
-        cpu_logits, cpu_states, cpu_time = _run(cpu, tokens, state)
-        gpu_logits, gpu_states, gpu_time = _run(cuda, tokens, state)
+        _run_steps(cuda, tokens[:5], state)  # warm-up: kernel selection, allocations
+        cpu_logits, cpu_states, cpu_time = _run_steps(cpu, tokens, state)
+        gpu_logits, gpu_states, gpu_time = _run_steps(cuda, tokens, state)
         logit_diff = max(
             float(np.abs(a - b).max()) for a, b in zip(cpu_logits, gpu_logits, strict=True)
         )
@@ -90,7 +151,7 @@ def check(package: Path, steps: int) -> dict[str, Any]:
         )
         good = logit_diff <= TOLERANCE and state_diff <= TOLERANCE and greedy_equal
         ok = ok and good
-        report["batches"].append(
+        records.append(
             {
                 "batch": batch,
                 "max_abs_diff_logits": logit_diff,
@@ -102,22 +163,145 @@ def check(package: Path, steps: int) -> dict[str, Any]:
                 "ok": good,
             }
         )
+    return records, ok
+
+
+def _one_call(client: Any, info: Any) -> dict[str, Any]:
+    """The model's one-call answer: what the server computes, comparable across servers."""
+    if info.initial_state == "encoder":
+        result = client.translate(info.name, [4, 5, 6, 7, 8], max_tokens=100)
+        return {"tokens": [t.id for t in result.tokens]}
+    if info.output != "vocabulary":
+        result = client.classify(info.name, tokens=[4, 5, 6, 7, 8, 9], top_k=0)
+        return {"probabilities": list(result.final)}
+    options: dict[str, Any] = {"condition": info.conditions[0]} if info.conditions else {}
+    with client.create_session(info.name, **options) as session:
+        prompt = [4, 5, 6, 7, 8, 9, 10, 11]  # several tokens: the sequence graph, if any
+        chunks = list(client.generate(session.id, prompt, max_tokens=100, temperature=0.0))
+    return {"tokens": [t.id for chunk in chunks for t in chunk.tokens]}
+
+
+def check_serve(models: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The same calls to a CPU server and a CUDA server over one repository."""
+    from bench.procs import python_module, serving
+    from rnnserve import Client
+
+    answers: dict[str, dict[str, Any]] = {}
+    for provider in SERVERS:
+        command = python_module(
+            "rnnserve_server", "--models", str(models), "--port", "0", "--provider", provider
+        )
+        with serving(f"server-{provider}", command) as server, Client(server.address) as client:
+            answers[provider] = {i.name: _one_call(client, i) for i in client.list_models()}
+    records, ok = [], True
+    reference, checked = (answers[p] for p in SERVERS)
+    for name, cpu in sorted(reference.items()):
+        cuda = checked.get(name, {})
+        if "probabilities" in cpu:
+            diff = float(np.abs(np.subtract(cpu["probabilities"], cuda["probabilities"])).max())
+            good, detail = diff <= TOLERANCE, {"max_abs_diff": diff}
+        else:
+            good, detail = cpu == cuda, {"tokens": len(cpu["tokens"]), "equal": cpu == cuda}
+        ok = ok and good
+        records.append({"model": name, **detail, "ok": good})
+    return records, ok
+
+
+def _packages(models: Path) -> list[Path]:
+    """The highest version of every model in a repository."""
+    found = []
+    for model in sorted(p for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = [
+            v for v in model.iterdir() if v.name.isdigit() and (v / "manifest.json").exists()
+        ]
+        if versions:
+            found.append(max(versions, key=lambda v: int(v.name)))
+    return found
+
+
+def check(packages: list[Path], steps: int, serve_models: Path | None) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "device": ort.get_device(),
+        "packages": [],
+    }
+    preload_cuda_libraries()  # as the server does: CUDA and cuDNN from pip's nvidia-* packages
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        report["ok"] = False
+        report["error"] = "CUDAExecutionProvider is not available (install onnxruntime-gpu)"
+        return report
+    ok = True
+    for package in packages:
+        manifest = json.loads((package / "manifest.json").read_text())
+        graphs, graphs_ok = check_graphs(package, manifest)
+        stepped, steps_ok = check_steps(package, manifest, steps)
+        ok = ok and graphs_ok and steps_ok
+        report["packages"].append(
+            {
+                "package": str(package),
+                "cell": manifest.get("cell"),
+                "sequence_form": manifest.get("graphs", {}).get("sequence", {}).get("form"),
+                "graphs": graphs,
+                "steps": stepped,
+                "ok": graphs_ok and steps_ok,
+            }
+        )
+    if serve_models is not None:
+        report["serve"], serve_ok = check_serve(serve_models)
+        ok = ok and serve_ok
     report["ok"] = ok
     return report
 
 
+def build(directory: Path) -> list[Path]:
+    """A small random model of every cell in both sequence-graph forms, exported through
+    the parity gate (needs torch and the training package)."""
+    import torch
+
+    from rnnserve_server.tokenizer import Tokenizer
+    from rnnserve_train.config import make_config
+    from rnnserve_train.export import export_model
+    from rnnserve_train.model import CELLS, RNNLanguageModel
+
+    vocabulary = Tokenizer.build("char", ["abcdefghijklmnopqrstuvwxyz .,"])
+    made: list[Path] = []
+    for seed, (cell, form) in enumerate((c, f) for c in sorted(CELLS) for f in ("native", "scan")):
+        torch.manual_seed(seed)
+        name = f"{cell}-{form}"
+        config = make_config("tiny", {"name": name, "cell": cell, "sequence_graph": form})
+        model = RNNLanguageModel(cell, vocabulary.size, 64, 2)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.05 if cell == "rnn-relu" else 0.1)  # not chaotic
+        made.append(export_model(model, vocabulary, config, training={}, metrics={}, out=directory))
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cuda_check", description=__doc__)
-    parser.add_argument("--package", type=Path, help="a model package directory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--package", type=Path, help="one model package directory")
+    source.add_argument("--models", type=Path, help="a model repository (every model)")
+    source.add_argument("--build", type=Path, help="export the check's models here and stop")
     parser.add_argument("--steps", type=int, default=200, help="steps per batch size")
+    parser.add_argument("--serve", action="store_true", help="also compare CPU and CUDA servers")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    package = args.package
-    if package is None:
+    if args.build:
+        for path in build(args.build):
+            print(path)
+        return 0
+    if args.models:
+        packages = _packages(args.models)
+    elif args.package:
+        packages = [args.package]
+    else:
         from bench.package import ensure_package
 
-        package = ensure_package()
-    report = check(package, args.steps)
+        packages = [ensure_package()]
+    serve = args.models if args.serve and args.models else None
+    report = check(packages, args.steps, serve)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

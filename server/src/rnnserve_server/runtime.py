@@ -30,6 +30,9 @@ class ProviderChoice:
 
     providers: tuple[tuple[str, dict[str, Any]], ...]
     intra_op_threads: int = 0
+    # CUDA asked for without allow_cpu_fallback: a session that onnxruntime quietly put on
+    # the CPU alone (CUDA or cuDNN libraries missing) is an error, not a slow success.
+    required: str | None = None
 
     @classmethod
     def resolve(
@@ -50,8 +53,10 @@ class ProviderChoice:
             return cls((cpu,), intra_op_threads)
         available = ort.get_available_providers()
         if _PROVIDER_NAMES[provider] in available:
+            preload_cuda_libraries()
             cuda = ("CUDAExecutionProvider", {"device_id": device_id})
-            return cls((cuda, cpu), intra_op_threads)
+            required = None if allow_cpu_fallback else cuda[0]
+            return cls((cuda, cpu), intra_op_threads, required)
         message = (
             f"provider={provider} was requested but onnxruntime offers only {available} "
             "(install onnxruntime-gpu with a matching CUDA runtime)"
@@ -66,12 +71,32 @@ class ProviderChoice:
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         options.log_severity_level = 3  # onnxruntime's own warnings go to its stderr otherwise
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             path,
             sess_options=options,
             providers=[name for name, _ in self.providers],
             provider_options=[opts for _, opts in self.providers],
         )
+        if self.required is not None and self.required not in session.get_providers():
+            raise RuntimeError(
+                f"{self.required} is installed but could not start (are the CUDA and cuDNN "
+                f"libraries onnxruntime-gpu needs on the library path?); the session got only "
+                f"{session.get_providers()}. Set allow_cpu_fallback to run on the CPU instead"
+            )
+        return session
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages (or torch's) where present, so
+    ``pip install onnxruntime-gpu[cuda,cudnn]`` works without LD_LIBRARY_PATH
+    (onnxruntime >= 1.21; best effort: libraries on the system path serve as well)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # any failure here shows up, clearer, when a session starts
+        log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 class ModelRuntime:
