@@ -43,3 +43,12 @@ def client(server: ServerThread) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def model_name(tiny_package: Path) -> str:
     return tiny_package.parent.name
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real redis-server for the shared session store, one per test session."""
+    from support import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
+        yield running

@@ -6,10 +6,11 @@ import re
 from importlib import metadata
 
 import pytest
+from packaging.requirements import Requirement
 
 
 def closure(distribution: str) -> set[str]:
-    """Every distribution `distribution` pulls in, without extras, as installed here."""
+    """Every distribution `distribution` pulls in, without extras, on this Python."""
     seen: set[str] = set()
     pending = [distribution]
     while pending:
@@ -17,11 +18,10 @@ def closure(distribution: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for requirement in metadata.requires(name) or []:
-            if "extra ==" in requirement:
-                continue
-            marker_free = requirement.split(";")[0]
-            pending.append(re.split(r"[ <>=!~\[(]", marker_free.strip(), maxsplit=1)[0])
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
     return seen
 
 

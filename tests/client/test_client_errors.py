@@ -21,6 +21,7 @@ EXPECTED: dict[grpc.StatusCode, type[rnnserve.RnnServeError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: rnnserve.ResourceExhausted,
     grpc.StatusCode.FAILED_PRECONDITION: rnnserve.FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: rnnserve.Unavailable,
+    grpc.StatusCode.ABORTED: rnnserve.Aborted,
     grpc.StatusCode.DEADLINE_EXCEEDED: rnnserve.DeadlineExceeded,
     grpc.StatusCode.CANCELLED: rnnserve.Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: rnnserve.Unauthenticated,

@@ -7,6 +7,7 @@ server that saw no battery at all. The server must still be healthy at the end.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -401,11 +402,14 @@ def test_close_during_a_stream_and_cancel_during_generation(
         next(stream)
     assert ended.value.code() == NOT_FOUND
 
-    session = b.stub.CreateSession(pb.CreateSessionRequest(model=b.model)).session_id
-    generation = b.stub.Generate(
-        pb.GenerateRequest(session_id=session, prompt_text="a", max_tokens=64)
-    )
-    delivered = [next(generation) for _ in range(3)]
+    for seed in range(20):  # a seed whose generation outlasts 3 tokens (no early end)
+        session = b.stub.CreateSession(pb.CreateSessionRequest(model=b.model)).session_id
+        generation = b.stub.Generate(
+            pb.GenerateRequest(session_id=session, prompt_text="a", max_tokens=64, seed=seed)
+        )
+        delivered = list(itertools.islice(generation, 3))
+        if len(delivered) == 3 and not delivered[-1].finish_reason:
+            break
     generation.cancel()
     after = b.stub.Step(pb.StepRequest(session_id=session, text="x"), timeout=10)
     assert after.steps >= delivered[-1].steps + 1  # the session is free and consistent

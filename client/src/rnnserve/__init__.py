@@ -15,6 +15,7 @@ from rnnserve._version import __version__
 from rnnserve.aio import AsyncClient
 from rnnserve.client import Client
 from rnnserve.errors import (
+    Aborted,
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
@@ -44,6 +45,7 @@ from rnnserve.types import (
 )
 
 __all__ = [
+    "Aborted",
     "AsyncClient",
     "AsyncSession",
     "Cancelled",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
@@ -12,6 +13,7 @@ import grpc.aio
 from rnnserve import _messages, _stubs, _validate
 from rnnserve._aio_status import FirstStatus
 from rnnserve._channel import Connection, TLSConfig
+from rnnserve._retry import Replay, RetryPolicy, request_id, retryable
 from rnnserve.errors import RnnServeError, typed_errors
 from rnnserve.session import AsyncSession
 from rnnserve.types import (
@@ -50,7 +52,9 @@ class AsyncClient:
         timeout: float | None = 30.0,
         tls: TLSConfig | bool | None = None,
         token: str | None = None,
+        retries: int = 3,
     ) -> None:
+        self._retry = RetryPolicy.of(retries)
         self._connection = Connection.resolve(address, timeout, tls, token)
         self._channel = self._connection.open_aio()
         self._stub = _stubs.async_rnnserve_stub(self._channel)
@@ -81,19 +85,32 @@ class AsyncClient:
         method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
         request: _Request,
         timeout: float | None,
+        *,
+        retry: bool = False,
     ) -> _Response:
-        with typed_errors():
-            return await method(
-                request,
-                timeout=self._connection.deadline(timeout),
-                metadata=self._connection.metadata,
-            )
+        """One unary call; with `retry` (a call safe to repeat) tried by the policy."""
+        delays = self._retry.delays() if retry else iter(())
+        while True:
+            try:
+                with typed_errors():
+                    return await method(
+                        request,
+                        timeout=self._connection.deadline(timeout),
+                        metadata=self._connection.metadata,
+                    )
+            except RnnServeError as error:
+                delay = next(delays, None) if retryable(error) else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
 
     # ------------------------------------------------------------ models
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every servable model version, sorted by name then version."""
-        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        response = await self._call(
+            self._stub.ListModels, pb.ListModelsRequest(), timeout, retry=True
+        )
         return [_messages.model_info(model) for model in response.models]
 
     async def get_model(
@@ -101,11 +118,15 @@ class AsyncClient:
     ) -> ModelInfo:
         """Metadata of one model version; version 0 is the highest loaded version."""
         request = _messages.get_model_request(name, version)
-        return _messages.model_info(await self._call(self._stub.GetModel, request, timeout))
+        return _messages.model_info(
+            await self._call(self._stub.GetModel, request, timeout, retry=True)
+        )
 
     async def reload_models(self, *, timeout: float | None = None) -> ReloadResult:
         """Make the server rescan its model repository (see `Client.reload_models`)."""
-        response = await self._call(self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout)
+        response = await self._call(
+            self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout, retry=True
+        )
         return _messages.reload_result(response)
 
     # ------------------------------------------------------------ sessions
@@ -146,7 +167,7 @@ class AsyncClient:
     async def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes:
         """A session's state as bytes for `create_session(state=...)` (see `Client`)."""
         request = _messages.export_session_request(session_id)
-        return (await self._call(self._stub.ExportSession, request, timeout)).state
+        return (await self._call(self._stub.ExportSession, request, timeout, retry=True)).state
 
     async def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Close a session; returns the number of tokens it had consumed."""
@@ -167,7 +188,9 @@ class AsyncClient:
     ) -> StepResult:
         """Feed token ids or text (exactly one) and return the next-token distribution."""
         step = StepInput(session_id, tokens, text, top_k, return_distribution)
-        response = await self._call(self._stub.Step, _messages.step_request(step), timeout)
+        request = _messages.step_request(step)
+        request.request_id = request_id()
+        response = await self._call(self._stub.Step, request, timeout, retry=True)
         return _messages.step_result(response)
 
     def step_stream(
@@ -267,18 +290,32 @@ class AsyncClient:
             stop_tokens=stop_tokens,
             tokens_per_message=tokens_per_message,
         )
+        request.request_id = request_id()
         return self._generate(request, self._connection.deadline(timeout))
 
     async def _generate(
         self, request: pb.GenerateRequest, deadline: float | None
     ) -> AsyncGenerator[GeneratedChunk, None]:
-        call = self._stub.Generate(request, timeout=deadline, metadata=self._connection.metadata)
-        try:
-            with typed_errors():
-                async for response in call:
-                    yield _messages.generated_chunk(response)
-        finally:
-            call.cancel()
+        delays, replay = self._retry.delays(), Replay()
+        while True:
+            call = self._stub.Generate(
+                request, timeout=deadline, metadata=self._connection.metadata
+            )
+            try:
+                with typed_errors():
+                    async for response in call:
+                        chunk = replay.fresh(_messages.generated_chunk(response))
+                        if chunk is not None:
+                            yield chunk
+                return
+            except RnnServeError as error:
+                delay = next(delays, None) if retryable(error) else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                replay.restart()
+            finally:
+                call.cancel()
 
     async def generate_text(
         self,
@@ -306,7 +343,9 @@ class AsyncClient:
         request = _messages.classify_request(
             model, text, tokens, version=version, top_k=top_k, every_step=every_step
         )
-        return _messages.classify_result(await self._call(self._stub.Classify, request, timeout))
+        return _messages.classify_result(
+            await self._call(self._stub.Classify, request, timeout, retry=True)
+        )
 
     async def translate(
         self,
@@ -332,13 +371,17 @@ class AsyncClient:
             top_p=top_p,
             seed=seed,
         )
-        return _messages.translate_result(await self._call(self._stub.Translate, request, timeout))
+        return _messages.translate_result(
+            await self._call(self._stub.Translate, request, timeout, retry=True)
+        )
 
     # ------------------------------------------------------------ health
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The server's status from the standard gRPC health service, e.g. "SERVING"."""
-        response = await self._call(self._health.Check, _stubs.health_request(service), timeout)
+        response = await self._call(
+            self._health.Check, _stubs.health_request(service), timeout, retry=True
+        )
         return _stubs.health_status(response)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -10,6 +11,7 @@ import grpc
 
 from rnnserve import _messages, _stubs, _validate
 from rnnserve._channel import Connection, TLSConfig
+from rnnserve._retry import Replay, RetryPolicy, request_id, retryable
 from rnnserve.errors import RnnServeError, typed_errors
 from rnnserve.session import Session
 from rnnserve.types import (
@@ -44,6 +46,11 @@ class Client:
     your own CA and client certificate. `token` is sent as `authorization: Bearer <token>`
     with every call, in clear text unless TLS is on.
 
+    `retries` is how many more times a call is tried when the server is unreachable or a
+    replica behind a load balancer goes away, where a retry is safe (reads, `step`,
+    `generate`: those carry a request id so the server never applies one twice); 0 turns
+    retrying off. See `rnnserve._retry` for the exact policy.
+
     Use it as a context manager, or call `close()`, to release the connection.
     """
 
@@ -54,7 +61,9 @@ class Client:
         timeout: float | None = 30.0,
         tls: TLSConfig | bool | None = None,
         token: str | None = None,
+        retries: int = 3,
     ) -> None:
+        self._retry = RetryPolicy.of(retries)
         self._connection = Connection.resolve(address, timeout, tls, token)
         self._channel = self._connection.open()
         self._stub = _stubs.rnnserve_stub(self._channel)
@@ -85,25 +94,36 @@ class Client:
         method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
         request: _Request,
         timeout: float | None,
+        *,
+        retry: bool = False,
     ) -> _Response:
-        with typed_errors():
-            return method(
-                request,
-                timeout=self._connection.deadline(timeout),
-                metadata=self._connection.metadata,
-            )
+        """One unary call; with `retry` (a call safe to repeat) tried by the policy."""
+        delays = self._retry.delays() if retry else iter(())
+        while True:
+            try:
+                with typed_errors():
+                    return method(
+                        request,
+                        timeout=self._connection.deadline(timeout),
+                        metadata=self._connection.metadata,
+                    )
+            except RnnServeError as error:
+                delay = next(delays, None) if retryable(error) else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
 
     # ------------------------------------------------------------ models
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every servable model version, sorted by name then version."""
-        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout, retry=True)
         return [_messages.model_info(model) for model in response.models]
 
     def get_model(self, name: str, version: int = 0, *, timeout: float | None = None) -> ModelInfo:
         """Metadata of one model version; version 0 is the highest loaded version."""
         request = _messages.get_model_request(name, version)
-        return _messages.model_info(self._call(self._stub.GetModel, request, timeout))
+        return _messages.model_info(self._call(self._stub.GetModel, request, timeout, retry=True))
 
     def reload_models(self, *, timeout: float | None = None) -> ReloadResult:
         """Make the server rescan its model repository and report what changed.
@@ -111,7 +131,9 @@ class Client:
         New packages and versions are loaded, removed ones unloaded (their open sessions keep
         working until closed), broken ones listed in `refused`; the others are unaffected.
         """
-        response = self._call(self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout)
+        response = self._call(
+            self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout, retry=True
+        )
         return _messages.reload_result(response)
 
     # ------------------------------------------------------------ sessions
@@ -169,7 +191,7 @@ class Client:
         """A session's state as bytes that `create_session(state=...)` imports on any server
         serving the same model version; the session stays open."""
         request = _messages.export_session_request(session_id)
-        return self._call(self._stub.ExportSession, request, timeout).state
+        return self._call(self._stub.ExportSession, request, timeout, retry=True).state
 
     def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Close a session; returns the number of tokens it had consumed."""
@@ -194,7 +216,9 @@ class Client:
         the full distribution (large for big vocabularies).
         """
         step = StepInput(session_id, tokens, text, top_k, return_distribution)
-        response = self._call(self._stub.Step, _messages.step_request(step), timeout)
+        request = _messages.step_request(step)
+        request.request_id = request_id()
+        response = self._call(self._stub.Step, request, timeout, retry=True)
         return _messages.step_result(response)
 
     def step_stream(
@@ -302,19 +326,33 @@ class Client:
             stop_tokens=stop_tokens,
             tokens_per_message=tokens_per_message,
         )
+        request.request_id = request_id()
         return self._generate(request, self._connection.deadline(timeout))
 
     def _generate(
         self, request: pb.GenerateRequest, deadline: float | None
     ) -> Generator[GeneratedChunk, None, None]:
-        call = self._stub.Generate(request, timeout=deadline, metadata=self._connection.metadata)
-        try:
-            with typed_errors():
-                for response in call:
-                    yield _messages.generated_chunk(response)
-        finally:
-            # A no-op after the last message; otherwise it tells the server to stop sampling.
-            call.cancel()  # type: ignore[no-untyped-call]
+        delays, replay = self._retry.delays(), Replay()
+        while True:
+            call = self._stub.Generate(
+                request, timeout=deadline, metadata=self._connection.metadata
+            )
+            try:
+                with typed_errors():
+                    for response in call:
+                        chunk = replay.fresh(_messages.generated_chunk(response))
+                        if chunk is not None:
+                            yield chunk
+                return
+            except RnnServeError as error:
+                delay = next(delays, None) if retryable(error) else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                replay.restart()
+            finally:
+                # A no-op after the last message; else it tells the server to stop sampling.
+                call.cancel()  # type: ignore[no-untyped-call]
 
     def generate_text(
         self,
@@ -348,7 +386,9 @@ class Client:
         request = _messages.classify_request(
             model, text, tokens, version=version, top_k=top_k, every_step=every_step
         )
-        return _messages.classify_result(self._call(self._stub.Classify, request, timeout))
+        return _messages.classify_result(
+            self._call(self._stub.Classify, request, timeout, retry=True)
+        )
 
     def translate(
         self,
@@ -379,7 +419,9 @@ class Client:
             top_p=top_p,
             seed=seed,
         )
-        return _messages.translate_result(self._call(self._stub.Translate, request, timeout))
+        return _messages.translate_result(
+            self._call(self._stub.Translate, request, timeout, retry=True)
+        )
 
     # ------------------------------------------------------------ health
 
@@ -389,7 +431,9 @@ class Client:
         `service` "" asks about the server as a whole; a service name it does not know gives
         `NotFound`.
         """
-        response = self._call(self._health.Check, _stubs.health_request(service), timeout)
+        response = self._call(
+            self._health.Check, _stubs.health_request(service), timeout, retry=True
+        )
         return _stubs.health_status(response)
 
 

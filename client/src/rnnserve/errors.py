@@ -39,6 +39,11 @@ class FailedPrecondition(RnnServeError):
     """The call does not fit the model (e.g. generating from a classifier)."""
 
 
+class Aborted(RnnServeError):
+    """Another call changed the session at the same time (through another replica of a
+    scaled-out server); this call's change was not kept. Retrying it is safe."""
+
+
 class Unavailable(RnnServeError):
     """The server cannot be reached or is shutting down; retrying later may succeed."""
 
@@ -69,6 +74,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RnnServeError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,

@@ -25,6 +25,7 @@ from rnnserve.v1 import rnnserve_pb2
 from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
+from rnnserve_server.errors import Unavailable
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
@@ -173,6 +174,14 @@ async def create_server(config: ServerConfig) -> RunningServer:
     )
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
+    records = engine.sessions.records
+    if records is not None:  # fail at start, not at the first call, if Redis is not there
+        try:
+            await records.ping()
+        except Unavailable as exc:
+            await engine.close()
+            raise RuntimeError(exc.message) from None
+        log.info("sessions in the shared store %s", records.shown_url)
     await server.start()
 
     updater = HealthUpdater(health_servicer, engine)

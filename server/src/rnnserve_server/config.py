@@ -50,6 +50,11 @@ class ServerConfig:
     )
     metrics_port: int = setting(-1, "port of the Prometheus /metrics endpoint; -1: off, 0: any")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
+    session_store: str = setting(
+        "",
+        "where sessions live: empty for this process's memory, or a redis:// URL "
+        "(shared by every replica: any of them continues any session)",
+    )
     session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
     max_tokens_per_request: int = setting(4096, "tokens one Step or Generate prompt may carry")
@@ -81,6 +86,12 @@ class ServerConfig:
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
+            (
+                "session_store",
+                not self.session_store
+                or self.session_store.startswith(("redis://", "rediss://", "unix://")),
+                "empty (in memory) or a redis://, rediss:// or unix:// URL",
+            ),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "set with tls_cert"),
             ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "needs tls_cert"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),

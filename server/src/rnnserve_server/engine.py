@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from rnnserve_server.errors import (
     out_of_range,
     over_limit,
 )
+from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import (
@@ -39,7 +40,7 @@ from rnnserve_server.sampling import (
     top_k,
     top_k_rows,
 )
-from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.sessions import LastCall, Session, SessionStore
 from rnnserve_server.tokenizer import TokenizeError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,15 @@ class StepCall:
     given: TokenInput
     k: int | None = None
     full: bool = False
+    request_id: str = ""
+
+
+MAX_REQUEST_ID = 64
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        raise out_of_range("request_id", request_id, f"at most {MAX_REQUEST_ID} characters")
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class Engine:
             max_sessions_per_owner=config.max_sessions_per_caller,
             default_idle_timeout_s=config.session_idle_timeout_s,
             max_idle_timeout_s=config.max_session_idle_timeout_s,
+            records=RedisRecords(config.session_store) if config.session_store else None,
+            resolve=self._model_of_record,
         )
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
@@ -144,6 +156,18 @@ class Engine:
         for batcher in self._batchers.values():
             await batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.sessions.records is not None:
+            await self.sessions.records.close()
+
+    def _model_of_record(self, name: str, version: int) -> Model:
+        """The loaded model a shared session record names (another replica made it)."""
+        try:
+            return self.repository.get(name, version)
+        except NotFound as exc:
+            raise FailedPrecondition(
+                f"the session's model {name}/{version} is not loaded on this replica "
+                f"({exc.message}); every replica must serve the same model repository"
+            ) from None
 
     def batcher(self, model: Model) -> StepBatcher:
         batcher = self._batchers.get(model)
@@ -316,7 +340,7 @@ class Engine:
         self.sessions.check_capacity(owner)
         if build is not None:
             initial = await self._infer(build)
-        return self.sessions.create(
+        return await self.sessions.open(
             model,
             idle_timeout_s=idle_timeout_s,
             owner=owner,
@@ -329,10 +353,10 @@ class Engine:
         self, session: Session, *, idle_timeout_s: float = 0, owner: str = ""
     ) -> Session:
         async with session.lock:
-            session.ensure_open()
+            await self.sessions.load(session)
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = session.rng.bit_generator.state
-            copy = self.sessions.create(
+            copy = await self.sessions.open(
                 session.model,
                 idle_timeout_s=idle_timeout_s,
                 owner=owner,
@@ -345,7 +369,7 @@ class Engine:
 
     async def export(self, session: Session) -> bytes:
         async with session.lock:
-            session.ensure_open()
+            await self.sessions.load(session)
             session.touch()
             return statecodec.encode(
                 statecodec.SessionState(
@@ -389,14 +413,31 @@ class Engine:
     # ------------------------------------------------------------------ operations
 
     async def step(
-        self, session: Session, given: TokenInput, *, k: int | None, full: bool
+        self,
+        session: Session,
+        given: TokenInput,
+        *,
+        k: int | None,
+        full: bool,
+        request_id: str = "",
     ) -> StepOutput:
-        """Feed tokens; return the next-token (or label) distribution. All or nothing."""
+        """Feed tokens; return the next-token (or label) distribution. All or nothing.
+
+        A retry (``request_id`` of the session's last call) is answered from the state
+        that call left, without feeding anything again.
+        """
         k = self._check_top_k(k)
         model = session.model
         ids = self.encode_input(model, given, field="input")
+        check_request_id(request_id)
         async with session.lock:
-            logits = await self._feed(session, ids)
+            await self.sessions.load(session)
+            if session.answered(request_id):
+                logits = await self._current_logits(session)
+            else:
+                logits = await self._feed(session, ids)
+                session.last = LastCall(request_id) if request_id else None
+                await self.sessions.save(session)
             session.touch()
             steps = session.steps
         top, distribution = self._describe(model, logits, k, full)
@@ -409,33 +450,43 @@ class Engine:
 
         Single-token steps of sessions that appear once and have no call in flight run
         as one batch per model with vectorized outputs; the rest (several tokens, a
-        session named twice, a busy session) take the ordinary path, in message order
-        per session.
+        session named twice, a busy session, a retry, and every step where sessions live
+        in a shared store) take the ordinary path, in message order per session.
         """
         results: list[StepOutput | ServiceError | None] = [None] * len(calls)
         mentions: dict[str, int] = {}
         for call in calls:
             mentions[call.session_id] = mentions.get(call.session_id, 0) + 1
-        fast: dict[Model, list[tuple[int, Session, int, int, bool]]] = {}
-        ordinary: list[tuple[int, Session, TokenInput, int, bool]] = []
+        fast: dict[Model, list[tuple[int, Session, int, int, bool, str]]] = {}
+        ordinary: list[tuple[int, Session, StepCall]] = []
+        batchable = self.sessions.records is None
         for index, call in enumerate(calls):
             try:
-                session = self.sessions.get(call.session_id, owner)
+                session = await self.sessions.lookup(call.session_id, owner)
                 k = self._check_top_k(call.k)
                 ids = self.encode_input(session.model, call.given, field="input")
+                check_request_id(call.request_id)
             except ServiceError as exc:
                 results[index] = exc
                 continue
-            if len(ids) == 1 and mentions[call.session_id] == 1 and not session.busy:
+            if (
+                batchable
+                and len(ids) == 1
+                and mentions[call.session_id] == 1
+                and not session.busy
+                and not session.answered(call.request_id)
+            ):
                 fast.setdefault(session.model, []).append(
-                    (index, session, int(ids[0]), k, call.full)
+                    (index, session, int(ids[0]), k, call.full, call.request_id)
                 )
             else:
-                ordinary.append((index, session, call.given, k, call.full))
+                ordinary.append((index, session, call))
 
-        async def one(index: int, session: Session, given: TokenInput, k: int, full: bool) -> None:
+        async def one(index: int, session: Session, call: StepCall) -> None:
             try:
-                results[index] = await self.step(session, given, k=k, full=full)
+                results[index] = await self.step(
+                    session, call.given, k=call.k, full=call.full, request_id=call.request_id
+                )
             except ServiceError as exc:
                 results[index] = exc
 
@@ -452,17 +503,17 @@ class Engine:
     async def _step_batch(
         self,
         model: Model,
-        items: list[tuple[int, Session, int, int, bool]],
+        items: list[tuple[int, Session, int, int, bool, str]],
         results: list[StepOutput | ServiceError | None],
     ) -> None:
         """One step-graph run for single-token steps of distinct, idle sessions."""
-        sessions = [session for _, session, _, _, _ in items]
+        sessions = [session for _, session, _, _, _, _ in items]
         for session in sessions:  # idle when sorted; a later model group may wait its turn
             await session.lock.acquire()
         try:
             pool = self.sessions.pool(model)
             slots = [session.slot for session in sessions]
-            tokens = np.fromiter((token for _, _, token, _, _ in items), np.int64, len(items))
+            tokens = np.fromiter((item[2] for item in items), np.int64, len(items))
             logits, new_state = await self._infer(model.runtime.step, tokens, pool.gather(slots))
             live = [r for r, session in enumerate(sessions) if not session.closed]
             pool.scatter([slots[r] for r in live], new_state[:, live, :])
@@ -472,6 +523,7 @@ class Engine:
             for r, (top, distribution) in zip(live, described, strict=True):
                 session = sessions[r]
                 session.steps += 1
+                session.last = LastCall(items[r][5]) if items[r][5] else None
                 session.touch()
                 results[items[r][0]] = StepOutput(
                     steps=session.steps, consumed=1, top=top, distribution=distribution
@@ -541,43 +593,49 @@ class Engine:
         return max_tokens, params
 
     async def generate(
-        self, session: Session, prompt: TokenInput, options: GenerateOptions
-    ) -> AsyncIterator[GenerateEvent]:
+        self,
+        session: Session,
+        prompt: TokenInput,
+        options: GenerateOptions,
+        *,
+        request_id: str = "",
+    ) -> AsyncGenerator[GenerateEvent, None]:
         """Sample tokens one by one, feeding each back; see GenerateRequest in the proto.
 
         Raises its validation errors before the first event. If the caller goes away
         the task is cancelled at its next await: every token already yielded has been
-        fed into the session, and nothing after it.
+        fed into the session, and nothing after it. A retry (``request_id`` of the
+        session's last call) yields that call's tokens again and, if it was cut off,
+        continues it with the sampling state it stopped at.
         """
         model = session.model
         max_tokens, params = self._checked_generation(model, options)
         ids = self.encode_input(model, prompt, field="prompt") if prompt.given else None
-        rng = (
-            np.random.Generator(np.random.PCG64(options.seed))
-            if options.seed is not None
-            else session.rng
-        )
+        check_request_id(request_id)
         tokenizer = model.package.tokenizer
         end_token = tokenizer.special_tokens.get("eos")
         stop_tokens = frozenset(options.stop_token_ids)
         longest_stop = max((len(s) for s in options.stop), default=0)
         batcher = self.batcher(model)
         async with session.lock:
-            logits = await (
-                self._feed(session, ids) if ids is not None else self._current_logits(session)
-            )
+            await self.sessions.load(session)
+            earlier = session.last.reply if session.last and session.answered(request_id) else None
+            rng = session.rng
+            if options.seed is not None:
+                rng = np.random.Generator(np.random.PCG64(options.seed))
+                if earlier is not None and earlier["rng"] is not None:
+                    rng.bit_generator.state = earlier["rng"]
+            reply: dict[str, Any] = earlier or {
+                "base": -1,
+                "tokens": [],
+                "finish": None,
+                "rng": None,
+            }
             tail = ""
-            for produced in range(max_tokens):
-                token, probability = params.sample(logits, rng)
-                if token == end_token:
-                    session.touch()
-                    yield GenerateEvent(None, session.steps, "end_token")
-                    return
-                first = session.steps == 0
-                logits = await batcher.feed(session, token)
-                self.stats.generated_tokens += 1
-                piece = tokenizer.piece(token, first=first)
-                session.touch()
+
+            def event(token: int, probability: float, produced: int) -> GenerateEvent:
+                nonlocal tail
+                piece = tokenizer.piece(token, first=reply["base"] + produced == 0)
                 tail = (tail + piece)[-longest_stop:] if longest_stop else ""
                 matched = next((s for s in options.stop if tail.endswith(s)), "")
                 finish = (
@@ -589,11 +647,52 @@ class Engine:
                     if produced == max_tokens - 1
                     else None
                 )
-                yield GenerateEvent(
-                    GeneratedToken(token, piece, probability), session.steps, finish, matched
+                steps = reply["base"] + produced + 1
+                return GenerateEvent(
+                    GeneratedToken(token, piece, probability), steps, finish, matched
                 )
-                if finish:
-                    return
+
+            for produced, (token, probability) in enumerate(reply["tokens"]):
+                yield event(token, probability, produced)  # the retried call's, again
+            if reply["finish"] is not None:
+                if reply["finish"] == "end_token":
+                    yield GenerateEvent(None, session.steps, "end_token")
+                return
+            unsampled: Mapping[str, Any] | None = None
+            try:
+                logits = await (  # the prompt, unless a cut-off earlier try fed it
+                    self._feed(session, ids)
+                    if ids is not None and reply["base"] < 0
+                    else self._current_logits(session)
+                )
+                if reply["base"] < 0:
+                    reply["base"] = session.steps
+                for produced in range(len(reply["tokens"]), max_tokens):
+                    unsampled = rng.bit_generator.state
+                    token, probability = params.sample(logits, rng)
+                    if token == end_token:
+                        reply["finish"] = "end_token"
+                        session.touch()
+                        yield GenerateEvent(None, session.steps, "end_token")
+                        return
+                    logits = await batcher.feed(session, token)
+                    unsampled = None
+                    self.stats.generated_tokens += 1
+                    reply["tokens"].append((token, probability))
+                    session.touch()
+                    out = event(token, probability, produced)
+                    reply["finish"] = out.finish_reason
+                    yield out
+                    if out.finish_reason:
+                        return
+            finally:
+                if unsampled is not None:  # cut off between sampling a token and feeding
+                    rng.bit_generator.state = unsampled  # it: as if it was never drawn
+                # What a retry needs: the tokens so far and, with a seed of the call's
+                # own, where its generator stands; then the session as it now is.
+                reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
+                session.last = LastCall(request_id, reply) if request_id else None
+                await asyncio.shield(self.sessions.save(session))
 
     async def translate(
         self, model: Model, source: TokenInput, options: GenerateOptions, *, owner: str = ""

@@ -8,6 +8,7 @@ are counted and timed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -298,8 +299,8 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
         self.engine.stats.cancel(method)
         self._done(method, "CANCELLED")
 
-    def _session(self, session_id: str, context: Any) -> Any:
-        return self.engine.sessions.get(session_id, caller_of(context))
+    async def _session(self, session_id: str, context: Any) -> Any:
+        return await self.engine.sessions.lookup(session_id, caller_of(context))
 
     # ------------------------------------------------------------------ models
 
@@ -350,7 +351,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
 
     @_guarded
     async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.Session:
-        source = self._session(request.session_id, context)
+        source = await self._session(request.session_id, context)
         copy = await self.engine.fork(
             source, idle_timeout_s=request.idle_timeout_s, owner=caller_of(context)
         )
@@ -364,7 +365,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def ExportSession(
         self, request: pb.ExportSessionRequest, context: Any
     ) -> pb.ExportSessionResponse:
-        session = self._session(request.session_id, context)
+        session = await self._session(request.session_id, context)
         data = await self.engine.export(session)
         return pb.ExportSessionResponse(state=data, steps=session.steps)
 
@@ -372,19 +373,20 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        session = self._session(request.session_id, context)
+        session = await self._session(request.session_id, context)
         await self.engine.sessions.close(session)
         return pb.CloseSessionResponse(steps=session.steps)
 
     # ------------------------------------------------------------------ steps
 
     async def _step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
-        session = self._session(request.session_id, context)
+        session = await self._session(request.session_id, context)
         out = await self.engine.step(
             session,
             _token_input(request, "tokens", "text", "input"),
             k=request.top_k if request.HasField("top_k") else None,
             full=request.return_distribution,
+            request_id=request.request_id,
         )
         return _step_response(session.id, out)
 
@@ -420,6 +422,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
                 given=_token_input(step, "tokens", "text", "input"),
                 k=step.top_k if step.HasField("top_k") else None,
                 full=step.return_distribution,
+                request_id=step.request_id,
             )
             for step in steps
         ]
@@ -437,21 +440,25 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateResponse]:
-        session = self._session(request.session_id, context)
+        session = await self._session(request.session_id, context)
+        per_message = request.tokens_per_message
+        if per_message > MAX_TOKENS_PER_MESSAGE:
+            raise out_of_range("tokens_per_message", per_message, f"0 .. {MAX_TOKENS_PER_MESSAGE}")
         events = self.engine.generate(
             session,
             _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
             _generate_options(request),
+            request_id=request.request_id,
         )
-        per_message = request.tokens_per_message
-        if per_message > MAX_TOKENS_PER_MESSAGE:
-            raise out_of_range("tokens_per_message", per_message, f"0 .. {MAX_TOKENS_PER_MESSAGE}")
         pending: list[GenerateEvent] = []
-        async for event in events:
-            pending.append(event)
-            if len(pending) >= per_message or event.finish_reason is not None:
-                yield _generate_response(session.id, pending)
-                pending = []
+        # aclosing: if the caller goes away while a response is being sent, the
+        # generation ends here and now (its session lock released, its state saved).
+        async with contextlib.aclosing(events):
+            async for event in events:
+                pending.append(event)
+                if len(pending) >= per_message or event.finish_reason is not None:
+                    yield _generate_response(session.id, pending)
+                    pending = []
 
     # ------------------------------------------------------------------ one-call conveniences
 

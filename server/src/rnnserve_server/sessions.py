@@ -5,6 +5,10 @@ slot, so gathering a batch of sessions is one indexing operation. A slot is rele
 exactly once, under the session's lock, after the session has left the index: no
 in-flight call can write into a slot that another session has been given.
 
+With a shared store (``records``, Redis) the record there is the session and the pool
+slot a cache of it: ``load`` brings the slot up to date at the start of each call and
+``save`` writes the call's outcome back (records.py); without one both do nothing.
+
 Everything here runs on the event loop thread; inference threads only ever see copies.
 """
 
@@ -16,12 +20,22 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from rnnserve_server.errors import InvalidArgument, NotFound, over_limit, shown
+from rnnserve_server.errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    over_limit,
+    shown,
+)
+from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords, changed_fields
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
+from rnnserve_server.statecodec import rng_from_state
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,19 @@ class StatePool:
         return int(self.states.nbytes)
 
 
+@dataclass(frozen=True, slots=True)
+class LastCall:
+    """The last call a session answered, so that its retry is not applied twice.
+
+    ``reply`` is what a Generate produced (tokens and probabilities, how it ended, the
+    step count before its first token, the sampling state it would continue from);
+    None for a Step, whose answer follows from the state.
+    """
+
+    request_id: str
+    reply: dict[str, Any] | None = None
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     """One session's bookkeeping; its state lives in the model's StatePool at ``slot``.
@@ -85,6 +112,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    revision: int = 0  # of the shared record this slot holds (shared store only)
+    last: LastCall | None = None
     _lock: asyncio.Lock | None = None
     _rng: np.random.Generator | None = None
 
@@ -117,6 +146,10 @@ class Session:
         if self.closed:
             raise NotFound(f"session {self.id} was closed")
 
+    def answered(self, request_id: str) -> bool:
+        """Whether ``request_id`` names the last call this session answered."""
+        return bool(request_id) and self.last is not None and self.last.request_id == request_id
+
 
 class SessionStore:
     def __init__(
@@ -127,6 +160,8 @@ class SessionStore:
         default_idle_timeout_s: float,
         max_idle_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        records: RedisRecords | None = None,
+        resolve: Callable[[str, int], Model] | None = None,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_sessions_per_owner = max_sessions_per_owner
@@ -139,6 +174,9 @@ class SessionStore:
         self.expired_total = 0
         self.closed_total = 0
         self.created_total = 0
+        # the shared store, and how a record's model name and version find the loaded model
+        self.records = records
+        self._resolve = resolve
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -162,7 +200,10 @@ class SessionStore:
             )
 
     def check_capacity(self, owner: str) -> None:
-        """RESOURCE_EXHAUSTED if one more session would pass a limit."""
+        """RESOURCE_EXHAUSTED if one more session would pass a limit (the shared store
+        counts sessions itself, across replicas, when one is created)."""
+        if self.records is not None:
+            return
         if len(self._sessions) >= self.max_sessions:
             raise over_limit(
                 "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
@@ -212,6 +253,151 @@ class SessionStore:
         )
         return session
 
+    async def open(
+        self,
+        model: Model,
+        *,
+        idle_timeout_s: float = 0,
+        owner: str = "",
+        initial: FloatArray | None = None,
+        steps: int = 0,
+        rng: np.random.Generator | None = None,
+    ) -> Session:
+        """``create``, and with a shared store the record there (limits counted there)."""
+        session = self.create(
+            model, idle_timeout_s=idle_timeout_s, owner=owner, initial=initial, steps=steps, rng=rng
+        )
+        if self.records is None:
+            return session
+        record = Record(
+            model=model.name,
+            version=model.version,
+            owner=owner,
+            idle_timeout_s=session.idle_timeout_s,
+            revision=0,
+            steps=steps,
+            state=self.state(session).tobytes(),
+            rng=dict(session.rng.bit_generator.state),
+        )
+        try:
+            await self.records.create(
+                session.id,
+                record,
+                max_sessions=self.max_sessions,
+                max_per_owner=self.max_sessions_per_owner,
+            )
+        except BaseException:
+            self._evict(session)
+            raise
+        return session
+
+    async def lookup(self, session_id: str, owner: str = "") -> Session:
+        """The session a call names: ``get``, or with a shared store the replica's copy of
+        the record (made from the record on this replica's first call of the session)."""
+        if self.records is None:
+            return self.get(session_id, owner)
+        if not session_id:
+            raise InvalidArgument("session_id is required")
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != owner:
+            try:
+                record = await self.records.load(session_id, owner, -1)
+            except Gone:
+                raise self._unknown(session_id) from None
+            session = self._sessions.get(session_id)  # another call may have made it
+            if session is None or session.owner != owner:
+                assert isinstance(record, Record)
+                session = self._adopt(session_id, record)
+        return session
+
+    def _adopt(self, session_id: str, record: Record) -> Session:
+        """This replica's copy of a session another replica made."""
+        assert self._resolve is not None
+        model = self._resolve(record.model, record.version)
+        slot = self.pool(model).allocate(self._state_of(model, record))
+        session = Session(
+            id=session_id,
+            model=model,
+            slot=slot,
+            idle_timeout_s=record.idle_timeout_s,
+            owner=record.owner,
+        )
+        self._apply(session, record)
+        self._sessions[session_id] = session
+        self._per_owner[record.owner] = self._per_owner.get(record.owner, 0) + 1
+        return session
+
+    @staticmethod
+    def _state_of(model: Model, record: Record) -> FloatArray:
+        shape = (model.runtime.layers, model.runtime.hidden)
+        return np.frombuffer(record.state, dtype=np.float32).reshape(shape)
+
+    def _apply(self, session: Session, record: Record) -> None:
+        self.pool(session.model).states[:, session.slot, :] = self._state_of(session.model, record)
+        session.steps = record.steps
+        session.rng = rng_from_state(record.rng)
+        session.revision = record.revision
+        session.last = (
+            LastCall(record.last_request, record.last_reply) if record.last_request else None
+        )
+
+    async def load(self, session: Session) -> None:
+        """At the start of a call, under the session's lock: the slot as the shared
+        record has it (nothing moves unless another replica changed the session)."""
+        session.ensure_open()
+        if self.records is None:
+            return
+        try:
+            record = await self.records.load(session.id, session.owner, session.revision)
+        except Gone:
+            self._evict(session)
+            raise self._unknown(session.id) from None
+        if record is not UNCHANGED:
+            assert isinstance(record, Record)
+            self._apply(session, record)
+        session.touch()
+
+    async def save(self, session: Session) -> None:
+        """At the end of a call that changed the session, under its lock: the shared
+        record updated, if no other call changed it meanwhile (ABORTED otherwise)."""
+        if self.records is None:
+            return
+        last = session.last or LastCall("")
+        fields = changed_fields(
+            session.steps,
+            self.state(session).tobytes(),
+            dict(session.rng.bit_generator.state),
+            last.request_id,
+            last.reply,
+        )
+        try:
+            session.revision = await self.records.save(
+                session.id, session.owner, session.revision, fields
+            )
+        except Gone:
+            self._evict(session)
+            raise self._unknown(session.id) from None
+        except Unavailable:
+            session.revision = -1  # the slot is ahead of the record: reload next time
+            raise
+        except Conflict:
+            session.revision = -1  # the next call reloads the record
+            raise Aborted(
+                f"session {session.id} was changed by another call at the same time (on "
+                "another replica); this call's change was not kept: retry it"
+            ) from None
+
+    def _evict(self, session: Session) -> None:
+        """Drop this replica's copy (the slot is freed once no call holds it)."""
+        if self._detach(session, "evicted"):
+            asyncio.get_running_loop().create_task(self._release(session))
+
+    @staticmethod
+    def _unknown(session_id: str) -> NotFound:
+        return NotFound(
+            f"session {shown(session_id)} does not exist (closed, expired or never created)"
+        )
+
     def get(self, session_id: str, owner: str = "") -> Session:
         """An open session of this owner; an idle-expired one is closed here and then,
         so expiry is exact to the call, not to the sweeper's interval."""
@@ -224,13 +410,18 @@ class SessionStore:
             session = None
         # Another owner's session answers exactly like an unknown one: no existence leak.
         if session is None or session.owner != owner:
-            raise NotFound(
-                f"session {shown(session_id)} does not exist (closed, expired or never created)"
-            )
+            raise self._unknown(session_id)
         return session
 
     async def close(self, session: Session, *, reason: str = "closed") -> None:
-        """Remove the session now; free its slot once its in-flight call (if any) ends."""
+        """Remove the session now; free its slot once its in-flight call (if any) ends.
+        With a shared store the record goes too (NOT_FOUND if it was gone already)."""
+        if self.records is not None and reason == "closed":
+            steps = await self.records.delete(session.id, session.owner)
+            if steps is None:
+                self._evict(session)
+                raise self._unknown(session.id)
+            session.steps = steps
         if self._detach(session, reason):
             await self._release(session)
 
@@ -246,7 +437,7 @@ class SessionStore:
             del self._per_owner[session.owner]
         if reason == "expired":
             self.expired_total += 1
-        else:
+        elif reason == "closed":
             self.closed_total += 1
         log.debug("session %s", reason, extra={"session": session.id})
         return True
@@ -261,11 +452,13 @@ class SessionStore:
         return not session.busy and now - session.last_used > session.idle_timeout_s
 
     async def expire_idle(self) -> int:
-        """Close sessions idle past their timeout; those with a call in flight are busy."""
+        """Close sessions idle past their timeout; those with a call in flight are busy.
+        With a shared store only this replica's copies go (Redis expires the records)."""
         now = self._clock()
         idle = [s for s in self._sessions.values() if self._idle_past_timeout(s, now)]
+        reason = "expired" if self.records is None else "evicted"
         for session in idle:
-            await self.close(session, reason="expired")
+            await self.close(session, reason=reason)
         return len(idle)
 
     async def run_expiry(self, interval_s: float) -> None:

@@ -1,0 +1,277 @@
+"""The shared session store: every session's record in Redis, so any replica continues it.
+
+With ``session_store = redis://...`` a replica still runs each session in a slot of its
+own state pool (batching works as without Redis), but the record in Redis is what a
+session *is*: its state, step count, sampling generator, owner, idle timeout and the
+last call it answered. Each call loads the record (one round trip; the state travels
+only if another replica changed it since this one last saw it), runs, and saves with a
+compare-and-set on the record's revision (a second round trip). Redis keeps the idle
+expiry (a key's TTL is the session's idle timeout, refreshed by every call) and the
+session limits (sorted sets of live sessions, in total and per caller, scored by expiry).
+
+Every change to a record is one Lua script, so it is atomic on the Redis server: two
+replicas can never both apply a step to the same revision (the loser answers ABORTED),
+and a session closed on one replica is gone for all. A replica that dies loses nothing
+that was acknowledged: a call's effect is in Redis before its answer leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rnnserve_server.errors import Unavailable, over_limit
+
+# KEYS: record, the caller's sessions, all sessions. ARGV: session id, owner, idle ms,
+# max sessions, max per caller, then the record's fields as name/value pairs.
+_CREATE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expiry = now_ms + tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+local total = redis.call('ZCARD', KEYS[3])
+if total >= tonumber(ARGV[4]) then return {-1, total} end
+local owned = redis.call('ZCARD', KEYS[2])
+if owned >= tonumber(ARGV[5]) then return {-2, owned} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-3, 0} end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], expiry, ARGV[1])
+redis.call('ZADD', KEYS[2], expiry, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {1, 0}
+"""
+
+# ARGV: session id, owner, the revision the replica holds (-1: none). Returns nil (no
+# such session of this owner), {rev} (unchanged) or the whole record as a flat list.
+_LOAD = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return nil end
+local idle = tonumber(redis.call('HGET', KEYS[1], 'idle_ms'))
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('PEXPIRE', KEYS[1], idle)
+redis.call('ZADD', KEYS[3], now_ms + idle, ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms + idle, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], idle)
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if rev == ARGV[3] then return {rev} end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# ARGV: session id, owner, expected revision, then the changed fields as pairs. Returns
+# the new revision, -1 (the session is gone) or -2 (another call changed it first).
+_SAVE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -1 end
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev'))
+if rev ~= tonumber(ARGV[3]) then return -2 end
+local fields = {'rev', rev + 1}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+local idle = tonumber(redis.call('HGET', KEYS[1], 'idle_ms'))
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('PEXPIRE', KEYS[1], idle)
+redis.call('ZADD', KEYS[3], now_ms + idle, ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms + idle, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], idle)
+return rev + 1
+"""
+
+# ARGV: session id, owner. Returns the step count of the deleted session, or nil.
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return nil end
+local steps = redis.call('HGET', KEYS[1], 'steps')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return steps
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A session as Redis holds it."""
+
+    model: str
+    version: int
+    owner: str
+    idle_timeout_s: float
+    revision: int
+    steps: int
+    state: bytes  # float32 [L, H], C order
+    rng: dict[str, Any]  # numpy's bit_generator.state
+    last_request: str = ""
+    last_reply: dict[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "owner": self.owner,
+            "idle_ms": int(self.idle_timeout_s * 1000),
+            "rev": self.revision,
+            **changed_fields(self.steps, self.state, self.rng, self.last_request, self.last_reply),
+        }
+
+    @classmethod
+    def parse(cls, flat: list[bytes]) -> Record:
+        raw = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        reply = raw.get("reply", b"")
+        return cls(
+            model=raw["model"].decode(),
+            version=int(raw["version"]),
+            owner=raw["owner"].decode(),
+            idle_timeout_s=int(raw["idle_ms"]) / 1000,
+            revision=int(raw["rev"]),
+            steps=int(raw["steps"]),
+            state=raw["state"],
+            rng=json.loads(raw["rng"]),
+            last_request=raw.get("request", b"").decode(),
+            last_reply=json.loads(reply) if reply else None,
+        )
+
+
+def changed_fields(
+    steps: int,
+    state: bytes,
+    rng: dict[str, Any],
+    last_request: str,
+    last_reply: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The fields a call changes (everything but identity, owner and timeout)."""
+    return {
+        "steps": steps,
+        "state": state,
+        "rng": json.dumps(rng),
+        "request": last_request,
+        "reply": json.dumps(last_reply) if last_reply is not None else "",
+    }
+
+
+class Conflict(Exception):
+    """Another call changed the session since this replica loaded it."""
+
+
+class Gone(Exception):
+    """The session no longer exists (closed or expired), or is another caller's."""
+
+
+UNCHANGED = object()
+
+
+def _without_password(url: str) -> str:
+    """The URL as logs and messages show it: any password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+@contextlib.contextmanager
+def _reachable(url: str) -> Iterator[None]:
+    """Redis's own failures (connection refused, timeouts) as UNAVAILABLE."""
+    import redis.exceptions
+
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise Unavailable(f"the session store at {url} cannot be reached: {exc}") from None
+
+
+class RedisRecords:
+    """Session records in one Redis database, under ``prefix``."""
+
+    def __init__(self, url: str, prefix: str = "rnnserve:") -> None:
+        import redis.asyncio  # only this store needs the redis package
+
+        self.url = url
+        self.shown_url = _without_password(url)
+        self.redis = redis.asyncio.Redis.from_url(url)
+        self.prefix = prefix
+        self._create = self.redis.register_script(_CREATE)
+        self._load = self.redis.register_script(_LOAD)
+        self._save = self.redis.register_script(_SAVE)
+        self._delete = self.redis.register_script(_DELETE)
+
+    async def ping(self) -> None:
+        with _reachable(self.shown_url):
+            await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _keys(self, session_id: str, owner: str) -> list[str]:
+        return [
+            f"{self.prefix}session:{session_id}",
+            f"{self.prefix}owner:{owner}",
+            f"{self.prefix}sessions",
+        ]
+
+    async def create(
+        self, session_id: str, record: Record, *, max_sessions: int, max_per_owner: int
+    ) -> None:
+        """Store a new session; RESOURCE_EXHAUSTED past a limit (counted across replicas)."""
+        pairs = [item for pair in record.fields().items() for item in pair]
+        with _reachable(self.shown_url):
+            status, count = await self._create(
+                keys=self._keys(session_id, record.owner),
+                args=[
+                    session_id,
+                    record.owner,
+                    int(record.idle_timeout_s * 1000),
+                    max_sessions,
+                    max_per_owner,
+                    *pairs,
+                ],
+            )
+        if status == -1:
+            raise over_limit("open sessions", count + 1, max_sessions, "max_sessions")
+        if status == -2:
+            raise over_limit(
+                "open sessions of this caller", count + 1, max_per_owner, "max_sessions_per_caller"
+            )
+        if status == -3:  # 128 random bits collided: never expected
+            raise RuntimeError(f"session id {session_id} exists already")
+
+    async def load(self, session_id: str, owner: str, revision: int) -> Record | object:
+        """The record, or UNCHANGED if its revision is still ``revision``; refreshes the
+        idle expiry. Gone if there is no such session of this owner."""
+        with _reachable(self.shown_url):
+            found = await self._load(
+                keys=self._keys(session_id, owner), args=[session_id, owner, revision]
+            )
+        if found is None:
+            raise Gone(session_id)
+        if len(found) == 1:
+            return UNCHANGED
+        return Record.parse(found)
+
+    async def save(self, session_id: str, owner: str, revision: int, fields: dict[str, Any]) -> int:
+        """Apply a call's changes if the record is still at ``revision``; the new revision."""
+        pairs = [item for pair in fields.items() for item in pair]
+        with _reachable(self.shown_url):
+            result = int(
+                await self._save(
+                    keys=self._keys(session_id, owner), args=[session_id, owner, revision, *pairs]
+                )
+            )
+        if result == -1:
+            raise Gone(session_id)
+        if result == -2:
+            raise Conflict(session_id)
+        return result
+
+    async def delete(self, session_id: str, owner: str) -> int | None:
+        """Remove a session; its step count, or None if there was none of this owner."""
+        with _reachable(self.shown_url):
+            steps = await self._delete(keys=self._keys(session_id, owner), args=[session_id, owner])
+        return None if steps is None else int(steps)
