@@ -1,4 +1,5 @@
-"""Test support: a real rnnserve server in a background thread of the test process."""
+"""Test support: real rnnserve servers (a thread of the test process, or processes of
+their own), and the real Redis and nginx a scaled-out deployment uses."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -167,3 +172,149 @@ class RedisServer:
         subprocess.run(
             ["redis-cli", "-s", str(self.socket), "FLUSHALL"], check=True, capture_output=True
         )
+
+
+SERVER = [str(Path(sys.executable).with_name("rnnserve-server"))]
+
+
+class ServerProcess:
+    """rnnserve-server as its own process on 127.0.0.1:<free port>; its log kept."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [*SERVER, "--host", "127.0.0.1", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            found = re.search(r"serving rnnserve\.v1\.RnnServe on [\d.]+:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        assert self.port, "".join(self.lines)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status once it has exited."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self._ended()
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, mid-call, as in a crash."""
+        self.process.kill()
+        self._ended()
+
+    def _ended(self) -> int:
+        status = self.process.wait(30)
+        self._reader.join(10)  # the log read to its end, then the pipe closed
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return status
+
+
+class Nginx:
+    """Debian's nginx as a gRPC load balancer: round robin over ``upstreams``, no
+    stickiness, a failed replica skipped for 10 s. It listens on 127.0.0.1:<port>."""
+
+    def __init__(self, directory: Path, upstreams: list[str]) -> None:
+        self.directory = directory
+        self.port = free_port()
+        servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=10s;" for u in upstreams)
+        (directory / "nginx.conf").write_text(
+            NGINX_CONFIG.format(directory=directory, port=self.port, servers=servers)
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Nginx:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            message = "nginx is not installed (apt-get install nginx-light)"
+            if os.environ.get("CI"):
+                raise RuntimeError(message)
+            import pytest
+
+            pytest.skip(message)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "-c",
+                str(self.directory / "nginx.conf"),
+                "-p",
+                str(self.directory),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.directory / "error.log").read_text(errors="replace")
+                    raise RuntimeError(f"nginx did not start: {log[-2000:]}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+NGINX_CONFIG = """
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body;
+  upstream rnnserve {{
+{servers}
+    keepalive 32;
+  }}
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{
+      grpc_pass grpc://rnnserve;
+      grpc_next_upstream error timeout;
+      grpc_read_timeout 1h;
+      grpc_send_timeout 1h;
+      client_max_body_size 16m;
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -3,61 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import SERVER, ServerProcess
 
 from rnnserve import Client, Unavailable
-
-SERVER = [str(Path(sys.executable).with_name("rnnserve-server"))]
-
-
-class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*SERVER, "--host", "127.0.0.1", "--port", "0", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self.port = 0
-        assert self.process.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            found = re.search(r"serving rnnserve\.v1\.RnnServe on [\d.]+:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-                break
-        assert self.port, "".join(self.lines)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ metadata, health, session export) and the calls that carry a request id (`Step`,
 instead of applying them again. What is retried: UNAVAILABLE (no server, or a load
 balancer whose replica went away: HTTP 502), ABORTED (another replica changed the
 session at the same moment; nothing of this call was kept) and a stream reset by a
-proxy mid-call (INTERNAL with RST_STREAM: the replica behind it died). A server's own
-INTERNAL error, and every other status, is raised at once.
+proxy mid-call (INTERNAL with RST_STREAM, or CANCELLED that the caller did not ask for:
+the replica behind it died or shut down). A server's own INTERNAL error, and every other
+status, is raised at once.
 """
 
 from __future__ import annotations
@@ -49,7 +50,14 @@ class RetryPolicy:
 
 
 def retryable(error: RnnServeError) -> bool:
-    if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
+    # CANCELLED here is never the caller's own doing (a call it cancels ends without
+    # reaching the retry): a proxy reset the stream (RST_STREAM CANCEL) as its replica
+    # went away.
+    if error.code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    ):
         return True
     return error.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in error.details
 
