@@ -7,8 +7,8 @@ bin=${1:?usage: lint-docker.sh BIN_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-"$bin/hadolint" docker/server.Dockerfile docker/trainer.Dockerfile
-echo "hadolint: docker/server.Dockerfile docker/trainer.Dockerfile clean"
+"$bin/hadolint" docker/*.Dockerfile
+echo "hadolint: $(echo docker/*.Dockerfile) clean"
 
 if ! command -v docker-compose >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ DOCKERFILES = {
 }
 # The model the `tiny` preset trains (training/src/rnnserve_train/config.py).
 TINY_MODEL = "char-gru-tiny"
+REPLICAS = ("server-a", "server-b", "server-c")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
@@ -130,11 +132,15 @@ class Stack:
     env: dict[str, str]
     project: str
     port: int
+    scaled: bool = False
 
     def compose(
         self, *args: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        # Every profile named, so that `down` and `logs` see the `scale` services too.
+        argv = ["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project]
+        argv += ["--profile", "scale"] if self.scaled else []
+        argv += args
         return run(argv, self.env, timeout=timeout, check=check)
 
     def container(self, service: str) -> str:
@@ -179,6 +185,7 @@ def stack(docker_env: dict[str, str]) -> Iterator[Stack]:
         "TORCH_WHEEL": wheel,
         "RNNSERVE_TRAIN_PRESET": "tiny",
         "RNNSERVE_PUBLISH_PORT": str(free_port()),
+        "RNNSERVE_SCALE_PORT": str(free_port()),
     }
     stack = Stack(env, f"rnnserve-e2e-{uuid.uuid4().hex[:8]}", int(env["RNNSERVE_PUBLISH_PORT"]))
     try:
@@ -250,3 +257,54 @@ def test_trainer_image_has_the_cpu_build_of_torch(stack: Stack) -> None:
         stack.env,
     )
     assert shown.stdout.split() == ["2.13.0+cpu", "None"]
+
+
+@pytest.fixture(scope="module")
+def scaled(stack: Stack) -> Stack:
+    """The same project with the `scale` profile added: Redis, three replicas, nginx."""
+    stack.scaled = True
+    stack.compose("build", "redis", "balancer", timeout=600)
+    stack.compose("up", "--detach", timeout=600)
+    for replica in REPLICAS:
+        stack.wait_healthy(replica, timeout=120)
+    from rnnserve import Client
+
+    with Client(f"127.0.0.1:{stack.env['RNNSERVE_SCALE_PORT']}", timeout=10, retries=20) as c:
+        assert c.health() == "SERVING"  # through the balancer, once nginx is up
+    return stack
+
+
+def streamed(client: Any, seeds: range, rounds: int, after_round: Any = None) -> list[Any]:
+    """Seeded sessions that step and generate in rounds; ``after_round(n)`` between rounds."""
+    sessions = [client.create_session(TINY_MODEL, seed=seed) for seed in seeds]
+    seen: list[Any] = []
+    for round_ in range(rounds):
+        for session in sessions:
+            result = client.step(session.id, text="ab"[round_ % 2])
+            seen.append((result.steps, [t.id for t in result.top]))
+            chunks = list(client.generate(session.id, max_tokens=5, temperature=0.9))
+            seen.append([t.id for chunk in chunks for t in chunk.tokens])
+        if after_round is not None:
+            after_round(round_)
+    for session in sessions:
+        client.close_session(session.id)
+    return seen
+
+
+def test_scale_profile_streams_through_the_balancer_past_a_stopped_replica(
+    scaled: Stack,
+) -> None:
+    from rnnserve import Client
+
+    with Client(f"127.0.0.1:{scaled.port}", timeout=60) as single:
+        control = streamed(single, range(4), rounds=6)
+
+    def stop_a_replica(round_: int) -> None:
+        if round_ == 2:
+            run(["docker", "kill", scaled.container("server-b")], scaled.env)
+
+    address = f"127.0.0.1:{scaled.env['RNNSERVE_SCALE_PORT']}"
+    with Client(address, timeout=60, retries=8) as balanced:
+        assert streamed(balanced, range(4), rounds=6, after_round=stop_a_replica) == control
+    states = {r: scaled.inspect(scaled.container(r), "{{.State.Status}}") for r in REPLICAS}
+    assert states["server-a"] == states["server-c"] == "running"
