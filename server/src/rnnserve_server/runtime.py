@@ -22,6 +22,10 @@ FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# TF32 off: on an H100 onnxruntime's default (TF32 matrix products) moved logits by up to
+# 4e-3 from the CPU's at batch 64 (bench/cuda_check.py); served models must follow their
+# equations in float32.
+CUDA_OPTIONS: dict[str, Any] = {"device_id": 0, "use_tf32": 0}
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class ProviderChoice:
         available = ort.get_available_providers()
         if _PROVIDER_NAMES[provider] in available:
             preload_cuda_libraries()
-            cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+            cuda = ("CUDAExecutionProvider", {**CUDA_OPTIONS, "device_id": device_id})
             required = None if allow_cpu_fallback else cuda[0]
             return cls((cuda, cpu), intra_op_threads, required)
         message = (
