@@ -234,7 +234,8 @@ class ServerProcess:
 
 class Nginx:
     """Debian's nginx as a gRPC load balancer: round robin over ``upstreams``, no
-    stickiness, a failed replica skipped for 10 s. It listens on 127.0.0.1:<port>."""
+    stickiness, a failed replica skipped for 10 s; docker/balancer/nginx.conf for
+    loopback. It listens on 127.0.0.1:<port>."""
 
     def __init__(self, directory: Path, upstreams: list[str]) -> None:
         self.directory = directory
@@ -302,12 +303,17 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port} http2;
+    client_max_body_size 16m;
+    grpc_next_upstream error timeout;
+    grpc_connect_timeout 2s;
     location / {{
       grpc_pass grpc://rnnserve;
-      grpc_next_upstream error timeout;
+      grpc_read_timeout 30s;
+    }}
+    location ~ ^/rnnserve\\.v1\\.RnnServe/(StepStream|StepMany|Generate)$ {{
+      grpc_pass grpc://rnnserve;
       grpc_read_timeout 1h;
       grpc_send_timeout 1h;
-      client_max_body_size 16m;
     }}
   }}
 }}

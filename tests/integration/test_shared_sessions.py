@@ -31,6 +31,7 @@ TOKENS = [4, 9, 5, 12, 7, 7, 20, 6, 11, 4, 15, 8]
 
 @pytest.fixture(scope="module")
 def replicas(models_dir: Path, redis_server: RedisServer) -> Iterator[list[Client]]:
+    redis_server.flush()  # the per-caller limit below counts every session in Redis
     config = server_config(models_dir, session_store=redis_server.url, max_sessions_per_caller=6)
     with (
         ServerThread(config) as a,
