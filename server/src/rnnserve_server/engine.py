@@ -653,12 +653,15 @@ class Engine:
                 )
 
             for produced, (token, probability) in enumerate(reply["tokens"]):
-                yield event(token, probability, produced)  # the retried call's, again
-            if reply["finish"] is not None:
-                if reply["finish"] == "end_token":
-                    yield GenerateEvent(None, session.steps, "end_token")
+                again = event(token, probability, produced)  # the retried call's, again
+                yield again
+                if again.finish_reason:
+                    return
+            if reply["finish"] == "end_token":
+                yield GenerateEvent(None, session.steps, "end_token")
                 return
             unsampled: Mapping[str, Any] | None = None
+            fed_at, token, probability = session.steps, -1, 0.0
             try:
                 logits = await (  # the prompt, unless a cut-off earlier try fed it
                     self._feed(session, ids)
@@ -668,10 +671,10 @@ class Engine:
                 if reply["base"] < 0:
                     reply["base"] = session.steps
                 for produced in range(len(reply["tokens"]), max_tokens):
-                    unsampled = rng.bit_generator.state
+                    unsampled, fed_at = rng.bit_generator.state, session.steps
                     token, probability = params.sample(logits, rng)
                     if token == end_token:
-                        reply["finish"] = "end_token"
+                        reply["finish"], unsampled = "end_token", None
                         session.touch()
                         yield GenerateEvent(None, session.steps, "end_token")
                         return
@@ -686,8 +689,13 @@ class Engine:
                     if out.finish_reason:
                         return
             finally:
-                if unsampled is not None:  # cut off between sampling a token and feeding
-                    rng.bit_generator.state = unsampled  # it: as if it was never drawn
+                # Cut off between sampling a token and its answer from the batcher: if the
+                # step was applied all the same, the token is the call's; if not, it was
+                # never drawn.
+                if unsampled is not None and session.steps > fed_at:
+                    reply["tokens"].append((token, probability))
+                elif unsampled is not None:
+                    rng.bit_generator.state = unsampled
                 # What a retry needs: the tokens so far and, with a seed of the call's
                 # own, where its generator stands; then the session as it now is.
                 reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
