@@ -115,7 +115,8 @@ def tag_build_stages(env: dict[str, str]) -> None:
 def prune_superseded_builds(env: dict[str, str]) -> None:
     """Remove this project's untagged images: earlier builds' stages and images, whose
     dependency layers (a gigabyte with torch) would otherwise pile up in the data root."""
-    labels = ["org.rnnserve.stage"] + [f"org.opencontainers.image.title={i}" for i in DOCKERFILES]
+    titles = [*DOCKERFILES, "rnnserve-redis", "rnnserve-balancer"]
+    labels = ["org.rnnserve.stage"] + [f"org.opencontainers.image.title={i}" for i in titles]
     for label in labels:
         run(["docker", "image", "prune", "--force", "--filter", f"label={label}"], env, check=False)
 
