@@ -8,9 +8,6 @@ BIN       := $(VENV)/bin
 MODELS    ?= models
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
-# The default model `make run` serves, and the preset that trains it.
-DEFAULT_MODEL  ?= char-gru
-DEFAULT_PRESET ?= char-gru
 
 STAMP := $(VENV)/.installed
 PROTO := proto/rnnserve/v1/rnnserve.proto
@@ -56,8 +53,12 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 lint-docker: $(STAMP) ## Validate the Dockerfiles (hadolint) and docker-compose.yml statically
 	bash scripts/lint-docker.sh $(BIN)
 
+.PHONY: system-deps
+system-deps: ## Install redis-server and nginx (Debian packages) if missing: the tests run them
+	bash scripts/system-deps.sh
+
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (the Docker end-to-end test: make test-docker)
+test: $(STAMP) system-deps ## Run the whole test suite (the Docker end-to-end test: make test-docker)
 	$(BIN)/pytest
 
 .PHONY: test-docker
@@ -68,14 +69,12 @@ test-docker: $(STAMP) ## Build the images and run the compose stack end to end (
 bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~5 min); rewrites docs/benchmarks.md
 	$(PY) -m bench
 
-$(MODELS)/$(DEFAULT_MODEL):
-	$(BIN)/rnnserve-train --preset=$(DEFAULT_PRESET) --out=$(MODELS)
-
 .PHONY: models
-models: $(STAMP) $(MODELS)/$(DEFAULT_MODEL) ## Train the default model if the repository lacks it
+models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models.md; ~10 min on 2 cores)
+	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
 .PHONY: run
-run: $(STAMP) $(MODELS)/$(DEFAULT_MODEL) ## Serve the model repository on $(HOST):$(PORT), training first if needed
+run: models ## Serve the model repository on $(HOST):$(PORT), training the zoo first if needed
 	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT)
 
 .PHONY: clean

@@ -61,14 +61,17 @@ def assert_padding_changes_nothing(
 
 
 @pytest.mark.parametrize("cell", ["rnn-tanh", "gru"])
-@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
-def test_padding_changes_nothing_for_a_classifier(cell: str, head: str) -> None:
+@pytest.mark.parametrize(("head", "prefix"), [("softmax", 0.0), ("sigmoid", 0.0), ("softmax", 0.5)])
+def test_padding_changes_nothing_for_a_classifier(cell: str, head: str, prefix: float) -> None:
     model = model_for(cell, output_size=3)
     labels = [0, 2, 1, 2]
     assert_padding_changes_nothing(
         model,
         lambda rows: classifier_loss(
-            model, classifier_batch([SEQUENCES[r] for r in rows], [labels[r] for r in rows]), head
+            model,
+            classifier_batch([SEQUENCES[r] for r in rows], [labels[r] for r in rows]),
+            head,
+            prefix,
         ),
     )
 

@@ -182,13 +182,13 @@ BASELINES: dict[str, Callable[[], dict[str, Any]]] = {
 
 def compute(names: Sequence[str], path: Path = RESULTS_FILE) -> dict[str, Any]:
     """Compute the baselines of ``names`` and merge them into ``path``."""
-    results = load_results(path)
     for name in names:
         log.info("baseline of %s ...", name)
-        results[name] = BASELINES[name]()
-        log.info("baseline of %s: %s", name, results[name])
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return results
+        result = BASELINES[name]()
+        log.info("baseline of %s: %s", name, result)
+        results = {**load_results(path), name: result}  # merged as late as possible
+        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return load_results(path)
 
 
 def load_results(path: Path = RESULTS_FILE) -> dict[str, Any]:

@@ -5,7 +5,7 @@ export an existing checkpoint, train the demo zoo, or compute the baselines.
     rnnserve-train export --checkpoint=runs/char-gru/checkpoint.pt [--out=models] [--version=N]
     rnnserve-train zoo [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
     rnnserve-train baselines [--only=a,b]
-    torchrun --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...   (data parallel)
+    torchrun --standalone --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...  (DDP)
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class TrainConfig:
     layers: int = 2
     hidden_size: int = 256
     head: str = "softmax"  # many-to-one only: softmax over the labels, or one sigmoid each
-    prefix_loss: float = 0.0  # many-to-one: weight of the mean loss after earlier steps
+    prefix_loss: float = 0.0  # many-to-one: weight of the mean loss over every step
     # --- vocabulary, built from the training split only
     tokenizer: str = "char"  # char or word
     vocab_size: int = 0  # at most this many tokens, specials included (0: no cap)
@@ -84,7 +84,7 @@ class TrainConfig:
 # one model per shape of docs/MODELS.md, each sized to train in about a minute or two on
 # one core (docs/models.md has their numbers).
 PRESETS: dict[str, dict[str, Any]] = {
-    "char-gru": {"max_steps": 500, "eval_every": 250},
+    "char-gru": {"lr": 8e-3, "min_lr": 8e-4, "max_steps": 650, "eval_every": 325},
     "word-gru": {
         "name": "word-gru",
         "description": "Word-level GRU language model of the King James Bible (10k words)",
@@ -152,6 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "layers": 1,
         "hidden_size": 128,
         "min_count": 2,
+        "prefix_loss": 0.5,
         "batch_size": 64,
         "lr": 5e-3,
         "min_lr": 5e-4,

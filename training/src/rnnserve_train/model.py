@@ -19,12 +19,25 @@ optional condition table gives a one-to-many generator its initial state
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import ClassVar, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
+
+# A token's input is one-hot, so each gate's pre-activation gets exactly one entry of W_gx
+# (fan-in 1), not a sum over H inputs: 1/√H would make every gate start near 0.5 and every
+# state change tiny, and the model would spend its first hundreds of steps growing them.
+# Measured on the word LM (KJV, 10k words, GRU 128, 300 steps): test perplexity 350 with
+# ±1/√H, 101 with ±4, 108 with ±8.
+EMBED_INIT = 4.0
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """A copy of ``tensor``'s values, detached from the parameter it reads."""
+    return tensor.detach().cpu().numpy().copy()
 
 
 class Cell(nn.Module):
@@ -41,6 +54,8 @@ class Cell(nn.Module):
     # The gates whose recurrent block is in ``recurrent`` (in order); the rest (the GRU's
     # candidate, which reads Γ_r * c<t-1>) have their own parameter.
     recurrent_gates: ClassVar[tuple[str, ...]]
+    # The bound of a first layer's token rows (None: 1/√H like the other parameters).
+    embed_init: ClassVar[float | None] = EMBED_INIT
 
     def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
         super().__init__()
@@ -53,9 +68,13 @@ class Cell(nn.Module):
         )
 
     def reset_parameters(self) -> None:
+        """U(-1/√H, 1/√H) for every parameter (as nn.RNN/nn.GRU), except a first layer's
+        token rows: U(-embed_init, embed_init) (EMBED_INIT, see there)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
+        if self.embed and self.embed_init is not None:
+            nn.init.uniform_(self.input_weight, -self.embed_init, self.embed_init)
 
     def project(self, inputs: Tensor) -> Tensor:
         """Input half of every gate, bias included: [..., gates * hidden]."""
@@ -123,7 +142,7 @@ class Cell(nn.Module):
             input_block = self.input_weight[:, i * H : (i + 1) * H].T
             matrix = torch.cat([recurrent[gate], input_block], dim=1)
             out[f"W_{gate}"] = matrix.detach().cpu().numpy().astype(np.float32)
-            out[f"b_{gate}"] = self.bias[i * H : (i + 1) * H].detach().cpu().numpy()
+            out[f"b_{gate}"] = _numpy(self.bias[i * H : (i + 1) * H])
         out.update(self.extra_seed_weights())
         return out
 
@@ -163,6 +182,10 @@ class RNNTanhCell(Cell):
 
 class RNNReluCell(RNNTanhCell):
     """The vanilla RNN with ReLU (``rnn-relu``): ``a<t> = max(0, W_a [a<t-1>, x<t>] + b_a)``."""
+
+    # ReLU does not saturate, so large token rows only make large activations: the
+    # one-step model's test perplexity was 104 with ±1/√H and 123 with ±4.
+    embed_init = None
 
     @staticmethod
     def activation(z: Tensor) -> Tensor:
@@ -243,8 +266,9 @@ class TorchGRUCell(Cell):
         h' = (1 - z) * n + z * h
 
     The seed weights name the blocks as the course does (``W_n = [W_hn | W_in]``) and add
-    ``b_hn``, the one bias that cannot be folded. Over a chunk without resets or padding
-    ``scan`` runs PyTorch's fused GRU kernel; ``step`` is the same function written out.
+    ``b_hn``, the one bias that cannot be folded. On CUDA, a chunk without resets or
+    padding runs PyTorch's fused GRU kernel (cuDNN); ``step`` is the same function
+    written out, and the CPU path.
     """
 
     gates = ("r", "z", "n")
@@ -272,23 +296,30 @@ class TorchGRUCell(Cell):
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        if keep is not None or valid is not None or projected.device.type != "cpu":
-            return super().scan(projected, state, keep, valid)
-        # The fused kernel multiplies its input by W_ih itself; the input here is already
-        # projected (a gathered row, bias included), so W_ih is the identity. On the CPU
-        # that product is one large GEMM for the whole chunk, before the recurrent loop.
+        if keep is None and valid is None and projected.device.type == "cuda":
+            return self.fused_scan(projected, state)
+        # On the CPU the step loop is faster: 1.6x (H=128) to 2x (H=256) the fused
+        # kernel, which must multiply the already projected input by an identity.
+        return super().scan(projected, state, keep, valid)
+
+    def fused_scan(self, projected: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The chunk through PyTorch's fused GRU kernel (cuDNN on CUDA), no resets.
+
+        The kernel multiplies its input by W_ih itself; the input here is already
+        projected (a gathered row, bias included), so W_ih is the identity.
+        """
         width = projected.shape[-1]
         identity = torch.eye(width, dtype=projected.dtype, device=projected.device)
         zeros = projected.new_zeros(width)
         recurrent_bias = torch.cat([zeros[: 2 * self.hidden_size], self.recurrent_bias_n])
-        params = [identity, self.recurrent.T, zeros, recurrent_bias]
+        params = [identity, self.recurrent.T.contiguous(), zeros, recurrent_bias]
         outputs, last = torch._VF.gru(
             projected, state.unsqueeze(0), params, True, 1, 0.0, self.training, False, True
         )
         return outputs, last[0]
 
     def extra_seed_weights(self) -> dict[str, np.ndarray]:
-        return {"b_hn": self.recurrent_bias_n.detach().cpu().numpy().copy()}
+        return {"b_hn": _numpy(self.recurrent_bias_n)}
 
     def load_extra_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
         self.recurrent_bias_n.copy_(torch.as_tensor(weights["b_hn"]))
@@ -460,34 +491,35 @@ class RNNLanguageModel(nn.Module):
         ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, L, H] for
         conditions (``a<0> = tanh(A0[c])``)."""
         weights: dict[str, np.ndarray] = {}
-        stacks = [("", self.cells)]
-        if self.encoder is not None:
-            stacks.append((ENCODER_PREFIX, self.encoder))
-        for prefix, cells in stacks:
-            for i, cell in enumerate(cast("list[Cell]", list(cells)), start=1):
-                for key, value in cell.seed_weights().items():
-                    weights[f"{prefix}layer{i}.{key}"] = value
+        for prefix, cell in self._seed_layers():
+            for key, value in cell.seed_weights().items():
+                weights[prefix + key] = value
         if self.condition_table is not None:
-            weights[CONDITION_KEY] = self.condition_table.detach().cpu().numpy().copy()
-        weights["W_ya"] = self.output.weight.detach().cpu().numpy().copy()
-        weights["b_y"] = self.output.bias.detach().cpu().numpy().copy()
+            weights[CONDITION_KEY] = _numpy(self.condition_table)
+        weights["W_ya"] = _numpy(self.output.weight)
+        weights["b_y"] = _numpy(self.output.bias)
         return weights
 
     @torch.no_grad()
     def load_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for prefix, cell in self._seed_layers():
+            cell.load_seed_weights(
+                {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            )
+        if self.condition_table is not None:
+            self.condition_table.copy_(torch.as_tensor(weights[CONDITION_KEY]))
+        self.output.weight.copy_(torch.as_tensor(weights["W_ya"]))
+        self.output.bias.copy_(torch.as_tensor(weights["b_y"]))
+
+    def _seed_layers(self) -> Iterator[tuple[str, Cell]]:
+        """(``layer1.``, cell), ... then (``encoder.layer1.``, cell), ...: each layer with
+        the prefix of its seed-notation weights."""
         stacks = [("", self.cells)]
         if self.encoder is not None:
             stacks.append((ENCODER_PREFIX, self.encoder))
         for stack_prefix, cells in stacks:
             for i, cell in enumerate(cast("list[Cell]", list(cells)), start=1):
-                prefix = f"{stack_prefix}layer{i}."
-                cell.load_seed_weights(
-                    {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-                )
-        if self.condition_table is not None:
-            self.condition_table.copy_(torch.as_tensor(weights[CONDITION_KEY]))
-        self.output.weight.copy_(torch.as_tensor(weights["W_ya"]))
-        self.output.bias.copy_(torch.as_tensor(weights["b_y"]))
+                yield f"{stack_prefix}layer{i}.", cell
 
     @classmethod
     def from_seed_weights(cls, cell: str, weights: dict[str, np.ndarray]) -> RNNLanguageModel:

@@ -21,7 +21,7 @@ share of one global batch (``train.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,6 +60,11 @@ class Loss:
     state: Tensor | None = None  # carried to the next chunk (language models only)
 
 
+def mean_bits(losses: Sequence[Loss]) -> float:
+    """Bits per prediction over ``losses`` (of the batches of one split)."""
+    return bits(sum(float(x.nats) for x in losses) / sum(float(x.count) for x in losses))
+
+
 def select_rows(batch: Batch, rows: slice) -> Batch:
     return {key: value[rows] for key, value in batch.items()}
 
@@ -82,8 +87,9 @@ def classifier_loss(
     """Many-to-one: the loss of the output after each row's last valid token. ``softmax``:
     cross-entropy over the classes; ``sigmoid``: binary cross-entropy of every output
     against the one-hot label (one-vs-rest), summed over the outputs. ``prefix_weight``
-    adds that much of the mean loss after every earlier (valid) step, which trains the
-    distribution a session sees after each character and regularises the last one."""
+    adds that much of each row's mean loss over all its valid steps (the last included),
+    which trains the distribution a session sees after each character and regularises
+    the last one."""
     inputs, lengths = batch["inputs"], batch["lengths"]
     valid = valid_mask(lengths, inputs.shape[1])
     logits, _ = model(inputs, model.zero_state(inputs.shape[0]), valid=valid)
@@ -103,6 +109,32 @@ def classifier_loss(
         mask = valid.to(per_step.dtype)
         nats = nats + prefix_weight * ((per_step * mask).sum(1) / mask.sum(1)).sum()
     return Loss(nats, torch.tensor(float(inputs.shape[0])))
+
+
+def decode_rows(
+    model: RNNLanguageModel,
+    logits: Tensor,
+    state: Tensor,
+    *,
+    eos: int,
+    max_tokens: int,
+    choose: Callable[[Tensor], Tensor],
+) -> list[list[int]]:
+    """Decode every row from ``logits`` [B, K] and ``state``: ``choose`` picks the next
+    tokens [B] (argmax, a sample), which are fed back, until each row has produced
+    ``eos`` or ``max_tokens`` tokens. Each row's tokens, without ``eos``."""
+    rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    done = [False] * len(rows)
+    for _ in range(max_tokens):
+        tokens = choose(logits)
+        for row, token in enumerate(tokens.tolist()):
+            done[row] = done[row] or token == eos
+            if not done[row]:
+                rows[row].append(token)
+        if all(done):
+            break
+        logits, state = model.step(tokens, state)
+    return rows
 
 
 class Task:
@@ -431,7 +463,7 @@ class ExampleTask(Task):
 class Classifier(ExampleTask):
     """A name's locale (many-to-one): softmax (or, with ``head=sigmoid``, one sigmoid per
     locale) over the locales after every character; the loss is that of the output after
-    the last one (``classifier_loss``)."""
+    the last one, plus ``prefix_loss`` times the mean over every step (``classifier_loss``)."""
 
     shape = "many-to-one"
     main_metric = "accuracy"
@@ -564,12 +596,8 @@ class ConditionalGenerator(ExampleTask):
 
     @torch.no_grad()
     def evaluate(self, model: RNNLanguageModel, split: str) -> dict[str, float]:
-        total, count = 0.0, 0.0
-        for _, batch in self.eval_batches(split):
-            result = self.loss(model, batch, None)
-            total += float(result.nats)
-            count += float(result.count)
-        return {f"{split}_bits_per_char": bits(total / count)}
+        losses = [self.loss(model, batch, None) for _, batch in self.eval_batches(split)]
+        return {f"{split}_bits_per_char": mean_bits(losses)}
 
     def final_metrics(self, model: RNNLanguageModel) -> dict[str, float]:
         return {"uniform_bits_per_char": math.log2(self.tokenizer.size)}
@@ -579,21 +607,17 @@ class ConditionalGenerator(ExampleTask):
         lines = ["## Samples (temperature 0.8, 4 per locale)", ""]
         bos, eos = self.tokenizer.special_tokens["bos"], self.tokenizer.special_tokens["eos"]
         generator = torch.Generator().manual_seed(1)
+
+        def sample(logits: Tensor) -> Tensor:
+            probabilities = torch.softmax(logits / 0.8, -1)
+            return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+
         for index, locale in enumerate(self.classes):
             state = model.condition_state(torch.full((4,), index))
             logits, state = model.step(torch.full((4,), bos), state)
-            rows: list[list[int]] = [[] for _ in range(4)]
-            done = [False] * 4
-            for _ in range(self.config.sample_chars):
-                probabilities = torch.softmax(logits / 0.8, -1)
-                tokens = torch.multinomial(probabilities, 1, generator=generator)[:, 0]
-                for row, token in enumerate(tokens.tolist()):
-                    done[row] = done[row] or token == eos
-                    if not done[row]:
-                        rows[row].append(token)
-                if all(done):
-                    break
-                logits, state = model.step(tokens, state)
+            rows = decode_rows(
+                model, logits, state, eos=eos, max_tokens=self.config.sample_chars, choose=sample
+            )
             lines.append(f"- {locale}: " + ", ".join(self.tokenizer.decode(r) for r in rows))
         return lines
 
@@ -637,34 +661,22 @@ class Translator(ExampleTask):
         """Greedy decoding, as the server's Translate does: up to eos or ``max_output``."""
         bos, eos = self.tokenizer.special_tokens["bos"], self.tokenizer.special_tokens["eos"]
         state = model.encode(batch["source"], batch["source_lengths"])
-        rows = state.shape[1]
-        logits, state = model.step(torch.full((rows,), bos), state)
-        out: list[list[int]] = [[] for _ in range(rows)]
-        done = [False] * rows
-        for _ in range(self.max_output):
-            tokens = logits.argmax(-1)
-            for row, token in enumerate(tokens.tolist()):
-                done[row] = done[row] or token == eos
-                if not done[row]:
-                    out[row].append(token)
-            if all(done):
-                break
-            logits, state = model.step(tokens, state)
-        return out
+        logits, state = model.step(torch.full((state.shape[1],), bos), state)
+        return decode_rows(
+            model, logits, state, eos=eos, max_tokens=self.max_output, choose=lambda x: x.argmax(-1)
+        )
 
     @torch.no_grad()
     def evaluate(self, model: RNNLanguageModel, split: str) -> dict[str, float]:
-        correct, total, nats, count = 0, 0, 0.0, 0.0
+        correct, total, losses = 0, 0, []
         for examples, batch in self.eval_batches(split):
             for example, tokens in zip(examples, self.translate(model, batch), strict=True):
                 correct += self.tokenizer.decode(tokens) == example.target
                 total += 1
-            result = self.loss(model, batch, None)
-            nats += float(result.nats)
-            count += float(result.count)
+            losses.append(self.loss(model, batch, None))
         return {
             f"{split}_exact_match": correct / total,
-            f"{split}_bits_per_char": bits(nats / count),
+            f"{split}_bits_per_char": mean_bits(losses),
         }
 
     @torch.no_grad()
