@@ -122,6 +122,8 @@ def serving(name: str, command: Sequence[str]) -> Iterator[ServerProcess]:
     finally:
         _stop_group(process)
         reader.join(STOP_TIMEOUT_S)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def run_worker(module: str, args: Sequence[str], timeout_s: float) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def model_name(tiny_package: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real redis-server for the shared session store, one per test session."""
-    from support import RedisServer
+    from support import RedisServer, started
 
-    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
+    with started(RedisServer(tmp_path_factory.mktemp("redis"))) as running:
         yield running

@@ -4,26 +4,28 @@ their own), and the real Redis and nginx a scaled-out deployment uses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.cluster import MissingProgram, Nginx, RedisServer
 from rnnserve_server.app import RunningServer, create_server
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.modelpackage import MANIFEST_FILE
 
 T = TypeVar("T")
+P = TypeVar("P", RedisServer, Nginx)
 
 
 class ServerThread:
@@ -117,63 +119,6 @@ def make_test_certificates(folder: Path) -> Path:
     return folder
 
 
-class RedisServer:
-    """A real redis-server (Debian's package) on a Unix socket in a temporary directory,
-    nothing persisted; ``url`` is what ``session_store`` takes."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.socket = directory / "redis.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    def __enter__(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed (apt-get install redis-server)"
-            if os.environ.get("CI"):
-                raise RuntimeError(message)  # CI must install it: never skip silently there
-            import pytest
-
-            pytest.skip(message)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def flush(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-s", str(self.socket), "FLUSHALL"], check=True, capture_output=True
-        )
-
-
 SERVER = [str(Path(sys.executable).with_name("rnnserve-server"))]
 
 
@@ -232,95 +177,19 @@ class ServerProcess:
         return status
 
 
-class Nginx:
-    """Debian's nginx as a gRPC load balancer: round robin over ``upstreams``, no
-    stickiness, a failed replica skipped for 10 s; docker/balancer/nginx.conf for
-    loopback. It listens on 127.0.0.1:<port>."""
+@contextlib.contextmanager
+def started(program: P) -> Iterator[P]:
+    """Start a RedisServer or Nginx for a test; where the program is missing, skip the
+    test, except in CI (CI=true), which must have installed it (make system-deps)."""
+    try:
+        program.__enter__()
+    except MissingProgram as missing:
+        if os.environ.get("CI"):
+            raise
+        import pytest
 
-    def __init__(self, directory: Path, upstreams: list[str]) -> None:
-        self.directory = directory
-        self.port = free_port()
-        servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=10s;" for u in upstreams)
-        (directory / "nginx.conf").write_text(
-            NGINX_CONFIG.format(directory=directory, port=self.port, servers=servers)
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Nginx:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(binary).exists():
-            message = "nginx is not installed (apt-get install nginx-light)"
-            if os.environ.get("CI"):
-                raise RuntimeError(message)
-            import pytest
-
-            pytest.skip(message)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "-c",
-                str(self.directory / "nginx.conf"),
-                "-p",
-                str(self.directory),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.directory / "error.log").read_text(errors="replace")
-                    raise RuntimeError(f"nginx did not start: {log[-2000:]}") from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-NGINX_CONFIG = """
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/body;
-  upstream rnnserve {{
-{servers}
-    keepalive 32;
-  }}
-  server {{
-    listen 127.0.0.1:{port} http2;
-    client_max_body_size 16m;
-    grpc_next_upstream error timeout;
-    grpc_connect_timeout 2s;
-    location / {{
-      grpc_pass grpc://rnnserve;
-      grpc_read_timeout 30s;
-    }}
-    location ~ ^/rnnserve\\.v1\\.RnnServe/(StepStream|StepMany|Generate)$ {{
-      grpc_pass grpc://rnnserve;
-      grpc_read_timeout 1h;
-      grpc_send_timeout 1h;
-    }}
-  }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        pytest.skip(str(missing))
+    try:
+        yield program
+    finally:
+        program.__exit__(None, None, None)

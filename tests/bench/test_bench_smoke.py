@@ -9,6 +9,7 @@ it (about 10 s).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,23 @@ def test_quick_run_records_every_scenario(tmp_path: Path) -> None:
         assert f"| {verdict.target} |" in page
         assert f"**{verdict.status}**" in page
     assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_the_scale_out_benchmark_measures_every_deployment(tmp_path: Path) -> None:
+    """bench.scaleout briefly: memory, Redis, three replicas behind nginx, no errors."""
+    from support import MissingProgram
+
+    from bench import scaleout
+
+    out = tmp_path / "scaleout.json"
+    argv = ["--concurrency", "2", "--warmup", "0.2", "--duration", "0.5", "--out", str(out)]
+    try:
+        assert scaleout.main(argv) == 0
+    except MissingProgram as missing:
+        if os.environ.get("CI"):
+            raise  # CI installs redis-server and nginx (make system-deps)
+        pytest.skip(str(missing))
+    records = json.loads(out.read_text())["records"]
+    assert [r["system"] for r in records] == [scaleout.MEMORY, scaleout.REDIS, scaleout.REPLICAS]
+    assert all(r["steps_per_s"] > 0 and r["p50_ms"] > 0 for r in records)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Nginx, RedisServer, ServerProcess, ServerThread, server_config
+from support import Nginx, RedisServer, ServerProcess, ServerThread, server_config, started
 
 from rnnserve import Client
 
@@ -70,7 +70,7 @@ def cluster(models_dir: Path, redis_server: RedisServer) -> Iterator[tuple[Nginx
     directory = Path(redis_server.directory) / "nginx"
     directory.mkdir(exist_ok=True)
     try:
-        with Nginx(directory, [r.address for r in replicas]) as balancer:
+        with started(Nginx(directory, [r.address for r in replicas])) as balancer:
             yield balancer, replicas
     finally:
         for replica in replicas:

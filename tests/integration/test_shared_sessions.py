@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import RedisServer, ServerThread, server_config
+from support import RedisServer, ServerThread, server_config, started
 
 from rnnserve import (
     Client,
@@ -190,7 +190,7 @@ def test_an_unreachable_store(models_dir: Path, tmp_path: Path) -> None:
     ):
         pass
     with (
-        RedisServer(tmp_path) as redis,
+        started(RedisServer(tmp_path)) as redis,
         ServerThread(server_config(models_dir, session_store=redis.url)) as a,
         Client(a.address) as one,
     ):
