@@ -34,7 +34,12 @@ class ServerConfig:
         False, "with provider=cuda where CUDA is unavailable: warn and use the CPU, not fail"
     )
     cuda_device_id: int = setting(0, "GPU the CUDA provider uses")
-    intra_op_threads: int = setting(0, "threads onnxruntime uses in one run; 0: its default")
+    intra_op_threads: int = setting(
+        1, "threads onnxruntime uses in one run (batching gives the parallelism); 0: its default"
+    )
+    intra_op_spinning: bool = setting(
+        False, "let idle onnxruntime threads spin for work (only with cores to spare)"
+    )
     workers: int = setting(2, "threads that run inference beside the event loop")
     max_batch: int = setting(256, "most sessions' steps one run of the step graph takes")
     batch_window_us: int = setting(
