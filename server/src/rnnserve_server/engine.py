@@ -29,6 +29,7 @@ from rnnserve_server.errors import (
     out_of_range,
     over_limit,
 )
+from rnnserve_server.generation import GeneratedToken, GenerateEvent, Generation
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import (
@@ -82,21 +83,6 @@ class StepOutput:
 
 
 @dataclass(frozen=True)
-class GeneratedToken:
-    id: int
-    text: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class GenerateEvent:
-    token: GeneratedToken | None
-    steps: int
-    finish_reason: str | None = None  # "length", "end_token", "stop_string", "stop_token"
-    matched_stop: str = ""
-
-
-@dataclass(frozen=True)
 class GenerateOptions:
     max_tokens: int = 0
     temperature: float | None = None
@@ -105,6 +91,7 @@ class GenerateOptions:
     seed: int | None = None
     stop: Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
+    tokens_per_message: int = 1  # events handed over at a time (the caller's grouping)
 
 
 @dataclass(frozen=True)
@@ -154,6 +141,8 @@ class Engine:
                 self._executor,
                 max_batch=self.config.max_batch,
                 window_s=self.config.batch_window_us / 1e6,
+                inline_rows=self.config.inline_batch_rows,
+                describe_rows=functools.partial(self._describe_rows, model),
             )
         return batcher
 
@@ -396,6 +385,11 @@ class Engine:
         model = session.model
         ids = self.encode_input(model, given, field="input")
         async with session.lock:
+            if len(ids) == 1:  # joins the batch, which describes every output at once
+                session.ensure_open()
+                top, distribution = await self.batcher(model).step(session, int(ids[0]), k, full)
+                session.touch()
+                return StepOutput(session.steps, 1, top, distribution)
             logits = await self._feed(session, ids)
             session.touch()
             steps = session.steps
@@ -558,42 +552,35 @@ class Engine:
             else session.rng
         )
         tokenizer = model.package.tokenizer
-        end_token = tokenizer.special_tokens.get("eos")
-        stop_tokens = frozenset(options.stop_token_ids)
-        longest_stop = max((len(s) for s in options.stop), default=0)
         batcher = self.batcher(model)
         async with session.lock:
             logits = await (
                 self._feed(session, ids) if ids is not None else self._current_logits(session)
             )
-            tail = ""
-            for produced in range(max_tokens):
-                token, probability = params.sample(logits, rng)
-                if token == end_token:
-                    session.touch()
-                    yield GenerateEvent(None, session.steps, "end_token")
-                    return
-                first = session.steps == 0
-                logits = await batcher.feed(session, token)
-                self.stats.generated_tokens += 1
-                piece = tokenizer.piece(token, first=first)
+            token, probability = params.sample(logits, rng)
+            if token == tokenizer.special_tokens.get("eos"):
                 session.touch()
-                tail = (tail + piece)[-longest_stop:] if longest_stop else ""
-                matched = next((s for s in options.stop if tail.endswith(s)), "")
-                finish = (
-                    "stop_string"
-                    if matched
-                    else "stop_token"
-                    if token in stop_tokens
-                    else "length"
-                    if produced == max_tokens - 1
-                    else None
-                )
-                yield GenerateEvent(
-                    GeneratedToken(token, piece, probability), session.steps, finish, matched
-                )
-                if finish:
-                    return
+                yield GenerateEvent(None, session.steps, "end_token")
+                return
+            # From here the batcher advances this generation together with every other
+            # one: one token per run, the next tokens sampled for all of them at once.
+            generation = Generation(
+                session,
+                params,
+                rng,
+                tokenizer,
+                token=token,
+                probability=probability,
+                max_tokens=max_tokens,
+                stop=options.stop,
+                stop_tokens=frozenset(options.stop_token_ids),
+                per_message=options.tokens_per_message,
+            )
+            while not generation.finished:
+                events = await batcher.advance(generation)
+                self.stats.generated_tokens += sum(1 for e in events if e.token is not None)
+                for event in events:
+                    yield event
 
     async def translate(
         self, model: Model, source: TokenInput, options: GenerateOptions, *, owner: str = ""

@@ -8,6 +8,7 @@ are counted and timed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -24,13 +25,13 @@ from rnnserve_server import statecodec
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import (
     Engine,
-    GenerateEvent,
     GenerateOptions,
     StepCall,
     StepOutput,
     TokenInput,
 )
 from rnnserve_server.errors import InvalidArgument, ServiceError, out_of_range
+from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Model
 
@@ -234,29 +235,32 @@ def _token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> T
 
 
 def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
-    return pb.StepResponse(
-        session_id=session_id,
-        steps=out.steps,
-        consumed=out.consumed,
-        top=[pb.TokenProbability(id=i, text=t, probability=p) for i, t, p in out.top],
-        distribution=out.distribution or [],
-    )
+    # Built field by field: repeated fields filled with add()/extend() cost half of
+    # constructing sub-messages and passing them in (this runs for every step).
+    response = pb.StepResponse(session_id=session_id, steps=out.steps, consumed=out.consumed)
+    add = response.top.add
+    for i, t, p in out.top:
+        add(id=i, text=t, probability=p)
+    if out.distribution:
+        response.distribution.extend(out.distribution)
+    return response
 
 
 def _generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
     """One response message for one or more consecutive events (the last one's status)."""
     last = events[-1]
-    return pb.GenerateResponse(
+    response = pb.GenerateResponse(
         session_id=session_id,
-        tokens=[
-            pb.GeneratedToken(id=e.token.id, text=e.token.text, probability=e.token.probability)
-            for e in events
-            if e.token is not None
-        ],
         steps=last.steps,
         finish_reason=_FINISH[last.finish_reason],
         matched_stop=last.matched_stop,
     )
+    add = response.tokens.add
+    for event in events:
+        token = event.token
+        if token is not None:
+            add(id=token.id, text=token.text, probability=token.probability)
+    return response
 
 
 def _generate_options(request: Any) -> GenerateOptions:
@@ -378,8 +382,12 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
 
     # ------------------------------------------------------------------ steps
 
-    async def _step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
-        session = self._session(request.session_id, context)
+    async def _step(
+        self, request: pb.StepRequest, context: Any, owner: str | None = None
+    ) -> pb.StepResponse:
+        session = self.engine.sessions.get(
+            request.session_id, caller_of(context) if owner is None else owner
+        )
         out = await self.engine.step(
             session,
             _token_input(request, "tokens", "text", "input"),
@@ -396,8 +404,9 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def StepStream(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
     ) -> AsyncIterator[pb.StepResponse]:
+        owner = caller_of(context)  # one caller for the whole stream
         async for request in request_iterator:
-            yield await self._step(parsed(request), context)
+            yield await self._step(parsed(request), context, owner)
 
     @_guarded
     async def StepMany(
@@ -438,14 +447,14 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateResponse]:
         session = self._session(request.session_id, context)
-        events = self.engine.generate(
-            session,
-            _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
-            _generate_options(request),
-        )
         per_message = request.tokens_per_message
         if per_message > MAX_TOKENS_PER_MESSAGE:
             raise out_of_range("tokens_per_message", per_message, f"0 .. {MAX_TOKENS_PER_MESSAGE}")
+        events = self.engine.generate(
+            session,
+            _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
+            dataclasses.replace(_generate_options(request), tokens_per_message=max(1, per_message)),
+        )
         pending: list[GenerateEvent] = []
         async for event in events:
             pending.append(event)
