@@ -74,7 +74,7 @@ class StepCall:
     full: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepOutput:
     steps: int
     consumed: int
@@ -416,14 +416,20 @@ class Engine:
             try:
                 session = self.sessions.get(call.session_id, owner)
                 k = self._check_top_k(call.k)
-                ids = self.encode_input(session.model, call.given, field="input")
+                given = call.given.ids
+                if given is not None and len(given) == 1:  # the common case, without numpy
+                    token = given[0]
+                    if not 0 <= token < session.model.package.tokenizer.size:
+                        self.encode_input(session.model, call.given, field="input")  # raises
+                    count = 1
+                else:
+                    ids = self.encode_input(session.model, call.given, field="input")
+                    token, count = int(ids[0]), len(ids)
             except ServiceError as exc:
                 results[index] = exc
                 continue
-            if len(ids) == 1 and mentions[call.session_id] == 1 and not session.busy:
-                fast.setdefault(session.model, []).append(
-                    (index, session, int(ids[0]), k, call.full)
-                )
+            if count == 1 and mentions[call.session_id] == 1 and not session.busy:
+                fast.setdefault(session.model, []).append((index, session, token, k, call.full))
             else:
                 ordinary.append((index, session, call.given, k, call.full))
 

@@ -235,15 +235,22 @@ def _token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> T
 
 
 def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
-    # Built field by field: repeated fields filled with add()/extend() cost half of
-    # constructing sub-messages and passing them in (this runs for every step).
-    response = pb.StepResponse(session_id=session_id, steps=out.steps, consumed=out.consumed)
+    response = pb.StepResponse()
+    _fill_step_response(response, session_id, out)
+    return response
+
+
+def _fill_step_response(response: pb.StepResponse, session_id: str, out: StepOutput) -> None:
+    # Field by field: repeated fields filled with add()/extend() cost half of constructing
+    # sub-messages and passing them in (this runs for every step).
+    response.session_id = session_id
+    response.steps = out.steps
+    response.consumed = out.consumed
     add = response.top.add
     for i, t, p in out.top:
         add(id=i, text=t, probability=p)
     if out.distribution:
         response.distribution.extend(out.distribution)
-    return response
 
 
 def _generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
@@ -420,9 +427,9 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
                     len(request.steps),
                     f"0 .. {limit} per message (the server's max_steps_per_message)",
                 )
-            yield pb.StepManyResponse(outcomes=await self._step_many(request.steps, context))
+            yield await self._step_many(request.steps, context)
 
-    async def _step_many(self, steps: Any, context: Any) -> list[pb.StepOutcome]:
+    async def _step_many(self, steps: Any, context: Any) -> pb.StepManyResponse:
         calls = [
             StepCall(
                 session_id=step.session_id,
@@ -433,12 +440,14 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
             for step in steps
         ]
         outcomes = await self.engine.step_many(calls, owner=caller_of(context))
-        return [
-            pb.StepOutcome(code=out.code.value[0], message=out.message)
-            if isinstance(out, ServiceError)
-            else pb.StepOutcome(result=_step_response(call.session_id, out))
-            for call, out in zip(calls, outcomes, strict=True)
-        ]
+        response = pb.StepManyResponse()
+        add = response.outcomes.add
+        for call, out in zip(calls, outcomes, strict=True):
+            if isinstance(out, ServiceError):
+                add(code=out.code.value[0], message=out.message)
+            else:  # filled in place: passing a built StepResponse would copy it
+                _fill_step_response(add().result, call.session_id, out)
+        return response
 
     # ------------------------------------------------------------------ generation
 
