@@ -466,7 +466,8 @@ def server_plan(plan: Plan) -> list[tuple[str, str, MeasureFn, int]]:
     todo += [(name, MULTIPLEXED, measure_multiplexed, n) for name in MULTIPLEXED_SYSTEMS]
     for n in plan.generate_concurrencies:
         todo += [(name, GENERATE, measure_generate, n) for name in SERVERS]
-    todo.append((RNNSERVE, GENERATE_GROUPED, measure_generate_grouped, 1))
+        # the generation targets allow several tokens per message
+        todo.append((RNNSERVE, GENERATE_GROUPED, measure_generate_grouped, n))
     todo.append((RNNSERVE, PROMPT_ONE_CALL, measure_prompt, 1))
     return todo
 

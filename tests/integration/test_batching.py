@@ -95,3 +95,69 @@ def test_a_batch_window_collects_steps(models_dir, model_name: str, window_us: i
             np.testing.assert_allclose(
                 together[0], solo_distributions(client, model_name, TEXTS[0]), atol=2e-6
             )
+
+
+@pytest.mark.parametrize("inline_rows", [0, 1000])
+def test_runs_on_a_worker_thread_or_inline_give_the_same_outputs(
+    models_dir, model_name: str, inline_rows: int
+) -> None:  # type: ignore[no-untyped-def]
+    """inline_batch_rows 0: every run on a worker thread; 1000: every run on the loop."""
+    from support import server_config
+
+    with ServerThread(server_config(models_dir, inline_batch_rows=inline_rows)) as server:
+        together = asyncio.run(concurrent_distributions(server.address, model_name))
+        with Client(server.address) as client:
+            for text, batched in zip(TEXTS[:4], together[:4], strict=True):
+                alone = solo_distributions(client, model_name, text)
+                np.testing.assert_allclose(batched, alone, rtol=0, atol=2e-6)
+
+
+async def concurrent_generations(
+    address: str, model: str, count: int, per_message: int
+) -> list[list[tuple[int, int]]]:
+    """``count`` seeded generations at once, each with steps of its own in between."""
+    async with AsyncClient(address) as client:
+
+        async def run(i: int) -> list[tuple[int, int]]:
+            session = await client.create_session(model)
+            seen: list[tuple[int, int]] = []
+            async for chunk in client.generate(
+                session.id,
+                TEXTS[i][:3],
+                max_tokens=20 + i,
+                temperature=1.0,
+                seed=i,
+                tokens_per_message=per_message,
+            ):
+                seen += [(t.id, chunk.steps) for t in chunk.tokens]
+            step = await session.step(text="x")
+            seen.append((-1, step.steps))  # the state after the generation, one more step
+            await session.close()
+            return seen
+
+        return list(await asyncio.gather(*(run(i) for i in range(count))))
+
+
+@pytest.mark.parametrize("per_message", [0, 4])
+def test_concurrent_generations_are_batched_and_equal_their_solo_runs(
+    server: ServerThread, model_name: str, per_message: int
+) -> None:
+    batcher = server.run(
+        lambda: server.running.engine.batcher(  # type: ignore[union-attr]
+            server.running.engine.repository.get(model_name)  # type: ignore[union-attr]
+        )
+    )
+    runs_before, steps_before = batcher.stats.runs, batcher.stats.steps
+    together = asyncio.run(concurrent_generations(server.address, model_name, 12, per_message))
+    runs, steps = batcher.stats.runs - runs_before, batcher.stats.steps - steps_before
+    assert runs < steps  # generations advanced together
+    alone = [
+        asyncio.run(concurrent_generations(server.address, model_name, i + 1, per_message))[i]
+        for i in (0, 5, 11)
+    ]
+    for i, solo in zip((0, 5, 11), alone, strict=True):
+        assert together[i] == solo
+        tokens = [t for t, _ in solo if t >= 0]
+        steps_seen = [s for t, s in solo if t >= 0]
+        assert len(tokens) <= 20 + i  # max_tokens, or the end token earlier
+        assert steps_seen == sorted(steps_seen)  # one token fed per step, in order

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rnnserve_server.errors import InvalidArgument
-from rnnserve_server.sampling import SamplingParams, softmax, top_k
+from rnnserve_server.sampling import SamplingParams, sample_rows, softmax, top_k
 
 
 def test_top_k_matches_a_full_sort() -> None:
@@ -60,3 +60,36 @@ def test_invalid_parameters_name_field_and_range(field: str, kwargs: dict[str, f
     args = {"temperature": None, "top_k": 0, "top_p": None, **kwargs}
     with pytest.raises(InvalidArgument, match=rf"^{field} = .* allowed: "):
         SamplingParams.checked(vocabulary=4, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "k", "p"),
+    [(1.0, 0, None), (0.7, 0, None), (2.5, 0, None), (0.0, 0, None), (1.0, 3, None), (1.0, 0, 0.9)],
+)
+def test_sampling_rows_together_equals_sampling_each_alone(
+    temperature: float, k: int, p: float | None
+) -> None:
+    """Batched sampling gives the tokens, probabilities and generator states of sampling
+    row by row, bit for bit (seeded generations must not depend on who else generates)."""
+    source = np.random.default_rng(3)
+    params = SamplingParams.checked(temperature=temperature, top_k=k, top_p=p, vocabulary=200)
+    for batch in (1, 2, 7, 64):
+        logits = (source.normal(size=(batch, 200)) * source.uniform(0.5, 8)).astype(np.float32)
+        seeds = source.integers(1 << 40, size=batch).tolist()
+        together = [np.random.default_rng(s) for s in seeds]
+        alone = [np.random.default_rng(s) for s in seeds]
+        for _ in range(3):
+            expected = [params.sample(row, rng) for row, rng in zip(logits, alone, strict=True)]
+            assert sample_rows(params, logits, together) == expected
+        for a, b in zip(together, alone, strict=True):
+            assert a.bit_generator.state == b.bit_generator.state
+
+
+def test_sampling_rows_raises_like_sample_for_a_nan_row() -> None:
+    logits = np.zeros((2, 4), dtype=np.float32)
+    logits[1, 2] = np.nan
+    params = SamplingParams.checked(temperature=1.0, top_k=0, top_p=None, vocabulary=4)
+    with pytest.raises(ValueError):
+        params.sample(logits[1], np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        sample_rows(params, logits, [np.random.default_rng(0), np.random.default_rng(1)])

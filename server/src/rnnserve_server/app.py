@@ -129,6 +129,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         allow_cpu_fallback=config.allow_cpu_fallback,
         device_id=config.cuda_device_id,
         intra_op_threads=config.intra_op_threads,
+        spinning=config.intra_op_spinning,
     )
     repository = Repository.load(config.models, providers)
     engine = Engine(config, repository)

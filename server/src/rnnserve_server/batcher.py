@@ -1,10 +1,18 @@
 """Batching across sessions: many sessions' single-token steps, one run of the step graph.
 
-Callers ``await feed(session, token)`` while holding the session's lock, so a session
-has at most one step in flight and its steps stay in order. The loop collects pending
-steps (for ``window_s`` if set, or as they pile up while the previous run is in
-flight), gathers their states from the pool with one indexing operation, runs the step
-graph once on a worker thread, and scatters new states and logits back.
+Callers ``await feed(session, token)`` (or ``step``, which also describes the output)
+while holding the session's lock, so a session has at most one step in flight and its
+steps stay in order. Generations join as jobs (``advance``): every generating session
+whose caller is waiting for tokens feeds one token per run, and the next tokens of all
+of them are sampled together. The loop collects pending work (for ``window_s`` if set,
+or as it piles up while the previous run is in flight), gathers the states from the pool
+with one indexing operation, runs the step graph once, and scatters new states and
+outputs back.
+
+A small batch runs on the event loop thread (``inline_rows``): handing it to a worker
+thread and back costs more than the run itself, and on a busy machine each hand-off
+also waits for the scheduler. A larger one runs on a worker thread so that the event
+loop serves the transport meanwhile.
 
 A step whose caller went away (cancelled) or whose session was closed while it waited
 is dropped without touching the pool, so nothing is applied that no caller will see.
@@ -13,30 +21,54 @@ is dropped without touching the pool, so nothing is applied that no caller will 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from rnnserve_server.errors import NotFound
-from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS, bucket_of
+from rnnserve_server.generation import GenerateEvent, Generation
+from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS
 from rnnserve_server.runtime import FloatArray, ModelRuntime
+from rnnserve_server.sampling import SamplingParams, sample_rows
 from rnnserve_server.sessions import Session, StatePool
 
 log = logging.getLogger(__name__)
 
+Described = tuple[list[tuple[int, str, float]], list[float] | None]
+DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
 
-@dataclass(eq=False)
+_INF = float("inf")
+_QUEUE_BOUNDS = (*QUEUE_BUCKETS, _INF)
+_BATCH_BOUNDS = (*BATCH_BUCKETS, _INF)
+
+
+@dataclass(eq=False, slots=True)
 class _Pending:
     session: Session
     token: int
-    future: asyncio.Future[FloatArray]
-    queued_at: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[Any]
+    queued_at: float
+    k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
+    full: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Run:
+    """One run of the step graph: who is in it, where their states live."""
+
+    pool: StatePool
+    batch: list[_Pending]
+    jobs: list[Generation]
+    slots: list[int]
+    started: float
 
 
 @dataclass
@@ -55,16 +87,18 @@ class BatchStats:
         self.runs += 1
         self.steps += size
         self.recent_batch_sizes.append(size)
-        bucket = bucket_of(size, BATCH_BUCKETS)
+        bucket = _BATCH_BOUNDS[bisect.bisect_left(BATCH_BUCKETS, size)]
         self.batch_size_counts[bucket] = self.batch_size_counts.get(bucket, 0) + 1
+        counts = self.queue_counts
         for wait in waits:
-            bucket = bucket_of(wait, QUEUE_BUCKETS)
-            self.queue_counts[bucket] = self.queue_counts.get(bucket, 0) + 1
+            bucket = _QUEUE_BOUNDS[bisect.bisect_left(QUEUE_BUCKETS, wait)]
+            counts[bucket] = counts.get(bucket, 0) + 1
         self.queue_seconds_total += sum(waits)
 
 
 class StepBatcher:
-    """The batching loop of one model version."""
+    """The batching of one model version: a flush, scheduled on the event loop whenever
+    work is queued and no run is in flight, runs everything queued so far."""
 
     def __init__(
         self,
@@ -74,85 +108,194 @@ class StepBatcher:
         *,
         max_batch: int,
         window_s: float,
+        inline_rows: int = 0,
+        describe_rows: DescribeRows | None = None,
     ) -> None:
         self._runtime = runtime
         self._pool_of = pool_of
         self._executor = executor
         self.max_batch = max_batch
         self.window_s = window_s
+        self.inline_rows = inline_rows
+        self._describe_rows = describe_rows
         self._pending: deque[_Pending] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
+        self._generating: dict[Generation, None] = {}
+        self._scheduled = False  # a flush is due on the event loop
+        self._running = False  # a run is in flight on a worker thread
+        self._closed = False
         self.stats = BatchStats()
+
+    # ------------------------------------------------------------------ callers
 
     async def feed(self, session: Session, token: int) -> FloatArray:
         """Feed one token to the session; return the logits after it, shape [K]."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="rnnserve-batcher")
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(session, token, future))
-        self._wake.set()
+        self._pending.append(_Pending(session, token, future, time.perf_counter()))
+        self._schedule()
         return await future
 
+    async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
+        """Feed one token; return the top k of the output after it (and the whole
+        distribution if ``full``), computed for the whole batch at once."""
+        if self._describe_rows is None:
+            raise RuntimeError("this batcher was made without describe_rows")
+        future: asyncio.Future[Described] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(session, token, future, time.perf_counter(), k, full))
+        self._schedule()
+        return await future
+
+    async def advance(self, generation: Generation) -> list[GenerateEvent]:
+        """Generate until ``generation`` has a message's worth of events or ends; return
+        them. Nothing is generated while no caller waits here."""
+        if generation.error is not None:
+            raise generation.error
+        generation.waiter = asyncio.get_running_loop().create_future()
+        generation.queued_at = time.perf_counter()
+        self._generating[generation] = None
+        self._schedule()
+        try:
+            return await generation.waiter
+        finally:
+            generation.waiter = None
+            self._generating.pop(generation, None)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for item in self._pending:
+        """Cancel every queued step and waiting generation, and whatever comes later."""
+        self._closed = True
+        self._cancel(list(self._pending), list(self._generating))
+        self._pending.clear()
+
+    @staticmethod
+    def _cancel(batch: list[_Pending], jobs: list[Generation]) -> None:
+        for item in batch:
             if not item.future.done():
                 item.future.cancel()
+        for job in jobs:
+            if job.waiter is not None and not job.waiter.done():
+                job.waiter.cancel()
 
-    async def _loop(self) -> None:
+    # ------------------------------------------------------------------ the runs
+
+    def _schedule(self) -> None:
+        """Flush at the end of this turn of the event loop (after ``window_s`` if set),
+        so that everything queued meanwhile joins; a run in flight flushes when done."""
+        if self._closed:
+            self._cancel(list(self._pending), list(self._generating))
+            self._pending.clear()
+            return
+        if self._scheduled or self._running:
+            return
+        self._scheduled = True
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            if self.window_s > 0 and len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.window_s)
-            batch = self._take()
-            if not self._pending:
-                self._wake.clear()
-            if not batch:
-                continue
+        if self.window_s > 0 and len(self._pending) + len(self._generating) < self.max_batch:
+            loop.call_later(self.window_s, self._flush)
+        else:
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        batch, jobs = self._take()
+        size = len(batch) + len(jobs)
+        if not size:
+            return
+        try:
             pool = self._pool_of()
             slots = [item.session.slot for item in batch]
-            tokens = np.fromiter((item.token for item in batch), np.int64, len(batch))
+            slots += [job.session.slot for job in jobs]
+            tokens = np.fromiter(
+                [item.token for item in batch] + [job.token for job in jobs], np.int64, size
+            )
             state = pool.gather(slots)
-            now = time.perf_counter()
-            try:
-                logits, new_state = await loop.run_in_executor(
+            run = _Run(pool, batch, jobs, slots, time.perf_counter())
+            if size > self.inline_rows:
+                future = asyncio.get_running_loop().run_in_executor(
                     self._executor, self._runtime.step, tokens, state
                 )
-            except Exception as exc:  # an inference failure fails this batch, not the loop
-                log.exception("step graph run failed for a batch of %d", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.stats.record(len(batch), [now - item.queued_at for item in batch])
-            self._scatter(pool, batch, slots, logits, new_state)
+                self._running = True
+                future.add_done_callback(functools.partial(self._ran, run))
+                return
+            outputs = self._runtime.step(tokens, state)
+        except Exception as exc:  # an inference failure fails this batch, not the batcher
+            self._fail(batch, jobs, exc)
+        else:
+            self._finish(run, outputs)
+        self._again()
 
-    def _take(self) -> list[_Pending]:
-        """Up to max_batch live pending steps, oldest first; drop the dead ones."""
+    def _ran(self, run: _Run, future: asyncio.Future[tuple[FloatArray, FloatArray]]) -> None:
+        """A run on a worker thread has ended (back on the event loop)."""
+        self._running = False
+        if self._closed:
+            self._cancel(run.batch, run.jobs)
+            return
+        try:
+            outputs = future.result()
+        except Exception as exc:
+            self._fail(run.batch, run.jobs, exc)
+        else:
+            self._finish(run, outputs)
+        self._again()
+
+    def _again(self) -> None:
+        if self._pending or self._generating:
+            self._schedule()
+
+    def _fail(self, batch: list[_Pending], jobs: list[Generation], exc: Exception) -> None:
+        log.error("step graph run failed for a batch of %d", len(batch) + len(jobs), exc_info=exc)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        for job in jobs:
+            self._generating.pop(job, None)
+            if job.waiter is not None and not job.waiter.done():
+                job.waiter.set_exception(exc)
+
+    def _finish(self, run: _Run, outputs: tuple[FloatArray, FloatArray]) -> None:
+        started = run.started
+        self.stats.record(
+            len(run.slots),
+            [started - item.queued_at for item in run.batch]
+            + [started - job.queued_at for job in run.jobs],
+        )
+        try:
+            self._scatter(run, *outputs)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            self._fail(run.batch, run.jobs, exc)
+
+    def _take(self) -> tuple[list[_Pending], list[Generation]]:
+        """Up to max_batch live pending steps, oldest first (dropping the dead ones),
+        then waiting generations in turn; a session closed meanwhile fails its caller."""
         batch: list[_Pending] = []
-        while self._pending and len(batch) < self.max_batch:
-            item = self._pending.popleft()
+        pending = self._pending
+        while pending and len(batch) < self.max_batch:
+            item = pending.popleft()
             if item.future.done():  # the caller gave up while queued
                 self.stats.dropped += 1
             elif item.session.closed:
                 item.future.set_exception(NotFound(f"session {item.session.id} was closed"))
             else:
                 batch.append(item)
-        return batch
+        jobs: list[Generation] = []
+        room = self.max_batch - len(batch)
+        if room > 0 and self._generating:
+            for job in list(self._generating)[:room]:
+                waiter = job.waiter
+                if waiter is None or waiter.done():
+                    self._generating.pop(job, None)
+                elif job.session.closed:
+                    self._generating.pop(job, None)
+                    waiter.set_exception(NotFound(f"session {job.session.id} was closed"))
+                else:
+                    jobs.append(job)
+                    # to the back of the line: more generations than max_batch take turns
+                    del self._generating[job]
+                    self._generating[job] = None
+        return batch, jobs
 
-    def _scatter(
-        self,
-        pool: StatePool,
-        batch: list[_Pending],
-        slots: list[int],
-        logits: FloatArray,
-        new_state: FloatArray,
-    ) -> None:
+    def _scatter(self, run: _Run, logits: FloatArray, new_state: FloatArray) -> None:
+        pool, batch, jobs, slots = run.pool, run.batch, run.jobs, run.slots
         live: list[int] = []
         for i, item in enumerate(batch):
             if item.future.done():  # cancelled during the run: its result is never seen
@@ -162,11 +305,82 @@ class StepBatcher:
                 item.future.set_exception(NotFound(f"session {item.session.id} was closed"))
             else:
                 live.append(i)
-        if len(live) == len(batch):
+        offset = len(batch)
+        live_jobs: list[tuple[int, Generation]] = []
+        for j, job in enumerate(jobs):
+            waiter = job.waiter
+            if waiter is None or waiter.done():
+                self.stats.dropped += 1
+            elif job.session.closed:
+                self.stats.dropped += 1
+                waiter.set_exception(NotFound(f"session {job.session.id} was closed"))
+            else:
+                live.append(offset + j)
+                live_jobs.append((offset + j, job))
+        if len(live) == len(slots):
             pool.scatter(slots, new_state)
         elif live:
             pool.scatter([slots[i] for i in live], new_state[:, live, :])
+        described: list[int] = []
         for i in live:
+            if i >= offset:
+                break
             item = batch[i]
             item.session.steps += 1
-            item.future.set_result(logits[i])
+            if item.k >= 0:
+                described.append(i)
+            else:
+                item.future.set_result(logits[i])
+        if described:
+            assert self._describe_rows is not None
+            try:
+                rows = self._describe_rows(
+                    logits[described] if len(described) < len(logits) else logits,
+                    [batch[i].k for i in described],
+                    [batch[i].full for i in described],
+                )
+            except Exception as exc:  # fails these callers, not the loop
+                log.exception("describing the outputs of a batch failed")
+                for i in described:
+                    batch[i].future.set_exception(exc)
+            else:
+                for i, out in zip(described, rows, strict=True):
+                    batch[i].future.set_result(out)
+        if live_jobs:
+            self._advance_generations(live_jobs, logits)
+
+    def _advance_generations(
+        self, live_jobs: list[tuple[int, Generation]], logits: FloatArray
+    ) -> None:
+        """Each job's token has been fed: record it, sample the next ones together."""
+        # Rows sampled with the same parameters are sampled together.
+        groups: dict[SamplingParams, list[tuple[int, Generation]]] = {}
+        for row, job in live_jobs:
+            job.session.steps += 1
+            if job.fed():
+                groups.setdefault(job.params, []).append((row, job))
+        for params, members in groups.items():
+            try:
+                drawn = sample_rows(
+                    params,
+                    logits[[row for row, _ in members]],
+                    [job.rng for _, job in members],
+                )
+            except Exception as exc:  # e.g. a NaN output: fails these generations only
+                log.exception("sampling failed for %d generations", len(members))
+                for _, job in members:
+                    job.fail(exc)
+                continue
+            for (_, job), (token, probability) in zip(members, drawn, strict=True):
+                job.sampled(token, probability)
+        for _, job in live_jobs:
+            waiter = job.waiter
+            assert waiter is not None
+            if job.finished or job.error is not None or len(job.events) >= job.per_message:
+                self._generating.pop(job, None)
+                if job.events:  # the tokens fed before a failure still reach the caller
+                    events, job.events = job.events, []
+                    waiter.set_result(events)
+                else:
+                    assert job.error is not None
+                    waiter.set_exception(job.error)

@@ -34,11 +34,19 @@ class ServerConfig:
         False, "with provider=cuda where CUDA is unavailable: warn and use the CPU, not fail"
     )
     cuda_device_id: int = setting(0, "GPU the CUDA provider uses")
-    intra_op_threads: int = setting(0, "threads onnxruntime uses in one run; 0: its default")
+    intra_op_threads: int = setting(
+        1, "threads onnxruntime uses in one run (batching gives the parallelism); 0: its default"
+    )
+    intra_op_spinning: bool = setting(
+        False, "let idle onnxruntime threads spin for work (only with cores to spare)"
+    )
     workers: int = setting(2, "threads that run inference beside the event loop")
     max_batch: int = setting(256, "most sessions' steps one run of the step graph takes")
     batch_window_us: int = setting(
         0, "microseconds to wait for more steps before a run; 0: batch what is queued"
+    )
+    inline_batch_rows: int = setting(
+        16, "a batch of at most this many rows runs on the event loop, not a worker thread"
     )
     max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
     max_sessions_per_caller: int = setting(
@@ -81,6 +89,7 @@ class ServerConfig:
             ("workers", 1 <= self.workers <= 256, "1..256"),
             ("max_batch", 1 <= self.max_batch <= 65536, "1..65536"),
             ("batch_window_us", 0 <= self.batch_window_us <= 1_000_000, "0..1000000"),
+            ("inline_batch_rows", self.inline_batch_rows >= 0, ">= 0"),
             ("max_sessions", self.max_sessions >= 1, ">= 1"),
             ("max_sessions_per_caller", self.max_sessions_per_caller >= 1, ">= 1"),
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from rnnserve_server.errors import (
     out_of_range,
     over_limit,
 )
+from rnnserve_server.generation import GeneratedToken, GenerateEvent, Generation
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
@@ -83,27 +84,12 @@ def check_request_id(request_id: str) -> None:
         raise out_of_range("request_id", request_id, f"at most {MAX_REQUEST_ID} characters")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepOutput:
     steps: int
     consumed: int
     top: list[tuple[int, str, float]]
     distribution: list[float] | None
-
-
-@dataclass(frozen=True)
-class GeneratedToken:
-    id: int
-    text: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class GenerateEvent:
-    token: GeneratedToken | None
-    steps: int
-    finish_reason: str | None = None  # "length", "end_token", "stop_string", "stop_token"
-    matched_stop: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +101,7 @@ class GenerateOptions:
     seed: int | None = None
     stop: Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
+    tokens_per_message: int = 1  # events handed over at a time (the caller's grouping)
 
 
 @dataclass(frozen=True)
@@ -178,6 +165,8 @@ class Engine:
                 self._executor,
                 max_batch=self.config.max_batch,
                 window_s=self.config.batch_window_us / 1e6,
+                inline_rows=self.config.inline_batch_rows,
+                describe_rows=functools.partial(self._describe_rows, model),
             )
         return batcher
 
@@ -434,6 +423,12 @@ class Engine:
             await self.sessions.load(session)
             if session.answered(request_id):
                 logits = await self._current_logits(session)
+            elif len(ids) == 1:  # joins the batch, which describes every output at once
+                top, distribution = await self.batcher(model).step(session, int(ids[0]), k, full)
+                session.last = LastCall(request_id) if request_id else None
+                await self.sessions.save(session)
+                session.touch()
+                return StepOutput(session.steps, 1, top, distribution)
             else:
                 logits = await self._feed(session, ids)
                 session.last = LastCall(request_id) if request_id else None
@@ -464,20 +459,28 @@ class Engine:
             try:
                 session = await self.sessions.lookup(call.session_id, owner)
                 k = self._check_top_k(call.k)
-                ids = self.encode_input(session.model, call.given, field="input")
+                given = call.given.ids
+                if given is not None and len(given) == 1:  # the common case, without numpy
+                    token = given[0]
+                    if not 0 <= token < session.model.package.tokenizer.size:
+                        self.encode_input(session.model, call.given, field="input")  # raises
+                    count = 1
+                else:
+                    ids = self.encode_input(session.model, call.given, field="input")
+                    token, count = int(ids[0]), len(ids)
                 check_request_id(call.request_id)
             except ServiceError as exc:
                 results[index] = exc
                 continue
             if (
                 batchable
-                and len(ids) == 1
+                and count == 1
                 and mentions[call.session_id] == 1
                 and not session.busy
                 and not session.answered(call.request_id)
             ):
                 fast.setdefault(session.model, []).append(
-                    (index, session, int(ids[0]), k, call.full, call.request_id)
+                    (index, session, token, k, call.full, call.request_id)
                 )
             else:
                 ordinary.append((index, session, call))
@@ -660,8 +663,7 @@ class Engine:
             if reply["finish"] == "end_token":
                 yield GenerateEvent(None, session.steps, "end_token")
                 return
-            unsampled: Mapping[str, Any] | None = None
-            fed_at, token, probability = session.steps, -1, 0.0
+            generation: Generation | None = None
             try:
                 logits = await (  # the prompt, unless a cut-off earlier try fed it
                     self._feed(session, ids)
@@ -670,34 +672,43 @@ class Engine:
                 )
                 if reply["base"] < 0:
                     reply["base"] = session.steps
-                for produced in range(len(reply["tokens"]), max_tokens):
-                    unsampled, fed_at = rng.bit_generator.state, session.steps
-                    token, probability = params.sample(logits, rng)
-                    if token == end_token:
-                        reply["finish"], unsampled = "end_token", None
-                        session.touch()
-                        yield GenerateEvent(None, session.steps, "end_token")
-                        return
-                    logits = await batcher.feed(session, token)
-                    unsampled = None
-                    self.stats.generated_tokens += 1
-                    reply["tokens"].append((token, probability))
+                before_draw = rng.bit_generator.state if request_id else None
+                token, probability = params.sample(logits, rng)
+                if token == end_token:
+                    reply["finish"] = "end_token"
                     session.touch()
-                    out = event(token, probability, produced)
-                    reply["finish"] = out.finish_reason
-                    yield out
-                    if out.finish_reason:
-                        return
+                    yield GenerateEvent(None, session.steps, "end_token")
+                    return
+                # From here the batcher advances this generation together with every other
+                # one: one token per run, the next tokens sampled for all of them at once.
+                generation = Generation(
+                    session,
+                    params,
+                    rng,
+                    tokenizer,
+                    token=token,
+                    probability=probability,
+                    max_tokens=max_tokens,
+                    stop=options.stop,
+                    stop_tokens=stop_tokens,
+                    per_message=options.tokens_per_message,
+                    produced=len(reply["tokens"]),
+                    tail=tail,
+                    record=reply["tokens"],
+                    before_draw=before_draw,
+                )
+                while not generation.finished:
+                    events = await batcher.advance(generation)
+                    self.stats.generated_tokens += sum(1 for e in events if e.token is not None)
+                    for out in events:
+                        reply["finish"] = out.finish_reason
+                        yield out
             finally:
-                # Cut off between sampling a token and its answer from the batcher: if the
-                # step was applied all the same, the token is the call's; if not, it was
-                # never drawn.
-                if unsampled is not None and session.steps > fed_at:
-                    reply["tokens"].append((token, probability))
-                elif unsampled is not None:
-                    rng.bit_generator.state = unsampled
-                # What a retry needs: the tokens so far and, with a seed of the call's
-                # own, where its generator stands; then the session as it now is.
+                # Cut off with a token sampled but not fed: as if it was never drawn.
+                if generation is not None and generation.pending and generation.before_draw:
+                    rng.bit_generator.state = generation.before_draw
+                # What a retry needs: the tokens fed and, with a seed of the call's own,
+                # where its generator stands; then the session as it now is.
                 reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
                 session.last = LastCall(request_id, reply) if request_id else None
                 await asyncio.shield(self.sessions.save(session))

@@ -34,6 +34,7 @@ class ProviderChoice:
 
     providers: tuple[tuple[str, dict[str, Any]], ...]
     intra_op_threads: int = 0
+    spinning: bool = False
     # CUDA asked for without allow_cpu_fallback: a session that onnxruntime quietly put on
     # the CPU alone (CUDA or cuDNN libraries missing) is an error, not a slow success.
     required: str | None = None
@@ -46,6 +47,7 @@ class ProviderChoice:
         allow_cpu_fallback: bool,
         device_id: int = 0,
         intra_op_threads: int = 0,
+        spinning: bool = False,
     ) -> ProviderChoice:
         """CPU, or CUDA with the CPU as onnxruntime's fallback for unsupported nodes.
 
@@ -54,13 +56,13 @@ class ProviderChoice:
         """
         cpu: tuple[str, dict[str, Any]] = ("CPUExecutionProvider", {})
         if provider == "cpu":
-            return cls((cpu,), intra_op_threads)
+            return cls((cpu,), intra_op_threads, spinning)
         available = ort.get_available_providers()
         if _PROVIDER_NAMES[provider] in available:
             preload_cuda_libraries()
             cuda = ("CUDAExecutionProvider", {**CUDA_OPTIONS, "device_id": device_id})
             required = None if allow_cpu_fallback else cuda[0]
-            return cls((cuda, cpu), intra_op_threads, required)
+            return cls((cuda, cpu), intra_op_threads, spinning, required)
         message = (
             f"provider={provider} was requested but onnxruntime offers only {available} "
             "(install onnxruntime-gpu with a matching CUDA runtime)"
@@ -68,12 +70,18 @@ class ProviderChoice:
         if not allow_cpu_fallback:
             raise RuntimeError(message + "; set allow_cpu_fallback to run on the CPU instead")
         log.warning("%s; falling back to the CPU (allow_cpu_fallback is set)", message)
-        return cls((cpu,), intra_op_threads)
+        return cls((cpu,), intra_op_threads, spinning)
 
     def session(self, path: str) -> ort.InferenceSession:
         options = ort.SessionOptions()
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
+        if not self.spinning:
+            # Idle intra-op threads spin for work by default: on a machine whose cores
+            # the event loop (and often the clients) share, that spinning takes the CPU
+            # the event loop needs; blocking costs a wake-up per run instead.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3  # onnxruntime's own warnings go to its stderr otherwise
         session = ort.InferenceSession(
             path,

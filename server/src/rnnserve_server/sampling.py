@@ -6,6 +6,7 @@ Top-k uses a partial selection (``argpartition``), never a full sort of the outp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ Vector = np.ndarray[Any, np.dtype[np.floating[Any]]]
 
 def softmax(logits: Vector) -> Vector:
     """Softmax over the last axis (one distribution per row)."""
-    shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
@@ -41,9 +42,12 @@ def top_k_rows(probabilities: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vec
         )
     else:
         candidates = np.broadcast_to(np.arange(width), (rows, width))
-    values = np.take_along_axis(probabilities, candidates, axis=1)
+    # Fancy indexing with the row numbers, not take_along_axis: the same elements, without
+    # its per-call overhead (this runs for every batch of steps).
+    row = np.arange(rows)[:, None]
+    values = probabilities[row, candidates]
     order = np.lexsort((candidates, -values), axis=-1)
-    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)
+    return candidates[row, order], values[row, order]
 
 
 def top_k(probabilities: Vector, k: int) -> list[tuple[int, float]]:
@@ -93,3 +97,45 @@ class SamplingParams:
         weights = weights / weights.sum()
         choice = int(rng.choice(len(candidates), p=weights))
         return int(candidates[choice]), float(weights[choice])
+
+
+def sample_rows(
+    params: SamplingParams, logits: Vector, rngs: Sequence[np.random.Generator]
+) -> list[tuple[int, float]]:
+    """``params.sample`` for each row of ``logits`` [B, K] with its own generator, in one
+    vectorized pass: the same tokens, probabilities and generator states, bit for bit.
+
+    Temperature 0 and plain temperature sampling are vectorized; top-k or top-p, or a
+    row whose weights are not finite (``sample`` raises for it), take ``sample`` row by
+    row. Plain sampling is numpy's ``Generator.choice(K, p=weights)`` unrolled: the
+    weights' cumulative sum scaled by its last entry, one ``random()`` draw per row, the
+    first index whose cumulative weight exceeds it. The arithmetic is ``sample``'s, step
+    for step, done in place on one float64 copy.
+    """
+    rows = logits.astype(np.float64)
+    count = len(rows)
+    if params.temperature == 0.0:
+        tokens = rows.argmax(axis=-1)
+        probabilities = softmax(rows)
+        chosen = probabilities[np.arange(count), tokens]
+        return list(zip(tokens.tolist(), chosen.tolist(), strict=True))
+    if params.top_k or params.top_p < 1.0:
+        return [params.sample(row, rng) for row, rng in zip(logits, rngs, strict=True)]
+    if params.temperature != 1.0:  # x / 1.0 == x: skipping it changes nothing
+        rows /= params.temperature
+    rows -= rows.max(axis=-1, keepdims=True)  # softmax ...
+    np.exp(rows, out=rows)
+    rows /= rows.sum(axis=-1, keepdims=True)  # ... = the probabilities
+    rows /= rows.sum(axis=-1, keepdims=True)  # the weights, renormalised as sample does
+    cumulative = rows.cumsum(axis=-1)
+    last = cumulative[:, -1:]
+    if not all(map(math.isfinite, last[:, 0].tolist())):
+        return [params.sample(row, rng) for row, rng in zip(logits, rngs, strict=True)]
+    cumulative /= last
+    if count == 1:
+        token = int(cumulative[0].searchsorted(rngs[0].random(), side="right"))
+        return [(token, float(rows[0, token]))]
+    draws = np.array([rng.random() for rng in rngs])
+    tokens = (cumulative <= draws[:, None]).sum(axis=-1)
+    chosen = rows[np.arange(count), tokens]
+    return list(zip(tokens.tolist(), chosen.tolist(), strict=True))

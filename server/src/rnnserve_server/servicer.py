@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -25,13 +26,13 @@ from rnnserve_server import statecodec
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import (
     Engine,
-    GenerateEvent,
     GenerateOptions,
     StepCall,
     StepOutput,
     TokenInput,
 )
 from rnnserve_server.errors import InvalidArgument, ServiceError, out_of_range
+from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Model
 
@@ -235,29 +236,39 @@ def _token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> T
 
 
 def _step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
-    return pb.StepResponse(
-        session_id=session_id,
-        steps=out.steps,
-        consumed=out.consumed,
-        top=[pb.TokenProbability(id=i, text=t, probability=p) for i, t, p in out.top],
-        distribution=out.distribution or [],
-    )
+    response = pb.StepResponse()
+    _fill_step_response(response, session_id, out)
+    return response
+
+
+def _fill_step_response(response: pb.StepResponse, session_id: str, out: StepOutput) -> None:
+    # Field by field: repeated fields filled with add()/extend() cost half of constructing
+    # sub-messages and passing them in (this runs for every step).
+    response.session_id = session_id
+    response.steps = out.steps
+    response.consumed = out.consumed
+    add = response.top.add
+    for i, t, p in out.top:
+        add(id=i, text=t, probability=p)
+    if out.distribution:
+        response.distribution.extend(out.distribution)
 
 
 def _generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
     """One response message for one or more consecutive events (the last one's status)."""
     last = events[-1]
-    return pb.GenerateResponse(
+    response = pb.GenerateResponse(
         session_id=session_id,
-        tokens=[
-            pb.GeneratedToken(id=e.token.id, text=e.token.text, probability=e.token.probability)
-            for e in events
-            if e.token is not None
-        ],
         steps=last.steps,
         finish_reason=_FINISH[last.finish_reason],
         matched_stop=last.matched_stop,
     )
+    add = response.tokens.add
+    for event in events:
+        token = event.token
+        if token is not None:
+            add(id=token.id, text=token.text, probability=token.probability)
+    return response
 
 
 def _generate_options(request: Any) -> GenerateOptions:
@@ -379,8 +390,12 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
 
     # ------------------------------------------------------------------ steps
 
-    async def _step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
-        session = await self._session(request.session_id, context)
+    async def _step(
+        self, request: pb.StepRequest, context: Any, owner: str | None = None
+    ) -> pb.StepResponse:
+        session = await self.engine.sessions.lookup(
+            request.session_id, caller_of(context) if owner is None else owner
+        )
         out = await self.engine.step(
             session,
             _token_input(request, "tokens", "text", "input"),
@@ -398,8 +413,9 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def StepStream(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
     ) -> AsyncIterator[pb.StepResponse]:
+        owner = caller_of(context)  # one caller for the whole stream
         async for request in request_iterator:
-            yield await self._step(parsed(request), context)
+            yield await self._step(parsed(request), context, owner)
 
     @_guarded
     async def StepMany(
@@ -413,9 +429,9 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
                     len(request.steps),
                     f"0 .. {limit} per message (the server's max_steps_per_message)",
                 )
-            yield pb.StepManyResponse(outcomes=await self._step_many(request.steps, context))
+            yield await self._step_many(request.steps, context)
 
-    async def _step_many(self, steps: Any, context: Any) -> list[pb.StepOutcome]:
+    async def _step_many(self, steps: Any, context: Any) -> pb.StepManyResponse:
         calls = [
             StepCall(
                 session_id=step.session_id,
@@ -427,12 +443,14 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
             for step in steps
         ]
         outcomes = await self.engine.step_many(calls, owner=caller_of(context))
-        return [
-            pb.StepOutcome(code=out.code.value[0], message=out.message)
-            if isinstance(out, ServiceError)
-            else pb.StepOutcome(result=_step_response(call.session_id, out))
-            for call, out in zip(calls, outcomes, strict=True)
-        ]
+        response = pb.StepManyResponse()
+        add = response.outcomes.add
+        for call, out in zip(calls, outcomes, strict=True):
+            if isinstance(out, ServiceError):
+                add(code=out.code.value[0], message=out.message)
+            else:  # filled in place: passing a built StepResponse would copy it
+                _fill_step_response(add().result, call.session_id, out)
+        return response
 
     # ------------------------------------------------------------------ generation
 
@@ -447,7 +465,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
         events = self.engine.generate(
             session,
             _token_input(request, "prompt_tokens", "prompt_text", "prompt"),
-            _generate_options(request),
+            dataclasses.replace(_generate_options(request), tokens_per_message=max(1, per_message)),
             request_id=request.request_id,
         )
         pending: list[GenerateEvent] = []
