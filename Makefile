@@ -70,7 +70,7 @@ bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~5 
 	$(PY) -m bench
 
 .PHONY: models
-models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models.md; ~10 min on 2 cores)
+models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models.md; ~5 min on 2 idle cores)
 	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
 .PHONY: run
