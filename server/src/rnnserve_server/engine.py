@@ -616,9 +616,6 @@ class Engine:
         ids = self.encode_input(model, prompt, field="prompt") if prompt.given else None
         check_request_id(request_id)
         tokenizer = model.package.tokenizer
-        end_token = tokenizer.special_tokens.get("eos")
-        stop_tokens = frozenset(options.stop_token_ids)
-        longest_stop = max((len(s) for s in options.stop), default=0)
         batcher = self.batcher(model)
         async with session.lock:
             await self.sessions.load(session)
@@ -634,36 +631,26 @@ class Engine:
                 "finish": None,
                 "rng": None,
             }
-            tail = ""
-
-            def event(token: int, probability: float, produced: int) -> GenerateEvent:
-                nonlocal tail
-                piece = tokenizer.piece(token, first=reply["base"] + produced == 0)
-                tail = (tail + piece)[-longest_stop:] if longest_stop else ""
-                matched = next((s for s in options.stop if tail.endswith(s)), "")
-                finish = (
-                    "stop_string"
-                    if matched
-                    else "stop_token"
-                    if token in stop_tokens
-                    else "length"
-                    if produced == max_tokens - 1
-                    else None
-                )
-                steps = reply["base"] + produced + 1
-                return GenerateEvent(
-                    GeneratedToken(token, piece, probability), steps, finish, matched
-                )
-
-            for produced, (token, probability) in enumerate(reply["tokens"]):
-                again = event(token, probability, produced)  # the retried call's, again
-                yield again
-                if again.finish_reason:
+            generation = Generation(
+                session,
+                params,
+                rng,
+                tokenizer,
+                max_tokens=max_tokens,
+                stop=options.stop,
+                stop_tokens=frozenset(options.stop_token_ids),
+                per_message=options.tokens_per_message,
+                record=reply["tokens"],
+                keep_draws=bool(request_id),
+            )
+            for token, probability in reply["tokens"]:  # the retried call's tokens, again
+                steps = reply["base"] + generation.produced + 1
+                yield generation.replay(token, probability, steps)
+                if generation.finished:
                     return
             if reply["finish"] == "end_token":
                 yield GenerateEvent(None, session.steps, "end_token")
                 return
-            generation: Generation | None = None
             try:
                 logits = await (  # the prompt, unless a cut-off earlier try fed it
                     self._feed(session, ids)
@@ -672,31 +659,16 @@ class Engine:
                 )
                 if reply["base"] < 0:
                     reply["base"] = session.steps
-                before_draw = rng.bit_generator.state if request_id else None
+                before_draw = rng.bit_generator.state
                 token, probability = params.sample(logits, rng)
-                if token == end_token:
+                if token == generation.end_token:
                     reply["finish"] = "end_token"
                     session.touch()
                     yield GenerateEvent(None, session.steps, "end_token")
                     return
                 # From here the batcher advances this generation together with every other
                 # one: one token per run, the next tokens sampled for all of them at once.
-                generation = Generation(
-                    session,
-                    params,
-                    rng,
-                    tokenizer,
-                    token=token,
-                    probability=probability,
-                    max_tokens=max_tokens,
-                    stop=options.stop,
-                    stop_tokens=stop_tokens,
-                    per_message=options.tokens_per_message,
-                    produced=len(reply["tokens"]),
-                    tail=tail,
-                    record=reply["tokens"],
-                    before_draw=before_draw,
-                )
+                generation.start(token, probability, before_draw)
                 while not generation.finished:
                     events = await batcher.advance(generation)
                     self.stats.generated_tokens += sum(1 for e in events if e.token is not None)
@@ -705,7 +677,7 @@ class Engine:
                         yield out
             finally:
                 # Cut off with a token sampled but not fed: as if it was never drawn.
-                if generation is not None and generation.pending and generation.before_draw:
+                if generation.pending and generation.before_draw is not None:
                     rng.bit_generator.state = generation.before_draw
                 # What a retry needs: the tokens fed and, with a seed of the call's own,
                 # where its generator stands; then the session as it now is.

@@ -36,7 +36,12 @@ class GenerateEvent:
 
 
 class Generation:
-    """The state of one generation between the tokens it feeds."""
+    """The state of one generation between the tokens it feeds.
+
+    A retried call (a request id the session answered last) first ``replay``s the tokens
+    the earlier try fed, which sets the count and the stop-string tail as they were;
+    then ``start`` hands it the first token of its own.
+    """
 
     def __init__(
         self,
@@ -45,36 +50,34 @@ class Generation:
         rng: np.random.Generator,
         tokenizer: Tokenizer,
         *,
-        token: int,
-        probability: float,
         max_tokens: int,
         stop: Sequence[str] = (),
         stop_tokens: frozenset[int] = frozenset(),
         per_message: int = 1,
-        produced: int = 0,
-        tail: str = "",
         record: list[tuple[int, float]] | None = None,
-        before_draw: Mapping[str, Any] | None = None,
+        keep_draws: bool = False,
     ) -> None:
         self.session = session
         self.params = params
         self.rng = rng
         self.tokenizer = tokenizer
         self.end_token = tokenizer.special_tokens.get("eos")
-        self.token = token  # the next token to feed, already sampled
-        self.probability = probability
+        self.token = -1  # the next token to feed, already sampled (``start``, ``sampled``)
+        self.probability = 0.0
         self.max_tokens = max_tokens
-        self.produced = produced  # tokens of this call fed so far (a retry continues)
+        self.produced = 0  # tokens of this call fed so far, an earlier try's included
         self.stop = tuple(stop)
         self.longest_stop = max((len(s) for s in self.stop), default=0)
         self.stop_tokens = stop_tokens
-        self.tail = tail
-        # For a retry (a request id): every token fed, and the generator's state before the
-        # draw of ``token`` while that token is sampled but not fed (``pending``), so that
-        # a call cut off there can be continued as if that draw never happened.
+        self.tail = ""
+        # For a retry: every token fed (``record``) and, with ``keep_draws``, the
+        # generator's state before the draw of ``token`` while that token is sampled but
+        # not fed (``pending``), so that a call cut off there can go on as if that draw
+        # never happened.
         self.record = record
-        self.before_draw = before_draw
-        self.pending = True
+        self.keep_draws = keep_draws
+        self.before_draw: Mapping[str, Any] | None = None
+        self.pending = False
         self.per_message = max(1, per_message)
         self.events: list[GenerateEvent] = []
         self.finished = False
@@ -82,16 +85,10 @@ class Generation:
         self.waiter: asyncio.Future[list[GenerateEvent]] | None = None
         self.queued_at = 0.0
 
-    def fed(self) -> bool:
-        """``self.token`` has just been fed (session.steps counts it): record its event.
-        True if the generation goes on and needs its next token sampled."""
-        session = self.session
-        token = self.token
-        self.pending = False
-        if self.record is not None:
-            self.record.append((token, self.probability))
-        piece = self.tokenizer.piece(token, first=session.steps == 1)
-        session.touch()
+    def _event(self, token: int, probability: float, steps: int) -> GenerateEvent:
+        """The event of a token fed when the session reached ``steps``; ends the
+        generation at a stop string, a stop token or max_tokens."""
+        piece = self.tokenizer.piece(token, first=steps == 1)
         matched = ""
         if self.longest_stop:
             self.tail = (self.tail + piece)[-self.longest_stop :]
@@ -106,15 +103,29 @@ class Generation:
             if self.produced == self.max_tokens
             else None
         )
-        self.events.append(
-            GenerateEvent(
-                GeneratedToken(token, piece, self.probability), session.steps, finish, matched
-            )
-        )
-        if finish is not None:
-            self.finished = True
+        self.finished = finish is not None
+        return GenerateEvent(GeneratedToken(token, piece, probability), steps, finish, matched)
+
+    def replay(self, token: int, probability: float, steps: int) -> GenerateEvent:
+        """An earlier try's token, fed then (its event again; nothing is fed now)."""
+        return self._event(token, probability, steps)
+
+    def start(self, token: int, probability: float, before_draw: Mapping[str, Any]) -> None:
+        """The first token this try feeds, sampled by the caller from ``before_draw``."""
+        self.token, self.probability, self.pending = token, probability, True
+        self.before_draw = before_draw if self.keep_draws else None
+
+    def fed(self) -> bool:
+        """``self.token`` has just been fed (session.steps counts it): record its event.
+        True if the generation goes on and needs its next token sampled."""
+        self.pending = False
+        if self.record is not None:
+            self.record.append((self.token, self.probability))
+        self.session.touch()
+        self.events.append(self._event(self.token, self.probability, self.session.steps))
+        if self.finished:
             return False
-        if self.before_draw is not None:  # the batcher draws the next token now
+        if self.keep_draws:  # the batcher draws the next token now
             self.before_draw = self.rng.bit_generator.state
         return True
 
