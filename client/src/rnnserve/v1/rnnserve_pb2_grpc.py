@@ -161,7 +161,10 @@ class RnnServeServicer:
         (after the last token fed). Errors: NOT_FOUND (session), INVALID_ARGUMENT
         (empty input, token id out of range, top_k out of range, text with characters
         the vocabulary maps to nothing and no unknown token), RESOURCE_EXHAUSTED
-        (more tokens than the server's per-request limit).
+        (more tokens than the server's per-request limit). With a shared session store
+        (session_store): ABORTED (another replica changed the session at the same
+        moment; nothing was applied; retry), UNAVAILABLE (the store is unreachable),
+        FAILED_PRECONDITION (this replica lacks the session's model version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +187,8 @@ class RnnServeServicer:
         string, or as soon as the caller cancels. Errors: NOT_FOUND (session),
         INVALID_ARGUMENT (a sampling parameter out of range, bad prompt),
         RESOURCE_EXHAUSTED (max_tokens above the server's limit), FAILED_PRECONDITION
-        (the model's output head is not a vocabulary).
+        (the model's output head is not a vocabulary); with a shared session store, as
+        Step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
