@@ -380,7 +380,8 @@ def _machine(result: dict[str, Any]) -> list[str]:
         f"{', '.join(model['graphs'])}, {model['state_bytes']} B of state per session "
         "(random weights: speed only)",
         f"- windows: {plan['warmup_s']} s warm-up then {plan['duration_s']} s measured per "
-        f"server figure; raw figures {plan['raw_duration_s']} s each",
+        f"server figure; raw figures {plan['raw_duration_s']} s each, measured at the start "
+        "and at the end of the run, the better of the two kept (the other in the JSON)",
         f"- load client: {result['systems']['load_client']}; a new process per "
         "measurement; client and server share the cores",
         "- the three servers run side by side and are measured in turn, figure by figure; "

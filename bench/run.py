@@ -227,6 +227,39 @@ def measure_raw(package: Path, plan: Plan) -> list[Record]:
     return records
 
 
+def best_raw(records: list[Record]) -> list[Record]:
+    """Of each raw figure measured twice, the better (more per second, or less time),
+    the other kept in ``extra["other_run"]``; a failed try yields to a good one."""
+    kept: dict[tuple[str, int | None], Record] = {}
+    others: list[Record] = []
+    for record in records:
+        if record.system != RAW:
+            others.append(record)
+            continue
+        key = (record.scenario, record.batch)
+        first = kept.get(key)
+        if first is None:
+            kept[key] = record
+            continue
+        better, worse = sorted((first, record), key=_raw_rank)
+        better.extra["other_run"] = _raw_figure(worse)
+        kept[key] = better
+    return [*kept.values(), *others]
+
+
+def _raw_figure(record: Record) -> float | None:
+    return record.steps_per_s or record.tokens_per_s or record.total_ms
+
+
+def _raw_rank(record: Record) -> tuple[int, float]:
+    """Sort key: good records first, then the faster."""
+    if record.error is not None or _raw_figure(record) is None:
+        return (1, 0.0)
+    if record.total_ms is not None:
+        return (0, record.total_ms)
+    return (0, -(record.steps_per_s or record.tokens_per_s or 0.0))
+
+
 # ---------------------------------------------------------------- servers
 
 
@@ -550,8 +583,12 @@ def run(plan: Plan, cache: Path, extra_args: Sequence[str], quick: bool) -> dict
     spec = ModelSpec()
     package = ensure_package(cache, spec)
     recorder = Recorder(plan.settle_s)
+    # Raw onnxruntime at the start and again at the end, the better of the two kept: on a
+    # shared machine one run alone can land in a load spike and flatter every "vs raw".
     recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
     systems = measure_servers(package, spec, plan, extra_args, recorder)
+    recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
+    recorder.records = best_raw(recorder.records)
     manifest = json.loads((package / "manifest.json").read_text(encoding="utf-8"))
     return {
         "schema_version": SCHEMA_VERSION,
