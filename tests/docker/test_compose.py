@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -119,13 +120,6 @@ def prune_superseded_builds(env: dict[str, str]) -> None:
     labels = ["org.rnnserve.stage"] + [f"org.opencontainers.image.title={i}" for i in titles]
     for label in labels:
         run(["docker", "image", "prune", "--force", "--filter", f"label={label}"], env, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

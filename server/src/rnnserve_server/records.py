@@ -26,14 +26,31 @@ from typing import Any
 
 from rnnserve_server.errors import Unavailable, over_limit
 
-# KEYS: record, the caller's sessions, all sessions. ARGV: session id, owner, idle ms,
-# max sessions, max per caller, then the record's fields as name/value pairs.
-_CREATE = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local expiry = now_ms + tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+# Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
+# session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
+# record's TTL and its score (the expiry) in both sorted sets.
+_RENEW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function renew(idle)
+  local expiry = now_ms() + idle
+  redis.call('PEXPIRE', KEYS[1], idle)
+  redis.call('ZADD', KEYS[3], expiry, ARGV[1])
+  redis.call('ZADD', KEYS[2], expiry, ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], idle)
+end
+"""
+
+# ARGV: session id, owner, idle ms, max sessions, max per caller, then the record's fields
+# as name/value pairs.
+_CREATE = (
+    _RENEW
+    + """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local total = redis.call('ZCARD', KEYS[3])
 if total >= tonumber(ARGV[4]) then return {-1, total} end
 local owned = redis.call('ZCARD', KEYS[2])
@@ -42,47 +59,39 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {-3, 0} end
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[3], expiry, ARGV[1])
-redis.call('ZADD', KEYS[2], expiry, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+renew(tonumber(ARGV[3]))
 return {1, 0}
 """
+)
 
 # ARGV: session id, owner, the revision the replica holds (-1: none). Returns nil (no
 # such session of this owner), {rev} (unchanged) or the whole record as a flat list.
-_LOAD = """
+_LOAD = (
+    _RENEW
+    + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return nil end
-local idle = tonumber(redis.call('HGET', KEYS[1], 'idle_ms'))
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('PEXPIRE', KEYS[1], idle)
-redis.call('ZADD', KEYS[3], now_ms + idle, ARGV[1])
-redis.call('ZADD', KEYS[2], now_ms + idle, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], idle)
+renew(tonumber(redis.call('HGET', KEYS[1], 'idle_ms')))
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if rev == ARGV[3] then return {rev} end
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 # ARGV: session id, owner, expected revision, then the changed fields as pairs. Returns
 # the new revision, -1 (the session is gone) or -2 (another call changed it first).
-_SAVE = """
+_SAVE = (
+    _RENEW
+    + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -1 end
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev'))
 if rev ~= tonumber(ARGV[3]) then return -2 end
 local fields = {'rev', rev + 1}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-local idle = tonumber(redis.call('HGET', KEYS[1], 'idle_ms'))
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('PEXPIRE', KEYS[1], idle)
-redis.call('ZADD', KEYS[3], now_ms + idle, ARGV[1])
-redis.call('ZADD', KEYS[2], now_ms + idle, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], idle)
+renew(tonumber(redis.call('HGET', KEYS[1], 'idle_ms')))
 return rev + 1
 """
+)
 
 # ARGV: session id, owner. Returns the step count of the deleted session, or nil.
 _DELETE = """
