@@ -97,14 +97,14 @@ def test_a_batch_window_collects_steps(models_dir, model_name: str, window_us: i
             )
 
 
-@pytest.mark.parametrize("inline_rows", [0, 1000])
+@pytest.mark.parametrize("inline_run_us", [0, 1_000_000])
 def test_runs_on_a_worker_thread_or_inline_give_the_same_outputs(
-    models_dir, model_name: str, inline_rows: int
+    models_dir, model_name: str, inline_run_us: int
 ) -> None:  # type: ignore[no-untyped-def]
-    """inline_batch_rows 0: every run on a worker thread; 1000: every run on the loop."""
+    """inline_run_us 0: every run on a worker thread; 1 s: every run on the loop."""
     from support import server_config
 
-    with ServerThread(server_config(models_dir, inline_batch_rows=inline_rows)) as server:
+    with ServerThread(server_config(models_dir, inline_run_us=inline_run_us)) as server:
         together = asyncio.run(concurrent_distributions(server.address, model_name))
         with Client(server.address) as client:
             for text, batched in zip(TEXTS[:4], together[:4], strict=True):

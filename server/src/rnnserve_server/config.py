@@ -45,8 +45,11 @@ class ServerConfig:
     batch_window_us: int = setting(
         0, "microseconds to wait for more steps before a run; 0: batch what is queued"
     )
-    inline_batch_rows: int = setting(
-        16, "a batch of at most this many rows runs on the event loop, not a worker thread"
+    inline_run_us: int = setting(
+        1000,
+        "a run expected to take at most this many microseconds (the model's measured time "
+        "per row times the rows) runs on the event loop, a longer one on a worker thread; "
+        "0: every run on a worker thread",
     )
     max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
     max_sessions_per_caller: int = setting(
@@ -89,7 +92,7 @@ class ServerConfig:
             ("workers", 1 <= self.workers <= 256, "1..256"),
             ("max_batch", 1 <= self.max_batch <= 65536, "1..65536"),
             ("batch_window_us", 0 <= self.batch_window_us <= 1_000_000, "0..1000000"),
-            ("inline_batch_rows", self.inline_batch_rows >= 0, ">= 0"),
+            ("inline_run_us", 0 <= self.inline_run_us <= 1_000_000, "0..1000000"),
             ("max_sessions", self.max_sessions >= 1, ">= 1"),
             ("max_sessions_per_caller", self.max_sessions_per_caller >= 1, ">= 1"),
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,9 +53,9 @@ DEFAULT_TOP_K = 5
 DEFAULT_MAX_TOKENS = 64
 
 
-@dataclass(frozen=True)
-class TokenInput:
-    """Token ids or text, as a request carries them (exactly one is set)."""
+class TokenInput(NamedTuple):
+    """Token ids or text, as a request carries them (exactly one is set). A named
+    tuple: one is made for every step."""
 
     ids: Sequence[int] | None = None
     text: str | None = None
@@ -165,7 +165,7 @@ class Engine:
                 self._executor,
                 max_batch=self.config.max_batch,
                 window_s=self.config.batch_window_us / 1e6,
-                inline_rows=self.config.inline_batch_rows,
+                inline_s=self.config.inline_run_us / 1e6,
                 describe_rows=functools.partial(self._describe_rows, model),
             )
         return batcher
@@ -222,6 +222,18 @@ class Engine:
             if not 0 <= token < size:
                 raise out_of_range(f"{field}.ids[{position}]", token, f"0 .. {size - 1}")
         return np.asarray(ids, dtype=np.int64)
+
+    @staticmethod
+    def _one_token(model: Model, given: TokenInput) -> int | None:
+        """The id of a single-token input given as ids (checked), else None."""
+        ids = given.ids
+        if ids is None or len(ids) != 1:
+            return None
+        token = ids[0]
+        size = model.package.tokenizer.size
+        if not 0 <= token < size:
+            raise out_of_range("input.ids[0]", token, f"0 .. {size - 1}")
+        return token
 
     @staticmethod
     def _check_top_k(k: int | None) -> int:
@@ -417,6 +429,16 @@ class Engine:
         """
         k = self._check_top_k(k)
         model = session.model
+        token = self._one_token(model, given)
+        if token is not None and not request_id and self.sessions.records is None:
+            # The common case, kept short (it runs for every streamed token): one token,
+            # no retry to recognise, the session in this process (nothing to load or save).
+            async with session.lock:
+                session.ensure_open()
+                top, distribution = await self.batcher(model).step(session, token, k, full)
+                session.last = None
+                session.touch()
+                return StepOutput(session.steps, 1, top, distribution)
         ids = self.encode_input(model, given, field="input")
         check_request_id(request_id)
         async with session.lock:

@@ -8,6 +8,7 @@ output, and the session store owns it between calls.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,27 @@ class ModelRuntime:
             else package.tokenizer.special_tokens[manifest.initial_state.token]
         )
         self.initial_state = self._after_start_token(self.zeros(1))[:, 0, :]
+        self._run_seconds, self._row_seconds = self._measure_step()
+
+    def _measure_step(self) -> tuple[float, float]:
+        """A step-graph run's fixed cost and its cost per row, in seconds, from the
+        best of three runs at batch 1 and at batch 8 (after one to warm up)."""
+        times = {}
+        for rows in (1, 8):
+            tokens, state = np.zeros(rows, dtype=np.int64), self.zeros(rows)
+            self.step(tokens, state)
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                self.step(tokens, state)
+                best = min(best, time.perf_counter() - started)
+            times[rows] = best
+        per_row = max(0.0, (times[8] - times[1]) / 7)
+        return max(0.0, times[1] - per_row), per_row
+
+    def step_seconds(self, rows: int) -> float:
+        """The expected time of a step-graph run of ``rows`` rows (on an idle machine)."""
+        return self._run_seconds + rows * self._row_seconds
 
     def has(self, kind: str) -> bool:
         return kind in self._graphs
