@@ -65,6 +65,9 @@ class TokenInput(NamedTuple):
         return self.ids is not None or self.text is not None
 
 
+NO_INPUT = TokenInput()
+
+
 @dataclass(frozen=True)
 class StepCall:
     """One step of a StepMany message."""
@@ -291,7 +294,7 @@ class Engine:
         owner: str = "",
         seed: int | None = None,
         state: bytes = b"",
-        source: TokenInput = TokenInput(),
+        source: TokenInput = NO_INPUT,
         condition: str = "",
     ) -> Session:
         """A new session: from the model's initial state, an encoded source, a
@@ -723,7 +726,7 @@ class Engine:
         tokens: list[GeneratedToken] = []
         finish = "length"
         try:
-            async for event in self.generate(session, TokenInput(), options):
+            async for event in self.generate(session, NO_INPUT, options):
                 if event.token is not None:
                     tokens.append(event.token)
                 finish = event.finish_reason or finish
