@@ -130,6 +130,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         device_id=config.cuda_device_id,
         intra_op_threads=config.intra_op_threads,
         spinning=config.intra_op_spinning,
+        sequence_threads=config.sequence_intra_op_threads,
     )
     repository = Repository.load(config.models, providers)
     engine = Engine(config, repository)

@@ -37,6 +37,11 @@ class ServerConfig:
     intra_op_threads: int = setting(
         1, "threads onnxruntime uses in one run (batching gives the parallelism); 0: its default"
     )
+    sequence_intra_op_threads: int = setting(
+        0,
+        "threads onnxruntime uses in one run of a sequence or encoder graph (a whole prompt "
+        "or source: one long run, which no batching parallelizes); 0: one per core",
+    )
     intra_op_spinning: bool = setting(
         False, "let idle onnxruntime threads spin for work (only with cores to spare)"
     )
@@ -89,6 +94,7 @@ class ServerConfig:
             ("provider", self.provider in PROVIDERS, " or ".join(PROVIDERS)),
             ("cuda_device_id", self.cuda_device_id >= 0, ">= 0"),
             ("intra_op_threads", self.intra_op_threads >= 0, ">= 0"),
+            ("sequence_intra_op_threads", self.sequence_intra_op_threads >= 0, ">= 0"),
             ("workers", 1 <= self.workers <= 256, "1..256"),
             ("max_batch", 1 <= self.max_batch <= 65536, "1..65536"),
             ("batch_window_us", 0 <= self.batch_window_us <= 1_000_000, "0..1000000"),

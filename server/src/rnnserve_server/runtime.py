@@ -27,6 +27,9 @@ _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider
 # 4e-3 from the CPU's at batch 64 (bench/cuda_check.py); served models must follow their
 # equations in float32.
 CUDA_OPTIONS: dict[str, Any] = {"device_id": 0, "use_tf32": 0}
+# Graphs run once per call over a whole sequence: a 2,000-token prompt on the benchmark
+# model took 41 ms with one thread and 33 ms with two (2 cores).
+WHOLE_SEQUENCE = frozenset({"sequence", "encoder"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ProviderChoice:
     providers: tuple[tuple[str, dict[str, Any]], ...]
     intra_op_threads: int = 0
     spinning: bool = False
+    # The graphs that take a whole sequence in one run (sequence, encoder).
+    sequence_threads: int = 0
     # CUDA asked for without allow_cpu_fallback: a session that onnxruntime quietly put on
     # the CPU alone (CUDA or cuDNN libraries missing) is an error, not a slow success.
     required: str | None = None
@@ -49,6 +54,7 @@ class ProviderChoice:
         device_id: int = 0,
         intra_op_threads: int = 0,
         spinning: bool = False,
+        sequence_threads: int = 0,
     ) -> ProviderChoice:
         """CPU, or CUDA with the CPU as onnxruntime's fallback for unsupported nodes.
 
@@ -57,13 +63,13 @@ class ProviderChoice:
         """
         cpu: tuple[str, dict[str, Any]] = ("CPUExecutionProvider", {})
         if provider == "cpu":
-            return cls((cpu,), intra_op_threads, spinning)
+            return cls((cpu,), intra_op_threads, spinning, sequence_threads=sequence_threads)
         available = ort.get_available_providers()
         if _PROVIDER_NAMES[provider] in available:
             preload_cuda_libraries()
             cuda = ("CUDAExecutionProvider", {**CUDA_OPTIONS, "device_id": device_id})
             required = None if allow_cpu_fallback else cuda[0]
-            return cls((cuda, cpu), intra_op_threads, spinning, required)
+            return cls((cuda, cpu), intra_op_threads, spinning, sequence_threads, required)
         message = (
             f"provider={provider} was requested but onnxruntime offers only {available} "
             "(install onnxruntime-gpu with a matching CUDA runtime)"
@@ -71,12 +77,15 @@ class ProviderChoice:
         if not allow_cpu_fallback:
             raise RuntimeError(message + "; set allow_cpu_fallback to run on the CPU instead")
         log.warning("%s; falling back to the CPU (allow_cpu_fallback is set)", message)
-        return cls((cpu,), intra_op_threads, spinning)
+        return cls((cpu,), intra_op_threads, spinning, sequence_threads=sequence_threads)
 
-    def session(self, path: str) -> ort.InferenceSession:
+    def session(self, path: str, *, whole_sequence: bool = False) -> ort.InferenceSession:
+        """An onnxruntime session for one graph; ``whole_sequence`` graphs (one long run
+        per call) get ``sequence_threads``, the others ``intra_op_threads``."""
         options = ort.SessionOptions()
-        if self.intra_op_threads:
-            options.intra_op_num_threads = self.intra_op_threads
+        threads = self.sequence_threads if whole_sequence else self.intra_op_threads
+        if threads:
+            options.intra_op_num_threads = threads
         if not self.spinning:
             # Idle intra-op threads spin for work by default: on a machine whose cores
             # the event loop (and often the clients) share, that spinning takes the CPU
@@ -123,7 +132,9 @@ class ModelRuntime:
         self._graphs: dict[str, ort.InferenceSession] = {}
         for kind in manifest.graphs:
             try:
-                session = providers.session(str(package.graph_path(kind)))
+                session = providers.session(
+                    str(package.graph_path(kind)), whole_sequence=kind in WHOLE_SEQUENCE
+                )
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise PackageError(
                     f"{package.path}: onnxruntime cannot load the {kind} graph: {exc}"
