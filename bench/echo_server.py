@@ -1,7 +1,7 @@
 """The transport ceiling: the ``rnnserve.v1.RnnServe`` service shape with no model.
 
-CreateSession returns a fresh id; Step, StepStream and StepMany answer every step with a
-StepResponse carrying the same five entries rnnserve would send by default; Generate
+CreateSession returns a fresh id; Step, StepStream and StepMany answer every step with
+the same five entries rnnserve would send by default (StepMany in its columns); Generate
 streams a fixed token per message. Whatever rnnserve spends beyond this is its own.
 
     python -m bench.echo_server [--port 0]
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from bench.comparison_server import (
+    DEFAULT_TOP_K,
     finish_reason,
     new_session_id,
     requested_top_k,
@@ -68,8 +69,22 @@ class EchoServicer(rnnserve_pb2_grpc.RnnServeServicer):
         self, request_iterator: AsyncIterator[pb.StepManyRequest], context: Any
     ) -> AsyncIterator[pb.StepManyResponse]:
         async for request in request_iterator:
+            count = len(request.session_ids)
+            lengths = list(request.lengths) or [1] * count
+            texts = list(request.texts) or [""] * count
+            consumed = [n or len(text) for n, text in zip(lengths, texts, strict=True)]
+            steps = []
+            for session_id, n in zip(request.session_ids, consumed, strict=True):
+                steps.append(self._steps.get(session_id, 0) + n)
+                self._steps[session_id] = steps[-1]
+            ranked = FIXED_TOP[: request.top_k if request.HasField("top_k") else DEFAULT_TOP_K]
             yield pb.StepManyResponse(
-                outcomes=[pb.StepOutcome(result=self._answer(step)) for step in request.steps]
+                steps=steps,
+                consumed=consumed,
+                top_counts=[len(ranked)] * count,
+                top_ids=[i for i, _ in ranked] * count,
+                top_texts=[FIXED_VOCABULARY[i] for i, _ in ranked] * count,
+                top_probabilities=[p for _, p in ranked] * count,
             )
 
     async def Generate(

@@ -193,13 +193,8 @@ async def run_multiplexed(
     session_ids = await create_sessions(stub, model, concurrency)
     messages = [
         pb.StepManyRequest(
-            steps=[
-                pb.StepRequest(
-                    session_id=sid,
-                    tokens=pb.TokenIds(ids=[TOKEN_CYCLE[(i * 7 + j) % len(TOKEN_CYCLE)]]),
-                )
-                for i, sid in enumerate(session_ids)
-            ]
+            session_ids=session_ids,
+            tokens=[TOKEN_CYCLE[(i * 7 + j) % len(TOKEN_CYCLE)] for i in range(concurrency)],
         )
         for j in range(4)
     ]
@@ -219,7 +214,9 @@ async def run_multiplexed(
                 raise RuntimeError("the server ended the stream early")
             if window.holds(received):
                 tally.latencies_s.append(received - sent)
-                failed_steps += sum(1 for outcome in response.outcomes if outcome.code)
+                if len(response.steps) != concurrency:
+                    raise RuntimeError(f"{len(response.steps)} steps answered, not {concurrency}")
+                failed_steps += len(response.errors)
         await call.done_writing()
     except Exception as exc:
         tally.errors.append(_describe(exc))

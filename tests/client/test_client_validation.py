@@ -247,30 +247,48 @@ def test_create_session_arguments_are_checked_locally(
         create_session_request("m", 0, 0, **{**options, **overrides})  # type: ignore[arg-type]
 
 
-def test_step_many_messages_are_sequences_of_step_inputs() -> None:
-    steps = [StepInput("a", text="x"), StepInput("b", tokens=[1], top_k=0)]
-    request = step_many_request(steps)
-    assert [s.session_id for s in request.steps] == ["a", "b"]
-    assert request.steps[1].HasField("top_k")
-    assert list(step_many_request(()).steps) == []
+def test_step_many_messages_are_columns_of_step_inputs() -> None:
+    single = step_many_request([StepInput("a", tokens=[7]), StepInput("b", tokens=[9])])
+    assert list(single.session_ids) == ["a", "b"] and list(single.tokens) == [7, 9]
+    assert list(single.lengths) == [] and list(single.texts) == []  # one token each: implied
+    assert not single.HasField("top_k")
+    mixed = step_many_request(
+        [StepInput("a", text="xy", top_k=0), StepInput("b", tokens=[1, 2, 3], top_k=0)]
+    )
+    assert list(mixed.lengths) == [0, 3] and list(mixed.texts) == ["xy", ""]
+    assert list(mixed.tokens) == [1, 2, 3] and mixed.HasField("top_k") and mixed.top_k == 0
+    assert list(step_many_request(()).session_ids) == []
     with pytest.raises(TypeError, match=r"sequence of rnnserve\.StepInput, got StepInput"):
-        step_many_request(steps[0])  # type: ignore[arg-type]
+        step_many_request(StepInput("a", text="x"))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="StepInput"):
         step_many_request([{"session_id": "a"}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="same top_k; got 3, 5"):
+        step_many_request([StepInput("a", tokens=[1], top_k=5), StepInput("b", text="x", top_k=3)])
+    with pytest.raises(ValueError, match="no full distributions"):
+        step_many_request([StepInput("a", tokens=[1], return_distribution=True)])
 
 
 def test_step_outcomes_are_results_or_typed_errors() -> None:
     outcomes = step_outcomes(
         pb.StepManyResponse(
-            outcomes=[
-                pb.StepOutcome(result=pb.StepResponse(session_id="a", steps=2, consumed=1)),
-                pb.StepOutcome(code=grpc.StatusCode.NOT_FOUND.value[0], message="gone"),
-                pb.StepOutcome(code=99, message="from the future"),
-            ]
-        )
+            steps=[2, 0, 0, 7],
+            consumed=[1, 0, 0, 2],
+            top_counts=[2, 0, 0, 1],
+            top_ids=[4, 5, 6],
+            top_texts=["d", "e", "f"],
+            top_probabilities=[0.5, 0.25, 1.0],
+            errors=[
+                pb.StepError(index=1, code=grpc.StatusCode.NOT_FOUND.value[0], message="gone"),
+                pb.StepError(index=2, code=99, message="from the future"),
+            ],
+        ),
+        ["a", "b", "c", "d"],
     )
-    ok, missing, unknown = outcomes
-    assert ok == rnnserve.StepResult("a", 2, 1, [], None)
+    ok, missing, unknown, last = outcomes
+    assert ok == rnnserve.StepResult(
+        "a", 2, 1, [rnnserve.TokenProb(4, "d", 0.5), rnnserve.TokenProb(5, "e", 0.25)], None
+    )
+    assert last == rnnserve.StepResult("d", 7, 2, [rnnserve.TokenProb(6, "f", 1.0)], None)
     assert isinstance(missing, rnnserve.NotFound) and missing.details == "gone"
     assert type(unknown) is rnnserve.RnnServeError and unknown.code is grpc.StatusCode.UNKNOWN
     assert "status code 99: from the future" in unknown.details

@@ -61,15 +61,24 @@ def step(b: Battery, **fields: Any) -> Any:
 
 
 def step_many_mixed(b: Battery) -> None:
-    steps = [
-        pb.StepRequest(session_id=b.session, text="a"),
-        pb.StepRequest(session_id="5" * 32, text="a"),
-        pb.StepRequest(session_id=b.session, tokens=pb.TokenIds(ids=[b.vocabulary])),
-    ]
-    (reply,) = list(b.stub.StepMany(iter([pb.StepManyRequest(steps=steps)]), timeout=10))
-    codes = [o.code for o in reply.outcomes]
-    assert codes == [0, grpc.StatusCode.NOT_FOUND.value[0], INVALID.value[0]]
-    assert reply.outcomes[0].result.consumed == 1
+    """Text, an unknown session, an out-of-range id: each step answered alone."""
+    request = pb.StepManyRequest(
+        session_ids=[b.session, "5" * 32, b.session],
+        lengths=[0, 0, 1],
+        texts=["a", "a", ""],
+        tokens=[b.vocabulary],
+    )
+    (reply,) = list(b.stub.StepMany(iter([request]), timeout=10))
+    errors = {e.index: e.code for e in reply.errors}
+    assert errors == {1: grpc.StatusCode.NOT_FOUND.value[0], 2: INVALID.value[0]}
+    assert list(reply.consumed) == [1, 0, 0]
+    assert list(reply.top_counts) == [5, 0, 0]
+    assert len(reply.top_ids) == len(reply.top_texts) == len(reply.top_probabilities) == 5
+
+
+def step_many(b: Battery, **columns: Any) -> Any:
+    request = pb.StepManyRequest(**{"session_ids": [b.session], **columns})
+    return list(b.stub.StepMany(iter([request]), timeout=10))
 
 
 INVALID, NOT_FOUND, EXHAUSTED = (
@@ -245,13 +254,21 @@ CASES: dict[str, tuple[grpc.StatusCode, Callable[[Battery], Any]]] = {
     # --- multiplexed steps
     "too many steps in one message": (
         INVALID,
-        lambda b: list(
-            b.stub.StepMany(
-                iter(
-                    [pb.StepManyRequest(steps=[pb.StepRequest(session_id=b.session, text="a")] * 9)]
-                )
-            )
-        ),
+        lambda b: step_many(b, session_ids=[b.session] * 9, tokens=[5] * 9),
+    ),
+    "StepMany: fewer tokens than the steps take": (INVALID, lambda b: step_many(b, tokens=[])),
+    "StepMany: more tokens than the steps take": (INVALID, lambda b: step_many(b, tokens=[5, 6])),
+    "StepMany: lengths not one per step": (
+        INVALID,
+        lambda b: step_many(b, tokens=[5, 6], lengths=[1, 1]),
+    ),
+    "StepMany: texts not one per step": (
+        INVALID,
+        lambda b: step_many(b, lengths=[0], texts=["a", "b"]),
+    ),
+    "StepMany: request ids not one per step": (
+        INVALID,
+        lambda b: step_many(b, tokens=[5], request_ids=["x", "y"]),
     ),
     "a bad step among good ones fails alone": (OK, step_many_mixed),
     # --- bytes on the wire

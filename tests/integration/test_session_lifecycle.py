@@ -253,6 +253,9 @@ def test_seeded_sessions_sample_alike_across_sessions_and_processes(
 
 
 def test_step_many_equals_per_session_steps(client: Client, model_name: str) -> None:
+    """Texts of one and of several tokens; top_k = the whole vocabulary, so that every
+    output's probability is compared with a session stepped alone."""
+    size = client.get_model(model_name).vocabulary.size
     chunks = [["a", "bc", "d"], ["ef", "g", "h"], ["i", "j", "klm"]]
     plans = [[f"{i}{c}" if j == 0 else c for j, c in enumerate(chunks[i % 3])] for i in range(8)]
     sessions = [client.create_session(model_name) for _ in plans]
@@ -260,7 +263,7 @@ def test_step_many_equals_per_session_steps(client: Client, model_name: str) -> 
     try:
         messages = [
             [
-                StepInput(s.id, text=plan[m], return_distribution=True)
+                StepInput(s.id, text=plan[m], top_k=size)
                 for s, plan in zip(sessions, plans, strict=True)
             ]
             for m in range(3)
@@ -269,13 +272,20 @@ def test_step_many_equals_per_session_steps(client: Client, model_name: str) -> 
         assert len(answers) == 3 and all(len(answer) == 8 for answer in answers)
         for m, answer in enumerate(answers):
             for i, (outcome, reference) in enumerate(zip(answer, references, strict=True)):
-                expected = reference.step(text=plans[i][m], return_distribution=True)
+                expected = reference.step(text=plans[i][m], top_k=size)
                 assert isinstance(outcome, StepResult)
                 assert outcome.session_id == sessions[i].id
                 assert (outcome.steps, outcome.consumed) == (expected.steps, expected.consumed)
+                assert outcome.distribution is None
+                assert len(outcome.top) == size
+                assert {t.id: t.text for t in outcome.top} == {t.id: t.text for t in expected.top}
                 # Single tokens of several sessions share a batch here: float32 rounding.
+                got = dict((t.id, t.probability) for t in outcome.top)
                 np.testing.assert_allclose(
-                    outcome.distribution, expected.distribution, rtol=0, atol=2e-6
+                    [got[t.id] for t in expected.top],
+                    [t.probability for t in expected.top],
+                    rtol=0,
+                    atol=2e-6,
                 )
     finally:
         for session in sessions + references:
@@ -315,7 +325,9 @@ def test_too_many_steps_in_a_message_fail_the_stream(models_dir: Path, model_nam
         )
         assert [r.steps for r in next(answers)] == [1, 2, 3, 4]  # type: ignore[union-attr]
         assert len(next(answers)) == 4
-        with pytest.raises(InvalidArgument, match=r"steps = 5 .*0 \.\. 4 .*max_steps_per_message"):
+        with pytest.raises(
+            InvalidArgument, match=r"session_ids = 5 .*0 \.\. 4 .*max_steps_per_message"
+        ):
             next(answers)
         assert session.step(text="c").steps == 9  # the refused message applied nothing
 

@@ -6,6 +6,7 @@ definition of a well-formed call.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,13 +129,77 @@ def step_request(step: StepInput) -> pb.StepRequest:
 
 
 def step_many_request(steps: Sequence[StepInput]) -> pb.StepManyRequest:
-    """One StepMany message: a sequence of `StepInput`s, checked like `step_request`'s."""
+    """One StepMany message: a sequence of `StepInput`s as columns. Every step of a
+    message shares one `top_k`; StepMany returns no full distributions."""
     if isinstance(steps, StepInput) or not isinstance(steps, Sequence):
         raise TypeError(
             "each step_many message must be a sequence of rnnserve.StepInput, "
             f"got {type(steps).__name__}"
         )
-    return pb.StepManyRequest(steps=[step_request(step) for step in steps])
+    for step in steps:
+        if not isinstance(step, StepInput):
+            raise TypeError(f"expected a rnnserve.StepInput, got {type(step).__name__}")
+        if step.return_distribution:
+            raise ValueError(
+                "step_many returns no full distributions; use step_stream (or step) for those"
+            )
+    top_ks = {step.top_k for step in steps}
+    if len(top_ks) > 1:
+        raise ValueError(
+            "every step of one step_many message takes the same top_k; got "
+            + ", ".join(sorted(map(str, top_ks)))
+        )
+    request = pb.StepManyRequest(session_ids=[step.session_id for step in steps])
+    if any(step.text is not None or len(step.tokens or ()) != 1 for step in steps):
+        request.lengths.extend(len(step.tokens or ()) for step in steps)
+        if any(step.text is not None for step in steps):
+            request.texts.extend(step.text or "" for step in steps)
+    for step in steps:
+        request.tokens.extend(step.tokens or ())
+    (top_k,) = top_ks or {None}
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def step_outcomes(
+    message: pb.StepManyResponse, session_ids: Sequence[str]
+) -> list[StepResult | RnnServeError]:
+    """StepManyResponse -> one `StepResult`, or the typed error of a failed step, per step
+    of the request that named ``session_ids``."""
+    errors = {e.index: from_code_number(e.code, e.message) for e in message.errors}
+    ids, texts = list(message.top_ids), list(message.top_texts)
+    probabilities = list(message.top_probabilities)
+    results: list[StepResult | RnnServeError] = []
+    at = 0
+    for index, (session_id, steps, consumed, count) in enumerate(
+        zip(session_ids, message.steps, message.consumed, message.top_counts, strict=True)
+    ):
+        error = errors.get(index)
+        if error is not None:
+            results.append(error)
+            continue
+        top = [TokenProb(ids[j], texts[j], probabilities[j]) for j in range(at, at + count)]
+        at += count
+        results.append(StepResult(session_id, steps, consumed, top, None))
+    return results
+
+
+class StepManyStream:
+    """The two ends of one StepMany stream: each answer belongs to the oldest request not
+    yet answered (requests may be converted on gRPC's sending thread; a deque's append
+    and popleft are thread-safe)."""
+
+    def __init__(self) -> None:
+        self._sent: deque[list[str]] = deque()
+
+    def request(self, steps: Sequence[StepInput]) -> pb.StepManyRequest:
+        message = step_many_request(steps)
+        self._sent.append(list(message.session_ids))
+        return message
+
+    def outcomes(self, message: pb.StepManyResponse) -> list[StepResult | RnnServeError]:
+        return step_outcomes(message, self._sent.popleft())
 
 
 def _sampling(
@@ -318,16 +383,6 @@ def generated_chunk(message: pb.GenerateResponse) -> GeneratedChunk:
         finish_reason=_finish_reason(message.finish_reason),
         matched_stop=message.matched_stop or None,
     )
-
-
-def step_outcomes(message: pb.StepManyResponse) -> list[StepResult | RnnServeError]:
-    """StepManyResponse -> one `StepResult`, or the typed error of a failed step, per step."""
-    return [
-        step_result(outcome.result)
-        if outcome.code == 0
-        else from_code_number(outcome.code, outcome.message)
-        for outcome in message.outcomes
-    ]
 
 
 def classify_result(message: pb.ClassifyResponse) -> ClassifyResult:

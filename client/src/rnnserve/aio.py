@@ -223,11 +223,12 @@ class AsyncClient:
         Each batch is answered by one list holding per step its `StepResult` or its typed
         error (returned, not raised). `batches` may be an async or a plain iterable.
         """
+        stream = _messages.StepManyStream()
         return self._stream(
             self._stub.StepMany,
             batches,
-            _messages.step_many_request,
-            _messages.step_outcomes,
+            stream.request,
+            stream.outcomes,
             _validate.timeout(timeout),
         )
 

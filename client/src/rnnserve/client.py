@@ -252,15 +252,18 @@ class Client:
         is answered by one list, in batch order, holding per step either its `StepResult` or
         its typed error (an `RnnServeError` returned, not raised). A failing step fails alone:
         the other steps of the batch are applied. Steps of one session within a batch are
-        applied in order. Only a batch longer than the server's `max_steps_per_message` ends
-        the stream, with `InvalidArgument`. Streaming, deadline and closing work as in
-        `step_stream`.
+        applied in order. Every step of a batch shares one `top_k`, and none returns the
+        full distribution (`ValueError` otherwise; use `step_stream` for those): a batch
+        travels as a few packed columns. Only a batch longer than the server's
+        `max_steps_per_message` ends the stream, with `InvalidArgument`. Streaming,
+        deadline and closing work as in `step_stream`.
         """
+        stream = _messages.StepManyStream()
         return self._stream(
             self._stub.StepMany,
             batches,
-            _messages.step_many_request,
-            _messages.step_outcomes,
+            stream.request,
+            stream.outcomes,
             _validate.timeout(timeout),
         )
 

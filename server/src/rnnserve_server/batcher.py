@@ -44,8 +44,7 @@ from rnnserve_server.sessions import Session, StatePool
 
 log = logging.getLogger(__name__)
 
-Described = tuple[list[tuple[int, str, float]], list[float] | None]
-DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
+DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Any]]
 
 _INF = float("inf")
 _QUEUE_BOUNDS = (*QUEUE_BUCKETS, _INF)
@@ -137,15 +136,20 @@ class StepBatcher:
         self._schedule()
         return await future
 
-    async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
+    async def step(self, session: Session, token: int, k: int, full: bool) -> Any:
         """Feed one token; return the top k of the output after it (and the whole
         distribution if ``full``), computed for the whole batch at once."""
+        return await self.submit(session, token, k, full)
+
+    def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Any]:
+        """``step`` without the await: queue the step, return the future of its answer
+        (so that a caller can queue many sessions' steps in one go)."""
         if self._describe_rows is None:
             raise RuntimeError("this batcher was made without describe_rows")
-        future: asyncio.Future[Described] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(session, token, future, time.perf_counter(), k, full))
         self._schedule()
-        return await future
+        return future
 
     async def advance(self, generation: Generation) -> list[GenerateEvent]:
         """Generate until ``generation`` has a message's worth of events or ends; return

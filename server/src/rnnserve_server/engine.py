@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,7 +38,6 @@ from rnnserve_server.sampling import (
     SamplingParams,
     sigmoid,
     softmax,
-    top_k,
     top_k_rows,
 )
 from rnnserve_server.sessions import LastCall, Session, SessionStore
@@ -75,7 +74,6 @@ class StepCall:
     session_id: str
     given: TokenInput
     k: int | None = None
-    full: bool = False
     request_id: str = ""
 
 
@@ -87,11 +85,30 @@ def check_request_id(request_id: str) -> None:
         raise out_of_range("request_id", request_id, f"at most {MAX_REQUEST_ID} characters")
 
 
+class Top(NamedTuple):
+    """The most probable outputs of one step, most probable first: ids and probabilities
+    as parallel lists (rows of one array's ``tolist``, not one tuple per entry), and the
+    model's output names (token texts or labels) to look the ids up in."""
+
+    ids: list[int]
+    probabilities: list[float]
+    names: Sequence[str]
+
+    def entries(self) -> Iterator[tuple[int, str, float]]:
+        """(id, name, probability) per entry."""
+        names = self.names
+        for i, p in zip(self.ids, self.probabilities, strict=True):
+            yield i, names[i], p
+
+
+Described = tuple[Top, list[float] | None]  # the top k, and the distribution if asked
+
+
 @dataclass(slots=True)
 class StepOutput:
     steps: int
     consumed: int
-    top: list[tuple[int, str, float]]
+    top: Top
     distribution: list[float] | None
 
 
@@ -109,7 +126,7 @@ class GenerateOptions:
 
 @dataclass(frozen=True)
 class Classification:
-    top: list[tuple[int, str, float]]
+    top: Top
     final: list[float]
     steps: list[list[float]] = field(default_factory=list)
 
@@ -254,34 +271,31 @@ class Engine:
             sigmoid(vector) if model.package.manifest.output.kind == "sigmoid" else softmax(vector)
         )
 
-    def _describe(
-        self, model: Model, logits: FloatArray, k: int, full: bool
-    ) -> tuple[list[tuple[int, str, float]], list[float] | None]:
-        probabilities = self.probabilities(model, logits)
-        names = model.package.manifest.output.labels or model.package.tokenizer.tokens
-        top = [(i, names[i], p) for i, p in top_k(probabilities, k)]
-        return top, (probabilities.astype(np.float32).tolist() if full else None)
+    def _describe(self, model: Model, logits: FloatArray, k: int, full: bool) -> Described:
+        """The top k of one output row (and all of it if ``full``)."""
+        return self._describe_rows(model, logits.reshape(1, -1), [k], [full])[0]
 
     def _describe_rows(
         self, model: Model, logits: FloatArray, ks: list[int], fulls: list[bool]
-    ) -> list[tuple[list[tuple[int, str, float]], list[float] | None]]:
-        """_describe for a batch of rows at once (vectorized softmax and top-k)."""
+    ) -> list[Described]:
+        """Per row of logits [B, K]: the top k (vectorized softmax and top-k)."""
         rows = logits.astype(np.float64)
         probabilities = (
             sigmoid(rows) if model.package.manifest.output.kind == "sigmoid" else softmax(rows)
         )
         names = model.package.manifest.output.labels or model.package.tokenizer.tokens
-        ids, values = top_k_rows(probabilities, max(ks, default=0))
-        ids_list, values_list = ids.tolist(), values.tolist()
+        most = max(ks, default=0)
+        ids, values = top_k_rows(probabilities, most)
         return [
             (
-                [
-                    (i, names[i], p)
-                    for i, p in zip(ids_list[r][:k], values_list[r][:k], strict=True)
-                ],
+                Top(row_ids, row_values, names)
+                if k == most
+                else Top(row_ids[:k], row_values[:k], names),
                 probabilities[r].astype(np.float32).tolist() if full else None,
             )
-            for r, (k, full) in enumerate(zip(ks, fulls, strict=True))
+            for r, (row_ids, row_values, k, full) in enumerate(
+                zip(ids.tolist(), values.tolist(), ks, fulls, strict=True)
+            )
         ]
 
     # ------------------------------------------------------------------ sessions
@@ -468,44 +482,43 @@ class Engine:
     ) -> list[StepOutput | ServiceError]:
         """Many sessions' steps, each answered alone (an error fails only its step).
 
-        Single-token steps of sessions that appear once and have no call in flight run
-        as one batch per model with vectorized outputs; the rest (several tokens, a
-        session named twice, a busy session, a retry, and every step where sessions live
-        in a shared store) take the ordinary path, in message order per session.
+        Single-token steps of sessions that appear once and have no call in flight go to
+        their model's batcher together (one run for up to max_batch of them); the rest
+        (several tokens, a session named twice, a busy session, a retry, and every step
+        where sessions live in a shared store) take the ordinary path, in message order
+        per session.
         """
         results: list[StepOutput | ServiceError | None] = [None] * len(calls)
         mentions: dict[str, int] = {}
         for call in calls:
             mentions[call.session_id] = mentions.get(call.session_id, 0) + 1
-        fast: dict[Model, list[tuple[int, Session, int, int, bool, str]]] = {}
+        fast: dict[Model, list[tuple[int, Session, int, int, str]]] = {}
         ordinary: list[tuple[int, Session, StepCall]] = []
-        batchable = self.sessions.records is None
+        local = self.sessions.records is None
         for index, call in enumerate(calls):
             try:
-                session = await self.sessions.lookup(call.session_id, owner)
+                session = (
+                    self.sessions.get(call.session_id, owner)
+                    if local
+                    else await self.sessions.lookup(call.session_id, owner)
+                )
                 k = self._check_top_k(call.k)
-                given = call.given.ids
-                if given is not None and len(given) == 1:  # the common case, without numpy
-                    token = given[0]
-                    if not 0 <= token < session.model.package.tokenizer.size:
-                        self.encode_input(session.model, call.given, field="input")  # raises
-                    count = 1
-                else:
-                    ids = self.encode_input(session.model, call.given, field="input")
-                    token, count = int(ids[0]), len(ids)
+                token = self._one_token(session.model, call.given)
+                if token is None:
+                    self.encode_input(session.model, call.given, field="input")  # checks
                 check_request_id(call.request_id)
             except ServiceError as exc:
                 results[index] = exc
                 continue
             if (
-                batchable
-                and count == 1
+                local
+                and token is not None
                 and mentions[call.session_id] == 1
                 and not session.busy
                 and not session.answered(call.request_id)
             ):
                 fast.setdefault(session.model, []).append(
-                    (index, session, token, k, call.full, call.request_id)
+                    (index, session, token, k, call.request_id)
                 )
             else:
                 ordinary.append((index, session, call))
@@ -513,7 +526,7 @@ class Engine:
         async def one(index: int, session: Session, call: StepCall) -> None:
             try:
                 results[index] = await self.step(
-                    session, call.given, k=call.k, full=call.full, request_id=call.request_id
+                    session, call.given, k=call.k, full=False, request_id=call.request_id
                 )
             except ServiceError as exc:
                 results[index] = exc
@@ -531,31 +544,29 @@ class Engine:
     async def _step_batch(
         self,
         model: Model,
-        items: list[tuple[int, Session, int, int, bool, str]],
+        items: list[tuple[int, Session, int, int, str]],
         results: list[StepOutput | ServiceError | None],
     ) -> None:
-        """One step-graph run for single-token steps of distinct, idle sessions."""
-        sessions = [session for _, session, _, _, _, _ in items]
+        """Single-token steps of distinct, idle sessions, handed to the batcher at once."""
+        sessions = [session for _, session, _, _, _ in items]
         for session in sessions:  # idle when sorted; a later model group may wait its turn
             await session.lock.acquire()
         try:
-            pool = self.sessions.pool(model)
-            slots = [session.slot for session in sessions]
-            tokens = np.fromiter((item[2] for item in items), np.int64, len(items))
-            logits, new_state = await self._infer(model.runtime.step, tokens, pool.gather(slots))
-            live = [r for r, session in enumerate(sessions) if not session.closed]
-            pool.scatter([slots[r] for r in live], new_state[:, live, :])
-            described = self._describe_rows(
-                model, logits[live], [items[r][3] for r in live], [items[r][4] for r in live]
-            )
-            for r, (top, distribution) in zip(live, described, strict=True):
-                session = sessions[r]
-                session.steps += 1
-                session.last = LastCall(items[r][5]) if items[r][5] else None
-                session.touch()
-                results[items[r][0]] = StepOutput(
-                    steps=session.steps, consumed=1, top=top, distribution=distribution
-                )
+            batcher = self.batcher(model)
+            futures = [
+                batcher.submit(session, token, k, False) for _, session, token, k, _ in items
+            ]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            for (index, session, _, _, request_id), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, ServiceError):  # e.g. closed meanwhile
+                    results[index] = outcome
+                elif isinstance(outcome, BaseException):  # a failed run fails the call
+                    raise outcome
+                else:
+                    top, distribution = outcome
+                    session.last = LastCall(request_id) if request_id else None
+                    session.touch()
+                    results[index] = StepOutput(session.steps, 1, top, distribution)
         finally:
             for session in sessions:
                 session.lock.release()

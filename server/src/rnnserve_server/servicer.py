@@ -248,8 +248,9 @@ def _fill_step_response(response: pb.StepResponse, session_id: str, out: StepOut
     response.steps = out.steps
     response.consumed = out.consumed
     add = response.top.add
-    for i, t, p in out.top:
-        add(id=i, text=t, probability=p)
+    names = out.top.names
+    for i, p in zip(out.top.ids, out.top.probabilities, strict=True):
+        add(id=i, text=names[i], probability=p)
     if out.distribution:
         response.distribution.extend(out.distribution)
 
@@ -281,6 +282,73 @@ def _generate_options(request: Any) -> GenerateOptions:
         stop=list(getattr(request, "stop", ())),
         stop_token_ids=list(getattr(request, "stop_token_ids", ())),
     )
+
+
+def step_calls(request: pb.StepManyRequest, limit: int) -> list[StepCall]:
+    """The steps of a StepMany message, from its columns (checked against each other)."""
+    count = len(request.session_ids)
+    if count > limit:  # the proto's contract: INVALID_ARGUMENT for the stream
+        raise out_of_range(
+            "session_ids", count, f"0 .. {limit} steps per message (max_steps_per_message)"
+        )
+    for name in ("texts", "request_ids", "lengths"):
+        if len(getattr(request, name)) not in (0, count):
+            raise out_of_range(
+                name, f"{len(getattr(request, name))} entries", f"0 or {count} (one per step)"
+            )
+    tokens = list(request.tokens)
+    lengths = list(request.lengths) or [1] * count
+    if sum(lengths) != len(tokens):
+        raise out_of_range(
+            "tokens", f"{len(tokens)} entries", f"{sum(lengths)} (the sum of lengths)"
+        )
+    texts = list(request.texts)
+    request_ids = list(request.request_ids) or [""] * count
+    k = request.top_k if request.HasField("top_k") else None
+    calls = []
+    start = 0
+    for i, (session_id, length, request_id) in enumerate(
+        zip(request.session_ids, lengths, request_ids, strict=True)
+    ):
+        given = (
+            TokenInput(ids=tokens[start : start + length])
+            if length
+            else TokenInput(text=texts[i] if texts else None)
+        )
+        start += length
+        calls.append(StepCall(session_id, given, k, request_id))
+    return calls
+
+
+def step_many_response(outcomes: list[StepOutput | ServiceError]) -> pb.StepManyResponse:
+    """The columns of a StepMany answer."""
+    response = pb.StepManyResponse()
+    steps, consumed, counts = [], [], []
+    ids: list[int] = []
+    texts: list[str] = []
+    probabilities: list[float] = []
+    add_error = response.errors.add
+    for index, out in enumerate(outcomes):
+        if isinstance(out, ServiceError):
+            steps.append(0)
+            consumed.append(0)
+            counts.append(0)
+            add_error(index=index, code=out.code.value[0], message=bounded_details(out.message))
+        else:
+            top = out.top
+            steps.append(out.steps)
+            consumed.append(out.consumed)
+            counts.append(len(top.ids))
+            ids += top.ids
+            texts += map(top.names.__getitem__, top.ids)
+            probabilities += top.probabilities
+    response.steps.extend(steps)
+    response.consumed.extend(consumed)
+    response.top_counts.extend(counts)
+    response.top_ids.extend(ids)
+    response.top_texts.extend(texts)
+    response.top_probabilities.extend(probabilities)
+    return response
 
 
 class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
@@ -425,36 +493,10 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def StepMany(
         self, request_iterator: AsyncIterator[pb.StepManyRequest], context: Any
     ) -> AsyncIterator[pb.StepManyResponse]:
-        limit = self.engine.config.max_steps_per_message
+        owner = caller_of(context)  # one caller for the whole stream
         async for request in request_iterator:
-            if len(parsed(request).steps) > limit:  # the proto's contract: INVALID_ARGUMENT
-                raise out_of_range(
-                    "steps",
-                    len(request.steps),
-                    f"0 .. {limit} per message (the server's max_steps_per_message)",
-                )
-            yield await self._step_many(request.steps, context)
-
-    async def _step_many(self, steps: Any, context: Any) -> pb.StepManyResponse:
-        calls = [
-            StepCall(
-                session_id=step.session_id,
-                given=_token_input(step, "tokens", "text", "input"),
-                k=step.top_k if step.HasField("top_k") else None,
-                full=step.return_distribution,
-                request_id=step.request_id,
-            )
-            for step in steps
-        ]
-        outcomes = await self.engine.step_many(calls, owner=caller_of(context))
-        response = pb.StepManyResponse()
-        add = response.outcomes.add
-        for call, out in zip(calls, outcomes, strict=True):
-            if isinstance(out, ServiceError):
-                add(code=out.code.value[0], message=out.message)
-            else:  # filled in place: passing a built StepResponse would copy it
-                _fill_step_response(add().result, call.session_id, out)
-        return response
+            calls = step_calls(parsed(request), self.engine.config.max_steps_per_message)
+            yield step_many_response(await self.engine.step_many(calls, owner=owner))
 
     # ------------------------------------------------------------------ generation
 
@@ -494,7 +536,9 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
             every_step=request.every_step,
         )
         return pb.ClassifyResponse(
-            top=[pb.TokenProbability(id=i, text=t, probability=p) for i, t, p in result.top],
+            top=[
+                pb.TokenProbability(id=i, text=t, probability=p) for i, t, p in result.top.entries()
+            ],
             final=pb.LabelProbabilities(probabilities=result.final),
             steps=[pb.LabelProbabilities(probabilities=row) for row in result.steps],
         )

@@ -197,11 +197,12 @@ class RnnServeServicer:
     def StepMany(self, request_iterator, context):
         """Many sessions' steps in one message and their results in one message, for callers
         that front many users (a gateway), so the per-message cost is paid once per batch.
-        Each request message is answered by one response message, in order; within it the
-        outcomes are in the order of the steps. A failing step fails alone: its outcome
-        carries the status code and message, and the other steps are applied. Steps of
-        one session within a message are applied in order. Errors of the stream itself:
-        INVALID_ARGUMENT (more than max_steps_per_message steps in a message).
+        Both messages are columns (entry i of each belongs to step i), so that a message of
+        hundreds of steps is a few packed arrays, not hundreds of sub-messages. Each request
+        message is answered by one response message, in order. A failing step fails alone
+        (an entry in `errors`); the other steps are applied. Steps of one session within a
+        message are applied in order. Errors of the stream itself: INVALID_ARGUMENT (more
+        than max_steps_per_message steps in a message; columns whose lengths disagree).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
