@@ -77,8 +77,9 @@ def _sessions(n: int) -> str:
     return f"{n} session" if n == 1 else f"{n} sessions"
 
 
-def _rel(path: Path, start: Path) -> str:
-    return os.path.relpath(path.resolve(), start.resolve().parent)
+def _rel(path: Path, page: Path) -> str:
+    """``path`` as a link from the markdown file ``page``."""
+    return os.path.relpath(path.resolve(), page.resolve().parent)
 
 
 def _concurrencies(records: Sequence[Record], scenario: str) -> list[int]:
@@ -187,7 +188,7 @@ def _ratios(records: Sequence[Record]) -> list[str]:
     return lines
 
 
-def _targets(records: Sequence[Record]) -> list[str]:
+def _targets(records: Sequence[Record], docs: Path) -> list[str]:
     verdicts = targets.evaluate(records)
     passed = sum(v.status == targets.PASS for v in verdicts)
     missed = sum(v.status == targets.MISS for v in verdicts)
@@ -197,10 +198,18 @@ def _targets(records: Sequence[Record]) -> list[str]:
         f"{passed} PASS, {missed} MISS, {len(verdicts) - passed - missed} not measurable yet.",
         "",
     ]
-    return lines + _table(
+    lines += _table(
         ["target", "required", "measured", "status"],
         ([v.target, v.required, v.measured, f"**{v.status}**"] for v in verdicts),
     )
+    analysis = docs.parent / "performance.md"
+    if analysis.exists():
+        lines += [
+            f"Where the time goes for each target, what was changed and tried, and what "
+            f"would close each miss: [{analysis.name}]({_rel(analysis, docs)}).",
+            "",
+        ]
+    return lines
 
 
 def _absolute(records: Sequence[Record], plot_path: Path, docs: Path) -> list[str]:
@@ -423,7 +432,7 @@ def render(result: dict[str, Any], json_path: Path, plot_path: Path, docs: Path)
     records = [Record.from_json(r) for r in result["records"]]
     lines = _header(result, json_path, docs)
     lines += _ratios(records)
-    lines += _targets(records)
+    lines += _targets(records, docs)
     lines += _absolute(records, plot_path, docs)
     lines += _failures(records)
     lines += soak_section(json_path.parent / "soak.json")
@@ -440,7 +449,7 @@ def training_section(page: Path, docs: Path) -> list[str]:
         "## Training speed",
         "",
         "The course cells against PyTorch's fused modules: "
-        f"[{page.name}]({_rel(page, docs.parent)}).",
+        f"[{page.name}]({_rel(page, docs)}).",
         "",
     ]
 
