@@ -448,8 +448,7 @@ def training_section(page: Path, docs: Path) -> list[str]:
     return [
         "## Training speed",
         "",
-        "The course cells against PyTorch's fused modules: "
-        f"[{page.name}]({_rel(page, docs)}).",
+        f"The course cells against PyTorch's fused modules: [{page.name}]({_rel(page, docs)}).",
         "",
     ]
 
