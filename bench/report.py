@@ -389,8 +389,9 @@ def _machine(result: dict[str, Any]) -> list[str]:
         f"{', '.join(model['graphs'])}, {model['state_bytes']} B of state per session "
         "(random weights: speed only)",
         f"- windows: {plan['warmup_s']} s warm-up then {plan['duration_s']} s measured per "
-        f"server figure; raw figures {plan['raw_duration_s']} s each, measured at the start "
-        "and at the end of the run, the better of the two kept (the other in the JSON)",
+        f"server figure, each taken in {plan.get('rounds', 1)} round(s) over the whole plan; "
+        f"raw figures {plan['raw_duration_s']} s each, measured at the start and at the end "
+        "of the run; of each figure the best run is kept (the others in the JSON)",
         f"- load client: {result['systems']['load_client']}; a new process per "
         "measurement; client and server share the cores",
         "- the three servers run side by side and are measured in turn, figure by figure; "
