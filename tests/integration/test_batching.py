@@ -161,3 +161,41 @@ def test_concurrent_generations_are_batched_and_equal_their_solo_runs(
         steps_seen = [s for t, s in solo if t >= 0]
         assert len(tokens) <= 20 + i  # max_tokens, or the end token earlier
         assert steps_seen == sorted(steps_seen)  # one token fed per step, in order
+
+
+def test_step_many_beyond_max_batch_takes_several_runs_with_the_same_outputs(
+    models_dir, model_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A StepMany message of 10 single-token steps with max_batch 4: runs of at most 4
+    rows, every step answered, each equal to a session stepped alone."""
+    from support import server_config
+
+    from rnnserve import StepInput, StepResult
+
+    tokens = [4 + 3 * i for i in range(10)]
+    config = server_config(models_dir, max_batch=4)
+    with ServerThread(config) as server, Client(server.address) as client:
+        size = client.get_model(model_name).vocabulary.size
+        sessions = [client.create_session(model_name) for _ in tokens]
+        steps = [
+            StepInput(s.id, tokens=[t], top_k=size) for s, t in zip(sessions, tokens, strict=True)
+        ]
+        (answer,) = client.step_many([steps])
+        batcher = server.run(
+            lambda: server.running.engine.batcher(  # type: ignore[union-attr]
+                server.running.engine.repository.get(model_name)  # type: ignore[union-attr]
+            )
+        )
+        assert max(batcher.stats.recent_batch_sizes) <= 4
+        assert sum(batcher.stats.recent_batch_sizes) >= 10
+        for outcome, token in zip(answer, tokens, strict=True):
+            assert isinstance(outcome, StepResult) and outcome.steps == 1
+            with client.create_session(model_name) as alone:
+                expected = alone.step(tokens=[token], top_k=size)
+            got = {t.id: t.probability for t in outcome.top}
+            np.testing.assert_allclose(
+                [got[t.id] for t in expected.top],
+                [t.probability for t in expected.top],
+                rtol=0,
+                atol=2e-6,
+            )

@@ -32,3 +32,21 @@ def test_invalid_values_name_the_setting(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         load_config(["--provider", "tpu"], environ={})
     assert "provider = 'tpu' is invalid; allowed: cpu or cuda" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [
+        ("--inline-run-us", "-1", "0..1000000"),
+        ("--inline-run-us", "2000000", "0..1000000"),
+        ("--sequence-intra-op-threads", "-2", ">= 0"),
+        ("--intra-op-threads", "-1", ">= 0"),
+    ],
+)
+def test_thread_and_inline_settings_are_checked(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(SystemExit):
+        load_config([flag, value], environ={})
+    setting = flag.removeprefix("--").replace("-", "_")
+    assert f"{setting} = {value} is invalid; allowed: {allowed}" in capsys.readouterr().err
