@@ -39,12 +39,12 @@ from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS
 from rnnserve_server.runtime import FloatArray, ModelRuntime
-from rnnserve_server.sampling import SamplingParams, sample_rows
+from rnnserve_server.sampling import Described, SamplingParams, sample_rows
 from rnnserve_server.sessions import Session, StatePool
 
 log = logging.getLogger(__name__)
 
-DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Any]]
+DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
 
 _INF = float("inf")
 _QUEUE_BOUNDS = (*QUEUE_BUCKETS, _INF)
@@ -136,17 +136,17 @@ class StepBatcher:
         self._schedule()
         return await future
 
-    async def step(self, session: Session, token: int, k: int, full: bool) -> Any:
+    async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
         """Feed one token; return the top k of the output after it (and the whole
         distribution if ``full``), computed for the whole batch at once."""
         return await self.submit(session, token, k, full)
 
-    def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Any]:
+    def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Described]:
         """``step`` without the await: queue the step, return the future of its answer
         (so that a caller can queue many sessions' steps in one go)."""
         if self._describe_rows is None:
             raise RuntimeError("this batcher was made without describe_rows")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Described] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(session, token, future, time.perf_counter(), k, full))
         self._schedule()
         return future

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,7 +35,9 @@ from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import (
     MAX_TOP_K,
+    Described,
     SamplingParams,
+    Top,
     sigmoid,
     softmax,
     top_k_rows,
@@ -83,25 +85,6 @@ MAX_REQUEST_ID = 64
 def check_request_id(request_id: str) -> None:
     if len(request_id) > MAX_REQUEST_ID:
         raise out_of_range("request_id", request_id, f"at most {MAX_REQUEST_ID} characters")
-
-
-class Top(NamedTuple):
-    """The most probable outputs of one step, most probable first: ids and probabilities
-    as parallel lists (rows of one array's ``tolist``, not one tuple per entry), and the
-    model's output names (token texts or labels) to look the ids up in."""
-
-    ids: list[int]
-    probabilities: list[float]
-    names: Sequence[str]
-
-    def entries(self) -> Iterator[tuple[int, str, float]]:
-        """(id, name, probability) per entry."""
-        names = self.names
-        for i, p in zip(self.ids, self.probabilities, strict=True):
-            yield i, names[i], p
-
-
-Described = tuple[Top, list[float] | None]  # the top k, and the distribution if asked
 
 
 @dataclass(slots=True)

@@ -6,9 +6,9 @@ Top-k uses a partial selection (``argpartition``), never a full sort of the outp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,25 @@ def top_k_rows(probabilities: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vec
     values = probabilities[row, candidates]
     order = np.lexsort((candidates, -values), axis=-1)
     return candidates[row, order], values[row, order]
+
+
+class Top(NamedTuple):
+    """The most probable outputs of one step, most probable first: ids and probabilities
+    as parallel lists (rows of one array's ``tolist``, not one tuple per entry), and the
+    model's output names (token texts or labels) to look the ids up in."""
+
+    ids: list[int]
+    probabilities: list[float]
+    names: Sequence[str]
+
+    def entries(self) -> Iterator[tuple[int, str, float]]:
+        """(id, name, probability) per entry."""
+        names = self.names
+        for i, p in zip(self.ids, self.probabilities, strict=True):
+            yield i, names[i], p
+
+
+Described = tuple[Top, list[float] | None]  # a step's top k, and its distribution if asked
 
 
 def top_k(probabilities: Vector, k: int) -> list[tuple[int, float]]:
