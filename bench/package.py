@@ -27,6 +27,7 @@ class ModelSpec:
     cell: str = "gru"
     layers: int = 1
     hidden_size: int = 256
+    words: int = 0  # a word vocabulary of this many tokens (synthetic words); 0: 100 chars
 
     @property
     def state_bytes(self) -> int:
@@ -77,9 +78,13 @@ def ensure_package(cache: Path = DEFAULT_CACHE, spec: ModelSpec = ModelSpec()) -
     from rnnserve_train.model import RNNLanguageModel
 
     torch.manual_seed(SEED)
-    tokenizer = Tokenizer.build("char", [VOCABULARY_TEXT])
+    tokenizer = (
+        Tokenizer.build("word", [" ".join(f"w{i}" for i in range(spec.words))], max_size=spec.words)
+        if spec.words
+        else Tokenizer.build("char", [VOCABULARY_TEXT])
+    )
     config = make_config(
-        "char-gru",
+        "word-gru" if spec.words else "char-gru",
         {
             "name": spec.name,
             "description": "Randomly initialised GRU for speed benchmarks (not trained)",
@@ -88,6 +93,10 @@ def ensure_package(cache: Path = DEFAULT_CACHE, spec: ModelSpec = ModelSpec()) -
             "hidden_size": spec.hidden_size,
             "sample_chars": 20,
             "progress": False,
+            # A short parity gate for word models: the reference keeps every step's output
+            # (1M words x 200 steps went past 15 GB of memory); 16 greedy steps still
+            # check the graphs against the model.
+            **({"vocab_size": spec.words, "parity_steps": 16} if spec.words else {}),
         },
     )
     model = RNNLanguageModel(spec.cell, tokenizer.size, spec.hidden_size, spec.layers)

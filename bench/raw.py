@@ -121,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     graph = StepGraph.load(args.package, args.threads)
-    step_s, sequence_s = prompt_times(graph, args.prompt_tokens, args.repeats)
+    step_s, sequence_s = (
+        prompt_times(graph, args.prompt_tokens, args.repeats) if args.prompt_tokens else ([], None)
+    )
     result: dict[str, Any] = {
         "threads": args.threads,
         "step": [

@@ -27,6 +27,18 @@ PROMPT_SINGLE_STEPS = "prompt-single-steps"  # the prompt as single-token unary 
 PROMPT_RAW_STEPS = "prompt-raw-step-loop"  # the step graph token by token, in-process
 PROMPT_RAW_SEQUENCE = "prompt-raw-sequence"  # one run of the sequence graph, in-process
 IDLE_MEMORY = "idle-memory"  # resident memory per idle session
+VOCABULARY = "vocabulary"  # word models of 10k-1M words: lockstep steps and raw runs
+
+
+def vocabulary_label(words: int) -> str:
+    """10000 -> "10k", 1000000 -> "1M"."""
+    return f"{words // 1_000_000}M" if words >= 1_000_000 else f"{words // 1_000}k"
+
+
+def vocabulary_scenario(words: int) -> str:
+    """The scenario of one vocabulary size (its records are kept apart by it)."""
+    return f"{VOCABULARY}-{words}"
+
 
 SCENARIOS = (
     LOCKSTEP,
@@ -40,6 +52,7 @@ SCENARIOS = (
     PROMPT_RAW_STEPS,
     PROMPT_RAW_SEQUENCE,
     IDLE_MEMORY,
+    VOCABULARY,
 )
 
 

@@ -33,7 +33,10 @@ from bench.records import (
     RAW_STEP,
     RNNSERVE,
     SERVERS,
+    VOCABULARY,
     Record,
+    vocabulary_label,
+    vocabulary_scenario,
 )
 from bench.soak import soak_section
 from bench.targets import find
@@ -295,6 +298,7 @@ def _absolute(records: Sequence[Record], plot_path: Path, docs: Path) -> list[st
         ),
     ]
     lines += _prompt(records)
+    lines += _vocabularies(records)
     lines += _memory(records)
     return lines
 
@@ -321,6 +325,76 @@ def _prompt(records: Sequence[Record]) -> list[str]:
         "Median of repeated runs (one warm-up first); single Steps: the whole sequence.",
         "",
         *_table(["how", "ms", "vs one call"], rows),
+    ]
+
+
+def _vocabularies(records: Sequence[Record]) -> list[str]:
+    """Word models of growing vocabularies: rnnserve in lockstep and raw step-graph runs."""
+    mine = [r for r in records if r.scenario.startswith(VOCABULARY + "-")]
+    sizes = sorted({int(r.extra.get("words", 0)) for r in mine if r.extra.get("words")})
+    if not sizes:
+        return []
+
+    def get(system: str, words: int, n: int) -> Record | None:
+        scenario = vocabulary_scenario(words)
+        return next(
+            (
+                r
+                for r in mine
+                if r.system == system
+                and r.scenario == scenario
+                and (r.concurrency if system == RNNSERVE else r.batch) == n
+            ),
+            None,
+        )
+
+    def cell(r: Record | None, field: str) -> str:
+        if r is None:
+            return "–"
+        if r.error or r.skipped:
+            return "failed" if r.error else "skipped"
+        value = getattr(r, field)
+        return _ms(value) if field.endswith("_ms") else _num(value)
+
+    rows = []
+    for words in sizes:
+        any_record = next(r for r in mine if r.extra.get("words") == words)
+        one, many = get(RNNSERVE, words, 1), get(RNNSERVE, words, 64)
+        raw1, raw64 = get(RAW, words, 1), get(RAW, words, 64)
+        rows.append(
+            [
+                vocabulary_label(words),
+                str(any_record.extra.get("hidden_size", "–")),
+                cell(one, "p50_ms"),
+                cell(raw1, "p50_ms"),
+                cell(many, "p50_ms"),
+                cell(many, "steps_per_s"),
+                cell(raw64, "p50_ms"),
+                cell(raw64, "steps_per_s"),
+            ]
+        )
+    return [
+        "## Large vocabularies",
+        "",
+        "Word models (one GRU layer, synthetic words, random weights) served by one rnnserve; "
+        "each session steps in lockstep with the default top 5 (so every step computes the "
+        "whole output and its top-k). Raw: one step-graph run at that batch, in-process, no "
+        "top-k. At 1M words the hidden size is 64: at 128 the step graph would hold 2 GB of "
+        "weights, over ONNX's 2 GB protobuf limit.",
+        "",
+        *_table(
+            [
+                "words",
+                "hidden",
+                "rnnserve p50 ms, 1 session",
+                "raw run ms, batch 1",
+                "rnnserve p50 ms, 64 sessions",
+                "rnnserve steps/s, 64 sessions",
+                "raw run ms, batch 64",
+                "raw steps/s, batch 64",
+            ],
+            rows,
+        ),
     ]
 
 

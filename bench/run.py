@@ -49,7 +49,10 @@ from bench.records import (
     RAW_STEP,
     RNNSERVE,
     SERVERS,
+    VOCABULARY,
     Record,
+    vocabulary_label,
+    vocabulary_scenario,
 )
 
 log = logging.getLogger("bench")
@@ -89,6 +92,13 @@ class Plan:
     # can land in a neighbour's load spike, and a ratio of two such windows moved by 25 %
     # between identical runs.
     rounds: int = 2
+    # Word models of these vocabularies (synthetic words, random weights), each stepped
+    # through rnnserve at 1 and 64 sessions and raw at batch 1 and 64: (words, hidden).
+    # Hidden 128 is the zoo's word-gru. At 1M words its step graph would hold 2 GB of
+    # weights, over ONNX's 2 GB protobuf limit (the exporter writes no external data):
+    # hidden 64 there (built once in ~2 min, 3.3 GB in bench/.cache, ~7 GB of memory).
+    vocabularies: tuple[tuple[int, int], ...] = ((10_000, 128), (100_000, 128), (1_000_000, 64))
+    vocabulary_sessions: tuple[int, ...] = (1, 64)
 
 
 QUICK = Plan(
@@ -105,6 +115,7 @@ QUICK = Plan(
     idle_time_limit_s=20.0,
     settle_s=0.1,
     rounds=1,
+    vocabularies=((1_000, 32),),
 )
 
 
@@ -572,6 +583,61 @@ def measure_servers(
     return systems
 
 
+def measure_vocabularies(
+    cache: Path, plan: Plan, extra_args: Sequence[str], recorder: Recorder
+) -> dict[str, list[str]]:
+    """Word models of each vocabulary: raw step-graph runs at batch 1 and 64 (one worker
+    per package), then one rnnserve serving all of them, stepped in lockstep (top 5)."""
+    specs = {
+        words: ModelSpec(name=f"word-{vocabulary_label(words)}", hidden_size=hidden, words=words)
+        for words, hidden in plan.vocabularies
+    }
+    root = cache / "vocabularies"
+    packages = {words: ensure_package(root, spec) for words, spec in specs.items()}
+    batches = ",".join(map(str, plan.vocabulary_sessions))
+
+    def raw(words: int) -> list[Record]:
+        result = run_worker(
+            "bench.raw",
+            ["--package", str(packages[words]), "--batches", batches, "--sampling-batches", "",
+             "--warmup", str(min(plan.warmup_s, 0.5)), "--duration", str(plan.raw_duration_s),
+             "--prompt-tokens", "0"],
+            timeout_s=WORKER_GRACE_S * 3,
+        )  # fmt: skip
+        return [
+            Record(RAW, vocabulary_scenario(words), batch=r["batch"], steps_per_s=r["per_s"],
+                   p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], count=r["runs"],
+                   duration_s=r["duration_s"], extra={"words": words,
+                   "hidden_size": specs[words].hidden_size})
+            for r in result["step"]
+        ]  # fmt: skip
+
+    for words in specs:
+        recorder.measure(RAW, vocabulary_scenario(words), functools.partial(raw, words))
+    command = rnnserve_command(root / "models", rnnserve_flags(), extra_args, DEFAULT_SESSION_LIMIT)
+    try:
+        with serving(RNNSERVE, command) as server:
+            for words, spec in specs.items():
+                for n in plan.vocabulary_sessions:
+
+                    def steps(
+                        spec: ModelSpec = spec, n: int = n, words: int = words
+                    ) -> list[Record]:
+                        records = _measure_steps(
+                            server, spec.name, n, plan, mode="lockstep",
+                            scenario=vocabulary_scenario(words),
+                            extra={"words": words, "hidden_size": spec.hidden_size},
+                        )  # fmt: skip
+                        return records
+
+                    recorder.measure(
+                        RNNSERVE, vocabulary_scenario(words), steps, server=server, concurrency=n
+                    )
+    except ProcessFailed as exc:
+        recorder.records.append(Record(RNNSERVE, VOCABULARY, error=str(exc)[-2000:]))
+    return {"rnnserve (vocabularies)": command}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -596,6 +662,7 @@ def run(plan: Plan, cache: Path, extra_args: Sequence[str], quick: bool) -> dict
     recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
     systems = measure_servers(package, spec, plan, extra_args, recorder)
     recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
+    systems.commands.update(measure_vocabularies(cache, plan, extra_args, recorder))
     recorder.records = best_runs(recorder.records)
     manifest = json.loads((package / "manifest.json").read_text(encoding="utf-8"))
     return {

@@ -16,7 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import GENERATE, IDLE_MEMORY, LOCKSTEP, SCENARIOS, SERVERS, Record
+from bench.records import (
+    GENERATE,
+    IDLE_MEMORY,
+    LOCKSTEP,
+    RAW,
+    RNNSERVE,
+    SCENARIOS,
+    SERVERS,
+    VOCABULARY,
+    Record,
+    vocabulary_scenario,
+)
 from bench.targets import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +61,11 @@ def test_quick_run_records_every_scenario(tmp_path: Path) -> None:
     records = result["records"]
     failed = [(r["system"], r["scenario"], r["error"]) for r in records if r["error"]]
     assert not failed
-    assert {r["scenario"] for r in records} == set(SCENARIOS)
+    words = vocabulary_scenario(1000)  # the quick plan's one word model
+    assert {r["scenario"] for r in records} == set(SCENARIOS) - {VOCABULARY} | {words}
+    assert {
+        (r["system"], r["concurrency"] or r["batch"]) for r in records if r["scenario"] == words
+    } == {(RAW, 1), (RAW, 64), (RNNSERVE, 1), (RNNSERVE, 64)}
     for system in SERVERS:
         assert {r["scenario"] for r in records if r["system"] == system} >= {LOCKSTEP, GENERATE}
     for r in records:
@@ -66,6 +81,7 @@ def test_quick_run_records_every_scenario(tmp_path: Path) -> None:
 
     page = docs.read_text(encoding="utf-8")
     assert page.index("## Ratios") < page.index("## Targets") < page.index("## Lockstep")
+    assert "| 1k | 32 |" in page  # the large-vocabulary table's row of the quick plan
     for verdict in evaluate([Record.from_json(r) for r in records]):
         assert f"| {verdict.target} |" in page
         assert f"**{verdict.status}**" in page
