@@ -66,7 +66,7 @@ test-docker: $(STAMP) ## Build the images and run the compose stack end to end (
 	$(BIN)/pytest -m docker -rP tests/docker
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~7 min); rewrites docs/benchmarks.md
+bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~8 min; ~2 more the first time); rewrites docs/benchmarks.md
 	$(PY) -m bench
 
 .PHONY: models
