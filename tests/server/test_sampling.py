@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from rnnserve_server.errors import InvalidArgument
-from rnnserve_server.sampling import SamplingParams, sample_rows, softmax, top_k
+from rnnserve_server.sampling import (
+    ROW_BY_ROW_WIDTH,
+    SamplingParams,
+    sample_rows,
+    sigmoid,
+    softmax,
+    top_k,
+    top_outputs,
+)
 
 
 def test_top_k_matches_a_full_sort() -> None:
@@ -16,6 +24,25 @@ def test_top_k_matches_a_full_sort() -> None:
         expected = sorted(range(1000), key=lambda i: -p[i])[: min(k, 1000)]
         assert [i for i, _ in top_k(p, k)] == expected
     assert top_k(p, 0) == []
+
+
+@pytest.mark.parametrize("width", [7, 1000, ROW_BY_ROW_WIDTH + 1])
+def test_top_outputs_equal_a_full_float64_softmax_and_sort(width: int) -> None:
+    """The top k selected on float32 logits, with probabilities from each row's
+    normalizer, against the whole float64 distribution sorted by (-p, id); ties included,
+    k from 0 to past the width, both heads, and the row-by-row path of wide outputs."""
+    rng = np.random.default_rng(width)
+    logits = (rng.normal(size=(3, width)) * 4).astype(np.float32)
+    logits[0, 1] = logits[0, 5] = logits[0].max() + 1  # a tie at the top: lower id first
+    for head in ("softmax", "sigmoid"):
+        reference = (sigmoid if head == "sigmoid" else softmax)(logits.astype(np.float64))
+        for k in (0, 1, 5, width, width + 3):
+            ids, values = top_outputs(logits, k, sigmoid_head=head == "sigmoid")
+            assert ids.shape == values.shape == (3, min(k, width))
+            for r in range(3):
+                expected = sorted(range(width), key=lambda i, r=r: (-reference[r, i], i))
+                assert ids[r].tolist() == expected[: min(k, width)]
+                np.testing.assert_allclose(values[r], reference[r, ids[r]], rtol=1e-6, atol=1e-12)
 
 
 def test_greedy_is_the_argmax() -> None:

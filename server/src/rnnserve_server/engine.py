@@ -40,7 +40,7 @@ from rnnserve_server.sampling import (
     Top,
     sigmoid,
     softmax,
-    top_k_rows,
+    top_outputs,
 )
 from rnnserve_server.sessions import LastCall, Session, SessionStore
 from rnnserve_server.tokenizer import TokenizeError
@@ -261,20 +261,19 @@ class Engine:
     def _describe_rows(
         self, model: Model, logits: FloatArray, ks: list[int], fulls: list[bool]
     ) -> list[Described]:
-        """Per row of logits [B, K]: the top k (vectorized softmax and top-k)."""
-        rows = logits.astype(np.float64)
-        probabilities = (
-            sigmoid(rows) if model.package.manifest.output.kind == "sigmoid" else softmax(rows)
-        )
+        """Per row of logits [B, K]: the top k, selected on the logits (no [B, K]
+        distribution is made unless a row asks for it: ``full``)."""
         names = model.package.manifest.output.labels or model.package.tokenizer.tokens
         most = max(ks, default=0)
-        ids, values = top_k_rows(probabilities, most)
+        ids, values = top_outputs(
+            logits, most, sigmoid_head=model.package.manifest.output.kind == "sigmoid"
+        )
         return [
             (
                 Top(row_ids, row_values, names)
                 if k == most
                 else Top(row_ids[:k], row_values[:k], names),
-                probabilities[r].astype(np.float32).tolist() if full else None,
+                self.probabilities(model, logits[r]).astype(np.float32).tolist() if full else None,
             )
             for r, (row_ids, row_values, k, full) in enumerate(
                 zip(ids.tolist(), values.tolist(), ks, fulls, strict=True)

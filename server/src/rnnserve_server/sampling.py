@@ -69,6 +69,47 @@ class Top(NamedTuple):
 Described = tuple[Top, list[float] | None]  # a step's top k, and its distribution if asked
 
 
+# Above this many outputs a row is selected on its own: a vectorized argpartition of
+# [64, 1M] would allocate a 512 MB index array.
+ROW_BY_ROW_WIDTH = 65_536
+
+
+def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vector]:
+    """Per row of logits [B, K]: the ids of the k most probable outputs and their
+    probabilities, [B, k] each, most probable first (ties: lower id first).
+
+    Selects on the logits (their order is the probabilities'), so no [B, K] distribution
+    is made: softmax needs only each row's normalizer, summed in float64 over float32
+    exponentials; a sigmoid head's probabilities are those of the k logits alone.
+    """
+    rows, width = logits.shape
+    k = max(0, min(k, width))
+    if k == 0:
+        return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0))
+    row = np.arange(rows)[:, None]
+    if k == width:
+        candidates = np.broadcast_to(np.arange(width), (rows, width))
+    elif width <= ROW_BY_ROW_WIDTH:
+        candidates = np.argpartition(logits, width - k, axis=1)[:, width - k :]
+    else:
+        candidates = np.stack([np.argpartition(r, width - k)[width - k :] for r in logits])
+    chosen = logits[row, candidates]
+    if k < width:  # outputs tied with the k-th largest: the lowest ids are the ones taken
+        threshold = chosen.min(axis=1, keepdims=True)
+        for r in np.flatnonzero((logits >= threshold).sum(axis=1) > k).tolist():
+            above = np.flatnonzero(logits[r] > threshold[r, 0])
+            tied = np.flatnonzero(logits[r] == threshold[r, 0])[: k - len(above)]
+            candidates[r] = np.concatenate((above, tied))
+            chosen[r] = logits[r, candidates[r]]
+    order = np.lexsort((candidates, -chosen), axis=-1)
+    ids, top = candidates[row, order], chosen[row, order].astype(np.float64)
+    if sigmoid_head:
+        return ids, sigmoid(top)
+    peak = top[:, :1].astype(logits.dtype)  # the largest logit of each row
+    total = np.exp(logits - peak).sum(axis=1, dtype=np.float64, keepdims=True)
+    return ids, np.exp(top - peak) / total
+
+
 def top_k(probabilities: Vector, k: int) -> list[tuple[int, float]]:
     """The k most probable entries of one distribution, most probable first."""
     ids, values = top_k_rows(probabilities[None, :], k)
