@@ -159,6 +159,21 @@ class Recorder:
 # ---------------------------------------------------------------- raw in-process
 
 
+def raw_step_record(run: dict[str, Any], scenario: str, extra: dict[str, Any]) -> Record:
+    """One of bench.raw's step-graph figures (``result["step"]``) as a record."""
+    return Record(
+        RAW,
+        scenario,
+        batch=run["batch"],
+        steps_per_s=run["per_s"],
+        p50_ms=run["p50_ms"],
+        p99_ms=run["p99_ms"],
+        count=run["runs"],
+        duration_s=run["duration_s"],
+        extra=dict(extra),
+    )
+
+
 def measure_raw(package: Path, plan: Plan) -> list[Record]:
     result = run_worker(
         "bench.raw",
@@ -181,20 +196,7 @@ def measure_raw(package: Path, plan: Plan) -> list[Record]:
         timeout_s=WORKER_GRACE_S * 3,
     )
     threads = {"intra_op_threads": result["threads"] or "default"}
-    records = [
-        Record(
-            RAW,
-            RAW_STEP,
-            batch=r["batch"],
-            steps_per_s=r["per_s"],
-            p50_ms=r["p50_ms"],
-            p99_ms=r["p99_ms"],
-            count=r["runs"],
-            duration_s=r["duration_s"],
-            extra=dict(threads),
-        )
-        for r in result["step"]
-    ]
+    records = [raw_step_record(r, RAW_STEP, threads) for r in result["step"]]
     records += [
         Record(
             RAW,
@@ -604,13 +606,8 @@ def measure_vocabularies(
              "--prompt-tokens", "0"],
             timeout_s=WORKER_GRACE_S * 3,
         )  # fmt: skip
-        return [
-            Record(RAW, vocabulary_scenario(words), batch=r["batch"], steps_per_s=r["per_s"],
-                   p50_ms=r["p50_ms"], p99_ms=r["p99_ms"], count=r["runs"],
-                   duration_s=r["duration_s"], extra={"words": words,
-                   "hidden_size": specs[words].hidden_size})
-            for r in result["step"]
-        ]  # fmt: skip
+        extra = {"words": words, "hidden_size": specs[words].hidden_size}
+        return [raw_step_record(r, vocabulary_scenario(words), extra) for r in result["step"]]
 
     for words in specs:
         recorder.measure(RAW, vocabulary_scenario(words), functools.partial(raw, words))
@@ -619,17 +616,16 @@ def measure_vocabularies(
         with serving(RNNSERVE, command) as server:
             for words, spec in specs.items():
                 for n in plan.vocabulary_sessions:
-
-                    def steps(
-                        spec: ModelSpec = spec, n: int = n, words: int = words
-                    ) -> list[Record]:
-                        records = _measure_steps(
-                            server, spec.name, n, plan, mode="lockstep",
-                            scenario=vocabulary_scenario(words),
-                            extra={"words": words, "hidden_size": spec.hidden_size},
-                        )  # fmt: skip
-                        return records
-
+                    steps = functools.partial(
+                        _measure_steps,
+                        server,
+                        spec.name,
+                        n,
+                        plan,
+                        mode="lockstep",
+                        scenario=vocabulary_scenario(words),
+                        extra={"words": words, "hidden_size": spec.hidden_size},
+                    )
                     recorder.measure(
                         RNNSERVE, vocabulary_scenario(words), steps, server=server, concurrency=n
                     )

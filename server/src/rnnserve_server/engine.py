@@ -479,11 +479,7 @@ class Engine:
         local = self.sessions.records is None
         for index, call in enumerate(calls):
             try:
-                session = (
-                    self.sessions.get(call.session_id, owner)
-                    if local
-                    else await self.sessions.lookup(call.session_id, owner)
-                )
+                session = await self.sessions.lookup(call.session_id, owner)
                 k = self._check_top_k(call.k)
                 token = self._one_token(session.model, call.given)
                 if token is None:

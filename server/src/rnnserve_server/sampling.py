@@ -29,25 +29,38 @@ def sigmoid(logits: Vector) -> Vector:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def top_k_rows(probabilities: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
-    """Per row of [B, K], the k most probable ids and their probabilities, most probable
-    first (ties: lower id first), by partial selection: [B, k] and [B, k]."""
-    rows, width = probabilities.shape
+# Above this many outputs a row is selected on its own: a vectorized argpartition of
+# [64, 1M] would allocate a 512 MB index array.
+ROW_BY_ROW_WIDTH = 65_536
+
+
+def top_k_rows(values: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
+    """Per row of [B, K], the ids of the k largest values and those values, largest first
+    (ties: lower id first, also among values tied with the k-th largest), by partial
+    selection (row by row above ROW_BY_ROW_WIDTH): [B, k] and [B, k]."""
+    rows, width = values.shape
     k = max(0, min(k, width))
-    if k < width:
-        candidates = (
-            np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
-            if k
-            else (np.zeros((rows, 0), dtype=np.int64))
-        )
-    else:
+    if k == 0:
+        return np.zeros((rows, 0), dtype=np.int64), values[:, :0]
+    if k == width:
         candidates = np.broadcast_to(np.arange(width), (rows, width))
+    elif width <= ROW_BY_ROW_WIDTH:
+        candidates = np.argpartition(values, width - k, axis=1)[:, width - k :]
+    else:
+        candidates = np.stack([np.argpartition(r, width - k)[width - k :] for r in values])
     # Fancy indexing with the row numbers, not take_along_axis: the same elements, without
     # its per-call overhead (this runs for every batch of steps).
     row = np.arange(rows)[:, None]
-    values = probabilities[row, candidates]
-    order = np.lexsort((candidates, -values), axis=-1)
-    return candidates[row, order], values[row, order]
+    chosen = values[row, candidates]
+    if k < width:  # values tied with the k-th largest: the lowest ids are the ones taken
+        threshold = chosen.min(axis=1, keepdims=True)
+        for r in np.flatnonzero((values >= threshold).sum(axis=1) > k).tolist():
+            above = np.flatnonzero(values[r] > threshold[r, 0])
+            tied = np.flatnonzero(values[r] == threshold[r, 0])[: k - len(above)]
+            candidates[r] = np.concatenate((above, tied))
+            chosen[r] = values[r, candidates[r]]
+    order = np.lexsort((candidates, -chosen), axis=-1)
+    return candidates[row, order], chosen[row, order]
 
 
 class Top(NamedTuple):
@@ -69,11 +82,6 @@ class Top(NamedTuple):
 Described = tuple[Top, list[float] | None]  # a step's top k, and its distribution if asked
 
 
-# Above this many outputs a row is selected on its own: a vectorized argpartition of
-# [64, 1M] would allocate a 512 MB index array.
-ROW_BY_ROW_WIDTH = 65_536
-
-
 def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vector]:
     """Per row of logits [B, K]: the ids of the k most probable outputs and their
     probabilities, [B, k] each, most probable first (ties: lower id first).
@@ -82,27 +90,10 @@ def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vec
     is made: softmax needs only each row's normalizer, summed in float64 over float32
     exponentials; a sigmoid head's probabilities are those of the k logits alone.
     """
-    rows, width = logits.shape
-    k = max(0, min(k, width))
-    if k == 0:
-        return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0))
-    row = np.arange(rows)[:, None]
-    if k == width:
-        candidates = np.broadcast_to(np.arange(width), (rows, width))
-    elif width <= ROW_BY_ROW_WIDTH:
-        candidates = np.argpartition(logits, width - k, axis=1)[:, width - k :]
-    else:
-        candidates = np.stack([np.argpartition(r, width - k)[width - k :] for r in logits])
-    chosen = logits[row, candidates]
-    if k < width:  # outputs tied with the k-th largest: the lowest ids are the ones taken
-        threshold = chosen.min(axis=1, keepdims=True)
-        for r in np.flatnonzero((logits >= threshold).sum(axis=1) > k).tolist():
-            above = np.flatnonzero(logits[r] > threshold[r, 0])
-            tied = np.flatnonzero(logits[r] == threshold[r, 0])[: k - len(above)]
-            candidates[r] = np.concatenate((above, tied))
-            chosen[r] = logits[r, candidates[r]]
-    order = np.lexsort((candidates, -chosen), axis=-1)
-    ids, top = candidates[row, order], chosen[row, order].astype(np.float64)
+    ids, chosen = top_k_rows(logits, k)
+    top = chosen.astype(np.float64)
+    if not top.shape[1]:
+        return ids, top
     if sigmoid_head:
         return ids, sigmoid(top)
     peak = top[:, :1].astype(logits.dtype)  # the largest logit of each row

@@ -461,12 +461,8 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def _step(
         self, request: pb.StepRequest, context: Any, owner: str | None = None
     ) -> pb.StepResponse:
-        sessions = self.engine.sessions
-        owner = caller_of(context) if owner is None else owner
-        session = (
-            sessions.get(request.session_id, owner)  # no await where nothing is awaited
-            if sessions.records is None
-            else await sessions.lookup(request.session_id, owner)
+        session = await self.engine.sessions.lookup(
+            request.session_id, caller_of(context) if owner is None else owner
         )
         out = await self.engine.step(
             session,
