@@ -5,14 +5,17 @@ import math
 import numpy as np
 import pytest
 
+from rnnserve_server import sampling
 from rnnserve_server.errors import InvalidArgument
 from rnnserve_server.sampling import (
+    ARGMAX_PASSES,
     ROW_BY_ROW_WIDTH,
     SamplingParams,
     sample_rows,
     sigmoid,
     softmax,
     top_k,
+    top_k_rows,
     top_outputs,
 )
 
@@ -24,6 +27,30 @@ def test_top_k_matches_a_full_sort() -> None:
         expected = sorted(range(1000), key=lambda i: -p[i])[: min(k, 1000)]
         assert [i for i, _ in top_k(p, k)] == expected
     assert top_k(p, 0) == []
+
+
+@pytest.mark.parametrize("width", [3, 12, 100])
+@pytest.mark.parametrize("chunk", [sampling.ARGMAX_CHUNK, 50])
+def test_top_k_rows_equal_a_sort_by_value_then_id(
+    width: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both selections (argmax passes up to ARGMAX_PASSES, over chunks of rows; partial
+    selection above) against a sort by (-value, id): rows of many equal values (ties at
+    the k-th place), rows with -inf among and past the top k, and rows of only -inf."""
+    monkeypatch.setattr(sampling, "ARGMAX_CHUNK", chunk)
+    rng = np.random.default_rng(width)
+    values = rng.integers(-3, 3, size=(40, width)).astype(np.float32)  # many ties
+    values[1:5] = rng.normal(size=(4, width))
+    values[5, ::2] = -np.inf
+    values[6] = -np.inf
+    values[7, 1:] = -np.inf
+    for k in range(1, ARGMAX_PASSES + 3):
+        ids, chosen = top_k_rows(values, k)
+        assert ids.shape == chosen.shape == (40, min(k, width))
+        for r, row in enumerate(values.tolist()):
+            expected = sorted(range(width), key=lambda i, row=row: (-row[i], i))[:k]
+            assert ids[r].tolist() == expected, (k, r)
+            assert chosen[r].tolist() == [row[i] for i in expected]
 
 
 @pytest.mark.parametrize("width", [7, 1000, ROW_BY_ROW_WIDTH + 1])

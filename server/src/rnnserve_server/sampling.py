@@ -1,6 +1,7 @@
 """Turning logits into what callers asked for: probabilities, top-k, sampled tokens.
 
-Top-k uses a partial selection (``argpartition``), never a full sort of the output.
+Top-k takes a few passes of argmax (small k) or a partial selection (``argpartition``),
+never a full sort of the output.
 """
 
 from __future__ import annotations
@@ -36,12 +37,47 @@ ROW_BY_ROW_WIDTH = 65_536
 
 def top_k_rows(values: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
     """Per row of [B, K], the ids of the k largest values and those values, largest first
-    (ties: lower id first, also among values tied with the k-th largest), by partial
-    selection (row by row above ROW_BY_ROW_WIDTH): [B, k] and [B, k]."""
+    (ties: lower id first, also among values tied with the k-th largest): [B, k] and
+    [B, k]. A few passes of argmax for small k, else a partial selection."""
     rows, width = values.shape
     k = max(0, min(k, width))
     if k == 0:
         return np.zeros((rows, 0), dtype=np.int64), values[:, :0]
+    if k <= ARGMAX_PASSES and k < width:
+        ids, chosen = _top_by_argmax(values, k)
+        # A row whose remaining values were all -inf (or NaN) may have taken an id twice.
+        for r in np.flatnonzero(~np.isfinite(chosen[:, 1:]).all(axis=1)).tolist():
+            ids[r], chosen[r] = _top_by_selection(values[r : r + 1], k)
+        return ids, chosen
+    return _top_by_selection(values, k)
+
+
+# Up to this k, k passes of argmax (each takes the first, so the lowest id, of equal
+# values) beat a partial selection: 256 rows of 100 outputs, k=5, 0.19 ms against 0.42.
+ARGMAX_PASSES = 8
+# The argmax passes work on a copy of this many values at a time.
+ARGMAX_CHUNK = 1 << 20
+
+
+def _top_by_argmax(values: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
+    rows, width = values.shape
+    ids = np.empty((rows, k), dtype=np.int64)
+    chosen = np.empty((rows, k), dtype=values.dtype)
+    step = max(1, ARGMAX_CHUNK // width)
+    for start in range(0, rows, step):
+        work = values[start : start + step].copy()
+        row = np.arange(len(work))
+        for j in range(k):
+            best = work.argmax(axis=1)
+            ids[start : start + step, j] = best
+            chosen[start : start + step, j] = work[row, best]
+            work[row, best] = -np.inf
+    return ids, chosen
+
+
+def _top_by_selection(values: Vector, k: int) -> tuple[np.ndarray[Any, Any], Vector]:
+    """``top_k_rows`` by partial selection (row by row above ROW_BY_ROW_WIDTH)."""
+    rows, width = values.shape
     if k == width:
         candidates = np.broadcast_to(np.arange(width), (rows, width))
     elif width <= ROW_BY_ROW_WIDTH:
