@@ -208,3 +208,70 @@ def test_step_many_beyond_max_batch_takes_several_runs_with_the_same_outputs(
                 rtol=0,
                 atol=2e-6,
             )
+
+
+def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees(
+    server: ServerThread, model_name: str
+) -> None:
+    """On the engine (the server's loop, the real graph): a StepMany group queued with
+    single steps of other sessions in the same turn shares their run and gives each row
+    what a session stepped alone gets; a session closed while its group waits is
+    answered NOT_FOUND and the rest of the group is applied; a group whose caller went
+    away before its run applies nothing."""
+    from rnnserve_server.engine import StepColumns, TokenInput
+    from rnnserve_server.errors import NotFound
+
+    tokens = [4 + 5 * i for i in range(8)]
+
+    async def scenario() -> dict[str, object]:
+        engine = server.running.engine  # type: ignore[union-attr]
+        model = engine.repository.get(model_name)
+        size = model.package.tokenizer.size
+        grouped = [await engine.create_session(model) for _ in tokens]
+        singles = [await engine.create_session(model) for _ in range(3)]
+        idle = [await engine.create_session(model) for _ in range(4)]
+        batcher = engine.batcher(model)
+        runs_before = batcher.stats.runs
+        many = asyncio.ensure_future(
+            engine.step_many(StepColumns([s.id for s in grouped], tokens, k=size))
+        )
+        alone = [
+            asyncio.ensure_future(engine.step(s, TokenInput(ids=[t]), k=size, full=False))
+            for s, t in zip(singles, tokens[:3], strict=True)
+        ]
+        await asyncio.sleep(0)  # the group is queued (its locks held), the run not yet
+        await engine.sessions.close(grouped[2])
+        answer = await many
+        outputs = await asyncio.gather(*alone)
+        shared_runs = batcher.stats.runs - runs_before
+        dropped = asyncio.ensure_future(
+            engine.step_many(StepColumns([s.id for s in idle], tokens[:4], k=size))
+        )
+        await asyncio.sleep(0)
+        dropped.cancel()
+        await asyncio.gather(dropped, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        solo = []
+        for token in tokens:  # each token fed to a fresh session, alone
+            session = await engine.create_session(model)
+            solo.append(await engine.step(session, TokenInput(ids=[token]), k=size, full=False))
+        return {
+            "rows": answer.in_order(),
+            "singles": outputs,
+            "solo": solo,
+            "shared_runs": shared_runs,
+            "idle_steps": [s.steps for s in idle],
+        }
+
+    result = server.call(scenario())
+    rows = result["rows"]
+    assert isinstance(rows[2], NotFound)
+    assert result["shared_runs"] == 1  # 7 group rows and 3 single steps: one run
+    assert result["idle_steps"] == [0, 0, 0, 0]
+    for i, (got, expected) in enumerate(zip(rows, result["solo"], strict=True)):  # type: ignore[call-overload]
+        if i == 2:
+            continue
+        assert got.steps == 1 and got.top.ids == expected.top.ids
+        np.testing.assert_allclose(got.top.probabilities, expected.top.probabilities, atol=2e-6)
+    for got, expected in zip(result["singles"], result["solo"], strict=False):  # type: ignore[call-overload]
+        assert got.top.ids == expected.top.ids

@@ -2,7 +2,9 @@
 
 Callers ``await feed(session, token)`` (or ``step``, which also describes the output)
 while holding the session's lock, so a session has at most one step in flight and its
-steps stay in order. Generations join as jobs (``advance``): every generating session
+steps stay in order. ``step_rows`` queues the single-token steps of many distinct
+sessions (a StepMany message) as one group: arrays in, arrays out, one future per
+group rather than per step. Generations join as jobs (``advance``): every generating session
 whose caller is waiting for tokens feeds one token per run, and the next tokens of all
 of them are sampled together. The loop collects pending work (for ``window_s`` if set,
 or as it piles up while the previous run is in flight), gathers the states from the pool
@@ -31,20 +33,21 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS
-from rnnserve_server.runtime import FloatArray, ModelRuntime
+from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
 from rnnserve_server.sessions import Session, StatePool
 
 log = logging.getLogger(__name__)
 
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
+TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray]]
 
 _INF = float("inf")
 _QUEUE_BOUNDS = (*QUEUE_BUCKETS, _INF)
@@ -62,11 +65,34 @@ class _Pending:
 
 
 @dataclass(eq=False, slots=True)
+class _Group:
+    """Single-token steps of distinct sessions whose locks the caller holds, answered
+    together: the top k of each row, and the rows whose session was closed meanwhile."""
+
+    sessions: list[Session]
+    tokens: IntArray
+    k: int
+    future: asyncio.Future[RowsAnswer]
+    queued_at: float
+
+
+class RowsAnswer(NamedTuple):
+    """A group's answer: ids and probabilities [n, k] (most probable first); the rows
+    whose session was closed while they waited (not applied, their outputs not valid)."""
+
+    ids: IntArray
+    probabilities: FloatArray
+    closed: list[int]
+
+
+@dataclass(eq=False, slots=True)
 class _Run:
-    """One run of the step graph: who is in it, where their states live."""
+    """One run of the step graph: who is in it, where their states live. Rows are the
+    batch's steps, then the groups' rows, then the jobs."""
 
     pool: StatePool
     batch: list[_Pending]
+    groups: list[_Group]
     jobs: list[Generation]
     slots: list[int]
     started: float
@@ -84,7 +110,8 @@ class BatchStats:
     queue_seconds_total: float = 0.0
     recent_batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
-    def record(self, size: int, waits: list[float]) -> None:
+    def record(self, size: int, waits: list[float], group_waits: list[tuple[float, int]]) -> None:
+        """A run of ``size`` rows: one wait per step, and (wait, rows) per group."""
         self.runs += 1
         self.steps += size
         self.recent_batch_sizes.append(size)
@@ -95,6 +122,10 @@ class BatchStats:
             bucket = _QUEUE_BOUNDS[bisect.bisect_left(QUEUE_BUCKETS, wait)]
             counts[bucket] = counts.get(bucket, 0) + 1
         self.queue_seconds_total += sum(waits)
+        for wait, rows in group_waits:
+            bucket = _QUEUE_BOUNDS[bisect.bisect_left(QUEUE_BUCKETS, wait)]
+            counts[bucket] = counts.get(bucket, 0) + rows
+            self.queue_seconds_total += wait * rows
 
 
 class StepBatcher:
@@ -111,6 +142,7 @@ class StepBatcher:
         window_s: float,
         inline_s: float = 0.0,
         describe_rows: DescribeRows | None = None,
+        top_rows: TopRows | None = None,
     ) -> None:
         self._runtime = runtime
         self._pool_of = pool_of
@@ -119,7 +151,10 @@ class StepBatcher:
         self.window_s = window_s
         self.inline_s = inline_s
         self._describe_rows = describe_rows
+        self._top_rows = top_rows
         self._pending: deque[_Pending] = deque()
+        self._groups: deque[_Group] = deque()
+        self._group_rows = 0  # rows of the queued groups
         # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
         self._generating: dict[Generation, None] = {}
         self._scheduled = False  # a flush is due on the event loop
@@ -151,6 +186,40 @@ class StepBatcher:
         self._schedule()
         return future
 
+    async def step_rows(self, sessions: list[Session], tokens: IntArray, k: int) -> RowsAnswer:
+        """Feed one token to each of these distinct sessions (their locks held); the top
+        k of each output. Queued as groups of up to max_batch rows, each one future."""
+        if self._top_rows is None:
+            raise RuntimeError("this batcher was made without top_rows")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[RowsAnswer]] = []
+        now = time.perf_counter()
+        for start in range(0, len(sessions), self.max_batch):
+            part = sessions[start : start + self.max_batch]
+            futures.append(loop.create_future())
+            self._groups.append(
+                _Group(part, tokens[start : start + self.max_batch], k, futures[-1], now)
+            )
+            self._group_rows += len(part)
+        self._schedule()
+        try:
+            answers = [await future for future in futures]
+        finally:
+            for future in futures:  # a cancelled caller: its later groups are dropped
+                future.cancel()
+        if len(answers) == 1:
+            return answers[0]
+        closed = [
+            number * self.max_batch + row
+            for number, answer in enumerate(answers)
+            for row in answer.closed
+        ]
+        return RowsAnswer(
+            np.concatenate([a.ids for a in answers]),
+            np.concatenate([a.probabilities for a in answers]),
+            closed,
+        )
+
     async def advance(self, generation: Generation) -> list[GenerateEvent]:
         """Generate until ``generation`` has a message's worth of events or ends; return
         them. Nothing is generated while no caller waits here."""
@@ -169,14 +238,21 @@ class StepBatcher:
     async def close(self) -> None:
         """Cancel every queued step and waiting generation, and whatever comes later."""
         self._closed = True
-        self._cancel(list(self._pending), list(self._generating))
+        self._cancel_queued()
+
+    def _cancel_queued(self) -> None:
+        self._cancel(list(self._pending), list(self._groups), list(self._generating))
         self._pending.clear()
+        self._groups.clear()
+        self._group_rows = 0
 
     @staticmethod
-    def _cancel(batch: list[_Pending], jobs: list[Generation]) -> None:
-        for item in batch:
-            if not item.future.done():
-                item.future.cancel()
+    def _cancel(batch: list[_Pending], groups: list[_Group], jobs: list[Generation]) -> None:
+        futures: list[asyncio.Future[Any]] = [item.future for item in batch]
+        futures += [group.future for group in groups]
+        for future in futures:
+            if not future.done():
+                future.cancel()
         for job in jobs:
             if job.waiter is not None and not job.waiter.done():
                 job.waiter.cancel()
@@ -187,14 +263,14 @@ class StepBatcher:
         """Flush at the end of this turn of the event loop (after ``window_s`` if set),
         so that everything queued meanwhile joins; a run in flight flushes when done."""
         if self._closed:
-            self._cancel(list(self._pending), list(self._generating))
-            self._pending.clear()
+            self._cancel_queued()
             return
         if self._scheduled or self._running:
             return
         self._scheduled = True
         loop = asyncio.get_running_loop()
-        if self.window_s > 0 and len(self._pending) + len(self._generating) < self.max_batch:
+        queued = len(self._pending) + self._group_rows + len(self._generating)
+        if self.window_s > 0 and queued < self.max_batch:
             loop.call_later(self.window_s, self._flush)
         else:
             loop.call_soon(self._flush)
@@ -203,19 +279,30 @@ class StepBatcher:
         self._scheduled = False
         if self._closed:
             return
-        batch, jobs = self._take()
-        size = len(batch) + len(jobs)
-        if not size:
+        batch, groups, jobs = self._take()
+        if not (batch or groups or jobs):
             return
         try:
             pool = self._pool_of()
             slots = [item.session.slot for item in batch]
+            singles = [item.token for item in batch]
+            for group in groups:
+                slots += [session.slot for session in group.sessions]
             slots += [job.session.slot for job in jobs]
-            tokens = np.fromiter(
-                [item.token for item in batch] + [job.token for job in jobs], np.int64, size
-            )
+            singles += [job.token for job in jobs]
+            size = len(slots)
+            if groups:  # the batch's tokens, the groups', the jobs'
+                tokens = np.concatenate(
+                    [
+                        np.asarray(singles[: len(batch)], dtype=np.int64),
+                        *(group.tokens for group in groups),
+                        np.asarray(singles[len(batch) :], dtype=np.int64),
+                    ]
+                )
+            else:
+                tokens = np.fromiter(singles, np.int64, size)
             state = pool.gather(slots)
-            run = _Run(pool, batch, jobs, slots, time.perf_counter())
+            run = _Run(pool, batch, groups, jobs, slots, time.perf_counter())
             if self._runtime.step_seconds(size) > self.inline_s:
                 future = asyncio.get_running_loop().run_in_executor(
                     self._executor, self._runtime.step, tokens, state
@@ -225,7 +312,7 @@ class StepBatcher:
                 return
             outputs = self._runtime.step(tokens, state)
         except Exception as exc:  # an inference failure fails this batch, not the batcher
-            self._fail(batch, jobs, exc)
+            self._fail(batch, groups, jobs, exc)
         else:
             self._finish(run, outputs)
         self._again()
@@ -234,25 +321,30 @@ class StepBatcher:
         """A run on a worker thread has ended (back on the event loop)."""
         self._running = False
         if self._closed:
-            self._cancel(run.batch, run.jobs)
+            self._cancel(run.batch, run.groups, run.jobs)
             return
         try:
             outputs = future.result()
         except Exception as exc:
-            self._fail(run.batch, run.jobs, exc)
+            self._fail(run.batch, run.groups, run.jobs, exc)
         else:
             self._finish(run, outputs)
         self._again()
 
     def _again(self) -> None:
-        if self._pending or self._generating:
+        if self._pending or self._groups or self._generating:
             self._schedule()
 
-    def _fail(self, batch: list[_Pending], jobs: list[Generation], exc: Exception) -> None:
-        log.error("step graph run failed for a batch of %d", len(batch) + len(jobs), exc_info=exc)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(exc)
+    def _fail(
+        self, batch: list[_Pending], groups: list[_Group], jobs: list[Generation], exc: Exception
+    ) -> None:
+        rows = len(batch) + sum(len(group.sessions) for group in groups) + len(jobs)
+        log.error("step graph run failed for a batch of %d", rows, exc_info=exc)
+        futures: list[asyncio.Future[Any]] = [item.future for item in batch]
+        futures += [group.future for group in groups]
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
         for job in jobs:
             self._generating.pop(job, None)
             if job.waiter is not None and not job.waiter.done():
@@ -264,18 +356,34 @@ class StepBatcher:
             len(run.slots),
             [started - item.queued_at for item in run.batch]
             + [started - job.queued_at for job in run.jobs],
+            [(started - group.queued_at, len(group.sessions)) for group in run.groups],
         )
         try:
             self._scatter(run, *outputs)
         except Exception as exc:  # a bug here must not leave callers waiting forever
-            self._fail(run.batch, run.jobs, exc)
+            self._fail(run.batch, run.groups, run.jobs, exc)
 
-    def _take(self) -> tuple[list[_Pending], list[Generation]]:
-        """Up to max_batch live pending steps, oldest first (dropping the dead ones),
-        then waiting generations in turn; a session closed meanwhile fails its caller."""
+    def _take(self) -> tuple[list[_Pending], list[_Group], list[Generation]]:
+        """Up to max_batch rows: live pending steps and groups, oldest first (dropping
+        the dead ones; a group that does not fit waits at the head of the line), then
+        waiting generations in turn; a step whose session was closed fails its caller."""
         batch: list[_Pending] = []
-        pending = self._pending
-        while pending and len(batch) < self.max_batch:
+        groups: list[_Group] = []
+        pending, queued = self._pending, self._groups
+        room = self.max_batch
+        while room and (pending or queued):
+            if queued and (not pending or queued[0].queued_at <= pending[0].queued_at):
+                group = queued[0]
+                if len(group.sessions) > room:
+                    break
+                queued.popleft()
+                self._group_rows -= len(group.sessions)
+                if group.future.done():  # the caller gave up while queued
+                    self.stats.dropped += len(group.sessions)
+                else:
+                    groups.append(group)
+                    room -= len(group.sessions)
+                continue
             item = pending.popleft()
             if item.future.done():  # the caller gave up while queued
                 self.stats.dropped += 1
@@ -283,8 +391,8 @@ class StepBatcher:
                 item.future.set_exception(NotFound(f"session {item.session.id} was closed"))
             else:
                 batch.append(item)
+                room -= 1
         jobs: list[Generation] = []
-        room = self.max_batch - len(batch)
         if room > 0 and self._generating:
             for job in list(self._generating)[:room]:
                 waiter = job.waiter
@@ -298,7 +406,7 @@ class StepBatcher:
                     # to the back of the line: more generations than max_batch take turns
                     del self._generating[job]
                     self._generating[job] = None
-        return batch, jobs
+        return batch, groups, jobs
 
     def _scatter(self, run: _Run, logits: FloatArray, new_state: FloatArray) -> None:
         pool, batch, jobs, slots = run.pool, run.batch, run.jobs, run.slots
@@ -312,6 +420,21 @@ class StepBatcher:
             else:
                 live.append(i)
         offset = len(batch)
+        answered: list[tuple[_Group, int, list[int]]] = []  # group, first row, closed rows
+        for group in run.groups:
+            size = len(group.sessions)
+            if group.future.done():
+                self.stats.dropped += size
+            else:
+                closed = [r for r, session in enumerate(group.sessions) if session.closed]
+                if closed:
+                    self.stats.dropped += len(closed)
+                    gone = set(closed)
+                    live += [offset + r for r in range(size) if r not in gone]
+                else:
+                    live += range(offset, offset + size)
+                answered.append((group, offset, closed))
+            offset += size
         live_jobs: list[tuple[int, Generation]] = []
         for j, job in enumerate(jobs):
             waiter = job.waiter
@@ -327,9 +450,11 @@ class StepBatcher:
             pool.scatter(slots, new_state)
         elif live:
             pool.scatter([slots[i] for i in live], new_state[:, live, :])
+        for group, first, closed in answered:
+            self._answer(group, logits[first : first + len(group.sessions)], closed)
         described: list[int] = []
         for i in live:
-            if i >= offset:
+            if i >= len(batch):
                 break
             item = batch[i]
             item.session.steps += 1
@@ -354,6 +479,21 @@ class StepBatcher:
                     batch[i].future.set_result(out)
         if live_jobs:
             self._advance_generations(live_jobs, logits)
+
+    def _answer(self, group: _Group, logits: FloatArray, closed: list[int]) -> None:
+        """A group's rows have been applied (but the closed ones): its top k, at once."""
+        gone = set(closed)
+        for r, session in enumerate(group.sessions):
+            if not gone or r not in gone:
+                session.steps += 1
+        assert self._top_rows is not None
+        try:
+            ids, probabilities = self._top_rows(logits, group.k)
+        except Exception as exc:  # fails this group, not the loop
+            log.exception("describing the outputs of a group of steps failed")
+            group.future.set_exception(exc)
+        else:
+            group.future.set_result(RowsAnswer(ids, probabilities, closed))
 
     def _advance_generations(
         self, live_jobs: list[tuple[int, Generation]], logits: FloatArray

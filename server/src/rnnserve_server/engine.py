@@ -11,9 +11,11 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,13 +72,64 @@ NO_INPUT = TokenInput()
 
 
 @dataclass(frozen=True)
-class StepCall:
-    """One step of a StepMany message."""
+class StepColumns:
+    """The steps of a StepMany message, as the message carries them: columns, checked
+    against each other by the transport. Step i is ``session_ids[i]`` fed
+    ``lengths[i]`` tokens from ``tokens`` (one each where ``lengths`` is None), or
+    ``texts[i]`` where its length is 0."""
 
-    session_id: str
-    given: TokenInput
+    session_ids: Sequence[str]
+    tokens: Sequence[int]
+    lengths: Sequence[int] | None = None
+    texts: Sequence[str] | None = None
+    request_ids: Sequence[str] | None = None
     k: int | None = None
-    request_id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def given(self, index: int, start: int) -> TokenInput:
+        """Step ``index``'s input, its tokens starting at ``start``."""
+        length = 1 if self.lengths is None else self.lengths[index]
+        if length:
+            return TokenInput(ids=self.tokens[start : start + length])
+        return TokenInput(text=self.texts[index] if self.texts else None)
+
+
+@dataclass(slots=True)
+class StepRows:
+    """Single-token steps of one model answered together: the message's row numbers
+    (ascending), each session's step count after it, and the top k as arrays [n, k]."""
+
+    rows: list[int]
+    steps: list[int]
+    ids: IntArray
+    probabilities: FloatArray
+    names: Sequence[str]
+
+    def outputs(self) -> Iterator[tuple[int, StepOutput]]:
+        names = self.names
+        for row, steps, ids, probabilities in zip(
+            self.rows, self.steps, self.ids.tolist(), self.probabilities.tolist(), strict=True
+        ):
+            yield row, StepOutput(steps, 1, Top(ids, probabilities, names), None)
+
+
+@dataclass
+class StepManyAnswer:
+    """The answers to a StepMany message: blocks of rows answered together, and the
+    rows answered one by one (an output or the error that failed that step alone)."""
+
+    size: int
+    blocks: list[StepRows] = field(default_factory=list)
+    single: dict[int, StepOutput | ServiceError] = field(default_factory=dict)
+
+    def in_order(self) -> list[StepOutput | ServiceError]:
+        """Every row's outcome, in the message's order."""
+        outcomes: dict[int, StepOutput | ServiceError] = dict(self.single)
+        for block in self.blocks:
+            outcomes.update(block.outputs())
+        return [outcomes.get(i, NotFound("session was closed")) for i in range(self.size)]
 
 
 MAX_REQUEST_ID = 64
@@ -170,6 +223,7 @@ class Engine:
                 window_s=self.config.batch_window_us / 1e6,
                 inline_s=self.config.inline_run_us / 1e6,
                 describe_rows=functools.partial(self._describe_rows, model),
+                top_rows=functools.partial(self._top_rows, model),
             )
         return batcher
 
@@ -258,6 +312,12 @@ class Engine:
         """The top k of one output row (and all of it if ``full``)."""
         return self._describe_rows(model, logits.reshape(1, -1), [k], [full])[0]
 
+    @staticmethod
+    def _top_rows(model: Model, logits: FloatArray, k: int) -> tuple[IntArray, FloatArray]:
+        """Per row of logits [B, K]: the ids and probabilities of the k most probable
+        outputs, [B, k] each (selected on the logits)."""
+        return top_outputs(logits, k, sigmoid_head=model.package.manifest.output.kind == "sigmoid")
+
     def _describe_rows(
         self, model: Model, logits: FloatArray, ks: list[int], fulls: list[bool]
     ) -> list[Described]:
@@ -265,9 +325,7 @@ class Engine:
         distribution is made unless a row asks for it: ``full``)."""
         names = model.package.manifest.output.labels or model.package.tokenizer.tokens
         most = max(ks, default=0)
-        ids, values = top_outputs(
-            logits, most, sigmoid_head=model.package.manifest.output.kind == "sigmoid"
-        )
+        ids, values = self._top_rows(model, logits, most)
         return [
             (
                 Top(row_ids, row_values, names)
@@ -459,95 +517,132 @@ class Engine:
         top, distribution = self._describe(model, logits, k, full)
         return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
 
-    async def step_many(
-        self, calls: Sequence[StepCall], *, owner: str = ""
-    ) -> list[StepOutput | ServiceError]:
+    async def step_many(self, message: StepColumns, *, owner: str = "") -> StepManyAnswer:
         """Many sessions' steps, each answered alone (an error fails only its step).
 
         Single-token steps of sessions that appear once and have no call in flight go to
-        their model's batcher together (one run for up to max_batch of them); the rest
-        (several tokens, a session named twice, a busy session, a retry, and every step
-        where sessions live in a shared store) take the ordinary path, in message order
-        per session.
+        their model's batcher as one group (arrays in, arrays out: one run for up to
+        max_batch of them); the rest (several tokens or text, a session named twice, a
+        busy session, a retry, and every step where sessions live in a shared store)
+        take the ordinary path, in message order per session.
         """
-        results: list[StepOutput | ServiceError | None] = [None] * len(calls)
-        mentions: dict[str, int] = {}
-        for call in calls:
-            mentions[call.session_id] = mentions.get(call.session_id, 0) + 1
-        fast: dict[Model, list[tuple[int, Session, int, int, str]]] = {}
-        ordinary: list[tuple[int, Session, StepCall]] = []
+        answer = StepManyAnswer(len(message))
+        single = answer.single
+        try:
+            k = self._check_top_k(message.k)
+        except ServiceError as exc:  # the message's top_k: every step fails with it
+            single.update(dict.fromkeys(range(len(message)), exc))
+            return answer
+        lengths, request_ids, tokens = message.lengths, message.request_ids, message.tokens
+        mentions = Counter(message.session_ids)
         local = self.sessions.records is None
-        for index, call in enumerate(calls):
-            try:
-                session = await self.sessions.lookup(call.session_id, owner)
-                k = self._check_top_k(call.k)
-                token = self._one_token(session.model, call.given)
-                if token is None:
-                    self.encode_input(session.model, call.given, field="input")  # checks
-                check_request_id(call.request_id)
+        groups: dict[Model, tuple[list[int], list[Session], list[int]]] = {}
+        ordinary: list[tuple[int, Session, int]] = []  # (row, session, where its tokens start)
+        start = 0
+        for row, session_id in enumerate(message.session_ids):
+            at = start
+            start += 1 if lengths is None else lengths[row]
+            try:  # looked up in message order, so a session named twice keeps its order
+                if local:
+                    session = self.sessions.get(session_id, owner)
+                else:
+                    session = await self.sessions.lookup(session_id, owner)
             except ServiceError as exc:
-                results[index] = exc
+                single[row] = exc
                 continue
             if (
-                local
-                and token is not None
-                and mentions[call.session_id] == 1
-                and not session.busy
-                and not session.answered(call.request_id)
+                not local
+                or start - at != 1
+                or mentions[session_id] > 1
+                or session.busy
+                or (request_ids and session.answered(request_ids[row]))
             ):
-                fast.setdefault(session.model, []).append(
-                    (index, session, token, k, call.request_id)
-                )
-            else:
-                ordinary.append((index, session, call))
+                ordinary.append((row, session, at))
+                continue
+            group = groups.get(session.model)
+            if group is None:
+                group = groups[session.model] = ([], [], [])
+            group[0].append(row)
+            group[1].append(session)
+            group[2].append(tokens[at])
 
-        async def one(index: int, session: Session, call: StepCall) -> None:
+        async def one(row: int, session: Session, at: int) -> None:
             try:
-                results[index] = await self.step(
-                    session, call.given, k=call.k, full=False, request_id=call.request_id
+                single[row] = await self.step(
+                    session,
+                    message.given(row, at),
+                    k=k,
+                    full=False,
+                    request_id=request_ids[row] if request_ids else "",
                 )
             except ServiceError as exc:
-                results[index] = exc
+                single[row] = exc
 
         tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
         try:
-            for model, items in fast.items():
-                await self._step_batch(model, items, results)
+            for model, (rows, sessions, ids) in groups.items():
+                block = await self._step_rows(
+                    model, rows, sessions, ids, k=k, request_ids=request_ids, single=single
+                )
+                if block is not None:
+                    answer.blocks.append(block)
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
-        return [r if r is not None else NotFound("session was closed") for r in results]
+        return answer
 
-    async def _step_batch(
+    async def _step_rows(
         self,
         model: Model,
-        items: list[tuple[int, Session, int, int, str]],
-        results: list[StepOutput | ServiceError | None],
-    ) -> None:
-        """Single-token steps of distinct, idle sessions, handed to the batcher at once."""
-        sessions = [session for _, session, _, _, _ in items]
-        for session in sessions:  # idle when sorted; a later model group may wait its turn
-            await session.lock.acquire()
+        rows: list[int],
+        sessions: list[Session],
+        ids: list[int],
+        *,
+        k: int,
+        request_ids: Sequence[str] | None,
+        single: dict[int, StepOutput | ServiceError],
+    ) -> StepRows | None:
+        """Single-token steps of distinct sessions of one model, as one group."""
+        tokens = np.asarray(ids, dtype=np.int64)
+        size = model.package.tokenizer.size
+        bad = np.flatnonzero((tokens < 0) | (tokens >= size)).tolist()
+        if bad:  # out-of-range ids fail their steps alone
+            for i in bad:
+                single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
+            keep = np.ones(len(rows), dtype=bool)
+            keep[bad] = False
+            rows = [r for r, kept in zip(rows, keep.tolist(), strict=True) if kept]
+            sessions = [s for s, kept in zip(sessions, keep.tolist(), strict=True) if kept]
+            tokens = tokens[keep]
+            if not rows:
+                return None
+        # Locks are taken in one order (by session id), so that two messages naming the
+        # same sessions cannot each hold one the other waits for; idle ones never wait.
+        held: list[Session] = []
         try:
-            batcher = self.batcher(model)
-            futures = [
-                batcher.submit(session, token, k, False) for _, session, token, k, _ in items
-            ]
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            for (index, session, _, _, request_id), outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, ServiceError):  # e.g. closed meanwhile
-                    results[index] = outcome
-                elif isinstance(outcome, BaseException):  # a failed run fails the call
-                    raise outcome
-                else:
-                    top, distribution = outcome
-                    session.last = LastCall(request_id) if request_id else None
-                    session.touch()
-                    results[index] = StepOutput(session.steps, 1, top, distribution)
+            for session in sorted(sessions, key=attrgetter("id")):
+                await session.lock.acquire()
+                held.append(session)
+            answer = await self.batcher(model).step_rows(sessions, tokens, k)
         finally:
-            for session in sessions:
+            for session in held:
                 session.lock.release()
+        for session, row in zip(sessions, rows, strict=True):
+            session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
+            session.touch()
+        steps = [session.steps for session in sessions]
+        ids_out, probabilities = answer.ids, answer.probabilities
+        if answer.closed:  # closed while waiting: not applied
+            for i in answer.closed:
+                single[rows[i]] = NotFound(f"session {sessions[i].id} was closed")
+            gone = set(answer.closed)
+            kept = [i for i in range(len(rows)) if i not in gone]
+            rows = [rows[i] for i in kept]
+            steps = [steps[i] for i in kept]
+            ids_out, probabilities = ids_out[kept], probabilities[kept]
+        names = model.package.manifest.output.labels or model.package.tokenizer.tokens
+        return StepRows(rows, steps, ids_out, probabilities, names)
 
     async def classify(
         self, model: Model, given: TokenInput, *, k: int | None, every_step: bool

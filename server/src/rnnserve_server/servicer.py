@@ -27,7 +27,8 @@ from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import (
     Engine,
     GenerateOptions,
-    StepCall,
+    StepColumns,
+    StepManyAnswer,
     StepOutput,
     TokenInput,
 )
@@ -284,7 +285,7 @@ def _generate_options(request: Any) -> GenerateOptions:
     )
 
 
-def step_calls(request: pb.StepManyRequest, limit: int) -> list[StepCall]:
+def step_columns(request: pb.StepManyRequest, limit: int) -> StepColumns:
     """The steps of a StepMany message, from its columns (checked against each other)."""
     count = len(request.session_ids)
     if count > limit:  # the proto's contract: INVALID_ARGUMENT for the stream
@@ -296,39 +297,43 @@ def step_calls(request: pb.StepManyRequest, limit: int) -> list[StepCall]:
             raise out_of_range(
                 name, f"{len(getattr(request, name))} entries", f"0 or {count} (one per step)"
             )
-    tokens = list(request.tokens)
-    lengths = list(request.lengths) or [1] * count
-    if sum(lengths) != len(tokens):
+    lengths = list(request.lengths) or None
+    expected = count if lengths is None else sum(lengths)
+    if len(request.tokens) != expected:
         raise out_of_range(
-            "tokens", f"{len(tokens)} entries", f"{sum(lengths)} (the sum of lengths)"
+            "tokens", f"{len(request.tokens)} entries", f"{expected} (the sum of lengths)"
         )
-    texts = list(request.texts)
-    request_ids = list(request.request_ids) or [""] * count
-    k = request.top_k if request.HasField("top_k") else None
-    calls = []
-    start = 0
-    for i, (session_id, length, request_id) in enumerate(
-        zip(request.session_ids, lengths, request_ids, strict=True)
-    ):
-        given = (
-            TokenInput(ids=tokens[start : start + length])
-            if length
-            else TokenInput(text=texts[i] if texts else None)
-        )
-        start += length
-        calls.append(StepCall(session_id, given, k, request_id))
-    return calls
+    return StepColumns(
+        session_ids=list(request.session_ids),
+        tokens=list(request.tokens),
+        lengths=lengths,
+        texts=list(request.texts) or None,
+        request_ids=list(request.request_ids) or None,
+        k=request.top_k if request.HasField("top_k") else None,
+    )
 
 
-def step_many_response(outcomes: list[StepOutput | ServiceError]) -> pb.StepManyResponse:
+def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
     """The columns of a StepMany answer."""
     response = pb.StepManyResponse()
+    if not answer.single and len(answer.blocks) == 1 and len(answer.blocks[0].rows) == answer.size:
+        block = answer.blocks[0]  # every step answered together, in order: whole columns
+        count, k = block.ids.shape
+        ids = block.ids.ravel().tolist()
+        names = block.names
+        response.steps.extend(block.steps)
+        response.consumed.extend([1] * count)
+        response.top_counts.extend([k] * count)
+        response.top_ids.extend(ids)
+        response.top_texts.extend([names[i] for i in ids])
+        response.top_probabilities.extend(block.probabilities.ravel().tolist())
+        return response
     steps, consumed, counts = [], [], []
-    ids: list[int] = []
+    ids = []
     texts: list[str] = []
     probabilities: list[float] = []
     add_error = response.errors.add
-    for index, out in enumerate(outcomes):
+    for index, out in enumerate(answer.in_order()):
         if isinstance(out, ServiceError):
             steps.append(0)
             consumed.append(0)
@@ -491,8 +496,8 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     ) -> AsyncIterator[pb.StepManyResponse]:
         owner = caller_of(context)  # one caller for the whole stream
         async for request in request_iterator:
-            calls = step_calls(parsed(request), self.engine.config.max_steps_per_message)
-            yield step_many_response(await self.engine.step_many(calls, owner=owner))
+            message = step_columns(parsed(request), self.engine.config.max_steps_per_message)
+            yield step_many_response(await self.engine.step_many(message, owner=owner))
 
     # ------------------------------------------------------------------ generation
 
