@@ -1,7 +1,7 @@
 """Check onnxruntime's CUDA execution provider on a GPU machine, in one short run.
 
     python -m bench.cuda_check [--models DIR | --package DIR] [--steps 200] [--serve]
-                               [--json OUT]
+                               [--speed MODEL] [--json OUT]
     python -m bench.cuda_check --build DIR      # (torch) a model of every cell, to carry
 
 For every package (the highest version of each model in ``--models``, or the one
@@ -16,7 +16,14 @@ For every package (the highest version of each model in ``--models``, or the one
   the time per step of each;
 * **serve** (``--serve``): two real servers over the repository, ``--provider cpu`` and
   ``--provider cuda``; through the Python client, every model's one-call answer (greedy
-  generation of up to 100 tokens, classification, translation) must be the same on both.
+  generation of up to 100 tokens, classification, translation) must be the same on both,
+  and for language models three StepMany messages over 64 sessions (batched runs: the
+  same top-5 ids, probabilities within 1e-4).
+
+* **speed** (``--speed MODEL``): the benchmark's load client (its own process) against a
+  ``--provider cpu`` and a ``--provider cuda`` server over the repository, on that
+  machine: lockstep steps at 1, 64 and 256 sessions and 256 sessions over one StepMany
+  stream (figures, not checks).
 
 It exits 1 if CUDA is unavailable or anything disagrees beyond 1e-4 (GPU kernels round
 differently from the CPU's; greedy tokens must agree wherever the two best logits are
@@ -191,7 +198,33 @@ def _one_call(client: Any, info: Any) -> dict[str, Any]:
     with client.create_session(info.name, **options) as session:
         prompt = [4, 5, 6, 7, 8, 9, 10, 11]  # several tokens: the sequence graph, if any
         chunks = list(client.generate(session.id, prompt, max_tokens=100, temperature=0.0))
-    return {"tokens": [t.id for chunk in chunks for t in chunk.tokens]}
+    return {"tokens": [t.id for chunk in chunks for t in chunk.tokens], **_step_many(client, info)}
+
+
+def _step_many(client: Any, info: Any) -> dict[str, Any]:
+    """Three StepMany messages over 64 new sessions (one batched run each): top-5 ids and
+    probabilities of every step."""
+    from rnnserve import StepInput, StepResult
+
+    options: dict[str, Any] = {"condition": info.conditions[0]} if info.conditions else {}
+    sessions = [client.create_session(info.name, **options) for _ in range(64)]
+    size = info.vocabulary.size
+    batches = [
+        [StepInput(s.id, tokens=[4 + (i * 7 + j) % (size - 4)]) for i, s in enumerate(sessions)]
+        for j in range(3)
+    ]
+    ids, probabilities = [], []
+    try:
+        for answer in client.step_many(batches):
+            for outcome in answer:
+                if not isinstance(outcome, StepResult):
+                    raise RuntimeError(f"{info.name}: a StepMany step failed: {outcome}")
+                ids.append([t.id for t in outcome.top])
+                probabilities.append([t.probability for t in outcome.top])
+    finally:
+        for session in sessions:
+            session.close()
+    return {"step_many_ids": ids, "step_many_probabilities": probabilities}
 
 
 def check_serve(models: Path) -> tuple[list[dict[str, Any]], bool]:
@@ -214,10 +247,56 @@ def check_serve(models: Path) -> tuple[list[dict[str, Any]], bool]:
             diff = float(np.abs(np.subtract(cpu["probabilities"], cuda["probabilities"])).max())
             good, detail = diff <= TOLERANCE, {"max_abs_diff": diff}
         else:
-            good, detail = cpu == cuda, {"tokens": len(cpu["tokens"]), "equal": cpu == cuda}
+            equal = cpu["tokens"] == cuda.get("tokens")
+            detail = {"tokens": len(cpu["tokens"]), "equal": equal}
+            good = equal
+            if "step_many_ids" in cpu:
+                same_ids = cpu["step_many_ids"] == cuda.get("step_many_ids")
+                diff = float(
+                    np.abs(
+                        np.subtract(cpu["step_many_probabilities"], cuda["step_many_probabilities"])
+                    ).max()
+                )
+                detail |= {
+                    "step_many_steps": len(cpu["step_many_ids"]),
+                    "step_many_same_ids": same_ids,
+                    "step_many_max_abs_diff": diff,
+                }
+                good = good and same_ids and diff <= TOLERANCE
         ok = ok and good
         records.append({"model": name, **detail, "ok": good})
     return records, ok
+
+
+SPEED_RUNS = (("lockstep", 1), ("lockstep", 64), ("lockstep", 256), ("multiplexed", 256))
+SPEED_WARMUP_S, SPEED_DURATION_S = 1.0, 3.0
+
+
+def measure_speed(models: Path, model: str) -> list[dict[str, Any]]:
+    """Steps/s and round trips of the load client against a CPU and a CUDA server."""
+    from bench.procs import python_module, run_worker, serving
+
+    records = []
+    for provider in SERVERS:
+        command = python_module(
+            "rnnserve_server", "--models", str(models), "--port", "0", "--provider", provider
+        )
+        with serving(f"server-{provider}", command) as server:
+            for mode, sessions in SPEED_RUNS:
+                result = run_worker(
+                    "bench.load_client",
+                    [
+                        f"--address={server.address}",
+                        f"--model={model}",
+                        f"--mode={mode}",
+                        f"--concurrency={sessions}",
+                        f"--warmup={SPEED_WARMUP_S}",
+                        f"--duration={SPEED_DURATION_S}",
+                    ],
+                    timeout_s=SPEED_WARMUP_S + SPEED_DURATION_S + 60,
+                )
+                records.append({"provider": provider, "mode": mode, "sessions": sessions, **result})
+    return records
 
 
 def _packages(models: Path) -> list[Path]:
@@ -232,7 +311,12 @@ def _packages(models: Path) -> list[Path]:
     return found
 
 
-def check(packages: list[Path], steps: int, serve_models: Path | None) -> dict[str, Any]:
+def check(
+    packages: list[Path],
+    steps: int,
+    serve_models: Path | None,
+    speed: tuple[Path, str] | None = None,
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
@@ -263,6 +347,8 @@ def check(packages: list[Path], steps: int, serve_models: Path | None) -> dict[s
     if serve_models is not None:
         report["serve"], serve_ok = check_serve(serve_models)
         ok = ok and serve_ok
+    if speed is not None:
+        report["speed"] = measure_speed(*speed)
     report["ok"] = ok
     return report
 
@@ -299,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--build", type=Path, help="export the check's models here and stop")
     parser.add_argument("--steps", type=int, default=200, help="steps per batch size")
     parser.add_argument("--serve", action="store_true", help="also compare CPU and CUDA servers")
+    parser.add_argument(
+        "--speed", metavar="MODEL", help="also time this model's serving on CPU and CUDA servers"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.build:
@@ -314,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
         packages = [ensure_package()]
     serve = args.models if args.serve and args.models else None
-    report = check(packages, args.steps, serve)
+    speed = (args.models, args.speed) if args.speed and args.models else None
+    report = check(packages, args.steps, serve, speed)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
