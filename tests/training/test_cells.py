@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -179,6 +180,10 @@ def test_every_cells_graphs_equal_its_torch_module(cell: str, form: str, tmp_pat
     assert parity["steps"] == 200 and "sequence" in parity["graphs"]
     assert parity["max_abs_diff"]["torch"] <= 1e-5  # states
     assert parity["max_abs_diff"]["onnxruntime"] <= 1e-5
+    # The gates blend states with Sub, Mul, Add: no per-element branch (``Where``, as
+    # torch.lerp exports) in the graph every step runs.
+    ops = {node.op_type for node in onnx.load(str(path / "step.onnx")).graph.node}
+    assert "Where" not in ops, sorted(ops)
 
 
 def test_a_sigmoid_head_exports_and_serves(tmp_path: Path) -> None:

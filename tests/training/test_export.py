@@ -19,7 +19,7 @@ from rnnserve_train.api import greedy_tokens, load_checkpoint, make_config
 from rnnserve_train.cli import main
 from rnnserve_train.config import ConfigError, TrainConfig
 from rnnserve_train.export import export_model
-from rnnserve_train.model import GRUCell, RNNLanguageModel
+from rnnserve_train.model import GRUCell, RNNLanguageModel, blend
 from rnnserve_train.parity import ParityError
 from rnnserve_train.train import train
 
@@ -127,7 +127,7 @@ class TorchStyleGRUCell(GRUCell):
         gates_ru = torch.sigmoid(torch.addmm(projected[:, : 2 * H], state, self.recurrent_ru))
         relevance, update = gates_ru[:, :H], gates_ru[:, H:]
         candidate = torch.tanh(projected[:, 2 * H :] + relevance * (state @ self.recurrent_c))
-        return torch.lerp(state, candidate, update)
+        return blend(state, candidate, update)
 
 
 class SkewedWeightsModel(RNNLanguageModel):
