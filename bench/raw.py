@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.load_client import TOKEN_CYCLE
 from bench.records import percentiles_ms
 from bench.stepgraph import FloatArray, IntArray, StepGraph, sample_rows
 
@@ -57,13 +58,25 @@ def step_throughput(
     graph: StepGraph, batch: int, warmup_s: float, duration_s: float, sample: bool
 ) -> dict[str, Any]:
     """Runs of the step graph at ``batch`` with the state (and, sampling, the tokens) fed
-    back; steps/s (or tokens/s) = batch x runs/s."""
+    back; steps/s (or tokens/s) = batch x runs/s.
+
+    Not sampling, each row gets the tokens the load client sends its sessions: its own,
+    changing every step (one token for every row runs faster than the servers' load:
+    onnxruntime's element-wise kernels branch on the values)."""
     rng = np.random.default_rng(batch)
     tokens: IntArray = np.full(batch, FIRST_TOKEN, dtype=np.int64)
     state: FloatArray = graph.initial(batch)
+    inputs = [
+        np.array([TOKEN_CYCLE[(row * 7 + step) % len(TOKEN_CYCLE)] for row in range(batch)])
+        for step in range(len(TOKEN_CYCLE))
+    ]
+    steps = 0
 
     def run() -> None:
-        nonlocal tokens, state
+        nonlocal tokens, state, steps
+        if not sample:
+            tokens = inputs[steps % len(inputs)]
+            steps += 1
         logits, state = graph.step(tokens, state)
         if sample:
             tokens = sample_rows(logits, rng)
