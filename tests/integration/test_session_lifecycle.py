@@ -316,6 +316,44 @@ def test_a_failing_step_fails_alone(client: Client, model_name: str) -> None:
         assert isinstance(after, StepResult) and after.steps == 1
 
 
+def test_step_many_across_models_equals_sessions_stepped_alone(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    """One message over sessions of two models (a group per model, all locked before
+    either runs) and a session named twice (its steps one after the other): every step
+    is answered as a session stepped alone would be."""
+    copy_package(tiny_package, tmp_path, "one")
+    copy_package(tiny_package, tmp_path, "two")
+    with ServerThread(server_config(tmp_path)) as server, Client(server.address) as client:
+        size = client.get_model("one").vocabulary.size
+        sessions = {
+            name: [client.create_session(name) for _ in range(4)] for name in ("one", "two")
+        }
+        plan = [
+            (name, i, [4 + 5 * i + (name == "two")]) for name in ("one", "two") for i in range(4)
+        ]
+        plan.append(("one", 0, [20]))  # the first session of "one" again
+        (answer,) = client.step_many(
+            [[StepInput(sessions[name][i].id, tokens=t, top_k=size) for name, i, t in plan]]
+        )
+        for outcome, (name, i, tokens) in zip(answer, plan, strict=True):
+            with client.create_session(name) as alone:
+                fed = [[4]] if (name, i, tokens) == ("one", 0, [20]) else []
+                for earlier in fed:
+                    alone.step(tokens=earlier)
+                expected = alone.step(tokens=tokens, top_k=size)
+            assert isinstance(outcome, StepResult)
+            assert outcome.session_id == sessions[name][i].id
+            assert outcome.steps == expected.steps
+            got = {t.id: t.probability for t in outcome.top}
+            np.testing.assert_allclose(
+                [got[t.id] for t in expected.top],
+                [t.probability for t in expected.top],
+                rtol=0,
+                atol=2e-6,
+            )
+
+
 def test_too_many_steps_in_a_message_fail_the_stream(models_dir: Path, model_name: str) -> None:
     config = server_config(models_dir, max_steps_per_message=4)
     with ServerThread(config) as server, Client(server.address) as client:

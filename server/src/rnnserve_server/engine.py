@@ -578,19 +578,57 @@ class Engine:
             except ServiceError as exc:
                 single[row] = exc
 
-        tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
+        for model, group in list(groups.items()):  # bad ids fail their steps alone
+            if not self._drop_bad_tokens(model, group, single):
+                del groups[model]
+        held: dict[int, Session] = {}  # the group sessions whose locks this call holds
+        tasks: list[asyncio.Future[None]] = []
         try:
+            # Every group's locks before any group runs, in one order (by session id):
+            # two messages cannot each hold a lock the other waits for.
+            members = [s for _, sessions, _ in groups.values() for s in sessions]
+            members.sort(key=attrgetter("id"))
+            for session in members:
+                await session.lock.acquire()
+                held[id(session)] = session
+            tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
             for model, (rows, sessions, ids) in groups.items():
-                block = await self._step_rows(
-                    model, rows, sessions, ids, k=k, request_ids=request_ids, single=single
-                )
-                if block is not None:
-                    answer.blocks.append(block)
+                try:
+                    block = await self._step_rows(
+                        model, rows, sessions, ids, k=k, request_ids=request_ids, single=single
+                    )
+                finally:  # each group's sessions are free as soon as it is answered
+                    for session in sessions:
+                        del held[id(session)]
+                        session.lock.release()
+                answer.blocks.append(block)
             await asyncio.gather(*tasks)
         finally:
+            for session in held.values():
+                session.lock.release()
             for task in tasks:
                 task.cancel()
         return answer
+
+    @staticmethod
+    def _drop_bad_tokens(
+        model: Model,
+        group: tuple[list[int], list[Session], list[int]],
+        single: dict[int, StepOutput | ServiceError],
+    ) -> bool:
+        """Fail the group's steps whose token id is out of range (each alone) and take
+        them out of the group; False if none is left."""
+        rows, sessions, ids = group
+        size = model.package.tokenizer.size
+        bad = np.flatnonzero(
+            (np.asarray(ids, dtype=np.int64) < 0) | (np.asarray(ids, dtype=np.int64) >= size)
+        ).tolist()
+        if not bad:
+            return True
+        for i in reversed(bad):
+            single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
+            del rows[i], sessions[i], ids[i]
+        return bool(rows)
 
     async def _step_rows(
         self,
@@ -602,32 +640,10 @@ class Engine:
         k: int,
         request_ids: Sequence[str] | None,
         single: dict[int, StepOutput | ServiceError],
-    ) -> StepRows | None:
-        """Single-token steps of distinct sessions of one model, as one group."""
-        tokens = np.asarray(ids, dtype=np.int64)
-        size = model.package.tokenizer.size
-        bad = np.flatnonzero((tokens < 0) | (tokens >= size)).tolist()
-        if bad:  # out-of-range ids fail their steps alone
-            for i in bad:
-                single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
-            keep = np.ones(len(rows), dtype=bool)
-            keep[bad] = False
-            rows = [r for r, kept in zip(rows, keep.tolist(), strict=True) if kept]
-            sessions = [s for s, kept in zip(sessions, keep.tolist(), strict=True) if kept]
-            tokens = tokens[keep]
-            if not rows:
-                return None
-        # Locks are taken in one order (by session id), so that two messages naming the
-        # same sessions cannot each hold one the other waits for; idle ones never wait.
-        held: list[Session] = []
-        try:
-            for session in sorted(sessions, key=attrgetter("id")):
-                await session.lock.acquire()
-                held.append(session)
-            answer = await self.batcher(model).step_rows(sessions, tokens, k)
-        finally:
-            for session in held:
-                session.lock.release()
+    ) -> StepRows:
+        """Single-token steps of distinct sessions of one model (their locks held), as
+        one group."""
+        answer = await self.batcher(model).step_rows(sessions, np.asarray(ids, dtype=np.int64), k)
         for session, row in zip(sessions, rows, strict=True):
             session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
             session.touch()
