@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from bench.cluster import MissingProgram, Nginx, RedisServer
 from rnnserve_server.app import RunningServer, create_server
 from rnnserve_server.config import ServerConfig
@@ -193,3 +195,15 @@ def started(program: P) -> Iterator[P]:
         yield program
     finally:
         program.__exit__(None, None, None)
+
+
+def assert_top_close(got: Any, expected: Any, atol: float = 2e-6) -> None:
+    """Two step results give every token of ``expected.top`` the same probability, to
+    float32 rounding (single tokens of several sessions share a batch run)."""
+    probabilities = {t.id: t.probability for t in got.top}
+    np.testing.assert_allclose(
+        [probabilities[t.id] for t in expected.top],
+        [t.probability for t in expected.top],
+        rtol=0,
+        atol=atol,
+    )

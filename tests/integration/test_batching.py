@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from support import ServerThread
+from support import ServerThread, assert_top_close
 
 from rnnserve import AsyncClient, Client
 
@@ -201,13 +201,7 @@ def test_step_many_beyond_max_batch_takes_several_runs_with_the_same_outputs(
             assert isinstance(outcome, StepResult) and outcome.steps == 1
             with client.create_session(model_name) as alone:
                 expected = alone.step(tokens=[token], top_k=size)
-            got = {t.id: t.probability for t in outcome.top}
-            np.testing.assert_allclose(
-                [got[t.id] for t in expected.top],
-                [t.probability for t in expected.top],
-                rtol=0,
-                atol=2e-6,
-            )
+            assert_top_close(outcome, expected)
 
 
 def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees(

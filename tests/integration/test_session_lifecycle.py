@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import ServerThread, copy_package, edit_manifest, server_config
+from support import ServerThread, assert_top_close, copy_package, edit_manifest, server_config
 
 from rnnserve import (
     AsyncClient,
@@ -279,14 +279,7 @@ def test_step_many_equals_per_session_steps(client: Client, model_name: str) -> 
                 assert outcome.distribution is None
                 assert len(outcome.top) == size
                 assert {t.id: t.text for t in outcome.top} == {t.id: t.text for t in expected.top}
-                # Single tokens of several sessions share a batch here: float32 rounding.
-                got = dict((t.id, t.probability) for t in outcome.top)
-                np.testing.assert_allclose(
-                    [got[t.id] for t in expected.top],
-                    [t.probability for t in expected.top],
-                    rtol=0,
-                    atol=2e-6,
-                )
+                assert_top_close(outcome, expected)  # float32 rounding: shared runs
     finally:
         for session in sessions + references:
             session.close()
@@ -345,13 +338,7 @@ def test_step_many_across_models_equals_sessions_stepped_alone(
             assert isinstance(outcome, StepResult)
             assert outcome.session_id == sessions[name][i].id
             assert outcome.steps == expected.steps
-            got = {t.id: t.probability for t in outcome.top}
-            np.testing.assert_allclose(
-                [got[t.id] for t in expected.top],
-                [t.probability for t in expected.top],
-                rtol=0,
-                atol=2e-6,
-            )
+            assert_top_close(outcome, expected)
 
 
 def test_too_many_steps_in_a_message_fail_the_stream(models_dir: Path, model_name: str) -> None:
