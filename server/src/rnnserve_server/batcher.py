@@ -3,8 +3,8 @@
 Callers ``await feed(session, token)`` (or ``step``, which also describes the output)
 while holding the session's lock, so a session has at most one step in flight and its
 steps stay in order. ``step_rows`` queues the single-token steps of many distinct
-sessions (a StepMany message) as one group: arrays in, arrays out, one future per
-group rather than per step. Generations join as jobs (``advance``): every generating session
+sessions (a StepMany message) as one group: arrays in, arrays out, one future per group
+rather than per step. Generations join as jobs (``advance``): every generating session
 whose caller is waiting for tokens feeds one token per run, and the next tokens of all
 of them are sampled together. The loop collects pending work (for ``window_s`` if set,
 or as it piles up while the previous run is in flight), gathers the states from the pool
@@ -247,10 +247,13 @@ class StepBatcher:
         self._group_rows = 0
 
     @staticmethod
-    def _cancel(batch: list[_Pending], groups: list[_Group], jobs: list[Generation]) -> None:
-        futures: list[asyncio.Future[Any]] = [item.future for item in batch]
-        futures += [group.future for group in groups]
-        for future in futures:
+    def _futures(batch: list[_Pending], groups: list[_Group]) -> list[asyncio.Future[Any]]:
+        """The futures of these steps and groups."""
+        return [item.future for item in batch] + [group.future for group in groups]
+
+    @classmethod
+    def _cancel(cls, batch: list[_Pending], groups: list[_Group], jobs: list[Generation]) -> None:
+        for future in cls._futures(batch, groups):
             if not future.done():
                 future.cancel()
         for job in jobs:
@@ -285,22 +288,22 @@ class StepBatcher:
         try:
             pool = self._pool_of()
             slots = [item.session.slot for item in batch]
-            singles = [item.token for item in batch]
             for group in groups:
                 slots += [session.slot for session in group.sessions]
             slots += [job.session.slot for job in jobs]
-            singles += [job.token for job in jobs]
             size = len(slots)
-            if groups:  # the batch's tokens, the groups', the jobs'
+            batch_tokens = [item.token for item in batch]
+            job_tokens = [job.token for job in jobs]
+            if groups:  # rows in the run's order: the batch, the groups, the jobs
                 tokens = np.concatenate(
                     [
-                        np.asarray(singles[: len(batch)], dtype=np.int64),
+                        np.asarray(batch_tokens, dtype=np.int64),
                         *(group.tokens for group in groups),
-                        np.asarray(singles[len(batch) :], dtype=np.int64),
+                        np.asarray(job_tokens, dtype=np.int64),
                     ]
                 )
             else:
-                tokens = np.fromiter(singles, np.int64, size)
+                tokens = np.fromiter(batch_tokens + job_tokens, np.int64, size)
             state = pool.gather(slots)
             run = _Run(pool, batch, groups, jobs, slots, time.perf_counter())
             if self._runtime.step_seconds(size) > self.inline_s:
@@ -340,9 +343,7 @@ class StepBatcher:
     ) -> None:
         rows = len(batch) + sum(len(group.sessions) for group in groups) + len(jobs)
         log.error("step graph run failed for a batch of %d", rows, exc_info=exc)
-        futures: list[asyncio.Future[Any]] = [item.future for item in batch]
-        futures += [group.future for group in groups]
-        for future in futures:
+        for future in self._futures(batch, groups):
             if not future.done():
                 future.set_exception(exc)
         for job in jobs:
