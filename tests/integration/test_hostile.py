@@ -76,6 +76,16 @@ def step_many_mixed(b: Battery) -> None:
     assert len(reply.top_ids) == len(reply.top_texts) == len(reply.top_probabilities) == 5
 
 
+def step_many_long_request_id(b: Battery) -> None:
+    """A request id over 64 characters fails its step alone, on the batched path too."""
+    request = pb.StepManyRequest(
+        session_ids=[b.session, b.session + "x"], tokens=[5, 5], request_ids=["r" * 65, "ok"]
+    )
+    (reply,) = list(b.stub.StepMany(iter([request]), timeout=10))
+    assert {e.index: e.code for e in reply.errors}[0] == INVALID.value[0]
+    assert "request_id" in reply.errors[0].message
+
+
 def step_many(b: Battery, **columns: Any) -> Any:
     request = pb.StepManyRequest(**{"session_ids": [b.session], **columns})
     return list(b.stub.StepMany(iter([request]), timeout=10))
@@ -271,6 +281,7 @@ CASES: dict[str, tuple[grpc.StatusCode, Callable[[Battery], Any]]] = {
         lambda b: step_many(b, tokens=[5], request_ids=["x", "y"]),
     ),
     "a bad step among good ones fails alone": (OK, step_many_mixed),
+    "StepMany: a request id of 65 characters fails its step": (OK, step_many_long_request_id),
     # --- bytes on the wire
     "garbage bytes as a Step": (INVALID, lambda b: raw(b.channel, "Step", b"\xff\xff\xff\xff")),
     "garbage bytes as a CreateSession": (

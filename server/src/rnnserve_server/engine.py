@@ -543,6 +543,8 @@ class Engine:
             at = start
             start += 1 if lengths is None else lengths[row]
             try:  # looked up in message order, so a session named twice keeps its order
+                if request_ids:
+                    check_request_id(request_ids[row])
                 if local:
                     session = self.sessions.get(session_id, owner)
                 else:
