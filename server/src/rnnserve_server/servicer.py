@@ -319,17 +319,17 @@ def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
     if not answer.single and len(answer.blocks) == 1 and len(answer.blocks[0].rows) == answer.size:
         block = answer.blocks[0]  # every step answered together, in order: whole columns
         count, k = block.ids.shape
-        ids = block.ids.ravel().tolist()
+        top_ids = block.ids.ravel().tolist()
         names = block.names
         response.steps.extend(block.steps)
         response.consumed.extend([1] * count)
         response.top_counts.extend([k] * count)
-        response.top_ids.extend(ids)
-        response.top_texts.extend([names[i] for i in ids])
+        response.top_ids.extend(top_ids)
+        response.top_texts.extend([names[i] for i in top_ids])
         response.top_probabilities.extend(block.probabilities.ravel().tolist())
         return response
     steps, consumed, counts = [], [], []
-    ids = []
+    ids: list[int] = []
     texts: list[str] = []
     probabilities: list[float] = []
     add_error = response.errors.add
