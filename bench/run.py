@@ -159,13 +159,16 @@ class Recorder:
 # ---------------------------------------------------------------- raw in-process
 
 
-def raw_step_record(run: dict[str, Any], scenario: str, extra: dict[str, Any]) -> Record:
-    """One of bench.raw's step-graph figures (``result["step"]``) as a record."""
+def raw_step_record(
+    run: dict[str, Any], scenario: str, extra: dict[str, Any], *, rate: str = "steps_per_s"
+) -> Record:
+    """One of bench.raw's step-graph figures (``result["step"]``, or with ``rate``
+    ``tokens_per_s`` its sampling loop's) as a record."""
     return Record(
         RAW,
         scenario,
         batch=run["batch"],
-        steps_per_s=run["per_s"],
+        **{rate: run["per_s"]},
         p50_ms=run["p50_ms"],
         p99_ms=run["p99_ms"],
         count=run["runs"],
@@ -198,18 +201,7 @@ def measure_raw(package: Path, plan: Plan) -> list[Record]:
     threads = {"intra_op_threads": result["threads"] or "default"}
     records = [raw_step_record(r, RAW_STEP, threads) for r in result["step"]]
     records += [
-        Record(
-            RAW,
-            RAW_SAMPLING,
-            batch=r["batch"],
-            tokens_per_s=r["per_s"],
-            p50_ms=r["p50_ms"],
-            p99_ms=r["p99_ms"],
-            count=r["runs"],
-            duration_s=r["duration_s"],
-            extra=dict(threads),
-        )
-        for r in result["sampling"]
+        raw_step_record(r, RAW_SAMPLING, threads, rate="tokens_per_s") for r in result["sampling"]
     ]
     loop = result["prompt_step_loop"]
     records.append(
