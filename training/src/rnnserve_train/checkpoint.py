@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from rnnserve_server.tokenizer import Tokenizer
-from rnnserve_train.config import TrainConfig
+from rnnserve_train.config import TrainConfig, model_options
 from rnnserve_train.model import RNNLanguageModel
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -75,6 +75,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
         output_size=int(architecture["output_size"]),
         encoder=bool(architecture["encoder"]),
         conditions=int(architecture["conditions"]),
+        **model_options(config),
     )
     model.load_state_dict(payload["model"])
     model.to(device).eval()

@@ -28,6 +28,9 @@ class TrainConfig:
     hidden_size: int = 256
     head: str = "softmax"  # many-to-one only: softmax over the labels, or one sigmoid each
     prefix_loss: float = 0.0  # many-to-one: weight of the mean loss over every step
+    embedding_size: int = 0  # 0: the first layer gathers rows of W_x; d: tokens read E[x] (d)
+    tie_embeddings: bool = False  # W_ya = E (needs embedding_size = hidden_size)
+    dropout: float = 0.0  # of the embedding and of every layer's output, while training
     # --- vocabulary, built from the training split only
     tokenizer: str = "char"  # char or word
     vocab_size: int = 0  # at most this many tokens, specials included (0: no cap)
@@ -212,6 +215,16 @@ TEXT_SHAPES = ("many-to-many", "one-to-one")
 SEQUENCE_GRAPH_FORMS = ("native", "scan")
 
 
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of ``RNNLanguageModel`` that the config decides beyond the
+    cell and its sizes."""
+    return {
+        "embedding_size": config.embedding_size,
+        "tie_embeddings": config.tie_embeddings,
+        "dropout": config.dropout,
+    }
+
+
 class ConfigError(ValueError):
     """An unknown key or a value that does not parse as the field's type."""
 
@@ -305,6 +318,17 @@ def validate(config: TrainConfig) -> None:
             problems.append(f"{key}={getattr(config, key)} must be at least 1")
     if config.vocab_size and config.vocab_size < 5:
         problems.append(f"vocab_size={config.vocab_size} must be 0 (no cap) or at least 5")
+    if config.embedding_size < 0:
+        problems.append(f"embedding_size={config.embedding_size} must be 0 (none) or positive")
+    if config.tie_embeddings and config.embedding_size != config.hidden_size:
+        problems.append(
+            f"tie_embeddings=true needs embedding_size = hidden_size ({config.hidden_size}), "
+            f"got {config.embedding_size}"
+        )
+    if config.tie_embeddings and config.shape == "many-to-one":
+        problems.append("tie_embeddings=true needs a vocabulary output, not a classifier's labels")
+    if not 0.0 <= config.dropout < 1.0:
+        problems.append(f"dropout={config.dropout} must be in [0, 1)")
     if config.min_count < 1 or config.parity_steps < 1:
         problems.append("min_count and parity_steps must be at least 1")
     if config.val_fraction <= 0 or config.test_fraction <= 0:

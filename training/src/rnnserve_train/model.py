@@ -19,7 +19,7 @@ optional condition table gives a one-to-many generator its initial state
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, cast
 
 import numpy as np
@@ -363,27 +363,15 @@ ENCODER_PREFIX = "encoder."
 CONDITION_KEY = "condition.A0"
 
 
-def _stack(cell: str, vocab_size: int, hidden_size: int, layers: int) -> nn.ModuleList:
+def _stack(
+    cell: str, input_size: int, hidden_size: int, layers: int, *, tokens: bool
+) -> nn.ModuleList:
+    """``layers`` cells; the first reads ``input_size`` features, or token ids (``tokens``:
+    its input product is a gather of rows, the one-hot product of MODELS.md)."""
     return nn.ModuleList(
-        CELLS[cell](vocab_size if i == 0 else hidden_size, hidden_size, embed=i == 0)
+        CELLS[cell](input_size if i == 0 else hidden_size, hidden_size, embed=tokens and i == 0)
         for i in range(layers)
     )
-
-
-def _run_stack(
-    cells: nn.ModuleList,
-    tokens: Tensor,
-    state: Tensor,
-    keep: Tensor | None = None,
-    valid: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """tokens [B, T] through every layer -> (top activations [B, T, H], state [L, B, H])."""
-    inputs: Tensor = tokens
-    states = []
-    for layer, cell in enumerate(cast("list[Cell]", list(cells))):
-        inputs, last = cell.scan(cell.project(inputs), state[layer], keep, valid)
-        states.append(last)
-    return inputs, torch.stack(states)
 
 
 def valid_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -397,6 +385,13 @@ class RNNLanguageModel(nn.Module):
     ``output_size`` (default: the vocabulary) is K, the width of the logits;
     ``encoder=True`` adds an encoder stack for seq2seq; ``conditions=C`` adds the
     table of C initial states of a conditional generator.
+
+    ``embedding_size=d`` gives the tokens an embedding ``E`` [vocabulary, d] that every
+    stack reading tokens shares: the first layer reads ``E[x<t>]``, so its ``W_gx`` of
+    MODELS.md is ``W_ge E^T`` (``to_seed_weights`` writes it so). ``tie_embeddings``
+    makes the output layer ``W_ya = E`` (d must equal the hidden size). ``dropout`` drops
+    that fraction of the embedding, of each layer's output and of the top layer's output
+    while training (never between time steps, so a step's function is unchanged).
     """
 
     def __init__(
@@ -409,6 +404,9 @@ class RNNLanguageModel(nn.Module):
         output_size: int | None = None,
         encoder: bool = False,
         conditions: int = 0,
+        embedding_size: int = 0,
+        tie_embeddings: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -416,12 +414,30 @@ class RNNLanguageModel(nn.Module):
         self.cell_name, self.vocab_size = cell, vocab_size
         self.hidden_size, self.layers = hidden_size, layers
         self.output_size = output_size or vocab_size
-        self.cells = _stack(cell, vocab_size, hidden_size, layers)
-        self.encoder = _stack(cell, vocab_size, hidden_size, layers) if encoder else None
+        if tie_embeddings and (embedding_size != hidden_size or self.output_size != vocab_size):
+            raise ValueError(
+                "tie_embeddings needs embedding_size == hidden_size and a vocabulary output "
+                f"(got embedding_size={embedding_size}, hidden_size={hidden_size}, "
+                f"{self.output_size} outputs for {vocab_size} tokens)"
+            )
+        self.embedding = (
+            nn.Parameter(torch.empty(vocab_size, embedding_size).uniform_(-0.1, 0.1))
+            if embedding_size
+            else None
+        )
+        first_input = embedding_size or vocab_size
+        tokens = not embedding_size
+        self.cells = _stack(cell, first_input, hidden_size, layers, tokens=tokens)
+        self.encoder = (
+            _stack(cell, first_input, hidden_size, layers, tokens=tokens) if encoder else None
+        )
         self.condition_table = (
             nn.Parameter(torch.randn(conditions, layers, hidden_size) * 0.1) if conditions else None
         )
-        self.output = nn.Linear(hidden_size, self.output_size)  # W_ya, b_y
+        # W_ya, b_y: a layer of its own, or E and a bias (tied)
+        self.output = None if tie_embeddings else nn.Linear(hidden_size, self.output_size)
+        self.output_bias = nn.Parameter(torch.zeros(vocab_size)) if tie_embeddings else None
+        self.dropout = nn.Dropout(dropout)
 
     @property
     def stack(self) -> list[Cell]:
@@ -432,14 +448,62 @@ class RNNLanguageModel(nn.Module):
     def conditions(self) -> int:
         return 0 if self.condition_table is None else int(self.condition_table.shape[0])
 
+    @property
+    def output_weight(self) -> Tensor:
+        """W_ya [K, H]: the output layer's weight, or E when tied."""
+        if self.output is None:
+            assert self.embedding is not None
+            return self.embedding
+        return self.output.weight
+
+    @property
+    def output_bias_vector(self) -> Tensor:
+        """b_y [K]."""
+        if self.output is None:
+            assert self.output_bias is not None
+            return self.output_bias
+        return self.output.bias
+
+    def logits(self, top: Tensor) -> Tensor:
+        """ŷ = W_ya a + b_y for the top layer's activations [..., H] -> [..., K]."""
+        return functional.linear(top, self.output_weight, self.output_bias_vector)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The first layer's input: the tokens themselves (the cell gathers its rows of
+        W_x) or their embeddings E[x]."""
+        if self.embedding is None:
+            return tokens
+        embedded: Tensor = self.dropout(functional.embedding(tokens, self.embedding))
+        return embedded
+
     def zero_state(self, batch: int) -> Tensor:
-        parameter = self.output.weight
+        parameter = self.output_bias_vector
         return parameter.new_zeros(self.layers, batch, self.hidden_size)
 
     def initial_state(self, token: int, batch: int = 1) -> Tensor:
         """The state after feeding ``token`` (e.g. bos) to a zero state: [L, batch, H]."""
-        tokens = torch.full((batch,), token, dtype=torch.int64, device=self.output.weight.device)
+        device = self.output_bias_vector.device
+        tokens = torch.full((batch,), token, dtype=torch.int64, device=device)
         return self.step(tokens, self.zero_state(batch))[1]
+
+    def run_stack(
+        self,
+        cells: nn.ModuleList,
+        tokens: Tensor,
+        state: Tensor,
+        keep: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """tokens [B, T] through every layer of ``cells`` -> (top activations [B, T, H],
+        state [L, B, H])."""
+        inputs = self.embed(tokens)
+        states = []
+        for layer, cell in enumerate(cast("list[Cell]", list(cells))):
+            if layer:
+                inputs = self.dropout(inputs)
+            inputs, last = cell.scan(cell.project(inputs), state[layer], keep, valid)
+            states.append(last)
+        return inputs, torch.stack(states)
 
     def forward(
         self,
@@ -453,29 +517,28 @@ class RNNLanguageModel(nn.Module):
         ``keep`` and ``valid`` as in ``Cell.scan``; with ``valid`` the returned state is
         each row's state after its last valid token.
         """
-        top, new_state = _run_stack(self.cells, tokens, state, keep, valid)
-        logits: Tensor = self.output(top)
-        return logits, new_state
+        top, new_state = self.run_stack(self.cells, tokens, state, keep, valid)
+        return self.logits(self.dropout(top)), new_state
 
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """tokens [B], state [L, B, H] -> (logits [B, K], state [L, B, H])."""
-        inputs: Tensor = tokens
+        inputs = self.embed(tokens)
         states = []
         for layer, cell in enumerate(self.stack):
+            if layer:
+                inputs = self.dropout(inputs)
             inputs = cell.step(cell.project(inputs), state[layer])
             states.append(inputs)
-        logits: Tensor = self.output(inputs)
-        return logits, torch.stack(states)
+        return self.logits(self.dropout(inputs)), torch.stack(states)
 
     def head(self, state: Tensor) -> Tensor:
         """The output for the current state, [L, B, H] -> logits [B, K]."""
-        logits: Tensor = self.output(state[-1])
-        return logits
+        return self.logits(state[-1])
 
     def sequence(self, tokens: Tensor, lengths: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """The sequence graph: tokens [B, T], lengths [B] (1..T), state [L, B, H] ->
         (logits [B, K] after each row's last token, state [L, B, H] after it)."""
-        _, new_state = _run_stack(
+        _, new_state = self.run_stack(
             self.cells, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
         )
         return self.head(new_state), new_state
@@ -485,7 +548,7 @@ class RNNLanguageModel(nn.Module):
         if self.encoder is None:
             raise ValueError("this model has no encoder")
         state = self.zero_state(tokens.shape[0])
-        _, final = _run_stack(
+        _, final = self.run_stack(
             self.encoder, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
         )
         return final
@@ -501,27 +564,45 @@ class RNNLanguageModel(nn.Module):
     def to_seed_weights(self) -> dict[str, np.ndarray]:
         """Weights in the notation of docs/MODELS.md: ``layer1.W_r`` ... ``W_ya``, ``b_y``;
         ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, L, H] for
-        conditions (``a<0> = tanh(A0[c])``)."""
+        conditions (``a<0> = tanh(A0[c])``). With an embedding, a first layer's input
+        block is ``W_gx = W_ge E^T`` (the product in float64), so the equations read the
+        one-hot token as everywhere else."""
         weights: dict[str, np.ndarray] = {}
         for prefix, cell in self._seed_layers():
+            through_embedding = self.embedding is not None and prefix.endswith("layer1.")
             for key, value in cell.seed_weights().items():
-                weights[prefix + key] = value
+                weights[prefix + key] = (
+                    self._through_embedding(value, cell.hidden_size)
+                    if through_embedding and key.startswith("W_")
+                    else value
+                )
         if self.condition_table is not None:
             weights[CONDITION_KEY] = _numpy(self.condition_table)
-        weights["W_ya"] = _numpy(self.output.weight)
-        weights["b_y"] = _numpy(self.output.bias)
+        weights["W_ya"] = _numpy(self.output_weight)
+        weights["b_y"] = _numpy(self.output_bias_vector)
         return weights
+
+    def _through_embedding(self, matrix: np.ndarray, hidden: int) -> np.ndarray:
+        """[W_ga | W_ge] -> [W_ga | W_ge E^T]."""
+        assert self.embedding is not None
+        table = self.embedding.detach().cpu().numpy().astype(np.float64)
+        input_block = matrix[:, hidden:].astype(np.float64) @ table.T
+        return np.concatenate([matrix[:, :hidden], input_block.astype(np.float32)], axis=1)
 
     @torch.no_grad()
     def load_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """The inverse of ``to_seed_weights`` for a model without an embedding (one with
+        an embedding has the same function as the model ``from_seed_weights`` builds)."""
+        if self.embedding is not None:
+            raise ValueError("seed weights cannot be split back into W_ge and E")
         for prefix, cell in self._seed_layers():
             cell.load_seed_weights(
                 {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             )
         if self.condition_table is not None:
             self.condition_table.copy_(torch.as_tensor(weights[CONDITION_KEY]))
-        self.output.weight.copy_(torch.as_tensor(weights["W_ya"]))
-        self.output.bias.copy_(torch.as_tensor(weights["b_y"]))
+        self.output_weight.copy_(torch.as_tensor(weights["W_ya"]))
+        self.output_bias_vector.copy_(torch.as_tensor(weights["b_y"]))
 
     def _seed_layers(self) -> Iterator[tuple[str, Cell]]:
         """(``layer1.``, cell), ... then (``encoder.layer1.``, cell), ...: each layer with
@@ -532,6 +613,38 @@ class RNNLanguageModel(nn.Module):
         for stack_prefix, cells in stacks:
             for i, cell in enumerate(cast("list[Cell]", list(cells)), start=1):
                 yield f"{stack_prefix}layer{i}.", cell
+
+    @classmethod
+    def from_parameters(cls, cell: str, parameters: Mapping[str, np.ndarray]) -> RNNLanguageModel:
+        """Rebuild a model from its parameters by name (``named_parameters()``, as a
+        package's weights file holds them); the shapes give the sizes."""
+        first = "cells.0."
+        layers = len({k.split(".")[1] for k in parameters if k.startswith("cells.")})
+        embedding = parameters.get("embedding")
+        first_rows = parameters[first + "input_weight"].shape[0]
+        vocab_size = first_rows if embedding is None else embedding.shape[0]
+        tied = "output.weight" not in parameters
+        model = cls(
+            cell,
+            vocab_size,
+            parameters[first + "recurrent"].shape[0],
+            layers,
+            output_size=vocab_size if tied else parameters["output.weight"].shape[0],
+            encoder=any(k.startswith("encoder.") for k in parameters),
+            conditions=len(parameters["condition_table"]) if "condition_table" in parameters else 0,
+            embedding_size=0 if embedding is None else embedding.shape[1],
+            tie_embeddings=tied,
+        )
+        expected = dict(model.named_parameters())
+        if set(expected) != set(parameters):
+            raise ValueError(
+                f"parameters of a {cell} model: missing {sorted(set(expected) - set(parameters))}"
+                f", unexpected {sorted(set(parameters) - set(expected))}"
+            )
+        with torch.no_grad():
+            for name, parameter in expected.items():
+                parameter.copy_(torch.from_numpy(np.array(parameters[name], dtype=np.float32)))
+        return model.eval()
 
     @classmethod
     def from_seed_weights(cls, cell: str, weights: dict[str, np.ndarray]) -> RNNLanguageModel:

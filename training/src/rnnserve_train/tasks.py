@@ -32,7 +32,7 @@ from torch.nn import functional
 
 from rnnserve_server.modelpackage import InitialStateSpec, OutputSpec
 from rnnserve_server.tokenizer import Tokenizer
-from rnnserve_train.config import TrainConfig
+from rnnserve_train.config import TrainConfig, model_options
 from rnnserve_train.corpora import Example, ExampleSet, load_dates, load_names
 from rnnserve_train.data import (
     build_tokenizer,
@@ -151,7 +151,9 @@ class Task:
     # --- the model and its package
     def build_model(self) -> RNNLanguageModel:
         c = self.config
-        return RNNLanguageModel(c.cell, self.tokenizer.size, c.hidden_size, c.layers)
+        return RNNLanguageModel(
+            c.cell, self.tokenizer.size, c.hidden_size, c.layers, **model_options(c)
+        )
 
     def output_spec(self) -> OutputSpec:
         return OutputSpec(kind="vocabulary")
@@ -476,7 +478,12 @@ class Classifier(ExampleTask):
     def build_model(self) -> RNNLanguageModel:
         c = self.config
         return RNNLanguageModel(
-            c.cell, self.tokenizer.size, c.hidden_size, c.layers, output_size=len(self.classes)
+            c.cell,
+            self.tokenizer.size,
+            c.hidden_size,
+            c.layers,
+            output_size=len(self.classes),
+            **model_options(c),
         )
 
     def output_spec(self) -> OutputSpec:
@@ -577,7 +584,12 @@ class ConditionalGenerator(ExampleTask):
     def build_model(self) -> RNNLanguageModel:
         c = self.config
         return RNNLanguageModel(
-            c.cell, self.tokenizer.size, c.hidden_size, c.layers, conditions=len(self.classes)
+            c.cell,
+            self.tokenizer.size,
+            c.hidden_size,
+            c.layers,
+            conditions=len(self.classes),
+            **model_options(c),
         )
 
     def initial_state(self) -> InitialStateSpec:
@@ -641,7 +653,9 @@ class Translator(ExampleTask):
 
     def build_model(self) -> RNNLanguageModel:
         c = self.config
-        return RNNLanguageModel(c.cell, self.tokenizer.size, c.hidden_size, c.layers, encoder=True)
+        return RNNLanguageModel(
+            c.cell, self.tokenizer.size, c.hidden_size, c.layers, encoder=True, **model_options(c)
+        )
 
     def initial_state(self) -> InitialStateSpec:
         return InitialStateSpec(kind="encoder", token="bos")

@@ -62,6 +62,8 @@ RESUME_KEYS = (
     "cell",
     "layers",
     "hidden_size",
+    "embedding_size",
+    "tie_embeddings",
     "tokenizer",
     "vocab_size",
     "min_count",
