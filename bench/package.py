@@ -42,7 +42,9 @@ VOCABULARY_TEXT = "".join(chr(c) for c in range(0x20, 0x7F)) + "\n"
 # graph): the cached package is rebuilt when any of them changes.
 EXPORTER_MODULES = (
     "rnnserve_train.export",
+    "rnnserve_train.graphs",
     "rnnserve_train.model",
+    "rnnserve_train.sharing",
     "rnnserve_server.modelpackage",
 )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from support import copy_package, edit_manifest
 
@@ -12,6 +14,7 @@ from rnnserve_server.errors import NotFound
 from rnnserve_server.modelpackage import MANIFEST_FILE, load_package
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
+from rnnserve_train.reference import ReferenceModel
 
 CPU = ProviderChoice.resolve("cpu", allow_cpu_fallback=False)
 
@@ -22,8 +25,22 @@ def test_the_tiny_package_is_valid(tiny_package: Path) -> None:
     assert manifest.cell == "gru" and manifest.shape == "many-to-many"
     assert manifest.output.kind == "vocabulary"
     assert manifest.tokenizer.size == package.tokenizer.size
-    for name in ("vocab.json", "step.onnx", "head.onnx", "weights.npz", "MODEL_CARD.md"):
+    for name in ("vocab.json", "step.onnx", "head.onnx", "weights.bin", "MODEL_CARD.md"):
         assert (tiny_package / name).is_file()
+
+
+def _refer_elsewhere(package: Path) -> None:
+    """Point the step graph's first shared tensor at another file."""
+    path = package / "step.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.external_data)
+    next(e for e in tensor.external_data if e.key == "location").value = "other.bin"
+    onnx.save(model, str(path))
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size // 2)
 
 
 BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
@@ -61,9 +78,20 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     ),
     "corrupt graph": (
         lambda p: (p / "head.onnx").write_bytes(b"not a graph"),
-        "onnxruntime cannot load the head graph",
+        "cannot load the head graph",
     ),
-    "weights not npz": (lambda p: (p / "weights.npz").write_text("x"), "not an .npz archive"),
+    "weights file missing": (lambda p: (p / "weights.bin").unlink(), "weights.bin: missing"),
+    "weights file truncated": (
+        lambda p: _truncate(p / "weights.bin"),
+        "lie beyond the end of weights.bin",
+    ),
+    "weights in another file": (_refer_elsewhere, "not the package's weights file"),
+    "format 1 weights not npz": (
+        lambda p: edit_manifest(
+            p, lambda m: m.update(format_version=1, weights_file="weights.bin")
+        ),
+        "not an .npz archive",
+    ),
     "directory name differs": (
         lambda p: edit_manifest(p, lambda m: m.update(version=7)),
         "but the package lies in",
@@ -115,3 +143,35 @@ def test_cuda_requested_without_cuda(caplog: pytest.LogCaptureFixture) -> None:
     choice = ProviderChoice.resolve("cuda", allow_cpu_fallback=True)
     assert [name for name, _ in choice.providers] == ["CPUExecutionProvider"]
     assert "falling back to the CPU" in caplog.text
+
+
+# A package of format 1, written by the exporter before packages shared their weights:
+# every graph holds its own, and weights.npz holds them in the notation of MODELS.md.
+FORMAT_1_PACKAGE = Path(__file__).parents[1] / "fixtures" / "format1" / "format1-gru" / "1"
+
+
+def test_a_format_1_package_still_serves(tmp_path: Path) -> None:
+    package = copy_package(FORMAT_1_PACKAGE, tmp_path, "format1-gru")
+    repo = Repository.load(tmp_path, CPU)
+    runtime = repo.get("format1-gru").runtime
+    assert runtime.package.manifest.format_version == 1 and runtime.weights.nbytes == 0
+    with np.load(package / "weights.npz") as archive:
+        reference = ReferenceModel("gru", {key: archive[key] for key in archive.files})
+    tokens = np.array([5, 9, 3, 17], dtype=np.int64)
+    logits, state = runtime.run_tokens(tokens, runtime.zeros(1))
+    expected_logits, expected_state = reference.sequence(
+        tokens[None], np.array([len(tokens)]), reference.zero_state(1)
+    )
+    np.testing.assert_allclose(state, expected_state, atol=1e-5)
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
+
+
+def test_the_graphs_of_a_package_share_one_buffer(tiny_package: Path) -> None:
+    """Every graph's session is handed the same OrtValue for a tensor, a view of the one
+    read of weights.bin."""
+    runtime = Repository.load(tiny_package.parent.parent, CPU).get(tiny_package.parent.name).runtime
+    assert runtime.weights.nbytes == (tiny_package / "weights.bin").stat().st_size
+    step, head = runtime.weights.of("step"), runtime.weights.of("head")
+    assert head and set(head) <= set(step)
+    for name, value in head.items():
+        assert value is step[name], name

@@ -37,10 +37,46 @@ def test_tiny_package_loads_and_beats_the_uniform_baseline(tiny_package: Path) -
     assert manifest.metrics["test_bits_per_char"] < uniform - 1.0
     assert "BSD" in manifest.training["data_licence"]
     assert manifest.training["parity"]["max_abs_diff"]["onnxruntime"] <= 1e-5
-    for name in ("step.onnx", "head.onnx", "weights.npz", "vocab.json", "MODEL_CARD.md"):
+    for name in ("step.onnx", "head.onnx", "weights.bin", "vocab.json", "MODEL_CARD.md"):
         assert (tiny_package / name).is_file()
-    with np.load(tiny_package / "weights.npz") as weights:
-        H, V = manifest.hidden_size, package.tokenizer.size
+
+
+def test_a_package_holds_each_weight_once(tiny_package: Path, tiny_checkpoint: Path) -> None:
+    """weights.bin holds every parameter once (and nothing else but alignment); no graph
+    keeps a tensor of its own beyond small constants; every graph that uses a parameter
+    reads the same bytes of weights.bin."""
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    parameter_bytes = sum(p.numel() * 4 for p in model.parameters())
+    size = (tiny_package / "weights.bin").stat().st_size
+    assert parameter_bytes <= size < parameter_bytes + 64 * len(list(model.parameters()))
+    where: dict[str, set[tuple[str, str]]] = {}
+    for graph_file in ("step.onnx", "head.onnx", "sequence.onnx"):
+        graph = onnx.load(str(tiny_package / graph_file), load_external_data=False).graph
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in tensor.external_data}
+                assert info["location"] == "weights.bin"
+                where.setdefault(tensor.name, set()).add((info["offset"], info["length"]))
+            else:
+                assert len(tensor.raw_data) <= 1024, (graph_file, tensor.name)
+    assert set(where) == {name for name, _ in model.named_parameters()}
+    assert all(len(places) == 1 for places in where.values()), where
+
+
+def test_seed_weights_are_derived_from_the_package(
+    tiny_package: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``rnnserve-train seed-weights`` writes the weights in the notation of MODELS.md,
+    rebuilt from weights.bin: those of the trained model."""
+    model, tokenizer, _ = load_checkpoint(tiny_checkpoint)
+    out = tmp_path / "seed.npz"
+    assert main(["seed-weights", f"--package={tiny_package}", f"--out={out}"]) == 0
+    expected = model.to_seed_weights()
+    with np.load(out) as weights:
+        assert set(weights.files) == set(expected)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(weights[key], value, err_msg=key)
+        H, V = model.hidden_size, tokenizer.size
         assert weights["layer1.W_r"].shape == (H, H + V)
         assert weights["W_ya"].shape == (V, H)
 

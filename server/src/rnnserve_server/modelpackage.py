@@ -9,7 +9,9 @@ A package is a directory ``<repository>/<name>/<version>/`` holding::
     sequence.onnx     optional: a whole prompt per row in one run (see GRAPH_SIGNATURES)
     encoder.onnx      optional: source tokens -> initial state (seq2seq)
     condition.onnx    optional: condition index -> initial state (one-to-many)
-    weights.npz       the weights in the notation of docs/MODELS.md (W_ax, W_aa, b_a, ...)
+    weights.bin       every weight tensor once, which the graphs reference (ONNX external
+                      data); format 1 packages embed the weights in each graph and hold
+                      weights.npz, the weights in the notation of docs/MODELS.md
     MODEL_CARD.md     what the model is, its data, its metrics, a sample
 
 This module parses and checks everything that needs no inference engine; the runtime
@@ -27,7 +29,9 @@ from typing import Any
 
 from rnnserve_server.tokenizer import NORMALIZATIONS, SPECIAL_ROLES, TOKENIZER_KINDS, Tokenizer
 
-FORMAT_VERSION = 1
+# 2: the graphs share one weights file (ONNX external data); 1: each graph holds its own
+# weights, and weights_file is an .npz in the notation of docs/MODELS.md.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 SHAPES = ("one-to-one", "one-to-many", "many-to-one", "many-to-many", "seq2seq")
 CELLS = ("rnn-tanh", "rnn-relu", "gru-simple", "gru", "gru-torch")
@@ -111,7 +115,7 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     initial_state: InitialStateSpec = field(default_factory=InitialStateSpec)
     conditions: tuple[str, ...] = ()
-    weights_file: str = "weights.npz"
+    weights_file: str = "weights.bin"
     card_file: str = "MODEL_CARD.md"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -234,13 +238,18 @@ def load_package(path: Path) -> ModelPackage:
             f"{path / spec.vocabulary_file}: {tokenizer.size} tokens, "
             f"but manifest.tokenizer.size = {spec.size}"
         )
-    try:
-        with zipfile.ZipFile(path / manifest.weights_file) as archive:
-            if not any(n.endswith(".npy") for n in archive.namelist()):
-                raise PackageError(f"{path / manifest.weights_file}: holds no arrays")
-    except zipfile.BadZipFile as exc:
-        raise PackageError(f"{path / manifest.weights_file}: not an .npz archive: {exc}") from None
+    if manifest.format_version == 1:
+        _check_npz(path / manifest.weights_file)
     return ModelPackage(path=path, manifest=manifest, tokenizer=tokenizer)
+
+
+def _check_npz(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith(".npy") for n in archive.namelist()):
+                raise PackageError(f"{path}: holds no arrays")
+    except zipfile.BadZipFile as exc:
+        raise PackageError(f"{path}: not an .npz archive: {exc}") from None
 
 
 def _check_inside(package: Path, name: str) -> None:

@@ -5,6 +5,7 @@ export an existing checkpoint, train the demo zoo, or compute the baselines.
     rnnserve-train export --checkpoint=runs/char-gru/checkpoint.pt [--out=models] [--version=N]
     rnnserve-train zoo [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
     rnnserve-train baselines [--only=a,b]
+    rnnserve-train seed-weights --package=models/char-gru/1 [--out=weights.npz]
     torchrun --standalone --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...  (DDP)
 """
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _zoo(args[1:])
         if args and args[0] == "baselines":
             return _baselines(args[1:])
+        if args and args[0] == "seed-weights":
+            return _seed_weights(args[1:])
         return _train(args)
     except ConfigError as exc:
         print(f"rnnserve-train: {exc}", file=sys.stderr)
@@ -115,6 +118,27 @@ def _baselines(args: list[str]) -> int:
             k: v for k, v in results[name].items() if k.startswith("test_") and isinstance(v, float)
         }
         print(f"{name}: {results[name]['baseline']}: {shown}")
+    return 0
+
+
+def _seed_weights(args: list[str]) -> int:
+    """Write a package's weights in the notation of docs/MODELS.md as an .npz."""
+    options = _options("seed-weights", args, ("package", "out"))
+    if "package" not in options:
+        raise ConfigError("seed-weights: --package=PATH is required")
+    import numpy as np
+
+    from rnnserve_server.modelpackage import PackageError
+    from rnnserve_train.export import package_seed_weights
+
+    try:
+        weights = package_seed_weights(Path(options["package"]))
+    except PackageError as exc:
+        print(f"rnnserve-train: {exc}", file=sys.stderr)
+        return 1
+    out = Path(options.get("out", "weights.npz"))
+    np.savez(out, **weights)  # type: ignore[arg-type]
+    print(f"{out}: {', '.join(f'{k} {list(v.shape)}' for k, v in weights.items())}")
     return 0
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from rnnserve_server.modelpackage import (
     standard_graph,
 )
 from rnnserve_server.tokenizer import Tokenizer
-from rnnserve_train import graphs
+from rnnserve_train import graphs, sharing
 from rnnserve_train.baselines import baseline_lines
 from rnnserve_train.checkpoint import load_checkpoint
 from rnnserve_train.config import TrainConfig
@@ -39,7 +39,7 @@ from rnnserve_train.tasks import Task, language_model_samples, make_task
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE, WEIGHTS_FILE, CARD_FILE = "vocab.json", "weights.npz", "MODEL_CARD.md"
+VOCAB_FILE, WEIGHTS_FILE, CARD_FILE = "vocab.json", "weights.bin", "MODEL_CARD.md"
 GRAPH_FILES = {
     "step": "step.onnx",
     "head": "head.onnx",
@@ -191,6 +191,25 @@ def write_model_card(
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def store_parameters(model: RNNLanguageModel, graphs: Iterable[Path], weights: Path) -> None:
+    """Every parameter once in ``weights``, which the graphs reference (``sharing.py``);
+    the stored tensors must be exactly the model's."""
+    parameters = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
+    graphs = list(graphs)
+    try:
+        sharing.share_weights(graphs, parameters, weights)
+    except sharing.SharingError as exc:
+        raise ExportError(str(exc)) from None
+    stored = sharing.read_parameters(graphs)
+    missing = sorted(set(parameters) - set(stored))
+    changed = sorted(k for k in stored if not np.array_equal(stored[k], parameters[k]))
+    if missing or changed:
+        raise ExportError(
+            f"{weights.name}: no graph holds the parameters {missing}; stored values "
+            f"differ for {changed}"
+        )
+
+
 def export_model(
     model: RNNLanguageModel,
     tokenizer: Tokenizer,
@@ -225,10 +244,9 @@ def export_model(
         staging.mkdir(parents=True)
         layout = layout or Layout.of(task, model, tokenizer, config)
         tokenizer.save(staging / VOCAB_FILE)
-        np.savez(staging / WEIGHTS_FILE, **model.to_seed_weights())  # type: ignore[arg-type]
         paths = export_graphs(model, staging, config.sequence_graph)
-        with np.load(staging / WEIGHTS_FILE) as archive:
-            weights = {k: archive[k] for k in archive.files}
+        store_parameters(model, paths.values(), staging / WEIGHTS_FILE)
+        weights = model.to_seed_weights()
         start_token = layout.initial_state.token
         parity = check_parity(
             model,
@@ -292,6 +310,18 @@ def export_model(
     package: ModelPackage = load_package(final)
     log.info("exported %s (parity max abs diff %s)", final, parity.max_abs_diff)
     return package.path
+
+
+def package_seed_weights(package: Path) -> dict[str, np.ndarray]:
+    """A package's weights in the notation of docs/MODELS.md (what ``reference.py``
+    reads): rebuilt from the weights file (format 2), or its weights.npz (format 1)."""
+    loaded = load_package(package)
+    manifest = loaded.manifest
+    if manifest.format_version == 1:
+        with np.load(package / manifest.weights_file) as archive:
+            return {key: archive[key] for key in archive.files}
+    parameters = sharing.read_parameters(loaded.graph_path(kind) for kind in manifest.graphs)
+    return RNNLanguageModel.from_parameters(manifest.cell, parameters).to_seed_weights()
 
 
 def export_checkpoint(checkpoint: Path, out: Path | None = None, version: int = 0) -> Path:

@@ -18,7 +18,7 @@ last token. ``check_graph_shapes`` verifies every graph's inputs and outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -199,8 +199,61 @@ def _prefixed(graph: onnx.GraphProto, prefix: str) -> onnx.GraphProto:
     return graph
 
 
-def _constant(name: str, array: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.array(array, order="C"), name)
+class _Builder:
+    """The nodes and initializers of a hand-built graph. A model parameter becomes an
+    initializer named as in ``model.named_parameters()``; every helper returns the name
+    of the value it adds."""
+
+    def __init__(self, model: RNNLanguageModel) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._names = {id(p): name for name, p in model.named_parameters()}
+        self._count = 0
+
+    def parameter(self, tensor: Tensor) -> str:
+        name = self._names[id(tensor)]
+        if name not in self.initializers:
+            array = tensor.detach().cpu().numpy()
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def integers(self, values: int | Sequence[int]) -> str:
+        """An int64 scalar (an int) or vector (a sequence)."""
+        array = np.array(values, dtype=np.int64)
+        name = (
+            "int64_"
+            + ("scalar_" if array.ndim == 0 else "")
+            + "_".join(str(v).replace("-", "minus") for v in array.reshape(-1))
+        )
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], output: str = "", **attributes: Any) -> str:
+        return self.ops(op_type, inputs, 1, [output] if output else None, **attributes)[0]
+
+    def ops(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        count: int,
+        outputs: list[str] | None = None,
+        **attributes: Any,
+    ) -> list[str]:
+        self._count += 1
+        names = outputs or [f"{op_type.lower()}{self._count}_{i}" for i in range(count)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attributes))
+        return names
+
+    def filled(self, shape: Sequence[int], value: float) -> str:
+        """A float tensor of ``shape`` holding ``value`` everywhere (made when the session
+        starts: nothing stored)."""
+        fill = helper.make_tensor("value", TensorProto.FLOAT, [1], [value])
+        return self.op("ConstantOfShape", [self.integers(list(shape))], value=fill)
+
+    def split(self, tensor: str, parts: int, axis: int) -> list[str]:
+        """``parts`` equal blocks of ``tensor`` along ``axis``."""
+        return [tensor] if parts == 1 else self.ops("Split", [tensor], parts, axis=axis)
 
 
 SEQUENCE_FORMS = ("native", "scan")
@@ -212,10 +265,12 @@ def export_sequence(
     """The ``sequence`` graph (decoder cells, state given, logits out) or the ``encoder``
     graph (encoder cells, zero state, state out).
 
-    ``form="native"``: each layer is one ONNX ``RNN``/``GRU`` operator (``native_layer``),
+    ``form="native"``: each layer is one ONNX ``RNN``/``GRU`` operator (``native_form``),
     the fastest on onnxruntime's CPU provider. ``form="scan"``: a ``Scan`` over the traced
     step of every layer, made of primitives only, for providers whose recurrent operators
-    implement another variant (see docs/models.md).
+    implement another variant (see docs/models.md). Either reads the model's parameters
+    as they are (what the operators need is derived from them in the graph), so a
+    package's graphs share every weight (``sharing.py``).
     """
     if form not in SEQUENCE_FORMS:
         raise GraphShapeError(f"sequence form {form!r} is not one of {SEQUENCE_FORMS}")
@@ -223,63 +278,43 @@ def export_sequence(
     if cells is None:
         raise GraphShapeError("the model has no encoder")
     L, H = model.layers, model.hidden_size
-    inits = [
-        _constant("zero", np.array(0, dtype=np.int64)),
-        _constant("one", np.array(1, dtype=np.int64)),
-        _constant("axis0", np.array([0], dtype=np.int64)),
-        _constant("axis1", np.array([1], dtype=np.int64)),
-    ]
-    nodes = [helper.make_node("Shape", ["tokens"], ["tokens_shape"])]
+    g = _Builder(model)
     tokens = helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH_AXIS, STEPS_AXIS])
     lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, [BATCH_AXIS])
     state_type: list[str | int] = [L, BATCH_AXIS, H]
     if encoder:
-        inits.append(_constant("layers_1d", np.array([L], dtype=np.int64)))
-        inits.append(_constant("hidden_1d", np.array([H], dtype=np.int64)))
-        nodes += [
-            helper.make_node("Gather", ["tokens_shape", "zero"], ["batch_size"], axis=0),
-            helper.make_node("Unsqueeze", ["batch_size", "axis0"], ["batch_size_1d"]),
-            helper.make_node(
-                "Concat", ["layers_1d", "batch_size_1d", "hidden_1d"], ["zero_state_shape"], axis=0
-            ),
-            helper.make_node(
-                "ConstantOfShape",
-                ["zero_state_shape"],
-                ["state_in"],
-                value=helper.make_tensor("zero_float", TensorProto.FLOAT, [1], [0.0]),
-            ),
-        ]
+        batch = g.op("Gather", [g.op("Shape", ["tokens"]), g.integers(0)], axis=0)
+        shape = g.op(
+            "Concat",
+            [g.integers([L]), g.op("Unsqueeze", [batch, g.integers([0])]), g.integers([H])],
+            axis=0,
+        )
+        zero = helper.make_tensor("zero_float", TensorProto.FLOAT, [1], [0.0])
+        start = g.op("ConstantOfShape", [shape], value=zero)
         graph_inputs = [tokens, lengths]
-        start_state = "state_in"
     else:
+        start = "state"
         state = helper.make_tensor_value_info("state", TensorProto.FLOAT, state_type)
         graph_inputs = [tokens, lengths, state]
-        start_state = "state"
     if form == "native":
-        nodes.append(helper.make_node("Cast", ["lengths"], ["seq_lens"], to=TensorProto.INT32))
-        final = _native_stack(cells, nodes, inits, start_state)
+        final = _native_stack(g, model, cells, start)
     else:
-        final = _scan_stack(
-            cells, nodes, inits, start_state, layers=L, hidden=H, scratch=path.parent
-        )
+        final = _scan_stack(g, model, cells, start, scratch=path.parent)
     state_name = "state" if encoder else "state_out"
-    nodes.append(helper.make_node("Identity", [final], [state_name]))
+    g.op("Identity", [final], state_name)
     outputs = [helper.make_tensor_value_info(state_name, TensorProto.FLOAT, state_type)]
     if not encoder:
-        inits += [
-            _constant("last_layer", np.array(L - 1, dtype=np.int64)),
-            _constant("W_ya_T", model.output.weight.detach().cpu().numpy().T),
-            _constant("b_y", model.output.bias.detach().cpu().numpy()),
-        ]
-        nodes += [
-            helper.make_node("Gather", ["state_out", "last_layer"], ["top_state"], axis=0),
-            helper.make_node("MatMul", ["top_state", "W_ya_T"], ["output_product"]),
-            helper.make_node("Add", ["output_product", "b_y"], ["logits"]),
-        ]
+        top = g.op("Gather", [state_name, g.integers(L - 1)], axis=0)
+        weight, bias = g.parameter(model.output_weight), g.parameter(model.output_bias_vector)
+        g.op("Gemm", [top, weight, bias], "logits", transB=1)
         logits_type: list[str | int] = [BATCH_AXIS, model.output_size]
         outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, logits_type))
     graph = helper.make_graph(
-        nodes, "encoder" if encoder else "sequence", graph_inputs, outputs, initializer=inits
+        g.nodes,
+        "encoder" if encoder else "sequence",
+        graph_inputs,
+        outputs,
+        initializer=list(g.initializers.values()),
     )
     onnx_model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rnnserve-train"
@@ -290,191 +325,184 @@ def export_sequence(
 
 
 def _scan_stack(
-    cells: nn.ModuleList,
-    nodes: list[onnx.NodeProto],
-    inits: list[onnx.TensorProto],
-    state: str,
-    *,
-    layers: int,
-    hidden: int,
-    scratch: Path,
+    g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, state: str, *, scratch: Path
 ) -> str:
     """Nodes running every layer over ``tokens``/``lengths`` as one Scan of the traced
     step; returns the name of the final state [L, B, H]."""
     first = cast(Cell, cells[0])
-    inits += [
-        _constant("first_input_weight", first.input_weight.detach().cpu().numpy()),
-        _constant("first_bias", first.bias.detach().cpu().numpy()),
-    ]
-    nodes += [
-        helper.make_node("Gather", ["first_input_weight", "tokens"], ["gathered"], axis=0),
-        helper.make_node("Add", ["gathered", "first_bias"], ["projected"]),
-        helper.make_node("Gather", ["tokens_shape", "one"], ["steps"], axis=0),
-        helper.make_node("Range", ["zero", "steps", "one"], ["positions"]),
-        helper.make_node("Unsqueeze", ["positions", "axis0"], ["positions_row"]),
-        helper.make_node("Unsqueeze", ["lengths", "axis1"], ["lengths_column"]),
-        helper.make_node("Less", ["positions_row", "lengths_column"], ["valid"]),
-        helper.make_node(
-            "Scan",
-            [state, "projected", "valid"],
-            ["scan_state"],
-            body=_scan_body(cells, layers, hidden, scratch),
-            num_scan_inputs=2,
-            scan_input_axes=[1, 1],
-        ),
-    ]
-    return "scan_state"
+    if model.embedding is not None:
+        embedded = g.op("Gather", [g.parameter(model.embedding), "tokens"])
+        product = g.op("MatMul", [embedded, g.parameter(first.input_weight)])
+    else:
+        product = g.op("Gather", [g.parameter(first.input_weight), "tokens"])
+    projected = g.op("Add", [product, g.parameter(first.bias)])
+    steps = g.op("Gather", [g.op("Shape", ["tokens"]), g.integers(1)], axis=0)
+    positions = g.op("Range", [g.integers(0), steps, g.integers(1)])
+    valid = g.op(
+        "Less",
+        [
+            g.op("Unsqueeze", [positions, g.integers([0])]),
+            g.op("Unsqueeze", ["lengths", g.integers([1])]),
+        ],
+    )
+    body = _scan_body(cells, model.layers, model.hidden_size, scratch)
+    # The body reads its weights from the enclosing graph, so they are stored (and
+    # shared) like every other initializer.
+    for tensor in body.initializer:
+        g.initializers[tensor.name] = tensor
+    del body.initializer[:]
+    return g.op(
+        "Scan", [state, projected, valid], body=body, num_scan_inputs=2, scan_input_axes=[1, 1]
+    )
 
 
 # ------------------------------------------------------------------ native recurrent ops
 
 
 @dataclass(frozen=True)
-class NativeLayer:
-    """One layer as an ONNX ``RNN`` or ``GRU`` operator: W [G*H, I], R [G*H, H] and
-    B [2*G*H] (input biases, then recurrent ones) in the operator's gate order."""
+class NativeForm:
+    """A cell as an ONNX ``RNN`` or ``GRU`` operator: for each gate slot of the operator,
+    in its order, the cell's gate and the sign its weights take there, or None for a gate
+    held open (zero weights, bias ``OPEN_GATE_BIAS``); ``recurrent_bias``: the cell's
+    parameter that is the operator's recurrent bias of the last slot."""
 
     op_type: str
     attributes: dict[str, Any]
-    W: np.ndarray
-    R: np.ndarray
-    B: np.ndarray
+    slots: tuple[tuple[str, float] | None, ...]
+    recurrent_bias: str | None = None
 
 
 # Γ_r = σ(100) is exactly 1.0 in float32: the gru-simple cell as a GRU whose reset gate
 # is always open.
-_OPEN_GATE_BIAS = 100.0
+OPEN_GATE_BIAS = 100.0
 
 
-def native_layer(cell: Cell) -> NativeLayer:
+def native_form(cell: Cell) -> NativeForm:
     """The ONNX operator computing ``cell`` exactly (docs/MODELS.md):
 
     * ``rnn-tanh``/``rnn-relu``: ``RNN`` with activation Tanh/Relu;
     * ``gru``: ``GRU`` with ``linear_before_reset=0`` (the course form); its gate order is
       z, r, h and its z weights the *old* state, so ``z = 1 - Γ_u``: W_z = -W_u, b_z = -b_u;
-    * ``gru-simple``: the same with the reset gate held open (zero weights, bias 100);
+    * ``gru-simple``: the same with the reset gate held open;
     * ``gru-torch``: ``GRU`` with ``linear_before_reset=1`` (PyTorch's form), b_hn as Rb_h.
     """
-    H = cell.hidden_size
-    weights = {k: v.astype(np.float32) for k, v in cell.seed_weights().items()}
-
-    def split(gate: str) -> tuple[np.ndarray, np.ndarray]:  # (W_gx, W_ga)
-        return weights[f"W_{gate}"][:, H:], weights[f"W_{gate}"][:, :H]
-
-    zeros_x = np.zeros((H, cell.input_size), np.float32)
-    zeros_h = np.zeros((H, H), np.float32)
-    zero_b = np.zeros(H, np.float32)
     if isinstance(cell, RNNTanhCell):
-        W_x, W_h = split("a")
         activation = "Relu" if isinstance(cell, RNNReluCell) else "Tanh"
-        return NativeLayer(
-            "RNN",
-            {"activations": [activation]},
-            W_x,
-            W_h,
-            np.concatenate([weights["b_a"], zero_b]),
-        )
+        return NativeForm("RNN", {"activations": [activation]}, (("a", 1.0),))
     if isinstance(cell, GRUCell):
-        (u_x, u_h), (r_x, r_h), (c_x, c_h) = split("u"), split("r"), split("c")
-        gates_x, gates_h = [-u_x, r_x, c_x], [-u_h, r_h, c_h]
-        gate_b = [-weights["b_u"], weights["b_r"], weights["b_c"]]
-        recurrent_b = [zero_b, zero_b, zero_b]
-        before_reset = 0
-    elif isinstance(cell, SimpleGRUCell):
-        (u_x, u_h), (c_x, c_h) = split("u"), split("c")
-        gates_x, gates_h = [-u_x, zeros_x, c_x], [-u_h, zeros_h, c_h]
-        open_gate = np.full(H, _OPEN_GATE_BIAS, np.float32)
-        gate_b = [-weights["b_u"], open_gate, weights["b_c"]]
-        recurrent_b = [zero_b, zero_b, zero_b]
-        before_reset = 0
-    elif isinstance(cell, TorchGRUCell):
-        (z_x, z_h), (r_x, r_h), (n_x, n_h) = split("z"), split("r"), split("n")
-        gates_x, gates_h = [z_x, r_x, n_x], [z_h, r_h, n_h]
-        gate_b = [weights["b_z"], weights["b_r"], weights["b_n"]]
-        recurrent_b = [zero_b, zero_b, weights["b_hn"]]
-        before_reset = 1
-    else:
-        raise GraphShapeError(f"no native ONNX operator for {type(cell).__name__}")
-    return NativeLayer(
-        "GRU",
-        {"linear_before_reset": before_reset},
-        np.concatenate(gates_x),
-        np.concatenate(gates_h),
-        np.concatenate(gate_b + recurrent_b),
-    )
+        return NativeForm("GRU", {"linear_before_reset": 0}, (("u", -1.0), ("r", 1.0), ("c", 1.0)))
+    if isinstance(cell, SimpleGRUCell):
+        return NativeForm("GRU", {"linear_before_reset": 0}, (("u", -1.0), None, ("c", 1.0)))
+    if isinstance(cell, TorchGRUCell):
+        slots = (("z", 1.0), ("r", 1.0), ("n", 1.0))
+        return NativeForm("GRU", {"linear_before_reset": 1}, slots, "recurrent_bias_n")
+    raise GraphShapeError(f"no native ONNX operator for {type(cell).__name__}")
 
 
-def _native_stack(
-    cells: nn.ModuleList, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], state: str
-) -> str:
-    """Nodes running every layer over ``tokens``/``seq_lens`` from ``state`` [L, B, H];
+def _native_stack(g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, state: str) -> str:
+    """Nodes running every layer over ``tokens``/``lengths`` from ``state`` [L, B, H];
     returns the name of the final state [L, B, H]."""
-    H = cast(Cell, cells[0]).hidden_size
+    seq_lens = g.op("Cast", ["lengths"], to=TensorProto.INT32)
+    layer_inputs, matrix, features = _first_layer_inputs(g, model, cast(Cell, cells[0]))
     finals = []
-    layer_input = ""
-    for layer, module in enumerate(cast("list[Cell]", list(cells))):
-        spec = native_layer(module)
-        W = spec.W
-        if layer == 0:
-            vocab, width = module.input_size, W.shape[0]
-            if vocab <= width:
-                # The one-hot input itself: the product with W picks one column, exactly.
-                inits.append(_constant("vocabulary_depth", np.array(vocab, dtype=np.int64)))
-                inits.append(_constant("one_hot_values", np.array([0.0, 1.0], np.float32)))
-                nodes.append(
-                    helper.make_node(
-                        "OneHot",
-                        ["tokens", "vocabulary_depth", "one_hot_values"],
-                        ["token_inputs"],
-                        axis=-1,
-                    )
-                )
-            else:
-                # A vocabulary wider than the gates: gather each token's column of W
-                # (the embedding lookup) and let the operator multiply by the identity.
-                inits.append(_constant("input_columns", np.ascontiguousarray(W.T)))
-                nodes.append(
-                    helper.make_node("Gather", ["input_columns", "tokens"], ["token_inputs"])
-                )
-                W = np.eye(width, dtype=np.float32)
-            nodes.append(
-                helper.make_node("Transpose", ["token_inputs"], ["layer0_inputs"], perm=[1, 0, 2])
-            )
-            layer_input = "layer0_inputs"
-        prefix = f"layer{layer}_"
-        inits += [
-            _constant(prefix + "W", W[None]),
-            _constant(prefix + "R", spec.R[None]),
-            _constant(prefix + "B", spec.B[None]),
-            _constant(prefix + "range_start", np.array([layer], dtype=np.int64)),
-            _constant(prefix + "range_end", np.array([layer + 1], dtype=np.int64)),
-        ]
-        nodes += [
-            helper.make_node(
-                "Slice",
-                [state, prefix + "range_start", prefix + "range_end"],
-                [prefix + "initial"],
-            ),
-            helper.make_node(
-                spec.op_type,
-                [
-                    layer_input,
-                    prefix + "W",
-                    prefix + "R",
-                    prefix + "B",
-                    "seq_lens",
-                    prefix + "initial",
-                ],
-                [prefix + "Y", prefix + "final"],
-                hidden_size=H,
-                **spec.attributes,
-            ),
-            helper.make_node("Squeeze", [prefix + "Y", "axis1"], [prefix + "outputs"]),
-        ]
-        layer_input = prefix + "outputs"
-        finals.append(prefix + "final")
-    nodes.append(helper.make_node("Concat", finals, ["final_state"], axis=0))
-    return "final_state"
+    for layer, cell in enumerate(cast("list[Cell]", list(cells))):
+        form = native_form(cell)
+        if layer:
+            matrix, features = g.parameter(cell.input_weight), cell.input_size
+        initial = g.op("Slice", [state, g.integers([layer]), g.integers([layer + 1])])
+        outputs, final = g.ops(
+            form.op_type,
+            [
+                layer_inputs,
+                _operator_inputs(g, cell, form, matrix, features),
+                _operator_recurrent(g, cell, form),
+                _operator_biases(g, cell, form),
+                seq_lens,
+                initial,
+            ],
+            2,
+            hidden_size=cell.hidden_size,
+            **form.attributes,
+        )
+        layer_inputs = g.op("Squeeze", [outputs, g.integers([1])])
+        finals.append(final)
+    return g.op("Concat", finals, axis=0)
+
+
+def _first_layer_inputs(g: _Builder, model: RNNLanguageModel, first: Cell) -> tuple[str, str, int]:
+    """The first layer's time-major inputs [T, B, I], the matrix [I, gates * H] (the
+    cell's layout) whose rows their features weigh, and I."""
+    width = len(native_form(first).slots) * first.hidden_size
+    if model.embedding is not None:
+        features = g.op("Gather", [g.parameter(model.embedding), "tokens"])
+        matrix, size = g.parameter(first.input_weight), first.input_size
+    elif first.input_size <= width:
+        # The one-hot input itself: the product picks one column of W, exactly.
+        values = g.op("Concat", [g.filled([1], 0.0), g.filled([1], 1.0)], axis=0)
+        features = g.op("OneHot", ["tokens", g.integers(first.input_size), values], axis=-1)
+        matrix, size = g.parameter(first.input_weight), first.input_size
+    else:
+        # A vocabulary wider than the gates: gather each token's row (the embedding
+        # lookup) and let the operator multiply it by a permutation of the identity.
+        features = g.op("Gather", [g.parameter(first.input_weight), "tokens"])
+        size = first.input_weight.shape[1]
+        matrix = g.op("EyeLike", [g.filled([size, size], 0.0)])
+    return g.op("Transpose", [features], perm=[1, 0, 2]), matrix, size
+
+
+def _signed(g: _Builder, tensor: str, sign: float) -> str:
+    return tensor if sign > 0 else g.op("Neg", [tensor])
+
+
+def _operator_inputs(g: _Builder, cell: Cell, form: NativeForm, matrix: str, features: int) -> str:
+    """The operator's W [1, slots * H, I] from ``matrix`` [I, gates * H] (its column
+    block g is W_gx^T)."""
+    blocks = g.split(matrix, len(cell.gates), axis=1)
+    rows = [
+        g.filled([cell.hidden_size, features], 0.0)
+        if slot is None
+        else _signed(
+            g, g.op("Transpose", [blocks[cell.gates.index(slot[0])]], perm=[1, 0]), slot[1]
+        )
+        for slot in form.slots
+    ]
+    return g.op("Unsqueeze", [g.op("Concat", rows, axis=0), g.integers([0])])
+
+
+def _operator_recurrent(g: _Builder, cell: Cell, form: NativeForm) -> str:
+    """The operator's R [1, slots * H, H]: W_ga of each slot's gate."""
+    H = cell.hidden_size
+    shared = g.split(g.parameter(cell.recurrent), len(cell.recurrent_gates), axis=1)
+
+    def transposed(gate: str) -> str:  # W_ga^T [H, H]
+        if gate in cell.recurrent_gates:
+            return shared[cell.recurrent_gates.index(gate)]
+        return g.parameter(getattr(cell, f"recurrent_{gate}"))
+
+    rows = [
+        g.filled([H, H], 0.0)
+        if slot is None
+        else _signed(g, g.op("Transpose", [transposed(slot[0])], perm=[1, 0]), slot[1])
+        for slot in form.slots
+    ]
+    return g.op("Unsqueeze", [g.op("Concat", rows, axis=0), g.integers([0])])
+
+
+def _operator_biases(g: _Builder, cell: Cell, form: NativeForm) -> str:
+    """The operator's B [1, 2 * slots * H]: the input biases of the slots, then their
+    recurrent biases (zero, except ``form.recurrent_bias``)."""
+    H = cell.hidden_size
+    parts = g.split(g.parameter(cell.bias), len(cell.gates), axis=0)
+    inputs = [
+        g.filled([H], OPEN_GATE_BIAS)
+        if slot is None
+        else _signed(g, parts[cell.gates.index(slot[0])], slot[1])
+        for slot in form.slots
+    ]
+    recurrent = [g.filled([H], 0.0) for _ in form.slots]
+    if form.recurrent_bias is not None:
+        recurrent[-1] = g.parameter(getattr(cell, form.recurrent_bias))
+    return g.op("Unsqueeze", [g.op("Concat", inputs + recurrent, axis=0), g.integers([0])])
 
 
 def check_graph_shapes(path: Path, expected: Mapping[str, tuple[int | str, ...]]) -> None:
