@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnserve_server.modelpackage import load_package
+from rnnserve_server.modelpackage import InitialStateSpec, OutputSpec, load_package
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train.config import make_config
 from rnnserve_train.export import Layout, export_model
@@ -186,8 +186,48 @@ def test_every_cells_graphs_equal_its_torch_module(cell: str, form: str, tmp_pat
     assert "Where" not in ops, sorted(ops)
 
 
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("form", ["native", "scan"])
+def test_a_tied_embedding_model_exports_and_equals_its_seed_weights(
+    cell: str, form: str, tmp_path: Path
+) -> None:
+    """With an embedding E shared by the encoder and decoder and W_ya = E: the parity gate
+    passes (numpy reads W_gx = W_ge E^T), weights.bin holds E once, and the package's
+    seed weights are the model's."""
+    from rnnserve_train.export import package_seed_weights
+    from rnnserve_train.sharing import read_parameters
+
+    vocabulary = tokenizer()
+    torch.manual_seed(2)
+    model = RNNLanguageModel(
+        cell, vocabulary.size, 16, 2, encoder=True, embedding_size=16, tie_embeddings=True
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.15 if cell == "rnn-relu" else 0.3)
+    layout = Layout(
+        shape="seq2seq",
+        output=OutputSpec(kind="vocabulary"),
+        initial_state=InitialStateSpec(kind="encoder", token="bos"),
+    )
+    config = make_config(
+        "tiny", {"name": f"tied-{cell}", "cell": cell, "sequence_graph": form, "parity_steps": 50}
+    )
+    path = export_model(
+        model, vocabulary, config, training={}, metrics={}, out=tmp_path, layout=layout
+    )
+    manifest = load_package(path).manifest
+    stored = read_parameters(path / graph.file for graph in manifest.graphs.values())
+    assert "embedding" in stored and "output.weight" not in stored
+    expected = model.to_seed_weights()
+    derived = package_seed_weights(path)
+    assert set(derived) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(derived[key], value, atol=1e-7, err_msg=key)
+    np.testing.assert_array_equal(derived["W_ya"], stored["embedding"])
+
+
 def test_a_sigmoid_head_exports_and_serves(tmp_path: Path) -> None:
-    from rnnserve_server.modelpackage import InitialStateSpec, OutputSpec
     from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 
     vocabulary = tokenizer()
