@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from rnnserve_train import graphs, sharing
 from rnnserve_train.baselines import baseline_lines
 from rnnserve_train.checkpoint import load_checkpoint
 from rnnserve_train.config import TrainConfig
+from rnnserve_train.metrics import PLOT_FILE
 from rnnserve_train.model import RNNLanguageModel
 from rnnserve_train.parity import ParityReport, Start, check_parity
 from rnnserve_train.tasks import Task, language_model_samples, make_task
@@ -65,12 +66,20 @@ class Layout:
     initial_state: InitialStateSpec
     conditions: tuple[str, ...] = ()
     card_sections: tuple[str, ...] = ()
+    # Pictures the task draws into the package: (file, caption)
+    figures: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(
-        cls, task: Task | None, model: RNNLanguageModel, tokenizer: Tokenizer, config: TrainConfig
+        cls,
+        task: Task | None,
+        model: RNNLanguageModel,
+        tokenizer: Tokenizer,
+        config: TrainConfig,
+        directory: Path,
     ) -> Layout:
-        """The task's layout; without a task, a language model's (vocabulary, bos)."""
+        """The task's layout, its figures drawn into ``directory``; without a task, a
+        language model's (vocabulary, bos)."""
         if task is None:
             return cls(
                 shape="many-to-many",
@@ -84,6 +93,7 @@ class Layout:
             initial_state=task.initial_state(),
             conditions=task.conditions(),
             card_sections=tuple(task.card_sections(model)),
+            figures=tuple(task.figures(model, directory)),
         )
 
 
@@ -122,6 +132,7 @@ def write_model_card(
     config: TrainConfig,
     parity: ParityReport,
     layout: Layout,
+    figures: Sequence[tuple[str, str]] = (),
 ) -> None:
     training, metrics = manifest.training, manifest.metrics
     start = manifest.initial_state
@@ -148,7 +159,13 @@ def write_model_card(
         f"- shape `{manifest.shape}`, cell `{manifest.cell}` (docs/MODELS.md), "
         f"{manifest.layers} layer(s) of {manifest.hidden_size} units, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters"
-        + (", with an encoder of the same form" if model.encoder is not None else ""),
+        + (", with an encoder of the same form" if model.encoder is not None else "")
+        + (
+            f"; tokens read through an embedding of {config.embedding_size}"
+            + (", which is also the output layer (W_ya = E)" if config.tie_embeddings else "")
+            if config.embedding_size
+            else ""
+        ),
         f"- {tokenizer.kind} vocabulary of {tokenizer.size} {units} (special: "
         f"{', '.join(f'{r}={i}' for r, i in tokenizer.special_tokens.items())})",
         f"- {starts[start.kind]}; {outputs[manifest.output.kind]}",
@@ -164,14 +181,15 @@ def write_model_card(
         *([f"- {training['data_notes']}"] if training.get("data_notes") else []),
         "",
         "## Training",
-        f"- {training.get('steps')} steps, batch {config.batch_size}"
+        f"- {config.budget} budget: {training.get('steps')} steps, batch {config.batch_size}"
         + (
             f", truncated BPTT over chunks of {config.seq_len}"
             if manifest.shape == "many-to-many"
             else ""
         )
-        + f", AdamW lr {config.lr:g} → {config.min_lr:g}, clip {config.grad_clip:g}, "
-        f"seed {config.seed}",
+        + f", AdamW lr {config.lr:g} → {config.min_lr:g} (cosine), clip {config.grad_clip:g}, "
+        + (f"dropout {config.dropout:g}, " if config.dropout else "")
+        + f"seed {config.seed}",
         f"- {training.get('seconds')} s on {training.get('machine')} "
         f"(torch {training.get('torch')}, {training.get('processes', 1)} process(es))",
         "",
@@ -187,6 +205,11 @@ def write_model_card(
         "",
         *layout.card_sections,
         "",
+        *(
+            line
+            for file, caption in figures
+            for line in (f"## {caption}", "", f"![{caption}]({file})", "")
+        ),
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -221,12 +244,13 @@ def export_model(
     version: int = 0,
     task: Task | None = None,
     layout: Layout | None = None,
+    loss_plot: Path | None = None,
 ) -> Path:
     """Write and check the package; return its path ``<out>/<name>/<version>``.
 
     ``task`` (``tasks.py``) or an explicit ``layout`` gives the shape, head and initial
     state; without either the model is packaged as a language model that starts after
-    ``bos``.
+    ``bos``. ``loss_plot`` (the run's) is copied in and shown by the model card.
     """
     model = model.cpu().eval()
     root = Path(out if out is not None else config.out) / config.name
@@ -242,7 +266,11 @@ def export_model(
     staging = scratch / config.name / str(version)
     try:
         staging.mkdir(parents=True)
-        layout = layout or Layout.of(task, model, tokenizer, config)
+        layout = layout or Layout.of(task, model, tokenizer, config, staging)
+        figures = list(layout.figures)
+        if loss_plot is not None and loss_plot.is_file():
+            shutil.copyfile(loss_plot, staging / PLOT_FILE)
+            figures.insert(0, (PLOT_FILE, "Training and validation loss"))
         tokenizer.save(staging / VOCAB_FILE)
         paths = export_graphs(model, staging, config.sequence_graph)
         store_parameters(model, paths.values(), staging / WEIGHTS_FILE)
@@ -297,6 +325,7 @@ def export_model(
             config=config,
             parity=parity,
             layout=layout,
+            figures=figures,
         )
         load_package(staging)
         os.rename(staging, final)
@@ -336,4 +365,5 @@ def export_checkpoint(checkpoint: Path, out: Path | None = None, version: int = 
         out=out,
         version=version,
         task=make_task(loaded.config, loaded.tokenizer),
+        loss_plot=checkpoint.parent / PLOT_FILE,
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,10 +47,11 @@ from rnnserve_train.data import (
     split_of,
     training_batches,
 )
-from rnnserve_train.metrics import bits
+from rnnserve_train.metrics import bits, plot_confusion
 from rnnserve_train.model import RNNLanguageModel, valid_mask
 
 Batch = dict[str, Tensor]  # every tensor batch-first, so a rank's share is batch[rows]
+CONFUSION_FILE = "confusion.png"
 DEFAULT_DATE_EXAMPLES = 40_000
 
 
@@ -174,6 +176,8 @@ class Task:
 
     # --- evaluation
     main_metric: ClassVar[str]  # shown in the progress bar, e.g. "bits_per_char"
+    # The validation metric that is the training loss (bits per prediction), plotted with it
+    loss_metric: ClassVar[str] = "bits_per_char"
 
     def evaluate(self, model: RNNLanguageModel, split: str) -> dict[str, float]:
         """Metrics on ``split`` ("val" or "test"), named ``<split>_<metric>``."""
@@ -185,6 +189,10 @@ class Task:
 
     def card_sections(self, model: RNNLanguageModel) -> list[str]:
         """Markdown lines showing the model at work, for the model card."""
+        return []
+
+    def figures(self, model: RNNLanguageModel, directory: Path) -> list[tuple[str, str]]:
+        """Pictures of the model at work written into ``directory``: (file, caption)."""
         return []
 
 
@@ -238,6 +246,10 @@ class LanguageModel(Task):
     @property
     def main_metric(self) -> str:  # type: ignore[override]
         return f"bits_per_{self.unit}"
+
+    @property
+    def loss_metric(self) -> str:  # type: ignore[override]
+        return self.main_metric
 
     def batches(self, seed: int) -> Iterator[Batch]:
         c = self.config
@@ -469,6 +481,7 @@ class Classifier(ExampleTask):
 
     shape = "many-to-one"
     main_metric = "accuracy"
+    loss_metric = "bits"  # the training objective per name (prefix_loss included)
     split_key = "the name"
 
     @staticmethod
@@ -510,9 +523,27 @@ class Classifier(ExampleTask):
             predicted.append(logits.argmax(-1).numpy())
         return np.concatenate(truth), np.concatenate(predicted)
 
+    @torch.no_grad()
     def evaluate(self, model: RNNLanguageModel, split: str) -> dict[str, float]:
         truth, predicted = self.predictions(model, split)
-        return {f"{split}_accuracy": float((truth == predicted).mean())}
+        losses = [self.loss(model, batch, None) for _, batch in self.eval_batches(split)]
+        return {
+            f"{split}_accuracy": float((truth == predicted).mean()),
+            f"{split}_bits": mean_bits(losses),
+        }
+
+    @torch.no_grad()
+    def figures(self, model: RNNLanguageModel, directory: Path) -> list[tuple[str, str]]:
+        truth, predicted = self.predictions(model, "test")
+        accuracy = float((truth == predicted).mean())
+        plot_confusion(
+            truth,
+            predicted,
+            self.classes,
+            directory / CONFUSION_FILE,
+            f"{self.config.name}: test split, accuracy {accuracy:.1%} ({len(truth)} names)",
+        )
+        return [(CONFUSION_FILE, "Confusion matrix on the test split")]
 
     def final_metrics(self, model: RNNLanguageModel) -> dict[str, float]:
         truth, predicted = self.predictions(model, "test")

@@ -143,7 +143,10 @@ def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_log = MetricsLog(
-            run_dir, append=resumed is not None, val_key=f"val_{task.main_metric}"
+            run_dir,
+            append=resumed is not None,
+            loss_key=f"val_{task.loss_metric}",
+            metric_key=f"val_{task.main_metric}",
         )
     state: Tensor | None = None
     window_nats, window_count = 0.0, 0.0
