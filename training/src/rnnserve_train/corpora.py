@@ -106,16 +106,21 @@ NAME_LOCALES = (
     "sv_SE",
     "tr_TR",
 )
-_NAME_LISTS = ("first_names", "first_names_male", "first_names_female", "last_names")
+
+
+def is_name_list(attribute: str) -> bool:
+    """Whether a person provider's attribute lists names: ``first_names``,
+    ``last_names_female``, ``unisex_last_names`` (pl_PL keeps its surnames there), ...;
+    not prefixes, suffixes or formats."""
+    return "first_names" in attribute or "last_names" in attribute
 
 
 def locale_names(locale: str) -> list[str]:
-    """Every first and last name of ``locale``'s faker person provider, sorted."""
+    """Every first and last name that ``locale``'s faker person provider lists, sorted."""
     provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
     names: set[str] = set()
-    for attribute in _NAME_LISTS:
-        value = provider.__dict__.get(attribute)
-        if value is None or isinstance(value, property):
+    for attribute, value in vars(provider).items():
+        if not is_name_list(attribute) or not isinstance(value, (dict, list, tuple)):
             continue
         names.update(value.keys() if isinstance(value, dict) else value)
     return sorted(n.strip() for n in names if n.strip())
