@@ -35,3 +35,39 @@ def test_unknown_zoo_names_are_refused(capsys: pytest.CaptureFixture[str]) -> No
     assert "nope" in capsys.readouterr().err
     assert main(["zoo", "--bogus=1"]) == 2
     assert main(["baselines", "--only=dates"]) == 2
+
+
+def test_the_full_budget_overrides_a_zoo_preset_and_overrides_win() -> None:
+    from rnnserve_train.config import FULL_BUDGET, ConfigError
+
+    assert set(FULL_BUDGET) == set(ZOO)
+    for name in ZOO:
+        quick, full = make_config(name), make_config(name, {"budget": "full"})
+        assert (quick.budget, full.budget) == ("quick", "full")
+        assert full.max_steps > quick.max_steps
+        assert all(getattr(full, key) == value for key, value in FULL_BUDGET[name].items())
+    assert make_config("dates", {"budget": "full", "max_steps": 7}).max_steps == 7
+    with pytest.raises(ConfigError, match="has no full budget"):
+        make_config("tiny", {"budget": "full"})
+    with pytest.raises(ConfigError, match="budget='huge'"):
+        make_config("dates", {"budget": "huge"})
+
+
+def test_a_model_is_present_per_budget(tmp_path: Path) -> None:
+    """A quick version does not stand in for a full one (nor the other way round)."""
+    import json
+
+    models = tmp_path / "models"
+    for version, budget in ((1, "quick"), (2, None)):
+        package = models / "dates" / str(version)
+        package.mkdir(parents=True)
+        config = {} if budget is None else {"budget": budget}
+        (package / "manifest.json").write_text(json.dumps({"training": {"config": config}}))
+    assert present(models, "dates", "quick")
+    assert not present(models, "dates", "full")
+    (models / "dates" / "3").mkdir()
+    (models / "dates" / "3" / "manifest.json").write_text(
+        json.dumps({"training": {"config": {"budget": "full"}}})
+    )
+    assert present(models, "dates", "full")
+    assert main(["zoo", "--budget=huge"]) == 2

@@ -3,7 +3,7 @@ export an existing checkpoint, train the demo zoo, or compute the baselines.
 
     rnnserve-train [--preset=NAME] [--key=value ...]
     rnnserve-train export --checkpoint=runs/char-gru/checkpoint.pt [--out=models] [--version=N]
-    rnnserve-train zoo [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
+    rnnserve-train zoo [--budget=quick|full] [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
     rnnserve-train baselines [--only=a,b]
     rnnserve-train seed-weights --package=models/char-gru/1 [--out=weights.npz]
     torchrun --standalone --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...  (DDP)
@@ -16,7 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnserve_train.config import PRESETS, ConfigError, field_types, make_config, parse_overrides
+from rnnserve_train.config import (
+    BUDGETS,
+    PRESETS,
+    ConfigError,
+    field_types,
+    make_config,
+    parse_overrides,
+)
 
 USAGE = __doc__ or ""
 EXPORT_KEYS = ("checkpoint", "out", "version")
@@ -88,7 +95,10 @@ def _options(command: str, args: list[str], keys: Sequence[str]) -> dict[str, st
 def _zoo(args: list[str]) -> int:
     from rnnserve_train.zoo import ZOO, train_zoo
 
-    options = _options("zoo", args, ("out", "runs", "only", "jobs"))
+    options = _options("zoo", args, ("out", "runs", "only", "jobs", "budget"))
+    budget = options.get("budget", "quick")
+    if budget not in BUDGETS:
+        raise ConfigError(f"zoo: --budget={budget}: expected one of {', '.join(BUDGETS)}")
     only = [n for n in options.get("only", "").split(",") if n]
     unknown = [n for n in only if n not in ZOO]
     if unknown:
@@ -98,7 +108,7 @@ def _zoo(args: list[str]) -> int:
     except ValueError:
         raise ConfigError(f"zoo: --jobs={options['jobs']}: expected int") from None
     out, runs = Path(options.get("out", "models")), Path(options.get("runs", "runs"))
-    results = train_zoo(out, runs, only, jobs)
+    results = train_zoo(out, runs, only, jobs, budget=budget)
     for run in results:
         print(f"{run.name:16} {run.status} ({run.seconds:.0f} s)")
     return 0 if all(not r.status.startswith("failed") for r in results) else 1

@@ -18,6 +18,7 @@ class TrainConfig:
     # --- identity of the exported package: <out>/<name>/<version>/
     name: str = "char-gru"
     version: int = 0  # 0: the next free version under <out>/<name>/
+    budget: str = "quick"  # which of a zoo preset's budgets set its values (BUDGETS)
     description: str = "Character-level GRU language model of FreeBSD fortunes"
     # --- the task: a shape of docs/MODELS.md and a data set (see DATA_SHAPES)
     shape: str = "many-to-many"
@@ -201,6 +202,65 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The full budget of each zoo model: what it trains with to beat its baseline
+# (`rnnserve-train zoo --budget=full`; docs/models.md has the figures), applied over the
+# preset's quick values, which keep `make models` to minutes. Epochs, a cosine schedule,
+# dropout, tied embeddings and larger layers, as the field trains recurrent models.
+FULL_BUDGET: dict[str, dict[str, Any]] = {
+    "char-gru": {
+        "dropout": 0.1,
+        "lr": 4e-3,
+        "min_lr": 1e-4,
+        "max_steps": 5000,
+        "eval_every": 250,
+    },
+    "word-gru": {
+        "hidden_size": 256,
+        "embedding_size": 256,
+        "tie_embeddings": True,
+        "dropout": 0.3,
+        "lr": 3e-3,
+        "min_lr": 1e-4,
+        "warmup_steps": 100,
+        "max_steps": 4000,
+        "eval_every": 250,
+    },
+    "one-step": {
+        "hidden_size": 256,
+        "embedding_size": 256,
+        "tie_embeddings": True,
+        "dropout": 0.3,
+        "lr": 3e-3,
+        "min_lr": 1e-4,
+        "max_steps": 6000,
+        "eval_every": 500,
+    },
+    "name-language": {
+        "hidden_size": 256,
+        "embedding_size": 64,
+        "dropout": 0.3,
+        "lr": 3e-3,
+        "min_lr": 1e-4,
+        "max_steps": 4000,
+        "eval_every": 500,
+    },
+    "name-generator": {
+        "hidden_size": 256,
+        "dropout": 0.2,
+        "lr": 3e-3,
+        "min_lr": 1e-4,
+        "max_steps": 3000,
+        "eval_every": 500,
+    },
+    "dates": {
+        "lr": 4e-3,
+        "min_lr": 1e-4,
+        "max_steps": 8000,
+        "eval_every": 1000,
+    },
+}
+BUDGETS = ("quick", "full")
+
 # The data sets each shape can train on.
 DATA_SHAPES: dict[str, tuple[str, ...]] = {
     "many-to-many": ("fortunes", "kjv"),
@@ -279,9 +339,22 @@ def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
 def make_config(
     preset: str = "char-gru", overrides: Mapping[str, Any] | None = None
 ) -> TrainConfig:
+    """The defaults, the preset, its full budget if ``overrides`` ask for
+    ``budget="full"``, then the overrides."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **(overrides or {})}
+    budget = (overrides or {}).get("budget", "quick")
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget={budget!r} is not one of {', '.join(BUDGETS)}")
+    if budget == "full" and preset not in FULL_BUDGET:
+        raise ConfigError(
+            f"preset {preset!r} has no full budget (the zoo's have: {', '.join(FULL_BUDGET)})"
+        )
+    values = {
+        **PRESETS[preset],
+        **(FULL_BUDGET[preset] if budget == "full" else {}),
+        **(overrides or {}),
+    }
     check_keys(values)
     config = TrainConfig(**values)
     validate(config)
