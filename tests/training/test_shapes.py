@@ -36,8 +36,13 @@ def build(preset: str, tmp_path: Path, **overrides: Any) -> tuple[Path, ModelRun
     assert path is not None
     package = load_package(path)
     runtime = ModelRuntime(package, ProviderChoice.resolve("cpu", allow_cpu_fallback=False))
-    assert (path / "MODEL_CARD.md").read_text().startswith(f"# {config.name} v1")
+    card = (path / "MODEL_CARD.md").read_text()
+    assert card.startswith(f"# {config.name} v1")
     assert (Path(config.runs) / config.name / "loss.png").is_file()
+    assert (path / "loss.png").read_bytes() == (
+        Path(config.runs) / config.name / "loss.png"
+    ).read_bytes()
+    assert "![Training and validation loss](loss.png)" in card
     return path, runtime
 
 
@@ -76,6 +81,11 @@ def test_many_to_one_classifier_has_labels_after_every_step(tmp_path: Path) -> N
     assert manifest.shape == "many-to-one" and manifest.output.kind == "labels"
     assert len(manifest.output.labels) == 16 and "de_DE" in manifest.output.labels
     assert "test_accuracy" in manifest.metrics and "test_per_class" in manifest.training
+    assert (path / "confusion.png").stat().st_size > 1000
+    assert (
+        "![Confusion matrix on the test split](confusion.png)"
+        in (path / "MODEL_CARD.md").read_text()
+    )
     tokens = np.array(load_package(path).tokenizer.encode("Schmidt"))
     logits, _ = runtime.run_tokens(tokens, runtime.initial_state[:, None, :])
     assert logits.shape == (1, 16)
