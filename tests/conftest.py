@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ServerThread, server_config
+from support import SHARED_STATE_KEYS, ServerThread, server_config
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def tiny_package(models_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(models_dir: Path) -> Iterator[ServerThread]:
-    with ServerThread(server_config(models_dir)) as running:
+    with ServerThread(server_config(models_dir, state_keys=SHARED_STATE_KEYS)) as running:
         yield running
 
 

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rnnserve_server import statecodec
 from rnnserve_server.batcher import StepBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import (
@@ -45,6 +44,7 @@ from rnnserve_server.sampling import (
     top_outputs,
 )
 from rnnserve_server.sessions import LastCall, Session, SessionStore
+from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.tokenizer import TokenizeError
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class Engine:
     def __init__(self, config: ServerConfig, repository: Repository) -> None:
         self.config = config
         self.repository = repository
+        self.state_codec = StateCodec.from_config(config)
         self.sessions = SessionStore(
             max_sessions=config.max_sessions,
             max_sessions_per_owner=config.max_sessions_per_caller,
@@ -189,6 +190,7 @@ class Engine:
             max_idle_timeout_s=config.max_session_idle_timeout_s,
             records=RedisRecords(config.session_store) if config.session_store else None,
             resolve=self._model_of_record,
+            codec=self.state_codec,
         )
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
@@ -363,16 +365,10 @@ class Engine:
         if state:
             if source.given or condition:
                 raise InvalidArgument("state: an imported state excludes source and condition")
-            snapshot = statecodec.decode(
-                state,
-                model=model.name,
-                version=model.version,
-                layers=model.runtime.layers,
-                hidden=model.runtime.hidden,
-            )
+            snapshot = self.state_codec.import_state(state, manifest)
             initial, steps = snapshot.state, snapshot.steps
             if rng is None:
-                rng = statecodec.rng_from_state(snapshot.rng)
+                rng = snapshot.rng.generator()
         elif kind == "encoder":
             if condition:
                 raise InvalidArgument(
@@ -429,14 +425,11 @@ class Engine:
         async with session.lock:
             await self.sessions.load(session)
             session.touch()
-            return statecodec.encode(
-                statecodec.SessionState(
-                    model=session.model.name,
-                    version=session.model.version,
-                    steps=session.steps,
-                    rng=dict(session.rng.bit_generator.state),
-                    state=self.sessions.state(session),
-                )
+            return self.state_codec.export(
+                session.model.package.manifest,
+                steps=session.steps,
+                rng=session.rng,
+                state=self.sessions.state(session),
             )
 
     # ------------------------------------------------------------------ feeding
@@ -492,6 +485,7 @@ class Engine:
             # no retry to recognise, the session in this process (nothing to load or save).
             async with session.lock:
                 session.ensure_open()
+                session.ensure_room(1)
                 top, distribution = await self.batcher(model).step(session, token, k, full)
                 session.last = None
                 session.touch()
@@ -500,6 +494,8 @@ class Engine:
         check_request_id(request_id)
         async with session.lock:
             await self.sessions.load(session)
+            if not session.answered(request_id):
+                session.ensure_room(len(ids))
             if session.answered(request_id):
                 logits = await self._current_logits(session)
             elif len(ids) == 1:  # joins the batch, which describes every output at once
@@ -557,6 +553,7 @@ class Engine:
                 or start - at != 1
                 or mentions[session_id] > 1
                 or session.busy
+                or not session.has_room(1)
                 or (request_ids and session.answered(request_ids[row]))
             ):
                 ordinary.append((row, session, at))
@@ -747,6 +744,8 @@ class Engine:
         async with session.lock:
             await self.sessions.load(session)
             earlier = session.last.reply if session.last and session.answered(request_id) else None
+            if earlier is None:  # a retry continues a call that had room for all of it
+                session.ensure_room((0 if ids is None else len(ids)) + max_tokens)
             rng = session.rng
             if options.seed is not None:
                 rng = np.random.Generator(np.random.PCG64(options.seed))

@@ -22,7 +22,6 @@ from google.protobuf.message import DecodeError
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from rnnserve_server import statecodec
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import (
     Engine,
@@ -416,7 +415,7 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         version = request.version
         if request.state and not version:  # an import names its own version
-            version = statecodec.peek_version(request.state) or 0
+            version = self.engine.state_codec.peek_version(request.state) or 0
         model = self.engine.repository.get(request.model, version)
         session = await self.engine.create_session(
             model,
