@@ -149,6 +149,19 @@ class Export:
     def replace(self, **changes: object) -> Export:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    def retyped(self, **changes: object) -> Export:
+        """The export with fields of its one tensor changed (name, dtype, shape, data)."""
+        (h,) = self.tensors
+        return self.replace(tensors=[dataclasses.replace(h, **changes)])  # type: ignore[arg-type]
+
+    def with_values(self, changes: dict[tuple[int, ...], float]) -> Export:
+        """The export with values of its one tensor changed: position -> value."""
+        (h,) = self.tensors
+        values = h.values
+        for at, value in changes.items():
+            values[at] = value
+        return self.replace(tensors=[h.with_values(values)])
+
 
 def sign(body: bytes, key: str) -> bytes:
     return body + hmac.new(key.encode(), body, hashlib.sha256).digest()

@@ -125,7 +125,7 @@ def _read_reply(reader: Reader, vocabulary: int) -> dict[str, Any] | None:
     base = reader.integer("q", "record.reply.base", -1, MAX_STEPS)
     finish = reader.integer("B", "record.reply.finish", 0, len(FINISH_REASONS))
     rng = reader.rng("record.reply.rng") if reader.integer("B", "record.reply.rng", 0, 1) else None
-    count = reader.unpack("I", "record.reply.tokens")
+    count = reader.number("I", "record.reply.tokens")
     raw = reader.take(count * _TOKEN.size, "record.reply.tokens")
     tokens: list[tuple[int, float]] = []
     for i, (token, probability) in enumerate(_TOKEN.iter_unpack(raw)):

@@ -187,19 +187,23 @@ class Reader:
         self.at += size
         return piece
 
-    def unpack(self, fmt: str, field: str) -> Any:
+    def unpack(self, fmt: str, field: str) -> tuple[int, ...]:
         layout = struct.Struct("<" + fmt)
-        values = layout.unpack(self.take(layout.size, field))
-        return values[0] if len(values) == 1 else values
+        return layout.unpack(self.take(layout.size, field))
+
+    def number(self, fmt: str, field: str) -> int:
+        """One unsigned or signed integer of the struct format ``fmt``."""
+        (value,) = self.unpack(fmt, field)
+        return value
 
     def integer(self, fmt: str, field: str, low: int, high: int) -> int:
-        value: int = self.unpack(fmt, field)
+        value = self.number(fmt, field)
         if not low <= value <= high:
             raise _out_of_range(field, value, f"{low} .. {high}")
         return value
 
     def text(self, field: str, pattern: re.Pattern[str], length_format: str = "B") -> str:
-        raw = self.take(self.unpack(length_format, field + " length"), field)
+        raw = self.take(self.number(length_format, field + " length"), field)
         try:
             value = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
@@ -209,7 +213,7 @@ class Reader:
         return value
 
     def rng(self, field: str) -> RngState:
-        kind = self.unpack("B", field + ".bit_generator")
+        kind = self.number("B", field + ".bit_generator")
         if kind != PCG64:
             raise _out_of_range(field + ".bit_generator", kind, f"{PCG64} (PCG64)")
         state = int.from_bytes(self.take(16, field + ".state"), "little")
@@ -217,7 +221,7 @@ class Reader:
         if increment % 2 == 0:
             raise StateError(f"{field}.increment = {increment}: must be odd (PCG64)")
         has_uint32 = self.integer("B", field + ".has_uint32", 0, 1)
-        return RngState(state, increment, has_uint32, self.unpack("I", field + ".uinteger"))
+        return RngState(state, increment, has_uint32, self.number("I", field + ".uinteger"))
 
     def end(self, field: str) -> None:
         left = len(self.data) - self.at
@@ -291,7 +295,7 @@ class StateCodec:
     def read_state(self, reader: Reader, manifest: Manifest) -> FloatArray:
         """The snapshot's tensors, exactly as the model's layout has them."""
         layout = state_layout(manifest, self.max_unbounded_state)
-        count = reader.unpack("B", "state.tensors")
+        count = reader.number("B", "state.tensors")
         if count != len(layout):
             names = ", ".join(spec.name for spec in layout)
             raise StateError(
@@ -307,11 +311,11 @@ class StateCodec:
         name = reader.text(field + ".name", _TENSOR_NAME)
         if name != spec.name:
             raise StateError(f"{field}.name = {name!r}; the model's state holds {spec.name!r}")
-        dtype = reader.unpack("B", f"state.{name}.dtype")
+        dtype = reader.number("B", f"state.{name}.dtype")
         if dtype != FLOAT32:
             raise _out_of_range(f"state.{name}.dtype", dtype, f"{FLOAT32} (float32)")
         count = reader.integer("B", f"state.{name}.dimensions", 1, MAX_DIMENSIONS)
-        shape = tuple(reader.unpack(f"{count}I", f"state.{name}.shape"))
+        shape = reader.unpack(f"{count}I", f"state.{name}.shape")
         if shape != spec.shape:
             raise StateError(
                 f"state.{name}: shape {list(shape)} does not match the model's {list(spec.shape)}"
