@@ -456,9 +456,8 @@ class RnnServeServicer(rnnserve_pb2_grpc.RnnServeServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        session = await self._session(request.session_id, context)
-        await self.engine.sessions.close(session)
-        return pb.CloseSessionResponse(steps=session.steps)
+        steps = await self.engine.sessions.close_named(request.session_id, caller_of(context))
+        return pb.CloseSessionResponse(steps=steps)
 
     # ------------------------------------------------------------------ steps
 

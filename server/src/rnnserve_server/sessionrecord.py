@@ -20,10 +20,11 @@ Redis keeps three plain fields beside it for its Lua scripts (owner, idle_ms, re
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,26 +98,46 @@ def open_record(
 ) -> tuple[Model, RecordContent]:
     """The model (``model_for`` the record's name and version) and the content of a
     record stored under ``session_id`` for ``owner``; DATA_LOSS if it fails a check."""
-    try:
+    with _checked(session_id):
         reader = codec.open(data, KIND_RECORD)
-        stored_id = reader.text("record.session_id", _SESSION_ID)
-        stored_owner = reader.text("record.owner", _ANY_TEXT, "H")
-        if (stored_id, stored_owner) != (session_id, owner):
-            raise StateError("record: written for another session or caller")
-        idle_ms = reader.integer("Q", "record.idle_timeout_ms", 1, MAX_IDLE_MS)
+        idle_ms = _read_identity(reader, session_id, owner)
         name, version, steps, rng = codec.read_header(reader)
         model = model_for(name, version)
         state = codec.read_state(reader, model.package.manifest)
         request = reader.text("record.last_request", _ANY_TEXT, "H")
         reply = _read_reply(reader, model.package.tokenizer.size)
         reader.end("record")
+    return model, RecordContent(idle_ms / 1000, steps, rng, state, request, reply)
+
+
+def record_steps(codec: StateCodec, data: bytes, *, session_id: str, owner: str) -> int:
+    """The step count of a record, read as far as that (signature, identity, header):
+    what closing a session needs, whether or not this replica has its model."""
+    with _checked(session_id):
+        reader = codec.open(data, KIND_RECORD)
+        _read_identity(reader, session_id, owner)
+        return codec.read_header(reader)[2]
+
+
+@contextlib.contextmanager
+def _checked(session_id: str) -> Iterator[None]:
+    """A record's failed check as DATA_LOSS."""
+    try:
+        yield
     except StateError as exc:
         raise DataLoss(
             f"session {session_id}: its record in the shared store fails its check ({exc}); "
             "every replica that shares the store must have the same state_keys"
         ) from None
-    content = RecordContent(idle_ms / 1000, steps, rng, state, request, reply)
-    return model, content
+
+
+def _read_identity(reader: Reader, session_id: str, owner: str) -> int:
+    """Check that the record is this session's, of this owner; its idle timeout in ms."""
+    stored_id = reader.text("record.session_id", _SESSION_ID)
+    stored_owner = reader.text("record.owner", _ANY_TEXT, "H")
+    if (stored_id, stored_owner) != (session_id, owner):
+        raise StateError("record: written for another session or caller")
+    return reader.integer("Q", "record.idle_timeout_ms", 1, MAX_IDLE_MS)
 
 
 def _read_reply(reader: Reader, vocabulary: int) -> dict[str, Any] | None:

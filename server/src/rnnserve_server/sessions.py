@@ -38,7 +38,7 @@ from rnnserve_server.errors import (
 from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.sessionrecord import RecordContent, open_record, seal_record
+from rnnserve_server.sessionrecord import RecordContent, open_record, record_steps, seal_record
 from rnnserve_server.statecodec import MAX_STEPS, RngState, StateCodec
 
 log = logging.getLogger(__name__)
@@ -450,20 +450,35 @@ class SessionStore:
 
     async def close(self, session: Session, *, reason: str = "closed") -> None:
         """Remove the session now; free its slot once its in-flight call (if any) ends.
-        With a shared store the record goes too (NOT_FOUND if it was gone already)."""
+        With a shared store, closing deletes the record too (``close_named``)."""
         if self.records is not None and reason == "closed":
-            deleted = await self.records.delete(session.id, session.owner)
-            if deleted is None:
-                self._evict(session)
-                raise self._unknown(session.id)
-            try:
-                _, content = self._opened(session.id, session.owner, deleted, session.model)
-            except DataLoss:
-                self._evict(session)  # the record is gone all the same
-                raise
-            session.steps = content.steps
-        if self._detach(session, reason):
+            session.steps = await self.close_named(session.id, session.owner)
+        elif self._detach(session, reason):
             await self._release(session)
+
+    async def close_named(self, session_id: str, owner: str) -> int:
+        """CloseSession: end the session now; its step count. With a shared store the
+        record is deleted without being loaded first: a replica that never served the
+        session sets nothing up for it, and a record that fails its check is closed
+        all the same (DATA_LOSS, saying so)."""
+        if self.records is None:
+            session = self.get(session_id, owner)
+            await self.close(session)
+            return session.steps
+        if not session_id:
+            raise InvalidArgument("session_id is required")
+        deleted = await self.records.delete(session_id, owner)
+        cached = self._sessions.get(session_id)
+        if cached is not None and cached.owner == owner and self._detach(cached, "evicted"):
+            await self._release(cached)
+        if deleted is None:
+            raise self._unknown(session_id)
+        self.closed_total += 1
+        assert self._codec is not None
+        try:
+            return record_steps(self._codec, deleted, session_id=session_id, owner=owner)
+        except DataLoss as exc:
+            raise DataLoss(f"{exc.message}; the session is closed all the same") from None
 
     def _detach(self, session: Session, reason: str) -> bool:
         """Take the session out of the index (new calls: NOT_FOUND). False if it was out."""
