@@ -62,9 +62,7 @@ def deployment(name: str, models: Path, scratch: Path) -> Iterator[str]:
         keys = scratch / f"state-keys-{count}"
         keys.write_text(secrets.token_hex(32) + "\n")
         command = server_command(models, redis.url, keys)
-        servers = [
-            stack.enter_context(serving(f"{name} {i}", command)) for i in range(count)
-        ]
+        servers = [stack.enter_context(serving(f"{name} {i}", command)) for i in range(count)]
         if count == 1:
             yield servers[0].address
             return
