@@ -111,12 +111,9 @@ class Session:
         if self.closed:
             raise NotFound(f"session {self.id} was closed")
 
-    def has_room(self, tokens: int) -> bool:
-        return self.steps + tokens <= MAX_STEPS
-
     def ensure_room(self, tokens: int) -> None:
         """FAILED_PRECONDITION if feeding ``tokens`` more could pass MAX_STEPS."""
-        if not self.has_room(tokens):
+        if self.steps + tokens > MAX_STEPS:
             raise FailedPrecondition(
                 f"session {self.id} is at step {self.steps}; {tokens} more would pass "
                 f"{MAX_STEPS}, the most steps a session may take: start a new session"

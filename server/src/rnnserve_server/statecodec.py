@@ -19,8 +19,8 @@ The MAC is checked before any field is read, so bytes that no holder of a key ma
 refused whole. Every field is then checked anyway (a leaked key must not crash or
 mislead the server): type and range, the tensors' names, dtype and shape exactly as the
 model's, their values finite and within what the model's cell can produce. Each
-refusal names the field. Nothing in the payload is nested; strings have a one-byte
-length; tensor sizes are compared with the model's before any value is read.
+refusal names the field. Nothing in the payload is nested; strings are length-prefixed;
+tensor sizes are compared with the model's before any value is read.
 """
 
 from __future__ import annotations
@@ -50,11 +50,9 @@ _PREFIX = struct.Struct("<8sHB")  # magic, format, kind
 MAX_STEPS = 2**63 - 1
 
 PCG64 = 1
-_UINT128 = 2**128
-MAX_TENSORS = 8
 MAX_DIMENSIONS = 4
 FLOAT32 = 1
-_TENSOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+_TENSOR_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # matched whole (fullmatch)
 
 # What each cell's state can hold. tanh and the GRUs' blends of tanh values stay in
 # [-1, 1]; a ReLU's activations (and an LSTM's cell state) have no bound of their own,

@@ -19,6 +19,7 @@ from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.statecodec import MAX_STEPS
 
 
 @dataclass(slots=True)
@@ -185,7 +186,7 @@ class Stepping:
                 or start - at != 1
                 or mentions[session_id] > 1
                 or session.busy
-                or not session.has_room(1)
+                or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
                 or (request_ids and session.answered(request_ids[row]))
             ):
                 ordinary.append((row, session, at))
