@@ -38,14 +38,39 @@ def stub(server: ServerThread) -> Iterator[rnnserve_pb2_grpc.RnnServeStub]:
         yield rnnserve_pb2_grpc.RnnServeStub(channel)
 
 
-@pytest.fixture(scope="module")
-def exported(stub: rnnserve_pb2_grpc.RnnServeStub, model_name: str) -> bytes:
-    """A real export: a session of the tiny model after some text, with a seed."""
-    session = stub.CreateSession(pb.CreateSessionRequest(model=model_name, seed=7)).session_id
+def export_of(stub: Any, model: str) -> bytes:
+    """A real export: a session of the model after some text, with a seed."""
+    session = stub.CreateSession(pb.CreateSessionRequest(model=model, seed=7)).session_id
     stub.Step(pb.StepRequest(session_id=session, text="the quick brown fox"))
     state = stub.ExportSession(pb.ExportSessionRequest(session_id=session)).state
     stub.CloseSession(pb.CloseSessionRequest(session_id=session))
     return bytes(state)
+
+
+@pytest.fixture(scope="module")
+def exported(stub: rnnserve_pb2_grpc.RnnServeStub, model_name: str) -> bytes:
+    return export_of(stub, model_name)
+
+
+RELU = "tiny-relu"
+RELU_BOUND = 50.0  # the relu server's max_unbounded_state
+
+
+@pytest.fixture(scope="module")
+def relu_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server of a tiny vanilla ReLU RNN (trained here, ~10 s), whose state has no
+    bound of its own: max_unbounded_state bounds its imports."""
+    from rnnserve_train.api import train_and_export
+    from rnnserve_train.config import make_config
+
+    root = tmp_path_factory.mktemp("relu")
+    overrides = {"out": str(root / "models"), "runs": str(root / "runs"), "progress": False}
+    train_and_export(make_config("tiny", {**overrides, "cell": "rnn-relu", "name": RELU}))
+    config = server_config(
+        root / "models", state_keys=SHARED_STATE_KEYS, max_unbounded_state=RELU_BOUND
+    )
+    with ServerThread(config) as server, grpc.insecure_channel(server.address) as channel:
+        yield rnnserve_pb2_grpc.RnnServeStub(channel)
 
 
 def create(stub: Any, model: str, state: bytes, version: int = 0) -> str:
@@ -308,18 +333,24 @@ def exported_mac(export: Export) -> bytes:
     return key(export)[-32:]
 
 
-@pytest.fixture(scope="module")
-def real_export(exported: bytes) -> Export:
-    return Export.parse(exported)
+@pytest.fixture(scope="module", params=["gru", "rnn-relu"])
+def target(request: pytest.FixtureRequest, model_name: str) -> tuple[Any, str, Export]:
+    """A server, its model and a real export of it: the tiny GRU, or the ReLU RNN."""
+    if request.param == "gru":
+        stub = request.getfixturevalue("stub")
+        return stub, model_name, Export.parse(request.getfixturevalue("exported"))
+    stub = request.getfixturevalue("relu_stub")
+    return stub, RELU, Export.parse(export_of(stub, RELU))
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(data=st.data(), version=st.sampled_from([0, 1]))
 def test_any_mutation_is_refused_or_gives_a_working_session(
-    stub: Any, model_name: str, real_export: Export, data: st.DataObject, version: int
+    target: tuple[Any, str, Export], data: st.DataObject, version: int
 ) -> None:
     """With version 0 the request lets the bytes name the model version."""
-    state = data.draw(mutations(real_export), label="state")
+    stub, model_name, export = target
+    state = data.draw(mutations(export), label="state")
     try:
         session = create(stub, model_name, state, version)
     except grpc.RpcError as refused:
@@ -333,6 +364,17 @@ def test_any_mutation_is_refused_or_gives_a_working_session(
         return
     event("accepted")
     check_every_call(stub, model_name, session)
+
+
+def test_a_relu_state_is_bounded_by_the_setting(relu_stub: Any) -> None:
+    """Up to max_unbounded_state either side is a state like any other; past it the
+    refusal names the setting."""
+    export = Export.parse(export_of(relu_stub, RELU))
+    edge = export.with_values({(0, i): RELU_BOUND * (-1) ** i for i in range(32)})
+    check_every_call(relu_stub, RELU, create(relu_stub, RELU, key(edge)))
+    details = refusal(relu_stub, RELU, key(export.with_values({(0, 7): 50.5})))
+    assert "state.h[0, 7] = 50.5 is out of range; allowed: |h| <= 50" in details
+    assert "the setting max_unbounded_state" in details
 
 
 # ---------------------------------------------------------------- keys

@@ -86,14 +86,15 @@ def state_layout(manifest: Manifest, max_unbounded_state: float) -> tuple[Tensor
     tensor, ``h`` [layers, hidden]: the array the state pool holds per session."""
     shape = (manifest.layers, manifest.hidden_size)
     if manifest.cell in BOUNDED_CELLS:
-        return (TensorSpec("h", shape, 1.0, f"a {manifest.cell} cell's state lies in [-1, 1]"),)
+        return (TensorSpec("h", shape, 1.0, f"the {manifest.cell} cell's state lies in [-1, 1]"),)
     if manifest.cell in UNBOUNDED_CELLS:
         return (
             TensorSpec(
                 "h",
                 shape,
                 max_unbounded_state,
-                f"max_unbounded_state for a {manifest.cell} cell",
+                f"the setting max_unbounded_state: the {manifest.cell} cell's state has "
+                "no bound of its own",
             ),
         )
     raise AssertionError(f"no state layout for cell {manifest.cell!r} (known: {CELLS})")
