@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,10 +12,11 @@ import onnx
 import pytest
 from support import copy_package, edit_manifest
 
-from rnnserve_server.errors import NotFound
+from rnnserve_server.errors import NotFound, Unavailable
 from rnnserve_server.modelpackage import MANIFEST_FILE, load_package
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
+from rnnserve_server.trainingmarks import MARK_FILE
 from rnnserve_train.reference import ReferenceModel
 
 CPU = ProviderChoice.resolve("cpu", allow_cpu_fallback=False)
@@ -175,3 +178,43 @@ def test_the_graphs_of_a_package_share_one_buffer(tiny_package: Path) -> None:
     assert head and set(head) <= set(step)
     for name, value in head.items():
         assert value is step[name], name
+
+
+def _mark(directory: Path, updated: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARK_FILE).write_text(
+        json.dumps(
+            {
+                "name": directory.name,
+                "step": 30,
+                "steps": 120,
+                "phase": "training",
+                "started": updated - 10,
+                "updated": updated,
+            }
+        )
+    )
+
+
+def test_a_model_still_training_is_unavailable_not_unknown(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    copy_package(tiny_package, tmp_path, "served")
+    _mark(tmp_path / "coming", time.time())
+    _mark(tmp_path / "abandoned", time.time() - 3600)  # its trainer died long ago
+    repo = Repository.load(tmp_path, CPU)
+    assert list(repo.models) == [("served", 1)] and not repo.broken
+    assert [m.name for m in repo.training()] == ["coming"]
+    with pytest.raises(Unavailable, match=r"'coming' is still training \(training, step 30/120"):
+        repo.get("coming")
+    with pytest.raises(Unavailable, match="still training"):
+        repo.get("coming", 1)
+    with pytest.raises(NotFound, match="'abandoned' is not loaded"):
+        repo.get("abandoned")
+    # Written after the last rescan: unavailable until the next one loads it.
+    (tmp_path / "coming" / MARK_FILE).unlink()
+    copy_package(tiny_package, tmp_path, "coming")
+    with pytest.raises(Unavailable, match="not loaded yet; the next rescan"):
+        repo.get("coming")
+    repo.reload()
+    assert repo.get("coming").version == 1 and repo.training() == []

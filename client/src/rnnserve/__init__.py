@@ -41,6 +41,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TokenProb,
+    TrainingModel,
     TranslateResult,
     Vocabulary,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "StepResult",
     "TLSConfig",
     "TokenProb",
+    "TrainingModel",
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",

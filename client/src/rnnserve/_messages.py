@@ -25,6 +25,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TokenProb,
+    TrainingModel,
     TranslateResult,
     Vocabulary,
 )
@@ -312,6 +313,17 @@ def _enum_label(enum: _EnumType, value: int, prefix: str) -> str:
     except ValueError:
         return f"unknown-{value}"
     return name.removeprefix(prefix).lower().replace("_", "-")
+
+
+def training_model(message: pb.TrainingModel) -> TrainingModel:
+    """TrainingModel message -> dataclass."""
+    return TrainingModel(
+        name=message.name,
+        phase=message.phase,
+        step=message.step,
+        steps=message.steps,
+        seconds=message.seconds,
+    )
 
 
 def model_info(message: pb.ModelInfo) -> ModelInfo:

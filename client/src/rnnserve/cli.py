@@ -35,14 +35,14 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 
 def cmd_models(client: Client, args: argparse.Namespace) -> int:
-    """Table (or JSON) of the servable model versions."""
+    """Table (or JSON) of the servable model versions, then the models still training."""
     models = client.list_models()
     if args.json:
         _print_json([dataclasses.asdict(model) for model in models])
         return 0
+    training = client.training_models()
     if not models:
         print("the server has no models loaded", file=sys.stderr)
-        return 0
     rows = [
         [
             m.name,
@@ -56,7 +56,14 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
         ]
         for m in models
     ]
-    _print_table(["NAME", "VERSION", "SHAPE", "CELL", "LAYERS", "HIDDEN", "VOCAB", "OUTPUT"], rows)
+    if rows:
+        headers = ["NAME", "VERSION", "SHAPE", "CELL", "LAYERS", "HIDDEN", "VOCAB", "OUTPUT"]
+        _print_table(headers, rows)
+    for model in training:
+        print(
+            f"still training: {model.name} ({model.phase}, step {model.step}/{model.steps}, "
+            f"{model.progress:.0%}, {model.seconds:.0f} s); served once written"
+        )
     return 0
 
 

@@ -21,6 +21,7 @@ from rnnserve.types import (
     ReloadResult,
     StepInput,
     StepResult,
+    TrainingModel,
     TranslateResult,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -119,6 +120,12 @@ class Client:
         """Every servable model version, sorted by name then version."""
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout, retry=True)
         return [_messages.model_info(model) for model in response.models]
+
+    def training_models(self, *, timeout: float | None = None) -> list[TrainingModel]:
+        """The models still training into the server's repository (each is served once
+        its package is written; until then calls on it fail with `Unavailable`)."""
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout, retry=True)
+        return [_messages.training_model(model) for model in response.training]
 
     def get_model(self, name: str, version: int = 0, *, timeout: float | None = None) -> ModelInfo:
         """Metadata of one model version; version 0 is the highest loaded version."""

@@ -48,6 +48,23 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class TrainingModel:
+    """A model still training into the server's repository (served once it is written):
+    its `phase` ("training", "evaluating", "exporting"), `step` of `steps`, and the
+    `seconds` since it started."""
+
+    name: str
+    phase: str
+    step: int
+    steps: int
+    seconds: float
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     """A session as the server created it: its id, model version and idle timeout."""
 

@@ -2,7 +2,8 @@
 
 Each package is validated on its own; a broken one is logged and listed in
 ``broken`` and never stops the others from serving. A model's default version is the
-highest version that loaded.
+highest version that loaded. A model that a trainer is still writing into the repository
+(``trainingmarks.py``) is unavailable, not unknown.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnserve_server.errors import NotFound, shown
+from rnnserve_server.errors import NotFound, Unavailable, shown
 from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
+from rnnserve_server.trainingmarks import TrainingMark, read_mark, read_marks
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +124,51 @@ class Repository:
         return ReloadResult(added=added, removed=removed, refused=refused)
 
     def get(self, name: str, version: int = 0) -> Model:
-        """A model version; version 0 means the default (highest loaded) version."""
+        """A model version; version 0 means the default (highest loaded) version.
+
+        NOT_FOUND for a model the repository does not have; UNAVAILABLE for one of which
+        no version is loaded yet because it is still training."""
         if version:
             model = self.models.get((name, version))
             if model is None:
                 known = sorted(v for n, v in self.models if n == name)
                 if not known:
+                    self._raise_if_training(name)
                     raise NotFound(f"model {shown(name)} is not loaded")
                 raise NotFound(f"model {shown(name)} has no version {version}; loaded: {known}")
             return model
         versions = [v for n, v in self.models if n == name]
         if not versions:
+            self._raise_if_training(name)
             names = sorted({n for n, _ in self.models})
             raise NotFound(f"model {shown(name)} is not loaded; loaded models: {names}")
         return self.models[(name, max(versions))]
+
+    def training(self) -> list[TrainingMark]:
+        """The models being trained into the repository now, by name."""
+        return list(read_marks(self.root).values())
+
+    def _raise_if_training(self, name: str) -> None:
+        """UNAVAILABLE if ``name`` is training, or its package is written but not yet
+        loaded (read now: a mark changes between rescans)."""
+        directory = self.root / name
+        if "/" in name or name.startswith(".") or not directory.is_dir():
+            return
+        mark = read_mark(directory)
+        if mark is not None:
+            raise Unavailable(
+                f"model {shown(name)} is still training ({mark.describe()}); it is served "
+                "as soon as its package is written"
+            )
+        if any(
+            (p / "manifest.json").is_file() and p not in self.broken
+            for p in directory.iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+        ):
+            raise Unavailable(
+                f"model {shown(name)} has just been written and is not loaded yet; the next "
+                "rescan of the repository loads it (repository_poll_s, or ReloadModels)"
+            )
 
     def list(self) -> list[Model]:
         return [self.models[key] for key in sorted(self.models)]

@@ -28,6 +28,7 @@ from rnnserve_server.wire import (
     step_many_response,
     step_response,
     token_input,
+    training_model,
 )
 
 MAX_TOKENS_PER_MESSAGE = 256
@@ -49,7 +50,11 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Any
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_info(m) for m in self.engine.repository.list()])
+        repository = self.engine.repository
+        return pb.ListModelsResponse(
+            models=[model_info(m) for m in repository.list()],
+            training=[training_model(mark) for mark in repository.training()],
+        )
 
     @guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:

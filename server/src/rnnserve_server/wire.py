@@ -3,6 +3,7 @@ step and generation answers, StepMany columns."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -13,6 +14,7 @@ from rnnserve_server.inputs import TokenInput
 from rnnserve_server.repository import Model
 from rnnserve_server.rpc import bounded_details
 from rnnserve_server.stepping import StepColumns, StepManyAnswer, StepOutput
+from rnnserve_server.trainingmarks import TrainingMark
 
 SHAPES = {
     "one-to-one": pb.TASK_SHAPE_ONE_TO_ONE,
@@ -55,6 +57,16 @@ def model_info(model: Model) -> pb.ModelInfo:
         metrics=manifest.metrics,
         initial_state=manifest.initial_state.kind,
         conditions=list(manifest.conditions),
+    )
+
+
+def training_model(mark: TrainingMark) -> pb.TrainingModel:
+    return pb.TrainingModel(
+        name=mark.name,
+        phase=mark.phase,
+        step=mark.step,
+        steps=mark.steps,
+        seconds=max(0.0, time.time() - mark.started),
     )
 
 

@@ -105,14 +105,16 @@ class RnnServeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListModels(self, request, context):
-        """Lists every servable model version. Errors: none in normal operation.
+        """Lists every servable model version, and the models still training into the
+        repository. Errors: none in normal operation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Metadata of one model version. Errors: NOT_FOUND (unknown name or version).
+        """Metadata of one model version. Errors: NOT_FOUND (unknown name or version),
+        UNAVAILABLE (the model is still training).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +124,8 @@ class RnnServeServicer:
         """Opens a session on a model version. Its state starts at the model's initial
         state: zeros, the state after a start token, the encoding of `source` (seq2seq) or
         the state of `condition` (conditional generators); or the imported `state`.
-        Errors: NOT_FOUND (model), RESOURCE_EXHAUSTED (session limits), INVALID_ARGUMENT
+        Errors: NOT_FOUND (model), UNAVAILABLE (the model is still training),
+        RESOURCE_EXHAUSTED (session limits), INVALID_ARGUMENT
         (idle_timeout_s out of range; source or condition missing, unknown or not
         expected by the model; state bytes not signed with this deployment's state keys,
         of another format, model or shape, or with a field out of range: docs/api.md).
@@ -221,7 +224,8 @@ class RnnServeServicer:
     def Classify(self, request, context):
         """One call for classifiers: feeds the input to a fresh state and returns the label
         probabilities after the last token (and after every token on request); no session
-        is kept. Errors: NOT_FOUND (model), INVALID_ARGUMENT (input, top_k),
+        is kept. Errors: NOT_FOUND (model), UNAVAILABLE (still training), INVALID_ARGUMENT
+        (input, top_k),
         FAILED_PRECONDITION (the model's output is a vocabulary, not labels).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -231,7 +235,7 @@ class RnnServeServicer:
     def Translate(self, request, context):
         """One call for encoder-decoder models: encodes the source, then decodes (greedy by
         default) until the end token or max_tokens; no session is kept. Errors: NOT_FOUND
-        (model), INVALID_ARGUMENT (source, sampling parameters), FAILED_PRECONDITION (the
+        (model), UNAVAILABLE (still training), INVALID_ARGUMENT (source, sampling parameters), FAILED_PRECONDITION (the
         model is not an encoder-decoder).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
