@@ -71,12 +71,16 @@ bench: $(STAMP) ## Benchmark rnnserve vs echo, baseline and raw onnxruntime (~8 
 	$(PY) -m bench
 
 .PHONY: models
-models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models.md; ~5 min on 2 idle cores)
+models: $(STAMP) ## Train every demo-zoo model the repository lacks, quick budget (docs/models.md; ~6 min on 2 idle cores)
 	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
+.PHONY: models-full
+models-full: $(STAMP) ## Add a full-budget version of every zoo model (beats its baseline; about an hour on 2 idle cores)
+	$(BIN)/rnnserve-train zoo --budget=full --out=$(MODELS)
+
 .PHONY: run
-run: models ## Serve the model repository on $(HOST):$(PORT), training the zoo first if needed
-	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT)
+run: $(STAMP) ## Serve $(MODELS) on $(HOST):$(PORT) at once, training the missing zoo models into it (each served when written)
+	bash scripts/run.sh $(BIN) $(MODELS) $(HOST) $(PORT)
 
 .PHONY: clean
 clean: ## Remove caches (keeps $(VENV) and $(MODELS))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from rnnserve_server.tokenizer import Tokenizer
+from rnnserve_server.trainingmarks import MarkKeeper
 from rnnserve_train import checkpoint as _checkpoint
 from rnnserve_train.config import PRESETS, TrainConfig, make_config
 from rnnserve_train.export import export_checkpoint, export_model
@@ -36,11 +37,18 @@ def train_and_export(config: TrainConfig) -> Path | None:
     """Train, then export; return the package directory ``<out>/<name>/<version>``.
 
     Under torchrun only rank 0 exports; the other ranks (and ``export=False``) return None.
+    While it trains and exports, ``<out>/<name>/training.json`` marks the model as training
+    (``rnnserve_server.trainingmarks``).
     """
-    result = train(config)
     if int(os.environ.get("RANK", "0")) != 0 or not config.export:
+        train(config)
         return None
-    return export_checkpoint(result.checkpoint, Path(config.out), config.version)
+    # Marked in the repository while it trains, so a server there calls it unavailable
+    # (still training), not unknown.
+    with MarkKeeper(Path(config.out) / config.name, config.name, config.max_steps) as mark:
+        result = train(config, mark.update)
+        mark.update(phase="exporting")
+        return export_checkpoint(result.checkpoint, Path(config.out), config.version)
 
 
 def load_checkpoint(path: Path) -> tuple[RNNLanguageModel, Tokenizer, TrainConfig]:

@@ -11,6 +11,7 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,17 +75,24 @@ RESUME_KEYS = (
 )
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train (or, with ``resume``, continue the checkpoint in the run directory)."""
+# (step, phase) after each optimiser step ("training") and before the test ("evaluating")
+ProgressReport = Callable[[int, str], None]
+# Without a progress bar, a plain line this often (log files get no carriage returns).
+PLAIN_PROGRESS_S = 30.0
+
+
+def train(config: TrainConfig, report: ProgressReport | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue the checkpoint in the run directory);
+    ``report`` hears of the progress (on the main rank)."""
     validate(config)
     ranks = distributed.start(config.device)
     try:
-        return _train(config, ranks)
+        return _train(config, ranks, report or (lambda step, phase: None))
     finally:
         distributed.stop(ranks)
 
 
-def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
+def _train(config: TrainConfig, ranks: distributed.Ranks, report: ProgressReport) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     if config.threads:
@@ -157,6 +165,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
         disable=not (config.progress and ranks.main),
         unit="step",
     )
+    plain = PlainProgress(config, first_step) if ranks.main and not config.progress else None
     for step in progress:
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
@@ -179,6 +188,9 @@ def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
             continue
         metrics_log.train_step(step, step_bits, lr)
         progress.set_postfix(bits=f"{step_bits:.3f}", lr=f"{lr:.1e}")
+        report(step, "training")
+        if plain is not None:
+            plain.step(step, step_bits, lr)
         if step % config.eval_every == 0 or step == config.max_steps:
             model.eval()
             metrics = {
@@ -200,6 +212,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
     if not ranks.main:
         return TrainResult(checkpoint=checkpoint_path, metrics={})
     assert metrics_log is not None
+    report(last_step, "evaluating")
     model.eval()
     if not any(k.startswith("val_") for k in metrics):  # resumed a run that had finished
         metrics.update(task.evaluate(model, "val"))
@@ -218,6 +231,33 @@ def _train(config: TrainConfig, ranks: distributed.Ranks) -> TrainResult:
         checkpoint_path,
     )
     return TrainResult(checkpoint=checkpoint_path, metrics=metrics)
+
+
+class PlainProgress:
+    """A plain line every PLAIN_PROGRESS_S seconds: step, rate, loss, time left."""
+
+    def __init__(self, config: TrainConfig, first_step: int) -> None:
+        self.config, self.first_step = config, first_step
+        self.started = self.last = time.perf_counter()
+
+    def step(self, step: int, step_bits: float, lr: float) -> None:
+        now = time.perf_counter()
+        if now - self.last < PLAIN_PROGRESS_S and step != self.config.max_steps:
+            return
+        self.last = now
+        rate = (step - self.first_step + 1) / max(now - self.started, 1e-9)
+        left = (self.config.max_steps - step) / rate
+        log.info(
+            "%s: step %d/%d (%.0f%%), %.2f steps/s, train %.3f bits, lr %.1e, %.0f s left",
+            self.config.name,
+            step,
+            self.config.max_steps,
+            100 * step / self.config.max_steps,
+            rate,
+            step_bits,
+            lr,
+            left,
+        )
 
 
 def _resumable(path: Path, config: TrainConfig) -> Checkpoint | None:

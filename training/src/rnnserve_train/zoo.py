@@ -10,6 +10,11 @@ preset's ``FULL_BUDGET``, about an hour on 2 cores, every model beating its base
 A model counts as present when a version of it was trained with that budget, so
 ``--budget=full`` adds a full-budget version beside a quick one, and the server, which
 serves the highest version by default, serves it.
+
+The order (``schedule``): with the quick budget, the first run's, the language model of
+the quickstart first and the others shortest first, so that a server polling the
+repository serves a model within a minute or two and each one as soon as it is written;
+with the full budget, longest first, so the zoo ends soonest.
 """
 
 from __future__ import annotations
@@ -23,8 +28,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
+
+from rnnserve_train.zooprogress import ZooProgress
 
 log = logging.getLogger(__name__)
+
+# The language model the README's quickstart uses: trained first on a first run.
+FIRST_MODEL = "char-gru"
 
 # name -> (shape, seconds it takes on one idle core of the reference machine with the
 # quick and the full budget; the jobs run longest first)
@@ -63,6 +74,14 @@ def present(out: Path, name: str, budget: str = "quick") -> bool:
     )
 
 
+def schedule(names: Sequence[str], budget: str) -> list[str]:
+    """The order in which the models start (see the module doc)."""
+    seconds = {n: ZOO[n][1][budget] for n in names}
+    if budget != "quick":
+        return sorted(names, key=lambda n: -seconds[n])
+    return sorted(names, key=lambda n: (n != FIRST_MODEL, seconds[n]))
+
+
 def train_zoo(
     out: Path,
     runs: Path,
@@ -71,21 +90,21 @@ def train_zoo(
     *,
     extra: Sequence[str] = (),
     budget: str = "quick",
+    stream: TextIO | None = None,
 ) -> list[ZooRun]:
     """Train every model of ``only`` (default: the whole zoo) that lacks a ``budget``
-    version."""
+    version; its progress goes to ``stream`` (``zooprogress.py``; default stdout)."""
     names = list(only or ZOO)
     unknown = [n for n in names if n not in ZOO]
     if unknown:
         raise ValueError(f"not zoo models: {', '.join(unknown)}; the zoo: {', '.join(ZOO)}")
     done = [ZooRun(n, "present", 0.0) for n in names if present(out, n, budget)]
-    todo = sorted(
-        (n for n in names if not present(out, n, budget)), key=lambda n: -ZOO[n][1][budget]
-    )
+    todo = schedule([n for n in names if not present(out, n, budget)], budget)
     if todo:
         runs.mkdir(parents=True, exist_ok=True)
 
     def train_one(name: str) -> ZooRun:
+        display.started(name)
         started = time.perf_counter()
         log_path = runs / f"{name}.log"
         command = [
@@ -109,8 +128,10 @@ def train_zoo(
             else f"failed (exit {code.returncode}, see {log_path})"
         )
         log.info("%s: %s in %.0f s", name, status, seconds)
+        display.finished(name, status)
         return ZooRun(name, status, seconds)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    display = ZooProgress(out, todo, stream or sys.stdout)
+    with display, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         done += list(pool.map(train_one, todo))
     return done
