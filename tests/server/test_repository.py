@@ -211,6 +211,9 @@ def test_a_model_still_training_is_unavailable_not_unknown(
         repo.get("coming", 1)
     with pytest.raises(NotFound, match="'abandoned' is not loaded"):
         repo.get("abandoned")
+    for name in ("../coming", "m" * 5000, ".hidden"):  # no package bears such a name
+        with pytest.raises(NotFound):
+            repo.get(name)
     # Written after the last rescan: unavailable until the next one loads it.
     (tmp_path / "coming" / MARK_FILE).unlink()
     copy_package(tiny_package, tmp_path, "coming")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnserve_server.errors import NotFound, Unavailable, shown
-from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
+from rnnserve_server.modelpackage import NAME_PATTERN, ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 from rnnserve_server.trainingmarks import TrainingMark, read_mark, read_marks
 
@@ -152,8 +152,8 @@ class Repository:
         """UNAVAILABLE if ``name`` is training, or its package is written but not yet
         loaded (read now: a mark changes between rescans)."""
         directory = self.root / name
-        if "/" in name or name.startswith(".") or not directory.is_dir():
-            return
+        if not NAME_PATTERN.match(name) or not directory.is_dir():
+            return  # no package could bear the name: nothing on disk to look at
         mark = read_mark(directory)
         if mark is not None:
             raise Unavailable(

@@ -208,11 +208,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 # dropout, tied embeddings and larger layers, as the field trains recurrent models.
 FULL_BUDGET: dict[str, dict[str, Any]] = {
     "char-gru": {
-        "dropout": 0.1,
+        "layers": 3,
+        "dropout": 0.15,
         "lr": 4e-3,
         "min_lr": 1e-4,
-        "max_steps": 5000,
-        "eval_every": 250,
+        "warmup_steps": 100,
+        "max_steps": 6000,
+        "eval_every": 500,
     },
     "word-gru": {
         "hidden_size": 256,
@@ -222,7 +224,7 @@ FULL_BUDGET: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "min_lr": 1e-4,
         "warmup_steps": 100,
-        "max_steps": 4000,
+        "max_steps": 3000,
         "eval_every": 250,
     },
     "one-step": {
