@@ -34,10 +34,6 @@ CUDA_OPTIONS: dict[str, Any] = {"device_id": 0, "use_tf32": 0}
 # Graphs run once per call over a whole sequence: a 2,000-token prompt on the benchmark
 # model took 41 ms with one thread and 33 ms with two (2 cores).
 WHOLE_SEQUENCE = frozenset({"sequence", "encoder"})
-# Graphs run for one session at a time (a session's current output, its encoded source,
-# its condition): onnxruntime's prepacked copy of their matrices (for word-gru's head,
-# another 5 MB of W_ya) would save nothing measurable at batch 1.
-UNPACKED = frozenset({"head", "encoder", "condition"})
 
 
 @dataclass(frozen=True)
@@ -92,17 +88,13 @@ class ProviderChoice:
         path: str,
         *,
         whole_sequence: bool = False,
-        prepack: bool = True,
         initializers: Mapping[str, ort.OrtValue] | None = None,
     ) -> ort.InferenceSession:
         """An onnxruntime session for one graph; ``whole_sequence`` graphs (one long run
-        per call) get ``sequence_threads``, the others ``intra_op_threads``. ``prepack``:
-        onnxruntime keeps its own packed copy of the matrices of matrix products (faster
-        at every batch above 1). ``initializers`` replace the graph's initializers of
+        per call) get ``sequence_threads``, the others ``intra_op_threads``.
+        ``initializers`` replace the graph's initializers of
         those names without a copy (the shared weights of its package)."""
         options = ort.SessionOptions()
-        if not prepack:
-            options.add_session_config_entry("session.disable_prepacking", "1")
         for name, value in (initializers or {}).items():
             options.add_initializer(name, value)
         threads = self.sequence_threads if whole_sequence else self.intra_op_threads
@@ -169,7 +161,6 @@ class ModelRuntime:
                 session = providers.session(
                     str(package.graph_path(kind)),
                     whole_sequence=kind in WHOLE_SEQUENCE,
-                    prepack=kind not in UNPACKED,
                     initializers=self.weights.of(kind),
                 )
             except Exception as exc:  # onnxruntime raises its own exception types
