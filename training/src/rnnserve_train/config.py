@@ -206,6 +206,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (`rnnserve-train zoo --budget=full`; docs/models.md has the figures), applied over the
 # preset's quick values, which keep `make models` to minutes. Epochs, a cosine schedule,
 # dropout, tied embeddings and larger layers, as the field trains recurrent models.
+# The word models: 256 units, the output layer tied to the embedding, dropout.
+_TIED_WORDS: dict[str, Any] = {
+    "hidden_size": 256,
+    "embedding_size": 256,
+    "tie_embeddings": True,
+    "dropout": 0.3,
+    "lr": 3e-3,
+    "min_lr": 1e-4,
+}
 FULL_BUDGET: dict[str, dict[str, Any]] = {
     "char-gru": {
         "layers": 3,
@@ -217,23 +226,13 @@ FULL_BUDGET: dict[str, dict[str, Any]] = {
         "eval_every": 500,
     },
     "word-gru": {
-        "hidden_size": 256,
-        "embedding_size": 256,
-        "tie_embeddings": True,
-        "dropout": 0.3,
-        "lr": 3e-3,
-        "min_lr": 1e-4,
+        **_TIED_WORDS,
         "warmup_steps": 100,
         "max_steps": 3000,
         "eval_every": 250,
     },
     "one-step": {
-        "hidden_size": 256,
-        "embedding_size": 256,
-        "tie_embeddings": True,
-        "dropout": 0.3,
-        "lr": 3e-3,
-        "min_lr": 1e-4,
+        **_TIED_WORDS,
         "max_steps": 6000,
         "eval_every": 500,
     },
