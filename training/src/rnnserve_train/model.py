@@ -63,8 +63,9 @@ class Cell(nn.Module):
     """
 
     gates: ClassVar[tuple[str, ...]]
-    # The gates whose recurrent block is in ``recurrent`` (in order); the rest (the GRU's
-    # candidate, which reads Γ_r * c<t-1>) have their own parameter.
+    # The gates whose recurrent block is in ``recurrent`` (in order); each other gate (the
+    # GRU's candidate, which reads Γ_r * c<t-1>) has its own parameter ``recurrent_<gate>``
+    # (W_ga^T), which the native sequence graphs read by that name (graphs.py).
     recurrent_gates: ClassVar[tuple[str, ...]]
     # The bound of a first layer's token rows (None: 1/√H like the other parameters).
     embed_init: ClassVar[float | None] = EMBED_INIT
