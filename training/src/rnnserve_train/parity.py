@@ -20,7 +20,9 @@ Checks, against the float64 reference:
   the ragged prompts (which check the per-row lengths), within the same. Feeding back its
   own state, a float32 implementation drifts from a float64 one by its rounding times the
   recurrence's amplification, which a trained model can make 1e-5 in a few dozen steps
-  without any error in the graph; an error in the graph is orders of magnitude larger.
+  without any error in the graph (the quick name-generator on the enlarged name lists:
+  3.5e-3 after 110 steps, every step exact to 1e-5 and all 200 greedy tokens equal); an
+  error in the graph is orders of magnitude larger.
 
 Logits get ``tolerance * (1 + ‖W_ya‖∞) + LOGITS_RTOL * |reference logit|``: a logit is
 ``W_ya a + b_y``, so a state off by ε moves it by up to ε‖W_ya‖∞ (the largest row sum of
@@ -48,7 +50,7 @@ DEFAULT_TOLERANCE = 1e-5
 LOGITS_RTOL = 1e-6
 DEFAULT_BATCH = 4
 PROMPT_STEPS = 33
-DRIFT_TOLERANCE = 1e-3
+DRIFT_TOLERANCE = 1e-2
 
 
 class ParityError(RuntimeError):
