@@ -44,7 +44,7 @@ def encode_input(model: Model, given: TokenInput, *, field: str, limit: int) -> 
         raise InvalidArgument(f"{field}: give token ids or text")
     if given.text is not None:
         try:
-            ids = model.package.tokenizer.encode(given.text)
+            ids = model.package.vocabulary.encode(given.text)
         except TokenizeError as exc:
             raise InvalidArgument(f"{field}.text: {exc}") from None
     else:
@@ -53,7 +53,7 @@ def encode_input(model: Model, given: TokenInput, *, field: str, limit: int) -> 
         raise InvalidArgument(f"{field} is empty; at least one token is required")
     if len(ids) > limit:
         raise over_limit(f"{field} tokens", len(ids), limit, "max_tokens_per_request")
-    size = model.package.tokenizer.size
+    size = model.package.vocabulary.size
     for position, token in enumerate(ids):
         if not 0 <= token < size:
             raise out_of_range(f"{field}.ids[{position}]", token, f"0 .. {size - 1}")
@@ -66,7 +66,7 @@ def one_token(model: Model, given: TokenInput) -> int | None:
     if ids is None or len(ids) != 1:
         return None
     token = ids[0]
-    size = model.package.tokenizer.size
+    size = model.package.vocabulary.size
     if not 0 <= token < size:
         raise out_of_range("input.ids[0]", token, f"0 .. {size - 1}")
     return token

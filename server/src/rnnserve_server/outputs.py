@@ -23,7 +23,7 @@ def probabilities(model: Model, logits: FloatArray) -> np.ndarray[Any, Any]:
 
 def names(model: Model) -> tuple[str, ...]:
     """The names of the model's outputs, by id: its labels or its vocabulary."""
-    return model.package.manifest.output.labels or model.package.tokenizer.tokens
+    return model.package.manifest.output.labels or model.package.vocabulary.tokens
 
 
 def top_rows(model: Model, logits: FloatArray, k: int) -> tuple[IntArray, FloatArray]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve_server.errors import FailedPrecondition
 from rnnserve_server.modelpackage import ModelPackage, PackageError
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,11 @@ class ModelRuntime:
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
         manifest = package.manifest
+        # The state array of one session: its rows (every part's, e.g. an LSTM's h then c
+        # rows) and width; "layers" and "hidden" in the pool's and the codec's terms.
         self.layers, self.hidden = manifest.state_shape
         self.output_size = manifest.output_size
+        self.input_name = manifest.signature("step")[0][0]  # tokens or inputs
         self._graphs: dict[str, ort.InferenceSession] = {}
         for kind in manifest.graphs:
             try:
@@ -145,9 +149,10 @@ class ModelRuntime:
         self._start_token = (
             None
             if manifest.initial_state.token is None
-            else package.tokenizer.special_tokens[manifest.initial_state.token]
+            else package.vocabulary.special_tokens[manifest.initial_state.token]
         )
-        self.initial_state = self._after_start_token(self.zeros(1))[:, 0, :]
+        start = self.zeros(1) if package.initial_state is None else package.initial_state[:, None]
+        self.initial_state = self._after_start_token(start)[:, 0, :]
         self._run_seconds, self._row_seconds = self._measure_step()
 
     def _measure_step(self) -> tuple[float, float]:
@@ -155,7 +160,7 @@ class ModelRuntime:
         best of three runs at batch 1 and at batch 8 (after one to warm up)."""
         times = {}
         for rows in (1, 8):
-            tokens, state = np.zeros(rows, dtype=np.int64), self.zeros(rows)
+            tokens, state = self.blank_inputs(rows), self.zeros(rows)
             self.step(tokens, state)
             best = float("inf")
             for _ in range(3):
@@ -173,28 +178,37 @@ class ModelRuntime:
     def has(self, kind: str) -> bool:
         return kind in self._graphs
 
+    def blank_inputs(self, rows: int) -> np.ndarray[Any, Any]:
+        """Inputs for ``rows`` rows (token 0, or zero vectors), to warm a graph up."""
+        size = self.package.manifest.input.size
+        if size:
+            return np.zeros((rows, size), dtype=np.float32)
+        return np.zeros(rows, dtype=np.int64)
+
     # ------------------------------------------------------------------ checks
 
     def _check_signature(self, kind: str, session: ort.InferenceSession) -> None:
         """Every input and output has the name, type and shape the manifest implies."""
+        manifest = self.package.manifest
         L, H, K = self.layers, self.hidden, self.output_size
+        R, X = manifest.output.values, manifest.input.size
+        whole = kind in ("sequence", "encoder")  # a [B, T] sequence per row
+        steps: tuple[None, ...] = (None,) if whole else ()
         state = ("tensor(float)", (L, None, H))
         int_batch = ("tensor(int64)", (None,))
         expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
-            "tokens": ("tensor(int64)", (None, None))
-            if kind in ("sequence", "encoder")
-            else int_batch,
+            "tokens": ("tensor(int64)", (None, *steps)),
+            "inputs": ("tensor(float)", (None, *steps, X)),
             "lengths": int_batch,
             "condition": int_batch,
             "state": state,
             "state_out": state,
             "logits": ("tensor(float)", (None, K)),
+            "values": ("tensor(float)", (None, R)),
         }
-        spec = self.package.manifest.graphs[kind]
         where = f"{self.package.graph_path(kind)}"
-        for declared, actual in (
-            (spec.inputs, session.get_inputs()),
-            (spec.outputs, session.get_outputs()),
+        for declared, actual in zip(
+            manifest.signature(kind), (session.get_inputs(), session.get_outputs()), strict=True
         ):
             names = tuple(a.name for a in actual)
             if names != declared:
@@ -206,7 +220,8 @@ class ModelRuntime:
                     raise PackageError(
                         f"{where}: {arg.name} is {arg.type}{list(arg.shape)}, expected "
                         f"{dtype}{['dynamic' if d is None else d for d in shape]} "
-                        f"(layers={L}, hidden_size={H}, outputs={K} from the manifest)"
+                        f"(state rows={L}, width={H}, outputs={K}, values={R}, input size={X} "
+                        "from the manifest)"
                     )
 
     # ------------------------------------------------------------------ initial states
@@ -239,7 +254,9 @@ class ModelRuntime:
 
     def step(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
-        logits, new_state = self._graphs["step"].run(None, {"tokens": tokens, "state": state})
+        logits, new_state = self._graphs["step"].run(
+            None, {self.input_name: tokens, "state": state}
+        )
         return logits, new_state
 
     def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -266,6 +283,13 @@ class ModelRuntime:
         return logits, state
 
     def head(self, state: FloatArray) -> FloatArray:
-        """The output for the current state, without feeding a token: [L,B,H] -> [B,K]."""
-        (logits,) = self._graphs["head"].run(None, {"state": state})
+        """The output for the current state, without feeding a token: [L,B,H] -> [B,K].
+        FAILED_PRECONDITION for a package without a head graph."""
+        graph = self._graphs.get("head")
+        if graph is None:
+            raise FailedPrecondition(
+                f"model {self.package.manifest.name} has no head graph: its output exists "
+                "only after an input (give one)"
+            )
+        (logits,) = graph.run(None, {"state": state})
         return logits  # type: ignore[no-any-return]

@@ -246,7 +246,7 @@ class Stepping:
         """Fail the group's steps whose token id is out of range (each alone) and take
         them out of the group; False if none is left."""
         rows, sessions, ids = group
-        size = model.package.tokenizer.size
+        size = model.package.vocabulary.size
         bad = np.flatnonzero(
             (np.asarray(ids, dtype=np.int64) < 0) | (np.asarray(ids, dtype=np.int64) >= size)
         ).tolist()

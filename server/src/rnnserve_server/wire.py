@@ -38,6 +38,7 @@ FINISH = {
 def model_info(model: Model) -> pb.ModelInfo:
     manifest = model.package.manifest
     tokenizer = model.package.tokenizer
+    rows, width = manifest.state_shape
     return pb.ModelInfo(
         name=manifest.name,
         version=manifest.version,
@@ -45,13 +46,15 @@ def model_info(model: Model) -> pb.ModelInfo:
         cell=manifest.cell,
         layers=manifest.layers,
         hidden_size=manifest.hidden_size,
-        vocabulary=pb.Vocabulary(
+        vocabulary=None
+        if tokenizer is None
+        else pb.Vocabulary(
             kind=tokenizer.kind, size=tokenizer.size, special_tokens=tokenizer.special_tokens
         ),
         output=OUTPUTS[manifest.output.kind],
         labels=list(manifest.output.labels),
         description=manifest.description,
-        state_bytes=manifest.layers * manifest.hidden_size * 4,
+        state_bytes=rows * width * 4,
         metrics=manifest.metrics,
         initial_state=manifest.initial_state.kind,
         conditions=list(manifest.conditions),
