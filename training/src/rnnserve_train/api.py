@@ -11,19 +11,23 @@ from rnnserve_train.config import PRESETS, TrainConfig, make_config
 from rnnserve_train.export import export_checkpoint, export_model
 from rnnserve_train.generate import greedy_tokens, sample_tokens
 from rnnserve_train.model import RNNLanguageModel
+from rnnserve_train.package import PackagingError, UnsupportedModule, package_torch
 from rnnserve_train.parity import ParityError
 from rnnserve_train.train import TrainResult, train
 
 __all__ = [
+    "PackagingError",
     "ParityError",
     "TrainConfig",
     "TrainResult",
+    "UnsupportedModule",
     "build_tiny_package",
     "export_checkpoint",
     "export_model",
     "greedy_tokens",
     "load_checkpoint",
     "make_config",
+    "package_torch",
     "sample_tokens",
     "tiny_checkpoint",
     "tiny_runs_dir",

@@ -7,7 +7,9 @@ Each implementation runs on its own, with its own graphs:
    then the start token;
 2. it decodes greedily for ``steps`` steps, feeding back its own state and its own
    argmax. Row 0 starts from the head's output; the other rows are forced to a different
-   first token so the batch holds different sequences;
+   first token so the batch holds different sequences. A model that reads float vectors
+   is fed the same seeded random vectors by every implementation instead (its state is
+   still its own, fed back);
 3. it consumes a batch of random prompts of different lengths in one call of its
    sequence graph, from the initial state (as a session's first prompt).
 
@@ -144,12 +146,12 @@ class Start:
 
 @dataclass(frozen=True)
 class Trajectory:
-    start: np.ndarray  # [L, B, H] the encoder's or condition's state (zeros otherwise)
-    tokens: np.ndarray  # [steps, B] the token fed at each step
+    start: np.ndarray  # [S, B, H] the encoder's or condition's state (zeros otherwise)
+    tokens: np.ndarray  # [steps, B] the token fed at each step ([steps, B, n_x] vectors)
     logits: np.ndarray  # [steps + 1, B, K] head of the initial state, then each step's
-    states: np.ndarray  # [steps + 1, L, B, H] initial state, then each step's
+    states: np.ndarray  # [steps + 1, S, B, H] initial state, then each step's
     prompt_logits: np.ndarray  # [B, K] the sequence graph's output for the prompts
-    prompt_state: np.ndarray  # [L, B, H]
+    prompt_state: np.ndarray  # [S, B, H]
 
 
 @dataclass(frozen=True)
@@ -173,41 +175,67 @@ class ParityReport:
 
 @dataclass(frozen=True)
 class Probe:
-    """The inputs every implementation gets: forced first tokens, a source or conditions
-    for the start, and prompts for the sequence graph."""
+    """The inputs every implementation gets: forced first tokens (or, for a model of
+    float vectors, the vectors of every step), a source or conditions for the start, and
+    prompts for the sequence graph."""
 
     forced: np.ndarray  # [B]: the first token of each row, -1 for the greedy choice
     source: np.ndarray  # [B, S]
     source_lengths: np.ndarray  # [B]
     conditions: np.ndarray  # [B]
-    prompts: np.ndarray  # [B, PROMPT_STEPS]
+    prompts: np.ndarray  # [B, PROMPT_STEPS] (tokens) or [B, PROMPT_STEPS, n_x] (vectors)
     prompt_lengths: np.ndarray  # [B]
+    vectors: np.ndarray | None = None  # [steps, B, n_x]: every step's input vectors
 
 
-def make_probe(vocab: int, batch: int, conditions: int) -> Probe:
+def make_probe(
+    vocab: int, batch: int, conditions: int, *, input_size: int = 0, steps: int = 0
+) -> Probe:
+    """The probe of a token model (``vocab``) or, with ``input_size``, of a model reading
+    float vectors (standard normal, as standardised features are)."""
     rng = np.random.default_rng(20261127)
     lengths = np.array([PROMPT_STEPS, 1, *rng.integers(2, PROMPT_STEPS, batch)])[:batch]
     source_lengths = np.array([12, 1, *rng.integers(2, 12, batch)])[:batch]
+    vocab = max(vocab, 1)
+    if input_size:
+        prompts = rng.standard_normal((batch, PROMPT_STEPS, input_size)).astype(np.float32)
+        vectors = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+    else:
+        prompts = rng.integers(0, vocab, (batch, PROMPT_STEPS)).astype(np.int64)
+        vectors = None
     return Probe(
         forced=np.array([-1, *((7 * np.arange(1, batch) + 3) % vocab)], dtype=np.int64),
         source=rng.integers(0, vocab, (batch, 12)).astype(np.int64),
         source_lengths=source_lengths.astype(np.int64),
         conditions=(np.arange(batch) % max(conditions, 1)).astype(np.int64),
-        prompts=rng.integers(0, vocab, (batch, PROMPT_STEPS)).astype(np.int64),
+        prompts=prompts,
         prompt_lengths=lengths.astype(np.int64),
+        vectors=vectors,
     )
 
 
 def run(
-    impl: Implementation, start: Start, probe: Probe, *, layers: int, hidden: int, steps: int
+    impl: Implementation,
+    start: Start,
+    probe: Probe,
+    *,
+    rows: int,
+    hidden: int,
+    steps: int,
+    vocab: int = 0,
+    initial: np.ndarray | None = None,
 ) -> Trajectory:
+    """``initial`` [S, H]: a constant start (else zeros); ``vocab``: token ids fed back are
+    the argmax modulo it (a classifier's label index is not always a token)."""
     batch = len(probe.forced)
     if start.kind == "encoder":
         state = impl.encode(probe.source, probe.source_lengths)
     elif start.kind == "condition":
         state = impl.condition(probe.conditions)
+    elif initial is not None:
+        state = np.repeat(initial[:, None, :], batch, axis=1)
     else:
-        state = np.zeros((layers, batch, hidden))
+        state = np.zeros((rows, batch, hidden))
     state = state.astype(np.float32)  # the served state is float32 between steps
     begin = state
     if start.token is not None:
@@ -216,9 +244,12 @@ def run(
     logits = impl.head(state)
     tokens, all_logits, all_states = [], [logits], [state]
     for t in range(steps):
-        chosen = np.argmax(logits, axis=-1).astype(np.int64)
-        if t == 0:
-            chosen = np.where(probe.forced >= 0, probe.forced, chosen)
+        if probe.vectors is not None:
+            chosen = probe.vectors[t]
+        else:
+            chosen = np.argmax(logits, axis=-1).astype(np.int64) % max(vocab, 1)
+            if t == 0:
+                chosen = np.where(probe.forced >= 0, probe.forced, chosen)
         logits, state = impl.step(chosen, state)
         state = state.astype(np.float32)
         tokens.append(chosen)
@@ -258,8 +289,8 @@ class Stepwise:
     """An implementation's outputs when fed the reference's own state and token."""
 
     logits: np.ndarray  # [steps, B, K]
-    states: np.ndarray  # [steps, L, B, H]
-    sequence_states: np.ndarray  # [steps, L, B, H]: the sequence graph, one token each
+    states: np.ndarray  # [steps, S, B, H]
+    sequence_states: np.ndarray  # [steps, S, B, H]: the sequence graph, one token each
 
 
 def stepwise(impl: Implementation, reference: Trajectory) -> Stepwise:
@@ -285,12 +316,22 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ParityReport:
     """Raise ParityError unless reference, torch and onnxruntime agree (see module doc)."""
-    probe = make_probe(model.vocab_size, batch, start.conditions)
+    probe = make_probe(
+        model.vocab_size, batch, start.conditions, input_size=model.input_size, steps=steps
+    )
 
     def trajectory(impl: Implementation) -> Trajectory:
-        return run(impl, start, probe, layers=model.layers, hidden=model.hidden_size, steps=steps)
+        return run(
+            impl,
+            start,
+            probe,
+            rows=model.state_rows,
+            hidden=model.hidden_size,
+            steps=steps,
+            vocab=model.vocab_size,
+        )
 
-    reference = trajectory(ReferenceModel(model.cell_name, weights))
+    reference = trajectory(ReferenceModel(model.cell_name, weights, vectors=bool(model.input_size)))
     implementations: dict[str, Implementation] = {
         "torch": TorchImplementation(model),
         "onnxruntime": OnnxImplementation(graphs),
