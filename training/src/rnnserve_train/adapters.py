@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from rnnserve_server.modelpackage import StatePart, StateSpec
-from rnnserve_train.model import LSTMCell, RNNLanguageModel, TorchGRUCell
+from rnnserve_train.model import CELLS, Cell, LSTMCell, RNNLanguageModel, TorchGRUCell
 
 
 class UnsupportedModule(ValueError):
@@ -49,11 +49,7 @@ class StackModule:
 
     @property
     def cell(self) -> str:
-        if isinstance(self.recurrent, nn.LSTM):
-            return "lstm"
-        if isinstance(self.recurrent, nn.GRU):
-            return "gru-torch"  # PyTorch's GRU variant, not the course GRU (docs/MODELS.md)
-        return "rnn-relu" if self.recurrent.nonlinearity == "relu" else "rnn-tanh"
+        return cell_name(self.recurrent)
 
     @property
     def reads_tokens(self) -> bool:
@@ -107,14 +103,10 @@ class StackModule:
                 assert model.embedding is not None
                 model.embedding.weight.copy_(self.input_layer.weight)
             for layer, cell in enumerate(model.stack):
-                _load_layer(cell, rnn, layer)
-            if isinstance(self.input_layer, nn.Linear):
-                # x' = W_p x + b_p feeds only the first layer's input products: folded in.
-                first = model.stack[0]
-                projection = self.input_layer
-                bias = projection.bias if projection.bias is not None else 0.0
-                first.bias.add_(bias @ first.input_weight)
-                first.input_weight.copy_(projection.weight.T @ first.input_weight)
+                if layer == 0 and isinstance(self.input_layer, nn.Linear):
+                    _load_projected(cell, rnn, self.input_layer)
+                else:
+                    _load_layer(cell, rnn, layer)
             if self.head is not None:
                 model.output.weight.copy_(self.head.weight)
                 model.output.bias.copy_(
@@ -124,6 +116,27 @@ class StackModule:
                 model.output.weight.copy_(torch.eye(H))
                 model.output.bias.zero_()
         return model.eval()
+
+
+def _load_projected(cell: Cell, rnn: nn.RNNBase, projection: nn.Linear) -> None:
+    """The first layer behind an input projection ``x' = W_p x + b_p``, which feeds only
+    its input products: folded into them (``W_gx W_p`` and ``b_g + W_gx b_p``)."""
+    reading = CELLS[cell_name(rnn)](rnn.input_size, rnn.hidden_size, embed=False)
+    _load_layer(reading, rnn, 0)
+    state = reading.state_dict()
+    bias = projection.bias if projection.bias is not None else torch.zeros(rnn.input_size)
+    state["bias"] = reading.bias + bias @ reading.input_weight
+    state["input_weight"] = projection.weight.T @ reading.input_weight
+    cell.load_state_dict(state)
+
+
+def cell_name(rnn: nn.RNNBase) -> str:
+    """The cell of docs/MODELS.md that a torch recurrent module computes."""
+    if isinstance(rnn, nn.LSTM):
+        return "lstm"
+    if isinstance(rnn, nn.GRU):
+        return "gru-torch"  # PyTorch's GRU variant, not the course GRU (docs/MODELS.md)
+    return "rnn-relu" if rnn.nonlinearity == "relu" else "rnn-tanh"
 
 
 def _load_layer(cell: nn.Module, rnn: nn.RNNBase, layer: int) -> None:

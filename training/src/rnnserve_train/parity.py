@@ -7,9 +7,9 @@ Each implementation runs on its own, with its own graphs:
    then the start token;
 2. it decodes greedily for ``steps`` steps, feeding back its own state and its own
    argmax. Row 0 starts from the head's output; the other rows are forced to a different
-   first token so the batch holds different sequences. A model that reads float vectors
-   is fed the same seeded random vectors by every implementation instead (its state is
-   still its own, fed back);
+   first token so the batch holds different sequences. A model whose output is not the
+   next token (a classifier, a model of float vectors) is fed the same seeded random
+   inputs by every implementation instead (its state is still its own, fed back);
 3. it consumes a batch of random prompts of different lengths in one call of its
    sequence graph, from the initial state (as a session's first prompt).
 
@@ -111,27 +111,30 @@ class OnnxImplementation:
             for kind, path in graphs.items()
         }
 
-    def _run(self, kind: str, **feed: np.ndarray) -> list[np.ndarray]:
-        return list(self.sessions[kind].run(None, feed))
+    def _run(self, kind: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Run a graph on its inputs in order (its first is ``tokens`` or ``inputs``)."""
+        session = self.sessions[kind]
+        names = [arg.name for arg in session.get_inputs()]
+        return list(session.run(None, dict(zip(names, inputs, strict=True))))
 
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, new = self._run("step", tokens=tokens, state=state)
+        logits, new = self._run("step", tokens, state)
         return logits, new
 
     def head(self, state: np.ndarray) -> np.ndarray:
-        return self._run("head", state=state)[0]
+        return self._run("head", state)[0]
 
     def sequence(
         self, tokens: np.ndarray, lengths: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        logits, new = self._run("sequence", tokens=tokens, lengths=lengths, state=state)
+        logits, new = self._run("sequence", tokens, lengths, state)
         return logits, new
 
     def encode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self._run("encoder", tokens=tokens, lengths=lengths)[0]
+        return self._run("encoder", tokens, lengths)[0]
 
     def condition(self, indices: np.ndarray) -> np.ndarray:
-        return self._run("condition", condition=indices)[0]
+        return self._run("condition", indices)[0]
 
 
 @dataclass(frozen=True)
@@ -185,24 +188,35 @@ class Probe:
     conditions: np.ndarray  # [B]
     prompts: np.ndarray  # [B, PROMPT_STEPS] (tokens) or [B, PROMPT_STEPS, n_x] (vectors)
     prompt_lengths: np.ndarray  # [B]
-    vectors: np.ndarray | None = None  # [steps, B, n_x]: every step's input vectors
+    # [steps, B] tokens or [steps, B, n_x] vectors: every step's inputs, for a model whose
+    # output is not fed back as its next input (None: greedy decoding)
+    inputs: np.ndarray | None = None
 
 
 def make_probe(
-    vocab: int, batch: int, conditions: int, *, input_size: int = 0, steps: int = 0
+    vocab: int,
+    batch: int,
+    conditions: int,
+    *,
+    input_size: int = 0,
+    steps: int = 0,
+    greedy: bool = True,
 ) -> Probe:
     """The probe of a token model (``vocab``) or, with ``input_size``, of a model reading
-    float vectors (standard normal, as standardised features are)."""
+    float vectors (standard normal, as standardised features are); ``greedy``: a token
+    model feeds back its own choices, else seeded random tokens."""
     rng = np.random.default_rng(20261127)
     lengths = np.array([PROMPT_STEPS, 1, *rng.integers(2, PROMPT_STEPS, batch)])[:batch]
     source_lengths = np.array([12, 1, *rng.integers(2, 12, batch)])[:batch]
     vocab = max(vocab, 1)
+    inputs: np.ndarray | None = None
     if input_size:
         prompts = rng.standard_normal((batch, PROMPT_STEPS, input_size)).astype(np.float32)
-        vectors = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+        inputs = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
     else:
         prompts = rng.integers(0, vocab, (batch, PROMPT_STEPS)).astype(np.int64)
-        vectors = None
+        if not greedy:
+            inputs = rng.integers(0, vocab, (steps, batch)).astype(np.int64)
     return Probe(
         forced=np.array([-1, *((7 * np.arange(1, batch) + 3) % vocab)], dtype=np.int64),
         source=rng.integers(0, vocab, (batch, 12)).astype(np.int64),
@@ -210,7 +224,7 @@ def make_probe(
         conditions=(np.arange(batch) % max(conditions, 1)).astype(np.int64),
         prompts=prompts,
         prompt_lengths=lengths.astype(np.int64),
-        vectors=vectors,
+        inputs=inputs,
     )
 
 
@@ -222,18 +236,12 @@ def run(
     rows: int,
     hidden: int,
     steps: int,
-    vocab: int = 0,
-    initial: np.ndarray | None = None,
 ) -> Trajectory:
-    """``initial`` [S, H]: a constant start (else zeros); ``vocab``: token ids fed back are
-    the argmax modulo it (a classifier's label index is not always a token)."""
     batch = len(probe.forced)
     if start.kind == "encoder":
         state = impl.encode(probe.source, probe.source_lengths)
     elif start.kind == "condition":
         state = impl.condition(probe.conditions)
-    elif initial is not None:
-        state = np.repeat(initial[:, None, :], batch, axis=1)
     else:
         state = np.zeros((rows, batch, hidden))
     state = state.astype(np.float32)  # the served state is float32 between steps
@@ -244,10 +252,10 @@ def run(
     logits = impl.head(state)
     tokens, all_logits, all_states = [], [logits], [state]
     for t in range(steps):
-        if probe.vectors is not None:
-            chosen = probe.vectors[t]
+        if probe.inputs is not None:
+            chosen = probe.inputs[t]
         else:
-            chosen = np.argmax(logits, axis=-1).astype(np.int64) % max(vocab, 1)
+            chosen = np.argmax(logits, axis=-1).astype(np.int64)
             if t == 0:
                 chosen = np.where(probe.forced >= 0, probe.forced, chosen)
         logits, state = impl.step(chosen, state)
@@ -317,7 +325,12 @@ def check_parity(
 ) -> ParityReport:
     """Raise ParityError unless reference, torch and onnxruntime agree (see module doc)."""
     probe = make_probe(
-        model.vocab_size, batch, start.conditions, input_size=model.input_size, steps=steps
+        model.vocab_size,
+        batch,
+        start.conditions,
+        input_size=model.input_size,
+        steps=steps,
+        greedy=model.output_size == model.vocab_size,
     )
 
     def trajectory(impl: Implementation) -> Trajectory:
@@ -328,7 +341,6 @@ def check_parity(
             rows=model.state_rows,
             hidden=model.hidden_size,
             steps=steps,
-            vocab=model.vocab_size,
         )
 
     reference = trajectory(ReferenceModel(model.cell_name, weights, vectors=bool(model.input_size)))
