@@ -117,6 +117,9 @@ def trace(
         warnings.filterwarnings(
             "ignore", "You are using the legacy TorchScript", DeprecationWarning
         )
+        # A user's step module may slice with a stride; the exporter only says it did
+        # not fold those slices into constants.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
             module,
             args,
