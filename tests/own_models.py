@@ -185,8 +185,8 @@ def word_labels(rows: Tensor) -> Tensor:
     return torch.where(rows == god, 0, torch.where(rows == the, 1, 2))
 
 
-def trained_modules() -> dict[str, nn.Module]:
-    """Every user-style module, trained (a few seconds in all)."""
+def trained_modules(*only: str) -> dict[str, nn.Module]:
+    """Every user-style module (or those named), trained (a few seconds each)."""
     draw = word_batches()
 
     def classify(module: nn.Module) -> Tensor:
@@ -204,10 +204,11 @@ def trained_modules() -> dict[str, nn.Module]:
         return functional.mse_loss(module(x), target)
 
     torch.manual_seed(0)
-    return {
-        "word-lstm": train(WordLSTM(), next_word_loss(draw)),
-        "word-gru": train(WordGRU(), next_word_loss(draw, batch_first=False)),
-        "word-class-rnn": train(ReluClassifier(), classify),
-        "two-speed": train(TwoSpeedCell(), next_word_loss(draw), steps=15),
-        "vector-lstm": train(VectorLSTMRegressor(), regress),
+    trainers: dict[str, Callable[[], nn.Module]] = {
+        "word-lstm": lambda: train(WordLSTM(), next_word_loss(draw)),
+        "word-gru": lambda: train(WordGRU(), next_word_loss(draw, batch_first=False)),
+        "word-class-rnn": lambda: train(ReluClassifier(), classify),
+        "two-speed": lambda: train(TwoSpeedCell(), next_word_loss(draw), steps=15),
+        "vector-lstm": lambda: train(VectorLSTMRegressor(), regress),
     }
+    return {name: trainer() for name, trainer in trainers.items() if not only or name in only}
