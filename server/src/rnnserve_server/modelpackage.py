@@ -232,7 +232,9 @@ class Manifest:
         cell = r.choice("cell", CELLS)
         layers = r.integer("layers", 1, 64)
         hidden_size = r.integer("hidden_size", 1, 1 << 16)
-        input_spec = _input_spec(r.child("input")) if later else InputSpec()
+        if later:  # optional in format 2; unknown (an error) in format 1
+            r.seen.update(("input", "state"))
+        input_spec = _input_spec(r.child("input")) if later and "input" in r.data else InputSpec()
         output = _output_spec(r.child("output"), values=later)
         tokenizer = None if input_spec.kind == "vectors" else _tokenizer_spec(r.child("tokenizer"))
         if input_spec.kind == "vectors" and r.data.get("tokenizer") is not None:
@@ -258,7 +260,9 @@ class Manifest:
             graphs=_graph_specs(r.child("graphs"), input_spec, output),
             initial_state=_initial_state_spec(r.child("initial_state")),
             input=input_spec,
-            state=_state_spec(r.child("state"), cell, layers, hidden_size) if later else None,
+            state=_state_spec(r.child("state"), cell, layers, hidden_size)
+            if later and "state" in r.data
+            else None,
             conditions=tuple(r.string_list("conditions", required=False)),
             weights_file=r.string("weights_file"),
             card_file=r.string("card_file"),
@@ -460,7 +464,7 @@ def _input_spec(r: _Reader) -> InputSpec:
 def _output_spec(r: _Reader, *, values: bool) -> OutputSpec:
     kind = r.choice("kind", OUTPUT_KINDS)
     labels = tuple(r.string_list("labels"))
-    size = r.integer("values", 0, 1 << 20) if values else 0
+    size = r.integer("values", 0, 1 << 20) if values and "values" in r.data else 0
     if kind in ("vocabulary", "regression") and labels:
         raise PackageError(f"manifest.output.labels must be empty for a {kind} output")
     if kind in ("labels", "sigmoid") and not labels:
