@@ -12,12 +12,15 @@ import pytest
 from support import copy_package, edit_manifest
 
 from rnnserve_server.modelpackage import (
-    DEFAULT_CELL_BOUND,
+    CELLS,
+    Manifest,
+    OutputSpec,
     PackageError,
     StatePart,
     cell_state,
     load_package,
-    state_problem,
+    part_bound,
+    state_violation,
 )
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
@@ -59,27 +62,60 @@ def test_a_format_1_manifest_with_a_format_2_field_is_refused(
         load_package(old)
 
 
+def manifest_of(cell: str, layers: int = 1, hidden_size: int = 3, **changes: Any) -> Manifest:
+    """A manifest of this cell (nothing but its state matters here)."""
+    return Manifest(
+        name="m", version=1, description="", shape="many-to-many", cell=cell, layers=layers,
+        hidden_size=hidden_size, tokenizer=None, output=OutputSpec("regression", values=1),
+        graphs={}, **changes,
+    )  # fmt: skip
+
+
 def test_the_known_cells_state_layouts() -> None:
     lstm = cell_state("lstm", 2, 8)
     assert lstm.rows == 4 and lstm.width == 8
-    assert lstm.parts == (StatePart("h", 2, 1.0), StatePart("c", 2, DEFAULT_CELL_BOUND))
+    assert lstm.parts == (StatePart("h", 2, 1.0), StatePart("c", 2, None))
     assert cell_state("rnn-relu", 3, 5).parts == (StatePart("h", 3, None),)
     assert cell_state("gru-torch", 1, 5).parts == (StatePart("h", 1, 1.0),)
 
 
-def test_state_problem_names_the_part_and_the_bound() -> None:
-    layout = cell_state("lstm", 1, 3, cell_bound=10.0)
+def test_every_known_cell_bounds_each_state_part() -> None:
+    """A known cell's h lies in [-1, 1] but for rnn-relu's; what has no bound of its own
+    (rnn-relu's h, an LSTM's c) takes max_unbounded_state, unless the package states a
+    bound for its c."""
+    for cell in CELLS:
+        if cell == "custom":
+            continue
+        manifest = manifest_of(cell, layers=2)
+        bounds = {p.name: part_bound(manifest, p, 7.0)[0] for p in manifest.state_layout.parts}
+        expected = {"h": 7.0 if cell == "rnn-relu" else 1.0}
+        assert bounds == (expected | {"c": 7.0} if cell == "lstm" else expected), cell
+    stated = manifest_of("lstm", state=cell_state("lstm", 1, 3, cell_bound=30.0))
+    assert [part_bound(stated, p, 7.0)[0] for p in stated.state_layout.parts] == [1.0, 30.0]
+
+
+def test_state_violation_names_the_part_the_position_and_the_bound() -> None:
+    manifest = manifest_of("lstm", state=cell_state("lstm", 1, 3, cell_bound=10.0))
     good = np.array([[0.5, -1.0, 0.0], [9.0, -10.0, 3.0]], np.float32)
-    assert state_problem(layout, good) is None
+    assert state_violation(manifest, good) is None
     over = good.copy()
     over[1, 0] = 11.0
-    assert state_problem(layout, over) == "state part 'c' holds 11, beyond its bound |x| <= 10"
+    assert str(state_violation(manifest, over).describe("state")) == (  # type: ignore[union-attr]
+        "state.c[0, 0] = 11.0 is out of range; allowed: |c| <= 10 (the bound of c in the "
+        "model's manifest.state)"
+    )
     h_over = good.copy()
     h_over[0, 2] = 1.5
-    assert "part 'h' holds 1.5" in str(state_problem(layout, h_over))
+    found = state_violation(manifest, h_over)
+    assert found is not None and "state.h[0, 2] = 1.5" in found.describe("state")
+    assert "the lstm cell's h lies in [-1, 1]" in found.describe("state")
     nan = good.copy()
     nan[1, 1] = np.nan
-    assert state_problem(layout, nan) == "state part 'c' holds non-finite values"
+    found = state_violation(manifest, nan)
+    assert found is not None and found.describe("state") == "state.c[0, 1] = nan: not finite"
+    unbounded = manifest_of("lstm")  # c: finite, then the server's setting
+    assert state_violation(unbounded, over) is None
+    assert state_violation(unbounded, over, 10.5) is not None
 
 
 BREAKAGES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
@@ -161,7 +197,7 @@ def test_a_constant_initial_state_is_checked_and_used(tiny_package: Path, tmp_pa
     np.testing.assert_array_equal(runtime.initial_state, start)
 
     np.save(package / "initial_state.npy", start * 4)  # |h| up to 2: beyond h's bound
-    with pytest.raises(PackageError, match=r"initial_state.npy: state part 'h' holds 2"):
+    with pytest.raises(PackageError, match=r"initial_state.npy: state.h\[0, 0\] = -2.0 is out of range"):
         load_package(package)
     np.save(package / "initial_state.npy", start[:, :31])
     with pytest.raises(PackageError, match=r"float32\[1, 31\], expected float32\[1, 32\]"):

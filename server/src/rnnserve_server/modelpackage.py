@@ -25,6 +25,7 @@ checks the graphs' signatures against the manifest when it loads them.
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -45,11 +46,15 @@ INPUT_KINDS = ("tokens", "vectors")
 OUTPUT_KINDS = ("vocabulary", "labels", "sigmoid", "regression")
 INITIAL_STATE_KINDS = ("zeros", "after_token", "encoder", "condition", "constant")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# |c| of an LSTM's memory cell grows by at most 1 per step (|f| <= 1, |i * g| <= 1), so no
-# bound holds for every input; this one is the default a package states (and may change).
-DEFAULT_CELL_BOUND = 1.0e4
-# Cells whose activation stays in [-1, 1] from a state in [-1, 1]: |h| <= 1.
+# A state part's name: also the name of its tensor in exported state (statecodec).
+STATE_PART_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # matched whole (fullmatch)
+# Cells whose activation stays in [-1, 1] from a state in [-1, 1]: |h| <= 1. A ReLU's
+# activations and an LSTM's c (which grows by up to 1 a step: |f| <= 1, |i * g| <= 1)
+# have no bound of their own: theirs is the server's setting max_unbounded_state.
 _BOUNDED_CELLS = ("rnn-tanh", "gru-simple", "gru", "gru-torch", "lstm")
+# A blend computed in float32 may land an ulp or so past its bound: values are checked
+# against bound * (1 + ROUNDING_MARGIN).
+ROUNDING_MARGIN = 2**-20
 
 # Input and output names of each graph kind, in order (``graph_signature``); part of the
 # format. X is ``tokens`` (int64 [B], [B,T] in sequence graphs) or ``inputs`` (float32
@@ -110,8 +115,9 @@ class OutputSpec:
 @dataclass(frozen=True)
 class StatePart:
     """Consecutive rows of the state array: their name (``h``, ``c``, a custom
-    module's own), how many, and the bound |x| <= bound every value meets (None: any
-    finite value). Imported states and shared-store records are checked against it."""
+    module's own), how many, and the bound |x| <= bound every value meets (None: none
+    of its own, so the server's setting max_unbounded_state bounds it). Imported states
+    and shared-store records are checked against it (``state_violation``)."""
 
     name: str
     rows: int
@@ -133,10 +139,10 @@ class StateSpec:
 
 
 def cell_state(
-    cell: str, layers: int, hidden_size: int, *, cell_bound: float = DEFAULT_CELL_BOUND
+    cell: str, layers: int, hidden_size: int, *, cell_bound: float | None = None
 ) -> StateSpec:
     """The state layout of a known cell: [layers, hidden] of ``h`` (and for ``lstm`` as
-    many rows of ``c`` after them)."""
+    many rows of ``c`` after them, bounded by ``cell_bound`` if the package states one)."""
     h = StatePart("h", layers, 1.0 if cell in _BOUNDED_CELLS else None)
     parts = (h, StatePart("c", layers, cell_bound)) if cell == "lstm" else (h,)
     return StateSpec(width=hidden_size, parts=parts)
@@ -402,26 +408,66 @@ def _load_initial_state(path: Path, manifest: Manifest) -> np.ndarray[Any, np.dt
             f"{path}: {state.dtype}{list(state.shape)}, expected float32"
             f"{list(manifest.state_shape)} (the manifest's state rows and width)"
         )
-    problem = state_problem(manifest.state_layout, state)
-    if problem:
-        raise PackageError(f"{path}: {problem}")
+    # The server's max_unbounded_state is not known here: unbounded parts need only be
+    # finite (an import of such a session is checked against the setting).
+    violation = state_violation(manifest, state)
+    if violation is not None:
+        raise PackageError(f"{path}: {violation.describe('state')}")
     return state
 
 
-def state_problem(layout: StateSpec, state: np.ndarray[Any, Any]) -> str | None:
-    """Why ``state`` [S, W] (or [S, B, W]) is not one the layout allows, or None:
-    every value finite and within its part's bound."""
+@dataclass(frozen=True)
+class StateViolation:
+    """The first value of a state that its part's bound does not allow: where it is
+    (the part, and the row and column within the part), what it is, and why not."""
+
+    part: str
+    row: int
+    column: int
+    value: float
+    bound: float
+    reason: str
+
+    def describe(self, prefix: str) -> str:
+        position = f"{prefix}.{self.part}[{self.row}, {self.column}]"
+        if not math.isfinite(self.value):
+            return f"{position} = {self.value}: not finite"
+        return (
+            f"{position} = {self.value!r} is out of range; allowed: "
+            f"|{self.part}| <= {self.bound:g} ({self.reason})"
+        )
+
+
+def part_bound(
+    manifest: Manifest, part: StatePart, max_unbounded_state: float
+) -> tuple[float, str]:
+    """The bound of one state part and why it is that: the cell's own (|h| <= 1), the
+    one the package states, or (none stated) the server's max_unbounded_state."""
+    if part.bound is None:
+        return max_unbounded_state, (
+            f"the setting max_unbounded_state: the {manifest.cell} cell's {part.name} has no "
+            "bound of its own"
+        )
+    if manifest.cell in _BOUNDED_CELLS and part.name == "h":
+        return part.bound, f"the {manifest.cell} cell's h lies in [-1, 1]"
+    return part.bound, f"the bound of {part.name} in the model's manifest.state"
+
+
+def state_violation(
+    manifest: Manifest, state: np.ndarray[Any, Any], max_unbounded_state: float = math.inf
+) -> StateViolation | None:
+    """The first value of ``state`` [S, W] that is not finite or lies beyond its part's
+    bound (``part_bound``), or None: the one check of every state the server takes in
+    (imports, shared-store records, a package's constant initial state)."""
     start = 0
-    for part in layout.parts:
+    for part in manifest.state_layout.parts:
         rows = state[start : start + part.rows]
-        if not np.isfinite(rows).all():
-            return f"state part {part.name!r} holds non-finite values"
-        if part.bound is not None and rows.size and float(np.abs(rows).max()) > part.bound:
-            return (
-                f"state part {part.name!r} holds {float(np.abs(rows).max()):.6g}, beyond its "
-                f"bound |x| <= {part.bound:g}"
-            )
         start += part.rows
+        bound, reason = part_bound(manifest, part, max_unbounded_state)
+        bad = ~(np.abs(rows) <= bound * (1 + ROUNDING_MARGIN))  # NaN compares False
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            return StateViolation(part.name, row, column, float(rows[row, column]), bound, reason)
     return None
 
 
@@ -501,7 +547,7 @@ def _state_spec(r: _Reader, cell: str, layers: int, hidden_size: int) -> StateSp
     for index, item in enumerate(raw):
         p = _Reader(item, f"{r.where}.parts[{index}]")
         part = StatePart(
-            name=p.string("name", pattern=NAME_PATTERN),
+            name=p.string("name", pattern=STATE_PART_NAME),
             rows=p.integer("rows", 1, 1 << 16),
             bound=p.optional_number("bound", low=0.0),
         )
@@ -516,7 +562,7 @@ def _state_spec(r: _Reader, cell: str, layers: int, hidden_size: int) -> StateSp
     spec = StateSpec(width=width, parts=tuple(parts))
     if cell != "custom":
         # A known cell's layout is fixed by its equations; only c's bound is the package's.
-        known = cell_state(cell, layers, hidden_size, cell_bound=parts[-1].bound or 0.0)
+        known = cell_state(cell, layers, hidden_size, cell_bound=parts[-1].bound)
         fixed = [(p.name, p.rows, p.bound if p.name == "h" else "any") for p in known.parts]
         given = [(p.name, p.rows, p.bound if p.name == "h" else "any") for p in spec.parts]
         if (width, given) != (known.width, fixed):
@@ -608,7 +654,7 @@ class _Reader:
         value = self._get(key)
         if not isinstance(value, str) or (not value and not allow_empty):
             raise PackageError(f"{self.where}.{key} = {value!r}: expected a non-empty string")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise PackageError(f"{self.where}.{key} = {value!r}: must match {pattern.pattern}")
         return value
 
