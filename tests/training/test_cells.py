@@ -227,7 +227,7 @@ def test_a_sigmoid_head_exports_and_serves(tmp_path: Path) -> None:
     package = load_package(path)
     assert package.manifest.output.kind == "sigmoid"
     runtime = ModelRuntime(package, ProviderChoice.resolve("cpu", allow_cpu_fallback=False))
-    logits, _ = runtime.run_tokens(np.array([4, 5, 6]), runtime.zeros(1))
+    logits, _ = runtime.run_inputs(np.array([4, 5, 6]), runtime.zeros(1))
     with torch.no_grad():
         expected, _ = model.sequence(
             torch.tensor([[4, 5, 6]]), torch.tensor([3]), model.zero_state(1)

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
+# What the graphs read: token ids (int64 [B], [T]) or vectors (float32 [B, n_x], [T, n_x]).
+Inputs = np.ndarray[Any, Any]
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # TF32 off: on an H100 onnxruntime's default (TF32 matrix products) moved logits by up to
@@ -123,7 +125,12 @@ def preload_cuda_libraries() -> None:
 
 
 class ModelRuntime:
-    """The graphs of one package, each checked against the manifest when loaded."""
+    """The graphs of one package, each checked against the manifest when loaded.
+
+    A graph's outputs (``logits`` [B, K] and/or ``values`` [B, R]) come back as one
+    *output row* per session, [B, K + R] (the logits, then the values): what the
+    batcher scatters and ``outputs`` splits again, whatever the model's output kind.
+    """
 
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
@@ -132,7 +139,9 @@ class ModelRuntime:
         # rows) and width; "layers" and "hidden" in the pool's and the codec's terms.
         self.layers, self.hidden = manifest.state_shape
         self.output_size = manifest.output_size
+        self.values_size = manifest.output.values
         self.input_name = manifest.signature("step")[0][0]  # tokens or inputs
+        self.input_size = manifest.input.size  # n_x of a vectors input, 0 for tokens
         self._graphs: dict[str, ort.InferenceSession] = {}
         for kind in manifest.graphs:
             try:
@@ -252,44 +261,50 @@ class ModelRuntime:
 
     # ------------------------------------------------------------------ inference
 
-    def step(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
-        logits, new_state = self._graphs["step"].run(
-            None, {self.input_name: tokens, "state": state}
-        )
-        return logits, new_state
+    @staticmethod
+    def _rows(outputs: list[FloatArray]) -> FloatArray:
+        """A graph's logits and/or values as one output row per session, [B, K + R]."""
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
-    def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state.
+    def step(self, inputs: Inputs, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step for a batch: inputs [B] (ids) or [B, n_x] (vectors), state [S,B,W]
+        -> output rows [B, K+R], state [S,B,W]."""
+        *outputs, new_state = self._graphs["step"].run(
+            None, {self.input_name: inputs, "state": state}
+        )
+        return self._rows(outputs), new_state
+
+    def run_inputs(self, inputs: Inputs, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Feed a sequence (ids [T] or vectors [T, n_x]) to one session's state [S,1,W];
+        the output row after the last input, [1, K+R], and the state.
 
         One run of the sequence graph where the package has one, else the step graph
-        token by token (in this one call, so the caller pays one thread hop).
+        input by input (in this one call, so the caller pays one thread hop).
         """
         sequence = self._graphs.get("sequence")
         if sequence is not None:
-            last, state = sequence.run(
+            *outputs, state = sequence.run(
                 None,
                 {
-                    "tokens": tokens.reshape(1, -1),
-                    "lengths": np.array([len(tokens)], dtype=np.int64),
+                    self.input_name: inputs[None],
+                    "lengths": np.array([len(inputs)], dtype=np.int64),
                     "state": state,
                 },
             )
-            return last, state
-        logits: FloatArray | None = None
-        for token in tokens:
-            logits, state = self.step(token.reshape(1), state)
-        assert logits is not None, "run_tokens needs at least one token"
-        return logits, state
+            return self._rows(outputs), state
+        rows: FloatArray | None = None
+        for x in inputs:
+            rows, state = self.step(x[None], state)
+        assert rows is not None, "run_inputs needs at least one input"
+        return rows, state
 
     def head(self, state: FloatArray) -> FloatArray:
-        """The output for the current state, without feeding a token: [L,B,H] -> [B,K].
-        FAILED_PRECONDITION for a package without a head graph."""
+        """The output row for the current state, without feeding anything: [S,B,W] ->
+        [B, K+R]. FAILED_PRECONDITION for a package without a head graph."""
         graph = self._graphs.get("head")
         if graph is None:
             raise FailedPrecondition(
                 f"model {self.package.manifest.name} has no head graph: its output exists "
                 "only after an input (give one)"
             )
-        (logits,) = graph.run(None, {"state": state})
-        return logits  # type: ignore[no-any-return]
+        return self._rows(graph.run(None, {"state": state}))

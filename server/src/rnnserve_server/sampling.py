@@ -115,7 +115,13 @@ class Top(NamedTuple):
             yield i, names[i], p
 
 
-Described = tuple[Top, list[float] | None]  # a step's top k, and its distribution if asked
+class Described(NamedTuple):
+    """What one step answers: its top k, its whole distribution if asked for, and its
+    real output vector (``values``) if the model has one."""
+
+    top: Top
+    distribution: list[float] | None
+    values: list[float] | None
 
 
 def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vector]:
