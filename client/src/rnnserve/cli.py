@@ -51,7 +51,9 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
             m.cell,
             str(m.layers),
             str(m.hidden_size),
-            f"{m.vocabulary.kind}/{m.vocabulary.size}",
+            f"{m.vocabulary.kind}/{m.vocabulary.size}"
+            if m.vocabulary is not None
+            else f"vectors/{m.input_size}",
             m.output,
         ]
         for m in models
@@ -132,7 +134,11 @@ def cmd_classify(client: Client, args: argparse.Namespace) -> int:
     _print_table(["PROB", "LABEL"], [[f"{t.probability:.4f}", t.text] for t in result.top])
     if result.steps:
         # Character models take one token per character: show which one each row follows.
-        by_char = model.vocabulary.kind == "char" and len(result.steps) == len(args.text)
+        by_char = (
+            model.vocabulary is not None
+            and model.vocabulary.kind == "char"
+            and len(result.steps) == len(args.text)
+        )
         rows = []
         for position, row in enumerate(result.steps):
             best = max(range(len(row)), key=row.__getitem__)
