@@ -1,8 +1,8 @@
-"""Users' own models served: PyTorch modules the zoo never uses, packaged with
-package_torch, and a package written by hand around an ONNX step graph (onnx.helper, no
-package_torch). Through the raw stubs generated from proto/: the served outputs equal
-PyTorch's (or numpy's) over 200 fed-back steps, step by step and in StepMany beside
-other sessions."""
+"""Users' own models served: PyTorch modules the zoo never uses (among them a
+float-vector LSTM regressor), packaged with package_torch, and a package written by hand
+around an ONNX step graph (onnx.helper, no package_torch). Through the raw stubs
+generated from proto/: the served outputs equal PyTorch's (or numpy's) over 200
+fed-back steps, step by step and in StepMany beside other sessions."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ TOKEN_MODELS = {
     "two-speed": {"vocabulary": VOCABULARY},
 }
 EXPECTED_CELLS = {"word-lstm": "lstm", "word-gru": "gru-torch", "word-class-rnn": "rnn-relu"}
+VECTOR, VECTOR_SIZE = "vector-lstm", 4
+
+
+def vector_inputs() -> np.ndarray:
+    """The regressor's inputs: STEPS seeded vectors, [STEPS, 4]."""
+    return np.random.default_rng(11).normal(size=(STEPS, VECTOR_SIZE)).astype(np.float32)
+
+
+def torch_values(module: torch.nn.Module, vectors: np.ndarray) -> np.ndarray:
+    """The regressor's own output after each vector: forward, [T, 2]."""
+    with torch.no_grad():
+        return module(torch.from_numpy(vectors)[None])[0].numpy()  # type: ignore[no-any-return]
 
 
 def torch_probabilities(module: torch.nn.Module, tokens: torch.Tensor) -> np.ndarray:
@@ -147,6 +159,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict
     modules = trained_modules()
     for name, options in TOKEN_MODELS.items():
         package_torch(modules[name], models, name=name, **options)
+    package_torch(modules[VECTOR], models, name=VECTOR, input_size=VECTOR_SIZE)
     write_hand_package(models)
     with ServerThread(server_config(models)) as server:
         channel = grpc.insecure_channel(server.address)
@@ -200,11 +213,14 @@ def test_served_in_step_many_beside_other_sessions_equals_the_users_models(serve
     sessions of the tiny char model's neighbours (the other models' second sessions)."""
     stub, modules = served
     sessions = {
-        name: stub.CreateSession(pb.CreateSessionRequest(model=name)).session_id for name in ALL
+        name: stub.CreateSession(pb.CreateSessionRequest(model=name)).session_id
+        for name in [*ALL, VECTOR]
     }
     others = [stub.CreateSession(pb.CreateSessionRequest(model="word-lstm")).session_id]
     expected = {name: expected_for(name, modules) for name in ALL}
     inputs = {name: inputs_for(name) for name in ALL}
+    vectors = vector_inputs()
+    expected_values = torch_values(modules[VECTOR], vectors)
     k = 3
 
     def messages() -> Iterator[pb.StepManyRequest]:
@@ -212,9 +228,12 @@ def test_served_in_step_many_beside_other_sessions_equals_the_users_models(serve
             yield pb.StepManyRequest(
                 session_ids=[*sessions.values(), *others],
                 tokens=[int(inputs[n][t]) for n in ALL] + [int(IDS[t % len(IDS)])],
+                value_counts=[0] * len(ALL) + [VECTOR_SIZE] + [0] * len(others),
+                vectors=vectors[t].tolist(),
                 top_k=k,
             )
 
+    vector_row = len(ALL)
     for t, answer in enumerate(stub.StepMany(messages())):
         assert not answer.errors, answer.errors
         for row, name in enumerate(ALL):
@@ -222,3 +241,38 @@ def test_served_in_step_many_beside_other_sessions_equals_the_users_models(serve
             want = np.sort(expected[name][t])[::-1][:k]
             np.testing.assert_allclose(top, want, atol=2e-5, err_msg=f"{name}, step {t}")
             assert answer.steps[row] == t + 1
+        assert answer.top_counts[vector_row] == 0 and answer.steps[vector_row] == t + 1
+        assert list(answer.value_counts) == [0] * len(ALL) + [2] + [0] * len(others)
+        np.testing.assert_allclose(answer.values, expected_values[t], atol=2e-5)
+
+
+def test_the_float_vector_regressor_served_step_by_step_equals_torch(served: Any) -> None:
+    stub, modules = served
+    info = stub.GetModel(pb.GetModelRequest(name=VECTOR))
+    assert (info.cell, info.input, info.input_size) == ("lstm", pb.INPUT_KIND_VECTORS, 4)
+    assert (info.output, info.values, info.HasField("vocabulary")) == (
+        pb.OUTPUT_KIND_REGRESSION,
+        2,
+        False,
+    )
+    assert [(p.name, p.rows) for p in info.state_parts] == [("h", 1), ("c", 1)]
+    assert info.state_parts[0].bound == 1.0 and not info.state_parts[1].HasField("bound")
+    session = stub.CreateSession(pb.CreateSessionRequest(model=VECTOR)).session_id
+    vectors = vector_inputs()
+    expected = torch_values(modules[VECTOR], vectors)
+    for t, vector in enumerate(vectors):
+        answer = stub.Step(
+            pb.StepRequest(
+                session_id=session, vectors=pb.FloatVectors(steps=1, values=vector.tolist())
+            )
+        )
+        np.testing.assert_allclose(answer.values, expected[t], atol=2e-5, err_msg=f"step {t}")
+        assert not answer.top and answer.steps == t + 1
+    several = stub.CreateSession(pb.CreateSessionRequest(model=VECTOR)).session_id
+    whole = stub.Step(
+        pb.StepRequest(
+            session_id=several, vectors=pb.FloatVectors(steps=STEPS, values=vectors.ravel())
+        )
+    )  # a whole sequence in one request: the output after its last vector
+    np.testing.assert_allclose(whole.values, expected[-1], atol=2e-5)
+    assert (whole.steps, whole.consumed) == (STEPS, STEPS)
