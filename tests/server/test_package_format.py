@@ -197,7 +197,9 @@ def test_a_constant_initial_state_is_checked_and_used(tiny_package: Path, tmp_pa
     np.testing.assert_array_equal(runtime.initial_state, start)
 
     np.save(package / "initial_state.npy", start * 4)  # |h| up to 2: beyond h's bound
-    with pytest.raises(PackageError, match=r"initial_state.npy: state.h\[0, 0\] = -2.0 is out of range"):
+    with pytest.raises(
+        PackageError, match=r"initial_state.npy: state.h\[0, 0\] = -2.0 is out of range"
+    ):
         load_package(package)
     np.save(package / "initial_state.npy", start[:, :31])
     with pytest.raises(PackageError, match=r"float32\[1, 31\], expected float32\[1, 32\]"):

@@ -107,10 +107,9 @@ def vectors_of(model: Model, given: VectorInput, *, field: str, limit: int) -> F
     if steps > limit:
         raise over_limit(f"{field} steps", steps, limit, "max_tokens_per_request")
     if len(values) != steps * size:
-        raise out_of_range(
-            f"{field}.values",
-            f"{len(values)} floats",
-            f"steps x input size = {steps} x {size} = {steps * size}",
+        raise InvalidArgument(
+            f"{field}.values holds {len(values)} floats; expected steps x input size = "
+            f"{steps} x {size} = {steps * size}"
         )
     finite = np.isfinite(values)
     if not finite.all():

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from rnnserve_server.modelpackage import (
-    DEFAULT_CELL_BOUND,
     InitialStateSpec,
     InputSpec,
     Manifest,
@@ -99,7 +98,7 @@ def package_torch(
     special_tokens: Mapping[str, int] | None = None,
     lowercase: bool = False,
     description: str = "",
-    cell_bound: float = DEFAULT_CELL_BOUND,
+    cell_bound: float | None = None,
     steps: int = GATE_STEPS,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
@@ -115,8 +114,9 @@ def package_torch(
     otherwise). ``start_token`` (e.g. ``"bos"``) starts every session from the state
     after that special token. ``example_inputs`` ([B, T] token ids or [B, T, n_x]
     vectors, batch first) are what the gate feeds (default: seeded random inputs, and
-    for a next-token model its own greedy choices). ``cell_bound`` is the bound of an
-    LSTM's c stated in the manifest. Raises ``UnsupportedModule`` for a module of
+    for a next-token model its own greedy choices). ``cell_bound``, if given, is a
+    bound of an LSTM's c stated in the manifest (without one, the server's setting
+    max_unbounded_state bounds imported c). Raises ``UnsupportedModule`` for a module of
     another shape (a bidirectional one, say) and ``PackagingError`` when the gate fails.
     """
     model = model.cpu().eval()
@@ -349,7 +349,7 @@ def _write_stack(
     output: OutputSpec,
     initial: InitialStateSpec,
     probe: Tensor,
-    cell_bound: float,
+    cell_bound: float | None,
     steps: int,
 ) -> tuple[str, StateSpec, dict[str, Path], GateReport]:
     ours = adapter.to_model(vocab.size if vocab is not None else 0)
