@@ -22,6 +22,7 @@ from rnnserve_train import package_torch
 
 PROTO = Path(__file__).resolve().parents[2] / "proto"
 pytestmark = pytest.mark.slow
+WORDS = "and god said , let there be light ."
 
 CLIENT = textwrap.dedent(
     """
@@ -140,7 +141,7 @@ def test_a_client_from_proto_alone_lists_encodes_and_decodes(
     (stubs / "client.py").write_text(CLIENT)
     run = subprocess.run(
         [sys.executable, "client.py", server.address, str(stubs),
-         "and god said , let there be light .", "In the beginning"],
+         WORDS, "In the beginning"],
         cwd=stubs,
         capture_output=True,
         text=True,
@@ -153,9 +154,7 @@ def test_a_client_from_proto_alone_lists_encodes_and_decodes(
     assert report["health"] == "SERVING"
     word = report.pop("word-lstm")
     assert word["kind"] == "word" and word["listed"] == word["size"] == len(VOCABULARY)
-    assert word["ids"] == [
-        VOCABULARY.index(w) for w in "and god said , let there be light .".split()
-    ]
+    assert word["ids"] == [VOCABULARY.index(w) for w in WORDS.split(" ")]
     (char,) = [report[name] for name in report if name != "health"]
     assert char["kind"] == "char" and char["listed"] == char["size"]
     for model in (word, char):

@@ -120,13 +120,12 @@ def test_inputs_are_checked_naming_the_field(client: Client, stub: Any, model_na
     )
     assert "reads vectors of 4 floats" in refusal(pb.StepRequest(session_id=session.id, text="a"))
     with pytest.raises(ValueError, match=r"vectors\[1\]\[2\] = nan: not finite"):
-        session.step(vectors=vectors(3).tolist()[:1] + [[0.0, 0.0, float("nan"), 0.0]])
-    with client.create_session(model_name) as words:
-        with pytest.raises(InvalidArgument, match="reads token ids or text, not float vectors"):
-            words.step(vectors=[[1.0]])
-    many = list(
-        client.step_many([[StepInput(session.id, vectors=[[0.0] * 3]), StepInput(session.id, [1])]])
-    )[0]
+        session.step(vectors=[*vectors(1).tolist(), [0.0, 0.0, float("nan"), 0.0]])
+    words = client.create_session(model_name)
+    with words, pytest.raises(InvalidArgument, match="reads token ids or text, not float"):
+        words.step(vectors=[[1.0]])
+    steps = [StepInput(session.id, vectors=[[0.0] * 3]), StepInput(session.id, [1])]
+    many = next(client.step_many([steps]))
     assert all(isinstance(outcome, InvalidArgument) for outcome in many), many
     assert client.close_session(session.id) == 0  # nothing was applied
 
