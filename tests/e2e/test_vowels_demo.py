@@ -94,7 +94,7 @@ def test_the_cli_streams_a_file_of_frames(server: ServerThread, tmp_path: Path) 
     assert [line.split("\t")[0] for line in lines] == [str(n) for n in range(1, len(frames) + 1)]
     with Client(server.address) as client:
         final = client.classify("vowels", vectors=frames.tolist(), top_k=1).top[0]
-    number, label, probability = lines[-1].split("\t")
+    _, label, probability = lines[-1].split("\t")
     assert label == final.text and abs(float(probability) - final.probability) < 1e-4
     piped = subprocess.run(
         [RNNSERVE, "stream", "-", "--model", "vowels", "--json"],

@@ -66,3 +66,72 @@ def test_a_float_vector_lstm_regressor_is_packaged_and_its_graph_follows_torch(
     for t in range(50):
         values, state = step.run(None, {"inputs": x[:, t].numpy(), "state": state})
         np.testing.assert_allclose(values[0], expected[t], atol=1e-5)
+
+
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(6, 8)
+        self.rnn = nn.GRU(8, 12, batch_first=True)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.embedding(x))[0])
+
+
+def factory() -> Net:
+    return Net()
+"""
+
+
+def test_the_package_command_packages_a_factory_and_a_checkpoint(tmp_path: Path) -> None:
+    """rnnserve-train package, as a user runs it: a file with a factory, a state_dict,
+    a vocabulary file; the package computes what the module with those weights does."""
+    import subprocess
+    import sys
+
+    (tmp_path / "net.py").write_text(NET)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from net import factory  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(5)
+    module = factory()
+    torch.save(module.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "vocab.txt").write_text("<unk>\na\nb\nc\nd\ne\n")
+    command = [
+        str(Path(sys.executable).with_name("rnnserve-train")), "package",
+        f"--module={tmp_path / 'net.py'}:factory", f"--checkpoint={tmp_path / 'model.pt'}",
+        "--name=net", "--vocabulary=vocab.txt", "--labels=x,y,z", "--tokenizer=char",
+        f"--out={tmp_path / 'models'}", "--description=a GRU tagger",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"package: {tmp_path / 'models' / 'net' / '1'}"
+    package = load_package(tmp_path / "models" / "net" / "1")
+    manifest = package.manifest
+    assert (manifest.cell, manifest.output.labels, manifest.description) == (
+        "gru-torch",
+        ("x", "y", "z"),
+        "a GRU tagger",
+    )
+    assert package.vocabulary.encode("abe") == [1, 2, 5]
+    step = ort.InferenceSession(str(package.graph_path("step")), providers=["CPUExecutionProvider"])
+    tokens = torch.tensor([[1, 2, 5, 3]])
+    with torch.no_grad():
+        expected = module(tokens)[0].numpy()
+    state = np.zeros((1, 1, 12), np.float32)
+    for t in range(4):
+        logits, state = step.run(None, {"tokens": tokens[:, t].numpy(), "state": state})
+        np.testing.assert_allclose(logits[0], expected[t], atol=1e-5)
+    bad = subprocess.run(
+        [*command[:2], "--module=net.py:missing", *command[3:]],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "net.py has no function missing()" in bad.stderr
