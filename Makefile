@@ -10,8 +10,8 @@ HOST      ?= 127.0.0.1
 PORT      ?= 50051
 
 STAMP := $(VENV)/.installed
-PROTO := proto/rnnserve/v1/rnnserve.proto
 STUBS := client/src/rnnserve/v1
+SERVER_STUBS := server/src/rnnserve_server/kserve/pb
 
 .PHONY: help
 help: ## List the targets
@@ -29,13 +29,14 @@ $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml re
 dev: $(STAMP) ## Install everything for development into $(VENV) (editable)
 
 .PHONY: proto
-proto: $(STAMP) ## Regenerate the Python stubs from proto/
-	bash scripts/gen-proto.sh $(PY) $(STUBS)
+proto: $(STAMP) ## Regenerate the Python stubs from proto/ (client: rnnserve.v1; server: KServe v2)
+	bash scripts/gen-proto.sh $(PY) $(STUBS) $(SERVER_STUBS)
 
 .PHONY: check-proto
 check-proto: $(STAMP) ## Fail if the committed stubs differ from what proto/ generates
-	tmp=$$(mktemp -d) && bash scripts/gen-proto.sh $(PY) $$tmp \
-	  && diff -r -x __pycache__ -x __init__.py $$tmp $(STUBS) && rm -rf $$tmp \
+	tmp=$$(mktemp -d) && bash scripts/gen-proto.sh $(PY) $$tmp/client $$tmp/server \
+	  && diff -r -x __pycache__ -x __init__.py $$tmp/client $(STUBS) \
+	  && diff -r -x __pycache__ -x __init__.py $$tmp/server $(SERVER_STUBS) && rm -rf $$tmp \
 	  && echo "stubs are current"
 
 .PHONY: lint
