@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rnnserve_server.errors import Unavailable, over_limit
+from rnnserve_server.errors import Aborted, Unavailable, over_limit, shown
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -248,8 +248,8 @@ class RedisRecords:
             raise over_limit(
                 "open sessions of this caller", count + 1, max_per_owner, "max_sessions_per_caller"
             )
-        if status == -3:  # 128 random bits collided: never expected
-            raise RuntimeError(f"session id {session_id} exists already")
+        if status == -3:  # a chosen id that is open (random ones never collide)
+            raise Aborted(f"session {shown(session_id)} exists already")
 
     async def load(self, session_id: str, owner: str, revision: int) -> Record | object:
         """The record, or UNCHANGED if its revision is still ``revision``; refreshes the
