@@ -10,6 +10,9 @@ HOST      ?= 127.0.0.1
 PORT      ?= 50051
 
 STAMP := $(VENV)/.installed
+# tritonclient needs protobuf<7, rnnserve protobuf 7: it gets a virtual environment of its own.
+TRITON_VENV ?= .venv-tritonclient
+TRITON_STAMP := $(TRITON_VENV)/.installed
 STUBS := client/src/rnnserve/v1
 SERVER_STUBS := server/src/rnnserve_server/kserve/pb
 
@@ -27,6 +30,15 @@ $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml re
 
 .PHONY: dev
 dev: $(STAMP) ## Install everything for development into $(VENV) (editable)
+
+$(TRITON_STAMP): requirements-tritonclient.txt
+	test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -r requirements-tritonclient.txt
+	touch $@
+
+.PHONY: tritonclient
+tritonclient: $(TRITON_STAMP) ## tritonclient[grpc] from PyPI into $(TRITON_VENV) (protobuf<7): the KServe tests drive it
 
 .PHONY: proto
 proto: $(STAMP) ## Regenerate the Python stubs from proto/ (client: rnnserve.v1; server: KServe v2)
@@ -60,8 +72,8 @@ system-deps: ## Install redis-server and nginx (Debian packages) if missing: the
 	bash scripts/system-deps.sh
 
 .PHONY: test
-test: $(STAMP) system-deps ## Run the whole test suite (the Docker end-to-end test: make test-docker)
-	$(BIN)/pytest
+test: $(STAMP) $(TRITON_STAMP) system-deps ## Run the whole test suite (the Docker end-to-end test: make test-docker)
+	RNNSERVE_TRITONCLIENT_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(BIN)/pytest
 
 .PHONY: test-docker
 test-docker: $(STAMP) ## Build the images and run the compose stack end to end (needs root or a Docker engine)

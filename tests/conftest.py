@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with started(RedisServer(tmp_path_factory.mktemp("redis"))) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def tritonclient_python() -> Path:
+    """The Python of tritonclient's own virtual environment (make tritonclient, which
+    make test runs first); where it is missing the test is skipped, except in CI."""
+    default = Path(__file__).parent.parent / ".venv-tritonclient" / "bin" / "python"
+    python = Path(os.environ.get("RNNSERVE_TRITONCLIENT_PYTHON", default))
+    if not python.exists():
+        message = f"{python} is missing: make tritonclient"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python

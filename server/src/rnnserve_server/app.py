@@ -26,6 +26,9 @@ from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
+from rnnserve_server.kserve.service import SERVICE_NAME as KSERVE_SERVICE_NAME
+from rnnserve_server.kserve.service import KServeServicer
+from rnnserve_server.kserve.service import add_to_server as add_kserve_to_server
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
@@ -147,11 +150,13 @@ async def create_server(config: ServerConfig) -> RunningServer:
         ],
     )
     add_to_server(RnnServeServicer(engine, metrics), server)
+    add_kserve_to_server(KServeServicer(engine, metrics), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            KSERVE_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
