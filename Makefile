@@ -8,6 +8,7 @@ BIN       := $(VENV)/bin
 MODELS    ?= models
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
+HTTP_PORT ?= 8000
 
 STAMP := $(VENV)/.installed
 # tritonclient needs protobuf<7, rnnserve protobuf 7: it gets a virtual environment of its own.
@@ -88,8 +89,8 @@ models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models
 	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
 .PHONY: run
-run: models ## Serve the model repository on $(HOST):$(PORT), training the zoo first if needed
-	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT)
+run: models ## Serve the models: gRPC (rnnserve.v1, KServe v2) on $(HOST):$(PORT), OpenAI HTTP on $(HTTP_PORT); trains the zoo first if needed
+	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT) --openai-port=$(HTTP_PORT)
 
 .PHONY: clean
 clean: ## Remove caches (keeps $(VENV) and $(MODELS))

@@ -51,6 +51,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         if self.running is not None:
             self.call(self.running.stop(0))
+        self.call(_cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
@@ -74,6 +75,15 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+async def _cancel_the_rest() -> None:
+    """What asyncio.run does at its end: tasks still pending (sse-starlette's shutdown
+    watcher of the HTTP front runs until the loop ends) are cancelled, not left behind."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 def server_config(models: Path, **overrides: Any) -> ServerConfig:

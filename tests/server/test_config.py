@@ -50,3 +50,13 @@ def test_thread_and_inline_settings_are_checked(
         load_config([flag, value], environ={})
     setting = flag.removeprefix("--").replace("-", "_")
     assert f"{setting} = {value} is invalid; allowed: {allowed}" in capsys.readouterr().err
+
+
+def test_the_http_front_is_off_unless_a_port_is_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config([], environ={}).openai_port == -1
+    assert load_config([], environ={"RNNSERVE_OPENAI_PORT": "8000"}).openai_port == 8000
+    config = load_config(["--openai-port", "0", "--openai-host", "::1"], environ={})
+    assert (config.openai_port, config.openai_host) == (0, "::1")
+    with pytest.raises(SystemExit):
+        load_config(["--openai-port", "-2"], environ={})
+    assert "openai_port = -2 is invalid; allowed: -1 (off) .. 65535" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from rnnserve_server.kserve.service import SERVICE_NAME as KSERVE_SERVICE_NAME
 from rnnserve_server.kserve.service import KServeServicer
 from rnnserve_server.kserve.service import add_to_server as add_kserve_to_server
 from rnnserve_server.metrics import Metrics
+from rnnserve_server.openai_http.app import HttpFront
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer, add_to_server
@@ -81,6 +82,7 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
+    http: HttpFront | None = None  # the OpenAI-compatible front, where openai_port is set
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
@@ -89,7 +91,7 @@ class RunningServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
         await self.engine.close()
         self.metrics.stop()
 
@@ -203,7 +205,22 @@ async def create_server(config: ServerConfig) -> RunningServer:
     if config.metrics_port >= 0:
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
-    return RunningServer(server, port, engine, health_servicer, metrics, metrics_port, background)
+    running = RunningServer(
+        server, port, engine, health_servicer, metrics, metrics_port, background
+    )
+    if config.openai_port >= 0:
+        try:
+            running.http = await HttpFront.start(config, engine, metrics, tokens)
+        except RuntimeError:
+            await running.stop(0)
+            raise
+        log.info(
+            "OpenAI-compatible HTTP front on %s://%s:%d/v1",
+            "https" if config.tls_cert else "http",
+            config.openai_host or config.host,
+            running.http.port,
+        )
+    return running
 
 
 async def serve(config: ServerConfig) -> None:
@@ -216,6 +233,7 @@ async def serve(config: ServerConfig) -> None:
         len(running.engine.repository.models),
         len(running.engine.repository.broken),
     )
+    log.info("serving %s beside it on the same port (KServe v2 / Triton)", KSERVE_SERVICE_NAME)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
