@@ -5,6 +5,7 @@ the same settings, usage, stop strings, the stateful extension, errors in OpenAI
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -15,7 +16,7 @@ from typing import Any
 
 import openai
 import pytest
-from support import CLASSIFIER, ServerThread, build_zoo, server_config
+from support import CLASSIFIER, ServerThread, build_zoo, make_test_certificates, server_config
 
 from rnnserve import Client
 
@@ -54,7 +55,8 @@ def post(server: ServerThread, path: str, body: bytes, token: str = "") -> tuple
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 def test_a_streamed_completion_equals_rnnserve_generate(
@@ -171,6 +173,14 @@ def test_errors_have_openai_shape_and_status(
     assert refused(400, prompt="x")["message"] == "you must provide a model parameter"
     error = refused(404, model=model_name, prompt="x", session_id="f" * 32)
     assert error["code"] == "session_not_found"
+    assert refused(400, model=model_name, prompt="x", seed=-1)["param"] == "seed"
+
+    def sessions() -> int:
+        return http_server.run(lambda: len(http_server.running.engine.store))  # type: ignore[union-attr]
+
+    before = sessions()  # a kept session whose request failed is not left behind
+    refused(400, model=model_name, prompt="x", temperature=-1, keep_session=True)
+    assert sessions() == before
     got, reply = post(http_server, "/v1/completions", b"{not json")
     assert got == 400 and reply["error"]["type"] == "invalid_request_error"
     got, reply = post(http_server, "/v1/chat/completions", b"{}")
@@ -199,3 +209,27 @@ def test_authentication_takes_the_grpc_tokens(models_dir: Path, model_name: str)
 
 def test_the_front_is_off_unless_asked(server: ServerThread) -> None:
     assert server.running.http is None  # type: ignore[union-attr]
+
+
+def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Path) -> None:
+    certificates = make_test_certificates(tmp_path)
+    config = server_config(
+        models_dir,
+        openai_port=0,
+        max_message_bytes=2048,
+        tls_cert=str(certificates / "server.pem"),
+        tls_key=str(certificates / "server.key"),
+    )
+    with ServerThread(config) as server:
+        port = server.running.http.port  # type: ignore[union-attr]
+        context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        url = f"https://127.0.0.1:{port}/v1/completions"
+        body = json.dumps({"model": model_name, "prompt": "a", "max_tokens": 3}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, body), context=context) as reply:
+            assert json.loads(reply.read())["usage"]["completion_tokens"] == 3
+        large = json.dumps({"model": model_name, "prompt": "a" * 3000}).encode()
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(urllib.request.Request(url, large), context=context)
+        with raised.value as error:
+            assert error.code == 413
+            assert "max_message_bytes" in json.loads(error.read())["error"]["message"]

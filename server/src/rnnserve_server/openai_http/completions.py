@@ -178,7 +178,7 @@ class Completion:
             first = await anext(events)
         except BaseException:
             await events.aclose()
-            if temporary:
+            if not body.session_id:  # made for this request, which never began
                 await cls._close(engine, session)
             raise
         return cls(

@@ -32,7 +32,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=16, ge=1)
     temperature: float | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=1 << 64)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
