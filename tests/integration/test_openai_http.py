@@ -8,6 +8,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -233,3 +234,23 @@ def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Pat
         with raised.value as error:
             assert error.code == 413
             assert "max_message_bytes" in json.loads(error.read())["error"]["message"]
+
+
+def test_a_stream_the_client_leaves_ends_its_generation(
+    http_server: ServerThread, sdk: openai.OpenAI, model_name: str
+) -> None:
+    def sessions() -> int:
+        return http_server.run(lambda: len(http_server.running.engine.store))  # type: ignore[union-attr]
+
+    before = sessions()
+    stream = sdk.completions.create(model=model_name, prompt="a", max_tokens=200, stream=True)
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    assert sessions() == before + 1
+    stream.close()
+    deadline = time.monotonic() + 10
+    while sessions() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions() == before  # its session closed, its generation stopped
+    cancelled = http_server.running.engine.stats.cancelled  # type: ignore[union-attr]
+    assert cancelled.get("/v1/completions", 0) >= 1

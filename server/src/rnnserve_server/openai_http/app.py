@@ -174,7 +174,8 @@ class Front:
             if body.stream:  # counted when the stream ends
                 usage = body.stream_options is not None and body.stream_options.include_usage
                 return EventSourceResponse(self.chunks(completion, head, usage, began), sep="\n")
-            pieces = [piece async for piece in completion.pieces()]
+            async with contextlib.aclosing(completion.pieces()) as generated:
+                pieces = [piece async for piece in generated]
         except (ApiError, ServiceError) as exc:
             raise self.failed(COMPLETIONS, exc, began) from None
         self.observe(COMPLETIONS, "OK", began)
@@ -190,9 +191,10 @@ class Front:
         extra = {"usage": None} if usage else {}
         code = "OK"
         try:
-            async for text, finish in completion.pieces():
-                choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-                yield {"data": json.dumps({**head, "choices": [choice], **extra})}
+            async with contextlib.aclosing(completion.pieces()) as pieces:
+                async for text, finish in pieces:
+                    choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+                    yield {"data": json.dumps({**head, "choices": [choice], **extra})}
             if usage:
                 yield {"data": json.dumps({**head, "choices": [], "usage": completion.usage})}
             yield {"data": "[DONE]"}
