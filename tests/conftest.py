@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ServerThread, server_config
+from support import ServerThread, build_zoo, server_config
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +67,14 @@ def tritonclient_python() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return python
+
+
+@pytest.fixture(scope="module")
+def zoo(
+    tiny_package: Path, model_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    """A real server holding one model of each kind (support.build_zoo)."""
+    root = build_zoo(tiny_package, tmp_path_factory.mktemp("zoo"), model_name)
+    with ServerThread(server_config(root)) as running:
+        assert not running.running.engine.repository.broken  # type: ignore[union-attr]
+        yield running

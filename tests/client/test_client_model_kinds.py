@@ -20,7 +20,6 @@ from support import (
     CONDITIONS,
     ENCODER_DECODER,
     ServerThread,
-    build_zoo,
     copy_package,
     server_config,
 )
@@ -37,16 +36,6 @@ from rnnserve import (
 from rnnserve.cli import main
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def zoo(
-    tiny_package: Path, model_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerThread]:
-    root = build_zoo(tiny_package, tmp_path_factory.mktemp("zoo"), model_name)
-    with ServerThread(server_config(root)) as server:
-        assert not server.running.engine.repository.broken  # type: ignore[union-attr]
-        yield server
 
 
 @pytest.fixture

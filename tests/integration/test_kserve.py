@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import CONDITIONAL, ENCODER_DECODER, ServerThread, build_zoo, server_config
+from support import CONDITIONAL, ENCODER_DECODER, ServerThread, server_config
 
 from rnnserve import Client
 from rnnserve_server.kserve.pb import grpc_service_pb2 as pb
@@ -246,15 +246,6 @@ def test_calls_are_counted_in_the_metrics(server: ServerThread, stub: Any, model
     stub.ModelInfer(request(model_name, "counted", start=True, end=True, ids=[1]))
     refused(stub.ModelInfer, request(model_name, "counted", ids=[1]))
     assert (counted("OK"), counted("INVALID_ARGUMENT")) == (ok + 1, invalid + 1)
-
-
-@pytest.fixture(scope="module")
-def zoo(
-    tiny_package: Path, model_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerThread]:
-    root = build_zoo(tiny_package, tmp_path_factory.mktemp("zoo"), model_name)
-    with ServerThread(server_config(root)) as server:
-        yield server
 
 
 def test_encoder_and_conditional_models_start_from_their_inputs(zoo: ServerThread) -> None:

@@ -156,14 +156,9 @@ def test_the_whole_distribution_logits_and_classification(
 ) -> None:
     with client.create_session(model_name) as session:
         expected = client.step(session.id, text="Hello", top_k=4, return_distribution=True)
+    hello = {"model": model_name, "sequence_id": 99, "start": True, "end": True, "text": "Hello"}
     answer = triton.infer(
-        model=model_name,
-        sequence_id=99,
-        start=True,
-        end=True,
-        text="Hello",
-        outputs=["LOGITS", "PROBABILITIES", "TOP_K_IDS"],
-        parameters={"top_k": 4},
+        **hello, outputs=["LOGITS", "PROBABILITIES", "TOP_K_IDS"], parameters={"top_k": 4}
     )["outputs"]
     assert expected.distribution is not None
     np.testing.assert_allclose(answer["PROBABILITIES"], expected.distribution, atol=2e-6)
@@ -173,13 +168,7 @@ def test_the_whole_distribution_logits_and_classification(
     assert answer["TOP_K_IDS"] == [t.id for t in expected.top]
     # Triton's classification extension: "value:index:label", most probable first
     classified = triton.infer(
-        model=model_name,
-        sequence_id=99,
-        start=True,
-        end=True,
-        text="Hello",
-        outputs=["PROBABILITIES", "LOGITS"],
-        classes={"PROBABILITIES": 3, "LOGITS": 2},
+        **hello, outputs=["PROBABILITIES", "LOGITS"], classes={"PROBABILITIES": 3, "LOGITS": 2}
     )["outputs"]
     entries = [entry.split(":", 2) for entry in classified["PROBABILITIES"]]
     assert [int(index) for _, index, _ in entries] == [t.id for t in expected.top[:3]]
