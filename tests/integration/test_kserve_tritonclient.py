@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import RedisServer, ServerThread, TritonClient, server_config
+from support import SHARED_STATE_KEYS, RedisServer, ServerThread, TritonClient, server_config
 
 from rnnserve import Client, StepResult
 
@@ -226,7 +226,7 @@ def test_errors_come_as_tritonclient_expects(triton: TritonClient, model_name: s
 
 @pytest.fixture(scope="module")
 def replicas(models_dir: Path, redis_server: RedisServer) -> Iterator[list[ServerThread]]:
-    config = server_config(models_dir, session_store=redis_server.url)
+    config = server_config(models_dir, session_store=redis_server.url, state_keys=SHARED_STATE_KEYS)
     with ServerThread(config) as a, ServerThread(config) as b:
         yield [a, b]
 

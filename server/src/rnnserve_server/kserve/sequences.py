@@ -32,12 +32,9 @@ from rnnserve_server.errors import InvalidArgument, NotFound
 from rnnserve_server.inputs import NO_INPUT, TokenInput
 from rnnserve_server.lifecycle import Lifecycle
 from rnnserve_server.repository import Model
-from rnnserve_server.sessions import Session
+from rnnserve_server.sessions import SESSION_ID_HEX, Session
 
 log = logging.getLogger(__name__)
-
-SESSION_PREFIX = "seq-"
-
 
 @dataclass(frozen=True)
 class SequenceId:
@@ -52,7 +49,8 @@ class SequenceId:
 def session_id(owner: str, model: Model, sequence: SequenceId) -> str:
     kind = "string" if isinstance(sequence.value, str) else "uint64"
     key = json.dumps([owner, model.name, model.version, kind, sequence.value])
-    return SESSION_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    # 128 bits of the hash, in the form of every session id (shared records check it)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:SESSION_ID_HEX]
 
 
 class Sequences:

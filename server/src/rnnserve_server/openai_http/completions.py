@@ -11,7 +11,7 @@ state, so a conversation sends only what is new.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import NotFound, ServiceError
@@ -216,7 +216,7 @@ class Completion:
         with contextlib.suppress(ServiceError):
             await engine.sessions.close(session)
 
-    async def pieces(self) -> AsyncIterator[tuple[str, str | None]]:
+    async def pieces(self) -> AsyncGenerator[tuple[str, str | None], None]:
         """(text, None) while it generates, then (the rest, finish reason)."""
         try:
             async with contextlib.aclosing(self._events) as events:
