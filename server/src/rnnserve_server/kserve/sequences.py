@@ -36,6 +36,7 @@ from rnnserve_server.sessions import SESSION_ID_HEX, Session
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SequenceId:
     """A correlation id: uint64 and string ids are distinct even where they read alike."""
