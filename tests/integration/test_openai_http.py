@@ -201,7 +201,7 @@ def test_authentication_takes_the_grpc_tokens(models_dir: Path, model_name: str)
                 anonymous.models.list()
         alice = openai.OpenAI(base_url=url, api_key="alice-http-token", max_retries=0)
         kept = alice.completions.create(
-            model=model_name, prompt="a", max_tokens=2, extra_body={"keep_session": True}
+            model=model_name, prompt="a", max_tokens=2, seed=5, extra_body={"keep_session": True}
         )
         session_id = kept.model_extra["session_id"]  # type: ignore[index]
         with Client(server.address, token="alice-http-token") as client:
