@@ -38,6 +38,7 @@ class StepOutput:
     top: Top
     distribution: list[float] | None
     values: list[float] | None = None  # the model's real outputs (regression), if any
+    logits: FloatArray | None = None  # the logits row itself, [K] (on request)
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,11 @@ class Stepping:
         k: int | None,
         full: bool,
         request_id: str = "",
+        with_logits: bool = False,
     ) -> StepOutput:
         """Feed inputs; return the model's output after the last: the next-token (or
-        label) distribution and its values. All or nothing.
+        label) distribution and its values, and the logits row too if ``with_logits``.
+        All or nothing.
 
         A retry (``request_id`` of the session's last call) is answered from the state
         that call left, without feeding anything again (for a model without a head
@@ -144,7 +147,8 @@ class Stepping:
         k = check_top_k(k)
         model = session.model
         token = one_input(model, given)
-        if token is not None and not request_id and self.core.store.records is None:
+        short = not request_id and not with_logits
+        if token is not None and short and self.core.store.records is None:
             # The common case, kept short (it runs for every streamed token): one input,
             # no retry to recognise, the session in this process (nothing to load or save).
             async with session.lock:
@@ -168,7 +172,7 @@ class Stepping:
                     row = await self.core.current_logits(session)
             else:
                 session.ensure_room(len(inputs))
-                if len(inputs) == 1 and not keep_output:
+                if len(inputs) == 1 and not keep_output and not with_logits:
                     # joins the batch, which describes every output at once
                     x = inputs[0] if inputs.ndim > 1 else int(inputs[0])
                     described = await self.core.batcher(model).step(session, x, k, full)
@@ -185,7 +189,8 @@ class Stepping:
                 await self.core.store.save(session)
             session.touch()
             steps = session.steps
-        return StepOutput(steps, len(inputs), *outputs.describe(model, row, k, full))
+        logits = outputs.split(model, row)[0] if with_logits else None
+        return StepOutput(steps, len(inputs), *outputs.describe(model, row, k, full), logits)
 
     async def many(self, message: StepColumns, *, owner: str = "") -> StepManyAnswer:
         """Many sessions' steps, each answered alone (an error fails only its step).
