@@ -19,6 +19,7 @@ from typing import Any
 
 from rnnserve_server import outputs
 from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.chunks import ChunkBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.inputs import TokenInput, encode_input
@@ -46,11 +47,15 @@ class Core:
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
         self.batchers: dict[Model, StepBatcher] = {}
+        self.chunkers: dict[Model, ChunkBatcher | None] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
+        for chunker in self.chunkers.values():
+            if chunker is not None:
+                await chunker.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store.records is not None:
             await self.store.records.close()
@@ -80,6 +85,29 @@ class Core:
             )
         return batcher
 
+    async def chunker(self, model: Model) -> ChunkBatcher | None:
+        """The model's chunked generation, its graph built on first use (on a worker
+        thread); None with generate_chunk_tokens 0 or where the model has no
+        generation graph (Generate then feeds token by token through ``batcher``)."""
+        if model in self.chunkers:
+            return self.chunkers[model]
+        steps = self.config.generate_chunk_tokens
+        graph = await self.infer(model.runtime.generation_graph, steps) if steps else None
+        if model not in self.chunkers:
+            self.chunkers[model] = (
+                None
+                if graph is None
+                else ChunkBatcher(
+                    model.runtime,
+                    graph,
+                    lambda: self.store.pool(model),
+                    self._executor,
+                    max_batch=self.config.max_batch,
+                    inline_s=self.config.inline_run_us / 1e6,
+                )
+            )
+        return self.chunkers[model]
+
     async def infer(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on an inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -98,6 +126,9 @@ class Core:
             for model in stale:
                 if not any(s.model is model for s in self.store.open_sessions()):
                     await self.batchers.pop(model).close()
+                    chunker = self.chunkers.pop(model, None)
+                    if chunker is not None:
+                        await chunker.close()
         if self.on_models_changed is not None:
             self.on_models_changed(result)
         return result
