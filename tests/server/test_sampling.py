@@ -51,6 +51,8 @@ def test_top_k_rows_equal_a_sort_by_value_then_id(
             expected = sorted(range(width), key=lambda i, row=row: (-row[i], i))[:k]
             assert ids[r].tolist() == expected, (k, r)
             assert chosen[r].tolist() == [row[i] for i in expected]
+            alone_ids, alone = top_k_rows(values[r : r + 1], k)  # a lone row: sorted whole
+            assert alone_ids[0].tolist() == expected and alone[0].tolist() == chosen[r].tolist()
 
 
 @pytest.mark.parametrize("width", [7, 1000, ROW_BY_ROW_WIDTH + 1])

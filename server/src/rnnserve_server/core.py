@@ -165,7 +165,12 @@ class Core:
     async def current_logits(self, session: Session) -> FloatArray:
         """The output for the session's current state, without feeding anything, [K]."""
         session.ensure_open()
+        runtime = session.model.runtime
         state = self.store.pool(session.model).gather([session.slot])
-        logits = await self.infer(session.model.runtime.head, state)
+        if runtime.step_seconds(1) <= self.config.inline_run_us / 1e6:
+            # As short as a step (the head is the step graph's last part): on the loop,
+            # which a hand-off to a worker thread and back would cost more than the run.
+            return runtime.head(state)[0]  # type: ignore[no-any-return]
+        logits = await self.infer(runtime.head, state)
         session.ensure_open()
         return logits[0]  # type: ignore[no-any-return]

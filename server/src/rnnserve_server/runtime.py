@@ -155,6 +155,8 @@ class ModelRuntime:
         self._run_seconds, self._row_seconds = self._measure(
             lambda rows: self.step(np.zeros(rows, dtype=np.int64), self.zeros(rows))
         )
+        # The lone session's step: the binding, and its tokens, state, logits, state_out.
+        self._lone: tuple[Any, IntArray, FloatArray, FloatArray, FloatArray] | None = None
         self._generation: dict[int, GenerationGraph | None] = {}
         self._generation_lock = threading.Lock()
         self._chunk_seconds: dict[int, tuple[float, float]] = {}
@@ -288,6 +290,28 @@ class ModelRuntime:
         """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
         logits, new_state = self._graphs["step"].run(None, {"tokens": tokens, "state": state})
         return logits, new_state
+
+    def step_one(self, token: int, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step of one session's state [L, H]: logits [1, K] and state_out [L, 1, H]
+        in buffers bound to the graph once (no allocation, no feed dictionary), valid
+        until the next call; for the event loop thread alone (the lone session's path)."""
+        if self._lone is None:
+            binding = self._graphs["step"].io_binding()
+            tokens: IntArray = np.zeros(1, dtype=np.int64)
+            state_in, state_out = self.zeros(1), self.zeros(1)
+            logits: FloatArray = np.zeros((1, self.output_size), dtype=np.float32)
+            binding.bind_cpu_input("tokens", tokens)
+            binding.bind_cpu_input("state", state_in)
+            for name, array in (("logits", logits), ("state_out", state_out)):
+                binding.bind_output(
+                    name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data
+                )
+            self._lone = binding, tokens, state_in, logits, state_out
+        binding, tokens, state_in, logits, state_out = self._lone
+        tokens[0] = token
+        state_in[:, 0, :] = state
+        self._graphs["step"].run_with_iobinding(binding)
+        return logits, state_out
 
     def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state.
