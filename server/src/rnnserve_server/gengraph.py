@@ -257,7 +257,8 @@ def chunk_model(step: onnx.ModelProto, steps: int, variant: str) -> onnx.ModelPr
         probabilities.append(probability)
         totals.append(total)
         states.append(state)
-        tokens = b.op("Reshape", token, b.const([-1], np.int64))
+        if s + 1 < steps:
+            tokens = b.op("Reshape", token, b.const([-1], np.int64))
     outputs = {
         "sampled": b.op("Concat", *sampled, axis=1),
         "probabilities": b.op("Concat", *probabilities, axis=1),
