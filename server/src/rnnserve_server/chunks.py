@@ -9,6 +9,13 @@ message's worth at a time from what the run left (``Generation.take``), without 
 run until they are used up. Rows of plain temperature sampling (greedy included) and of
 top-k/top-p sampling run in separate runs (the graph's two variants).
 
+A run takes K steps, so it waits for the others: the flush comes once every generation
+in a call on this model waits (or max_batch do), or CHUNK_WAIT_S after the first began to
+wait, whichever is first (a generation whose caller reads slowly delays the others by at
+most that). Without it, generations streaming a token per message would come back one by
+one, each sending its K messages at its own pace, and runs of one or two rows would cost
+a step per token each (at 64 such generations: three times the CPU per token).
+
 A short run happens on the event loop, a longer one (by the times measured when the graph
 was built) on a worker thread, as in ``batcher``. The session's state in the pool is not
 touched here: a generation starts from it, continues from its own rows of the runs, and
@@ -35,6 +42,8 @@ from rnnserve_server.sessions import StatePool
 from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
+
+CHUNK_WAIT_S = 0.002
 
 
 def _ranked(job: Generation) -> bool:
@@ -63,6 +72,8 @@ class ChunkBatcher:
         self.inline_s = inline_s
         # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
         self._waiting: dict[Generation, None] = {}
+        self._calls: set[Generation] = set()  # generations in a call (between runs or not)
+        self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._running = False
         self._closed = False
@@ -77,6 +88,7 @@ class ChunkBatcher:
                 raise generation.error
             generation.waiter = asyncio.get_running_loop().create_future()
             generation.queued_at = time.perf_counter()
+            self._calls.add(generation)
             self._waiting[generation] = None
             self._schedule()
             try:
@@ -85,6 +97,12 @@ class ChunkBatcher:
                 generation.waiter = None
                 self._waiting.pop(generation, None)
         return generation.take(1)
+
+    def leave(self, generation: Generation) -> None:
+        """The generation's call has ended: the runs no longer wait for it."""
+        self._calls.discard(generation)
+        if self._waiting:
+            self._schedule()
 
     async def close(self) -> None:
         self._closed = True
@@ -103,8 +121,15 @@ class ChunkBatcher:
             return
         if self._scheduled or self._running:
             return
-        self._scheduled = True
-        asyncio.get_running_loop().call_soon(self._flush)
+        loop = asyncio.get_running_loop()
+        if len(self._waiting) >= min(len(self._calls), self.max_batch):  # all of them
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        elif self._timer is None:
+            self._timer = loop.call_later(CHUNK_WAIT_S, self._flush)
 
     def _take(self) -> list[Generation]:
         """Up to max_batch live waiting generations of one variant (the first waiting
@@ -129,6 +154,9 @@ class ChunkBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._closed:
             return
         jobs = self._take()

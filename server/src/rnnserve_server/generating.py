@@ -168,6 +168,8 @@ class Generating:
                 # The state after the last token delivered; cut off with a token sampled
                 # but not fed: as if it was never drawn.
                 generation.settle(self.core.store.pool(model).states)
+                if chunker is not None:
+                    chunker.leave(generation)
                 # What a retry needs: the tokens fed and, with a seed of the call's own,
                 # where its generator stands; then the session as it now is.
                 reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
