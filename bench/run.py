@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -595,10 +596,12 @@ def measure_redis_store(
             skipped = Record(RNNSERVE, LOCKSTEP_REDIS, concurrency=n, skipped=str(exc))
             recorder.records.append(skipped)
             return {}
+        keys = scratch / "state.keys"  # a shared store's records are signed (issue 17)
+        keys.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
         command = rnnserve_command(
             package.parent.parent,
             rnnserve_flags(),
-            [*extra_args, "--session-store", redis.url],
+            [*extra_args, "--session-store", redis.url, "--state-keys-file", str(keys)],
             DEFAULT_SESSION_LIMIT,
         )
         try:

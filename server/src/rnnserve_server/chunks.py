@@ -38,7 +38,7 @@ from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.gengraph import ChunkResult, GenerationGraph
 from rnnserve_server.runtime import ModelRuntime
-from rnnserve_server.sessions import StatePool
+from rnnserve_server.statepool import StatePool
 from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
