@@ -72,6 +72,10 @@ def test_top_outputs_equal_a_full_float64_softmax_and_sort(width: int) -> None:
                 expected = sorted(range(width), key=lambda i, r=r: (-reference[r, i], i))
                 assert ids[r].tolist() == expected[: min(k, width)]
                 np.testing.assert_allclose(values[r], reference[r, ids[r]], rtol=1e-6, atol=1e-12)
+                # a row alone (the lone session's path) gives the batch's bits exactly
+                alone_ids, alone = top_outputs(logits[r : r + 1], k, sigmoid_head=head == "sigmoid")
+                assert alone_ids[0].tolist() == ids[r].tolist()
+                assert alone[0].tolist() == values[r].tolist()
 
 
 def test_greedy_is_the_argmax() -> None:
