@@ -83,22 +83,37 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def lockstep_64(records: Sequence[Record]) -> Verdict:
-    ours = find(records, RNNSERVE, LOCKSTEP, concurrency=64)
-    echo = find(records, ECHO, LOCKSTEP, concurrency=64)
+def _at_least(
+    target: str,
+    limit: float,
+    ours: Record | None,
+    other: Record | None,
+    *,
+    rate: str,
+    versus: str,
+    missing: str,
+) -> Verdict:
+    """PASS when ours' ``rate`` (steps_per_s or tokens_per_s) is at least ``limit`` times
+    the other's."""
+    a = getattr(ours, rate) if ours else None
+    b = getattr(other, rate) if other else None
     measured = None
-    if ours and echo and ours.steps_per_s and echo.steps_per_s:
-        value = ours.steps_per_s / echo.steps_per_s
-        measured = (
-            value,
-            f"{_fmt(ours.steps_per_s)} / {_fmt(echo.steps_per_s)} steps/s = {value:.2f}× echo",
-        )
-    return _ratio_verdict(
+    if a and b:
+        value = a / b
+        unit = rate.replace("_per_s", "/s")
+        measured = value, f"{_fmt(a)} / {_fmt(b)} {unit} = {value:.2f}× {versus}"
+    required = f"≥ {limit:.2f}× {versus}" if limit < 1 else f"≥ {limit:.1f}× {versus}"
+    return _ratio_verdict(target, required, measured, limit=limit, at_least=True, missing=missing)
+
+
+def lockstep_64(records: Sequence[Record]) -> Verdict:
+    return _at_least(
         "64 lockstep sessions: rnnserve steps/s vs the echo ceiling",
-        "≥ 0.90× echo",
-        measured,
-        limit=0.9,
-        at_least=True,
+        0.9,
+        find(records, RNNSERVE, LOCKSTEP, concurrency=64),
+        find(records, ECHO, LOCKSTEP, concurrency=64),
+        rate="steps_per_s",
+        versus="echo",
         missing="needs rnnserve and echo at 64 sessions",
     )
 
@@ -135,23 +150,15 @@ def generation(records: Sequence[Record], sessions: int, share: float) -> Verdic
         for scenario in (GENERATE, GENERATE_GROUPED)
         if (r := find(records, RNNSERVE, scenario, concurrency=sessions)) and r.tokens_per_s
     ]
-    ours = max(candidates, key=lambda r: r.tokens_per_s or 0.0, default=None)
-    raw = find(records, RAW, RAW_SAMPLING, batch=sessions)
-    measured = None
-    if ours and raw and ours.tokens_per_s and raw.tokens_per_s:
-        value = ours.tokens_per_s / raw.tokens_per_s
-        measured = (
-            value,
-            f"{_fmt(ours.tokens_per_s)} / {_fmt(raw.tokens_per_s)} tokens/s = {value:.2f}× raw",
-        )
     plural = "s" if sessions > 1 else ""
-    return _ratio_verdict(
+    return _at_least(
         f"{sessions} concurrent generation{plural}: tokens/s vs the raw batch-{sessions} "
         "sampling loop",
-        f"≥ {share:.1f}× raw",
-        measured,
-        limit=share,
-        at_least=True,
+        share,
+        max(candidates, key=lambda r: r.tokens_per_s or 0.0, default=None),
+        find(records, RAW, RAW_SAMPLING, batch=sessions),
+        rate="tokens_per_s",
+        versus="raw",
         missing=f"needs rnnserve generate at {sessions} and raw sampling at batch {sessions}",
     )
 
@@ -229,86 +236,52 @@ def idle_memory(records: Sequence[Record]) -> Verdict:
 
 
 def lockstep_vs_baseline(records: Sequence[Record], sessions: int) -> Verdict:
-    ours = find(records, RNNSERVE, LOCKSTEP, concurrency=sessions)
-    naive = find(records, BASELINE, LOCKSTEP, concurrency=sessions)
-    measured = None
-    if ours and naive and ours.steps_per_s and naive.steps_per_s:
-        value = ours.steps_per_s / naive.steps_per_s
-        measured = (
-            value,
-            f"{_fmt(ours.steps_per_s)} / {_fmt(naive.steps_per_s)} steps/s = {value:.2f}× baseline",
-        )
-    return _ratio_verdict(
+    return _at_least(
         f"{sessions} lockstep session{'s' if sessions > 1 else ''}: steps/s vs the naive baseline",
-        "≥ 1.0× baseline",
-        measured,
-        limit=1.0,
-        at_least=True,
+        1.0,
+        find(records, RNNSERVE, LOCKSTEP, concurrency=sessions),
+        find(records, BASELINE, LOCKSTEP, concurrency=sessions),
+        rate="steps_per_s",
+        versus="baseline",
         missing=f"needs rnnserve and the baseline at {sessions} sessions",
     )
 
 
 def generate_vs_baseline(records: Sequence[Record], sessions: int) -> Verdict:
     """Both streaming one token per message: the baseline cannot group them."""
-    ours = find(records, RNNSERVE, GENERATE, concurrency=sessions)
-    naive = find(records, BASELINE, GENERATE, concurrency=sessions)
-    measured = None
-    if ours and naive and ours.tokens_per_s and naive.tokens_per_s:
-        value = ours.tokens_per_s / naive.tokens_per_s
-        measured = (
-            value,
-            f"{_fmt(ours.tokens_per_s)} / {_fmt(naive.tokens_per_s)} tokens/s = "
-            f"{value:.2f}× baseline",
-        )
-    return _ratio_verdict(
+    return _at_least(
         f"{sessions} concurrent Generate{'s' if sessions > 1 else ''} (one token per "
         "message) vs the naive baseline's",
-        "≥ 1.5× baseline",
-        measured,
-        limit=1.5,
-        at_least=True,
+        1.5,
+        find(records, RNNSERVE, GENERATE, concurrency=sessions),
+        find(records, BASELINE, GENERATE, concurrency=sessions),
+        rate="tokens_per_s",
+        versus="baseline",
         missing=f"needs rnnserve and the baseline generating at {sessions} sessions",
     )
 
 
 def redis_store(records: Sequence[Record]) -> Verdict:
-    shared = find(records, RNNSERVE, LOCKSTEP_REDIS, concurrency=64)
-    memory = find(records, RNNSERVE, LOCKSTEP, concurrency=64)
-    measured = None
-    if shared and memory and shared.steps_per_s and memory.steps_per_s:
-        value = shared.steps_per_s / memory.steps_per_s
-        measured = (
-            value,
-            f"{_fmt(shared.steps_per_s)} / {_fmt(memory.steps_per_s)} steps/s = "
-            f"{value:.2f}× in-memory",
-        )
     skipped = next((r.skipped for r in records if r.scenario == LOCKSTEP_REDIS and r.skipped), None)
-    return _ratio_verdict(
+    return _at_least(
         "64 lockstep sessions with the Redis session store vs the in-memory store",
-        "≥ 0.8× in-memory",
-        measured,
-        limit=0.8,
-        at_least=True,
+        0.8,
+        find(records, RNNSERVE, LOCKSTEP_REDIS, concurrency=64),
+        find(records, RNNSERVE, LOCKSTEP, concurrency=64),
+        rate="steps_per_s",
+        versus="in-memory",
         missing=skipped or "needs rnnserve at 64 sessions with both stores",
     )
 
 
 def multiplexed_stream(records: Sequence[Record]) -> Verdict:
-    ours = find(records, RNNSERVE, MULTIPLEXED, concurrency=256)
-    raw = find(records, RAW, RAW_STEP, batch=64)
-    measured = None
-    if ours and raw and ours.steps_per_s and raw.steps_per_s:
-        value = ours.steps_per_s / raw.steps_per_s
-        measured = (
-            value,
-            f"{_fmt(ours.steps_per_s)} / {_fmt(raw.steps_per_s)} steps/s = {value:.2f}× raw",
-        )
-    return _ratio_verdict(
+    return _at_least(
         "256 sessions multiplexed over one StepMany stream vs raw batch 64",
-        "≥ 0.7× raw batch 64",
-        measured,
-        limit=0.7,
-        at_least=True,
+        0.7,
+        find(records, RNNSERVE, MULTIPLEXED, concurrency=256),
+        find(records, RAW, RAW_STEP, batch=64),
+        rate="steps_per_s",
+        versus="raw batch 64",
         missing="needs rnnserve multiplexed at 256 sessions and raw batch 64",
     )
 
