@@ -159,10 +159,12 @@ class Generating:
                 # From here this generation advances together with every other one: K
                 # tokens per run (or one), the next tokens sampled for all of them at once.
                 generation.start(token, probability, before_draw)
+                stats = self.core.stats
                 while not generation.finished:
-                    events = await advance(generation)
-                    produced = sum(1 for e in events if e.token is not None)
-                    self.core.stats.generated_tokens += produced
+                    # what a run left is taken without a coroutine (once per token)
+                    buffered = generation.buffered
+                    events = generation.take(1) if buffered else await advance(generation)
+                    stats.generated_tokens += len(events) - (events[-1].token is None)
                     for out in events:
                         reply["finish"] = out.finish_reason
                         yield out
