@@ -245,3 +245,55 @@ def test_concurrent_chunked_generations_share_runs(
     ]
     for got, expected in zip(batched, alone, strict=True):
         assert [e[0] for e in got] == [e[0] for e in expected]
+
+
+def test_an_output_too_sharp_to_sample_fails_both_paths_alike(
+    servers: dict[int, ServerThread], model_name: str
+) -> None:
+    """A temperature so small that logits / temperature overflow: FAILED_PRECONDITION
+    (never INTERNAL), the session as it was, by chunks and token by token."""
+    from rnnserve_server.errors import FailedPrecondition
+
+    for server in servers.values():
+        engine = _engine(server)
+
+        async def attempt(engine: Engine = engine) -> int:
+            session = await engine.sessions.create(engine.repository.get(model_name), seed=1)
+            with pytest.raises(FailedPrecondition, match="not finite"):
+                await _generate(engine, session, GenerateOptions(temperature=1e-310), PROMPT)
+            return session.steps
+
+        assert server.call(attempt()) == len(PROMPT)  # the prompt was fed, nothing after
+
+
+def test_a_step_whose_output_was_not_finite_ends_the_generation_after_its_token(
+    servers: dict[int, ServerThread], model_name: str
+) -> None:
+    """A run's row whose draw at step 2 came from a non-finite output (its total NaN):
+    the tokens fed up to it are delivered, then FAILED_PRECONDITION; nothing after."""
+    from rnnserve_server.errors import FailedPrecondition
+    from rnnserve_server.generation import Generation
+    from rnnserve_server.sampling import SamplingParams
+
+    engine = _engine(servers[16])
+
+    async def run() -> tuple[list[Any], BaseException | None, int]:
+        model = engine.repository.get(model_name)
+        session = await engine.sessions.create(model, seed=1)
+        job = Generation(session, SamplingParams(), session.rng, model.package.tokenizer,
+                         max_tokens=50)  # fmt: skip
+        job.start(5, 0.5, dict(session.rng.bit_generator.state))
+        job.begin_chunk(4)
+        states = np.zeros((4, model.runtime.layers, model.runtime.hidden), np.float32)
+        job.load_chunk(np.array([6, 7, 8, 9]), np.full(4, 0.25), states,
+                       np.array([1.0, 1.0, np.nan, 1.0]))  # fmt: skip
+        events = []
+        while job.buffered:
+            events += job.take(1)
+        seen = [(e.token.id if e.token else None, e.steps) for e in events]
+        return seen, job.error, session.steps
+
+    events, error, steps = servers[16].call(run())
+    assert events == [(5, 1), (6, 2), (7, 3)]  # fed: 5, then 6 and 7 drawn from finite outputs
+    assert isinstance(error, FailedPrecondition) and "not finite" in error.message
+    assert steps == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rnnserve_server import sampling
-from rnnserve_server.errors import InvalidArgument
+from rnnserve_server.errors import FailedPrecondition, InvalidArgument
 from rnnserve_server.sampling import (
     ARGMAX_PASSES,
     ROW_BY_ROW_WIDTH,
@@ -149,7 +149,7 @@ def test_sampling_rows_raises_like_sample_for_a_nan_row() -> None:
     logits = np.zeros((2, 4), dtype=np.float32)
     logits[1, 2] = np.nan
     params = SamplingParams.checked(temperature=1.0, top_k=0, top_p=None, vocabulary=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(FailedPrecondition, match="not finite"):
         params.sample(logits[1], np.random.default_rng(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(FailedPrecondition, match="not finite"):
         sample_rows(params, logits, [np.random.default_rng(0), np.random.default_rng(1)])

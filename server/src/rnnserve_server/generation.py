@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from rnnserve_server.errors import FailedPrecondition
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.sampling import SamplingParams
+from rnnserve_server.sampling import SamplingParams, not_finite
 from rnnserve_server.sessions import Session
 from rnnserve_server.tokenizer import Tokenizer
 
@@ -244,10 +243,7 @@ class Generation:
             if self.finished:
                 break
             if at == chunk.void:
-                self.error = FailedPrecondition(
-                    f"the model's output after step {session.steps} is not finite (NaN or "
-                    "infinite logits, or a temperature too small for them): nothing to sample"
-                )
+                self.error = not_finite()
                 break
             token = chunk.tokens[at]
             chunk.used = at + 1

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rnnserve_server.errors import out_of_range
+from rnnserve_server.errors import FailedPrecondition, out_of_range
 
 MAX_TOP_K = 1000
 MAX_TEMPERATURE = 100.0
@@ -192,7 +192,10 @@ class SamplingParams:
             probabilities = softmax(logits)
             token = int(np.argmax(logits))
             return token, float(probabilities[token])
-        probabilities = softmax(logits / self.temperature)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            probabilities = softmax(logits / self.temperature)
+        if not np.isfinite(probabilities).all():  # numpy's choice would raise a ValueError
+            raise not_finite()
         candidates = np.arange(probabilities.shape[0])
         if self.top_k:
             candidates = np.array([i for i, _ in top_k(probabilities, self.top_k)])
@@ -205,6 +208,14 @@ class SamplingParams:
         weights = weights / weights.sum()
         choice = int(rng.choice(len(candidates), p=weights))
         return int(candidates[choice]), float(weights[choice])
+
+
+def not_finite() -> FailedPrecondition:
+    """What sampling from an output that is not finite fails with."""
+    return FailedPrecondition(
+        "the model's output is not finite (NaN or infinite logits, or a temperature too "
+        "small for them): there is nothing to sample from"
+    )
 
 
 def sample_rows(
@@ -229,12 +240,13 @@ def sample_rows(
         return list(zip(tokens.tolist(), chosen.tolist(), strict=True))
     if params.top_k or params.top_p < 1.0:
         return [params.sample(row, rng) for row, rng in zip(logits, rngs, strict=True)]
-    if params.temperature != 1.0:  # x / 1.0 == x: skipping it changes nothing
-        rows /= params.temperature
-    rows -= rows.max(axis=-1, keepdims=True)  # softmax ...
-    np.exp(rows, out=rows)
-    rows /= rows.sum(axis=-1, keepdims=True)  # ... = the probabilities
-    rows /= rows.sum(axis=-1, keepdims=True)  # the weights, renormalised as sample does
+    with np.errstate(over="ignore", invalid="ignore"):  # a row not finite: checked below
+        if params.temperature != 1.0:  # x / 1.0 == x: skipping it changes nothing
+            rows /= params.temperature
+        rows -= rows.max(axis=-1, keepdims=True)  # softmax ...
+        np.exp(rows, out=rows)
+        rows /= rows.sum(axis=-1, keepdims=True)  # ... = the probabilities
+        rows /= rows.sum(axis=-1, keepdims=True)  # the weights, renormalised as sample does
     cumulative = rows.cumsum(axis=-1)
     last = cumulative[:, -1:]
     if not all(map(math.isfinite, last[:, 0].tolist())):
