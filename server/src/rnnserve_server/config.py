@@ -76,6 +76,10 @@ class ServerConfig:
     )
     metrics_port: int = setting(-1, "port of the Prometheus /metrics endpoint; -1: off, 0: any")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
+    openai_port: int = setting(
+        -1, "port of the OpenAI-compatible HTTP front (/v1/completions); -1: off, 0: any"
+    )
+    openai_host: str = setting("", "address the HTTP front listens on; empty: the same as host")
     session_store: str = setting(
         "",
         "where sessions live: empty for this process's memory, or a redis:// URL "
@@ -136,6 +140,7 @@ class ServerConfig:
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
+            ("openai_port", -1 <= self.openai_port <= 65535, "-1 (off) .. 65535"),
             (
                 "session_store",
                 not self.session_store

@@ -28,6 +28,7 @@ class StepOutput:
     consumed: int
     top: Top
     distribution: list[float] | None
+    logits: FloatArray | None = None  # the output row itself, [K] (on request)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,10 @@ class Stepping:
         k: int | None,
         full: bool,
         request_id: str = "",
+        with_logits: bool = False,
     ) -> StepOutput:
-        """Feed tokens; return the next-token (or label) distribution. All or nothing.
+        """Feed tokens; return the next-token (or label) distribution, and the logits
+        row too if ``with_logits``. All or nothing.
 
         A retry (``request_id`` of the session's last call) is answered from the state
         that call left, without feeding anything again.
@@ -112,7 +115,8 @@ class Stepping:
         k = check_top_k(k)
         model = session.model
         token = one_token(model, given)
-        if token is not None and not request_id and self.core.store.records is None:
+        short = not request_id and not with_logits
+        if token is not None and short and self.core.store.records is None:
             # The common case, kept short (it runs for every streamed token): one token,
             # no retry to recognise, the session in this process (nothing to load or save).
             async with session.lock:
@@ -130,7 +134,7 @@ class Stepping:
                 session.ensure_room(len(ids))
             if session.answered(request_id):
                 logits = await self.core.current_logits(session)
-            elif len(ids) == 1:  # joins the batch, which describes every output at once
+            elif len(ids) == 1 and not with_logits:  # joins the batch, which describes it
                 batcher = self.core.batcher(model)
                 top, distribution = await batcher.step(session, int(ids[0]), k, full)
                 session.last = LastCall(request_id) if request_id else None
@@ -144,7 +148,13 @@ class Stepping:
             session.touch()
             steps = session.steps
         top, distribution = outputs.describe(model, logits, k, full)
-        return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
+        return StepOutput(
+            steps=steps,
+            consumed=len(ids),
+            top=top,
+            distribution=distribution,
+            logits=logits if with_logits else None,
+        )
 
     async def many(self, message: StepColumns, *, owner: str = "") -> StepManyAnswer:
         """Many sessions' steps, each answered alone (an error fails only its step).
