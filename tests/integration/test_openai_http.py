@@ -246,8 +246,20 @@ def test_a_stream_the_client_leaves_ends_its_generation(
     def sessions() -> int:
         return http_server.run(lambda: len(http_server.running.engine.store))  # type: ignore[union-attr]
 
+    # A seed whose generation runs its 200 tokens: an early end token would close the
+    # session before the client leaves.
+    seed = next(
+        seed
+        for seed in range(50)
+        if sdk.completions.create(model=model_name, prompt="a", max_tokens=200, seed=seed)
+        .choices[0]
+        .finish_reason
+        == "length"
+    )
     before = sessions()
-    stream = sdk.completions.create(model=model_name, prompt="a", max_tokens=200, stream=True)
+    stream = sdk.completions.create(
+        model=model_name, prompt="a", max_tokens=200, seed=seed, stream=True
+    )
     chunks = iter(stream)
     next(chunks), next(chunks)
     assert sessions() == before + 1

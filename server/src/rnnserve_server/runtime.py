@@ -8,6 +8,7 @@ output, and the session store owns it between calls.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnserve_server.errors import FailedPrecondition
+from rnnserve_server.gengraph import GenerationGraph, Unsupported, verify
 from rnnserve_server.modelpackage import ModelPackage, PackageError
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,10 @@ class ProviderChoice:
         log.warning("%s; falling back to the CPU (allow_cpu_fallback is set)", message)
         return cls((cpu,), intra_op_threads, spinning, sequence_threads=sequence_threads)
 
-    def session(self, path: str, *, whole_sequence: bool = False) -> ort.InferenceSession:
-        """An onnxruntime session for one graph; ``whole_sequence`` graphs (one long run
-        per call) get ``sequence_threads``, the others ``intra_op_threads``."""
+    def session(self, path: str | bytes, *, whole_sequence: bool = False) -> ort.InferenceSession:
+        """An onnxruntime session for one graph (a file, or a serialized model);
+        ``whole_sequence`` graphs (one long run per call) get ``sequence_threads``, the
+        others ``intra_op_threads``."""
         options = ort.SessionOptions()
         threads = self.sequence_threads if whole_sequence else self.intra_op_threads
         if threads:
@@ -134,6 +137,7 @@ class ModelRuntime:
 
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
+        self._provider_choice = providers
         manifest = package.manifest
         # The state array of one session: its rows (every part's, e.g. an LSTM's h then c
         # rows) and width; "layers" and "hidden" in the pool's and the codec's terms.
@@ -162,19 +166,26 @@ class ModelRuntime:
         )
         start = self.zeros(1) if package.initial_state is None else package.initial_state[:, None]
         self.initial_state = self._after_start_token(start)[:, 0, :]
-        self._run_seconds, self._row_seconds = self._measure_step()
+        self._run_seconds, self._row_seconds = self._measure(
+            lambda rows: self.step(self.blank_inputs(rows), self.zeros(rows))
+        )
+        # The lone session's step: the binding, its input and state, its outputs.
+        self._lone: tuple[Any, Inputs, FloatArray, list[FloatArray], FloatArray] | None = None
+        self._generation: dict[int, GenerationGraph | None] = {}
+        self._generation_lock = threading.Lock()
+        self._chunk_seconds: dict[int, tuple[float, float]] = {}
 
-    def _measure_step(self) -> tuple[float, float]:
-        """A step-graph run's fixed cost and its cost per row, in seconds, from the
-        best of three runs at batch 1 and at batch 8 (after one to warm up)."""
+    @staticmethod
+    def _measure(run: Any) -> tuple[float, float]:
+        """A graph run's fixed cost and its cost per row, in seconds, from the best of
+        three runs (``run(rows)``) at batch 1 and at batch 8 (after one to warm up)."""
         times = {}
         for rows in (1, 8):
-            tokens, state = self.blank_inputs(rows), self.zeros(rows)
-            self.step(tokens, state)
+            run(rows)
             best = float("inf")
             for _ in range(3):
                 started = time.perf_counter()
-                self.step(tokens, state)
+                run(rows)
                 best = min(best, time.perf_counter() - started)
             times[rows] = best
         per_row = max(0.0, (times[8] - times[1]) / 7)
@@ -183,6 +194,44 @@ class ModelRuntime:
     def step_seconds(self, rows: int) -> float:
         """The expected time of a step-graph run of ``rows`` rows (on an idle machine)."""
         return self._run_seconds + rows * self._row_seconds
+
+    def chunk_seconds(self, steps: int, rows: int) -> float:
+        """The expected time of a generation-graph run (``generation_graph(steps)``)."""
+        fixed, per_row = self._chunk_seconds.get(steps, (0.0, 0.0))
+        return fixed + rows * per_row
+
+    def generation_graph(self, steps: int) -> GenerationGraph | None:
+        """The package's generation graph of ``steps`` steps (gengraph), built and
+        checked on first use (seconds: call it off the event loop); None where the step
+        graph cannot be unrolled or the unrolled graph disagrees with it (logged), and
+        for a model whose output is not a vocabulary."""
+        with self._generation_lock:
+            if steps not in self._generation:
+                self._generation[steps] = self._build_generation(steps)
+            return self._generation[steps]
+
+    def _build_generation(self, steps: int) -> GenerationGraph | None:
+        if self.package.manifest.output.kind != "vocabulary":
+            return None
+        where = self.package.graph_path("step")
+        try:
+            graph = GenerationGraph.build(
+                str(where), steps, self.output_size, self._provider_choice.session
+            )
+            verify(graph, self.step, self.layers, self.hidden)
+        except Exception as exc:  # onnx and onnxruntime raise their own types
+            reason = str(exc) if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "%s: no generation graph (Generate feeds token by token): %s", where, reason
+            )
+            return None
+        self._chunk_seconds[steps] = self._measure(
+            lambda rows: graph.run(
+                np.zeros(rows, dtype=np.int64), self.zeros(rows), np.zeros((rows, steps)),
+                np.ones(rows),
+            )
+        )  # fmt: skip
+        return graph
 
     def has(self, kind: str) -> bool:
         return kind in self._graphs
@@ -273,6 +322,37 @@ class ModelRuntime:
             None, {self.input_name: inputs, "state": state}
         )
         return self._rows(outputs), new_state
+
+    def step_one(self, given: Any, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step of one session's state [S, W] for one input (a token id or a
+        vector): its output row [1, K+R] and state_out [S, 1, W], in buffers bound to the
+        graph once (no feed dictionary, no allocation but where logits and values are
+        joined), valid until the next call; for the event loop thread alone (the lone
+        session's path)."""
+        graph = self._graphs["step"]
+        if self._lone is None:
+            binding = graph.io_binding()
+            inputs = self.blank_inputs(1)
+            state_in, state_out = self.zeros(1), self.zeros(1)
+            binding.bind_cpu_input(self.input_name, inputs)
+            binding.bind_cpu_input("state", state_in)
+            outputs: list[FloatArray] = []
+            for arg in graph.get_outputs():
+                if arg.name == "state_out":
+                    array = state_out
+                else:
+                    width = self.output_size if arg.name == "logits" else self.values_size
+                    array = np.zeros((1, width), dtype=np.float32)
+                    outputs.append(array)
+                binding.bind_output(
+                    arg.name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data
+                )
+            self._lone = binding, inputs, state_in, outputs, state_out
+        binding, inputs, state_in, outputs, state_out = self._lone
+        inputs[0] = given
+        state_in[:, 0, :] = state
+        graph.run_with_iobinding(binding)
+        return self._rows(outputs), state_out
 
     def run_inputs(self, inputs: Inputs, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Feed a sequence (ids [T] or vectors [T, n_x]) to one session's state [S,1,W];
