@@ -25,7 +25,7 @@ from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.inputs import TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs
 from rnnserve_server.sessions import Session, SessionStore
 from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
@@ -139,7 +139,7 @@ class Core:
         """``fn(*args)`` on an inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def encode(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
+    def encode(self, model: Model, given: TokenInput, *, field: str) -> Inputs:
         """``inputs.encode_input`` under this server's max_tokens_per_request."""
         return encode_input(model, given, field=field, limit=self.config.max_tokens_per_request)
 
@@ -170,27 +170,30 @@ class Core:
 
     # ------------------------------------------------------------------ feeding
 
-    async def feed(self, session: Session, ids: IntArray) -> FloatArray:
-        """Feed tokens to a session (its lock held); the logits after the last, [K].
+    async def feed(self, session: Session, inputs: Inputs) -> FloatArray:
+        """Feed inputs (ids [T] or vectors [T, n_x]) to a session (its lock held); the
+        output row after the last, [K + R] (``runtime.ModelRuntime``).
 
-        One token joins the cross-session batch; several run as one call on a worker
+        One input joins the cross-session batch; several run as one call on a worker
         thread (the sequence graph where the package has one). Either way the state
-        changes only when every token has been applied, so a cancelled or failed call
+        changes only when every input has been applied, so a cancelled or failed call
         leaves the session as it was.
         """
         session.ensure_open()
-        if len(ids) == 1:
-            return await self.batcher(session.model).feed(session, int(ids[0]))
+        if len(inputs) == 1:
+            x = inputs[0] if inputs.ndim > 1 else int(inputs[0])
+            return await self.batcher(session.model).feed(session, x)
         pool = self.store.pool(session.model)
         state = pool.gather([session.slot])
-        logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
+        rows, state = await self.infer(session.model.runtime.run_inputs, inputs, state)
         session.ensure_open()
         pool.scatter([session.slot], state)
-        session.steps += len(ids)
-        return logits[0]  # type: ignore[no-any-return]
+        session.steps += len(inputs)
+        return rows[0]  # type: ignore[no-any-return]
 
     async def current_logits(self, session: Session) -> FloatArray:
-        """The output for the session's current state, without feeding anything, [K]."""
+        """The output row for the session's current state, without feeding anything,
+        [K + R]; FAILED_PRECONDITION for a model without a head graph."""
         session.ensure_open()
         runtime = session.model.runtime
         state = self.store.pool(session.model).gather([session.slot])
