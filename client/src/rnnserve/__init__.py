@@ -38,12 +38,15 @@ from rnnserve.types import (
     RefusedPackage,
     ReloadResult,
     SessionInfo,
+    StatePart,
     StepInput,
     StepResult,
+    TokenizerRules,
     TokenProb,
     TrainingModel,
     TranslateResult,
     Vocabulary,
+    VocabularyListing,
 )
 
 __all__ = [
@@ -70,14 +73,17 @@ __all__ = [
     "RnnServeError",
     "Session",
     "SessionInfo",
+    "StatePart",
     "StepInput",
     "StepResult",
     "TLSConfig",
     "TokenProb",
+    "TokenizerRules",
     "TrainingModel",
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",
     "Vocabulary",
+    "VocabularyListing",
     "__version__",
 ]

@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rnnserve_server.errors import DataLoss, Unavailable, over_limit
+from rnnserve_server.errors import Aborted, DataLoss, Unavailable, over_limit, shown
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -191,10 +191,12 @@ class RedisRecords:
         idle_timeout_s: float,
         session: bytes,
         *,
+        revision: int,
         max_sessions: int,
         max_per_owner: int,
     ) -> None:
-        """Store a new session; RESOURCE_EXHAUSTED past a limit (counted across replicas)."""
+        """Store a new session at its first ``revision``; RESOURCE_EXHAUSTED past a limit
+        (counted across replicas); ABORTED if the id is taken."""
         idle_ms = round(idle_timeout_s * 1000)
         fields: list[str | int | bytes] = [
             "owner",
@@ -202,7 +204,7 @@ class RedisRecords:
             "idle_ms",
             idle_ms,
             "rev",
-            0,
+            revision,
             "session",
             session,
         ]
@@ -217,8 +219,8 @@ class RedisRecords:
             raise over_limit(
                 "open sessions of this caller", count + 1, max_per_owner, "max_sessions_per_caller"
             )
-        if status == -3:  # 128 random bits collided: never expected
-            raise RuntimeError(f"session id {session_id} exists already")
+        if status == -3:  # a chosen id that is open (random ones never collide)
+            raise Aborted(f"session {shown(session_id)} exists already")
 
     async def load(self, session_id: str, owner: str, revision: int) -> Record | object:
         """The record, or UNCHANGED if its revision is still ``revision``; refreshes the

@@ -45,6 +45,9 @@ from rnnserve_server.statepool import StatePool
 log = logging.getLogger(__name__)
 
 SESSION_ID_HEX = 32  # 128 random bits
+# First revisions of shared records are drawn below this: Redis's Lua numbers are doubles
+# and are written back as integers exactly while they stay under 2**53.
+FIRST_REVISIONS = 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +56,13 @@ class LastCall:
 
     ``reply`` is what a Generate produced (tokens and probabilities, how it ended, the
     step count before its first token, the sampling state it would continue from);
-    None for a Step, whose answer follows from the state.
+    None for a Step, whose answer follows from the state, except for a model without a
+    head graph: then ``output`` keeps the output row the Step answered with.
     """
 
     request_id: str
     reply: dict[str, Any] | None = None
+    output: FloatArray | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -204,11 +209,18 @@ class SessionStore:
         initial: FloatArray | None = None,
         steps: int = 0,
         rng: np.random.Generator | None = None,
+        session_id: str = "",
     ) -> Session:
-        """A new session from the model's initial state, or from ``initial`` [L, H]."""
+        """A new session from the model's initial state, or from ``initial`` [L, H].
+
+        Its id is random, unless the caller gives one (a front whose protocol names its
+        sessions itself, e.g. KServe's sequence ids): ABORTED while that id is open.
+        """
         self.check_idle_timeout(idle_timeout_s)
+        if session_id:
+            self._make_room_for(session_id)
         self.check_capacity(owner)
-        session_id = secrets.token_hex(SESSION_ID_HEX // 2)
+        session_id = session_id or secrets.token_hex(SESSION_ID_HEX // 2)
         slot = self.pool(model).allocate(
             model.runtime.initial_state if initial is None else initial
         )
@@ -231,6 +243,18 @@ class SessionStore:
         )
         return session
 
+    def _make_room_for(self, session_id: str) -> None:
+        """Before a session is created under an id its caller chose: an idle-expired
+        session of that id is closed, and with a shared store this replica's copy goes
+        (the record decides whether the id is taken); an open one: ABORTED."""
+        existing = self._sessions.get(session_id)
+        if existing is None:
+            return
+        if self.records is None and not self._idle_past_timeout(existing, self._clock()):
+            raise Aborted(f"session {shown(session_id)} exists already")
+        self._detach(existing, "expired" if self.records is None else "evicted")
+        asyncio.get_running_loop().create_task(self._release(existing))
+
     async def open(
         self,
         model: Model,
@@ -240,19 +264,30 @@ class SessionStore:
         initial: FloatArray | None = None,
         steps: int = 0,
         rng: np.random.Generator | None = None,
+        session_id: str = "",
     ) -> Session:
         """``create``, and with a shared store the record there (limits counted there)."""
         session = self.create(
-            model, idle_timeout_s=idle_timeout_s, owner=owner, initial=initial, steps=steps, rng=rng
+            model,
+            idle_timeout_s=idle_timeout_s,
+            owner=owner,
+            initial=initial,
+            steps=steps,
+            rng=rng,
+            session_id=session_id,
         )
         if self.records is None:
             return session
+        # A record's first revision is random, not 0: where an id is used again (a chosen
+        # one), a replica's copy of the earlier session never passes for the new one.
+        session.revision = secrets.randbelow(FIRST_REVISIONS)
         try:
             await self.records.create(
                 session.id,
                 owner,
                 session.idle_timeout_s,
                 self._sealed(session),
+                revision=session.revision,
                 max_sessions=self.max_sessions,
                 max_per_owner=self.max_sessions_per_owner,
             )
@@ -291,6 +326,7 @@ class SessionStore:
             state=self.state(session),
             last_request=last.request_id,
             last_reply=last.reply,
+            last_output=last.output,
         )
         return seal_record(self._codec, session.id, session.owner, session.model, content)
 
@@ -338,7 +374,9 @@ class SessionStore:
         session.rng = content.rng.generator()
         session.revision = revision
         session.last = (
-            LastCall(content.last_request, content.last_reply) if content.last_request else None
+            LastCall(content.last_request, content.last_reply, content.last_output)
+            if content.last_request
+            else None
         )
 
     async def load(self, session: Session) -> None:

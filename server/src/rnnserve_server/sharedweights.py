@@ -1,6 +1,6 @@
 """A package's weights, read once per model and shared by the sessions of all its graphs.
 
-A format-2 package keeps every weight tensor once, in its weights file; the graphs'
+A format-3 package keeps every weight tensor once, in its weights file; the graphs'
 initializers reference it (ONNX external data: file, offset, length). Left to itself,
 onnxruntime would read or map that file once per graph. Instead the file is read once,
 each tensor a graph references becomes an OrtValue over that buffer (no copy), and every
@@ -45,10 +45,10 @@ class SharedWeights:
 
 
 def load_shared_weights(package: ModelPackage) -> SharedWeights:
-    """Read the weights file of a format-2 package once; nothing for format 1 (whose
-    graphs hold their own weights)."""
+    """Read the weights file of a format-3 package once; nothing for formats 1 and 2
+    (whose graphs hold their own weights)."""
     manifest = package.manifest
-    if manifest.format_version < 2:
+    if not manifest.shares_weights:
         return SharedWeights()
     weights_path = package.path / manifest.weights_file
     buffer = np.fromfile(weights_path, dtype=np.uint8)

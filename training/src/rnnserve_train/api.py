@@ -8,23 +8,28 @@ from pathlib import Path
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_server.trainingmarks import MarkKeeper
 from rnnserve_train import checkpoint as _checkpoint
+from rnnserve_train import vowels
 from rnnserve_train.config import PRESETS, TrainConfig, make_config
 from rnnserve_train.export import export_checkpoint, export_model
 from rnnserve_train.generate import greedy_tokens, sample_tokens
 from rnnserve_train.model import RNNLanguageModel
+from rnnserve_train.package import PackagingError, UnsupportedModule, package_torch
 from rnnserve_train.parity import ParityError
 from rnnserve_train.train import TrainResult, train
 
 __all__ = [
+    "PackagingError",
     "ParityError",
     "TrainConfig",
     "TrainResult",
+    "UnsupportedModule",
     "build_tiny_package",
     "export_checkpoint",
     "export_model",
     "greedy_tokens",
     "load_checkpoint",
     "make_config",
+    "package_torch",
     "sample_tokens",
     "tiny_checkpoint",
     "tiny_runs_dir",
@@ -37,15 +42,19 @@ def train_and_export(config: TrainConfig) -> Path | None:
     """Train, then export; return the package directory ``<out>/<name>/<version>``.
 
     Under torchrun only rank 0 exports; the other ranks (and ``export=False``) return None.
-    While it trains and exports, ``<out>/<name>/training.json`` marks the model as training
-    (``rnnserve_server.trainingmarks``).
+    The float-vector data set (``japanese-vowels``) trains and packages its own module
+    (``vowels``). While it trains and exports, ``<out>/<name>/training.json`` marks the
+    model as training (``rnnserve_server.trainingmarks``).
     """
-    if int(os.environ.get("RANK", "0")) != 0 or not config.export:
+    vectors = config.data == vowels.DATA
+    if not vectors and (int(os.environ.get("RANK", "0")) != 0 or not config.export):
         train(config)
         return None
     # Marked in the repository while it trains, so a server there calls it unavailable
     # (still training), not unknown.
     with MarkKeeper(Path(config.out) / config.name, config.name, config.max_steps) as mark:
+        if vectors:
+            return vowels.train_and_package(config, mark.update)
         result = train(config, mark.update)
         mark.update(phase="exporting")
         return export_checkpoint(result.checkpoint, Path(config.out), config.version)

@@ -32,11 +32,14 @@ from torch import Tensor, nn
 from rnnserve_train.model import (
     Cell,
     GRUCell,
+    LSTMCell,
     RNNLanguageModel,
     RNNReluCell,
     RNNTanhCell,
     SimpleGRUCell,
     TorchGRUCell,
+    layer_states,
+    stack_states,
 )
 
 OPSET = 17
@@ -86,15 +89,21 @@ class _ScanBody(nn.Module):
     def forward(self, state: Tensor, projected: Tensor, valid: Tensor) -> Tensor:
         inputs = projected
         states = []
-        for layer, cell in enumerate(cast("list[Cell]", list(self.cells))):
+        stack = cast("list[Cell]", list(self.cells))
+        parts = len(stack[0].state_parts)
+        for layer, (cell, layer_state) in enumerate(
+            zip(stack, layer_states(state, len(stack), parts), strict=True)
+        ):
             if layer:
                 inputs = cell.project(inputs)
-            inputs = cell.step(inputs, state[layer])
-            states.append(inputs)
-        return torch.where(valid.view(1, -1, 1), torch.stack(states), state)
+            new = cell.step(inputs, layer_state)
+            inputs = cell.output(new)
+            states.append(new)
+        new_state = stack_states(states, parts)
+        return torch.where(valid.view(1, -1, 1), new_state, state)
 
 
-def _trace(
+def trace(
     module: nn.Module,
     args: tuple[Tensor, ...],
     path: Path,
@@ -108,6 +117,9 @@ def _trace(
         warnings.filterwarnings(
             "ignore", "You are using the legacy TorchScript", DeprecationWarning
         )
+        # A user's step module may slice with a stride; the exporter only says it did
+        # not fold those slices into constants.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
             module,
             args,
@@ -124,20 +136,32 @@ def _trace(
 _TRACE_BATCH = 2
 
 
+def input_name(model: RNNLanguageModel) -> str:
+    """The graphs' name of the model's input: ``tokens`` or ``inputs`` (vectors)."""
+    return "inputs" if model.input_size else "tokens"
+
+
+def example_inputs(model: RNNLanguageModel, *steps: int) -> Tensor:
+    """Zero inputs of the model's kind for ``_TRACE_BATCH`` rows (and ``steps``)."""
+    if model.input_size:
+        return torch.zeros(_TRACE_BATCH, *steps, model.input_size)
+    return torch.zeros(_TRACE_BATCH, *steps, dtype=torch.int64)
+
+
 def export_step(model: RNNLanguageModel, path: Path) -> None:
-    tokens = torch.zeros(_TRACE_BATCH, dtype=torch.int64)
-    _trace(
+    name = input_name(model)
+    trace(
         _StepGraph(model),
-        (tokens, model.zero_state(_TRACE_BATCH)),
+        (example_inputs(model), model.zero_state(_TRACE_BATCH)),
         path,
-        inputs=["tokens", "state"],
+        inputs=[name, "state"],
         outputs=["logits", "state_out"],
-        batch_dims={"tokens": 0, "state": 1, "logits": 0, "state_out": 1},
+        batch_dims={name: 0, "state": 1, "logits": 0, "state_out": 1},
     )
 
 
 def export_head(model: RNNLanguageModel, path: Path) -> None:
-    _trace(
+    trace(
         _HeadGraph(model),
         (model.zero_state(_TRACE_BATCH),),
         path,
@@ -148,7 +172,7 @@ def export_head(model: RNNLanguageModel, path: Path) -> None:
 
 
 def export_condition(model: RNNLanguageModel, path: Path) -> None:
-    _trace(
+    trace(
         _ConditionGraph(model),
         (torch.zeros(_TRACE_BATCH, dtype=torch.int64),),
         path,
@@ -158,15 +182,15 @@ def export_condition(model: RNNLanguageModel, path: Path) -> None:
     )
 
 
-def _scan_body(cells: nn.ModuleList, layers: int, hidden: int, scratch: Path) -> onnx.GraphProto:
+def _scan_body(cells: nn.ModuleList, rows: int, hidden: int, scratch: Path) -> onnx.GraphProto:
     """The traced body, every name prefixed so nothing shadows the outer graph."""
     first = cast(Cell, cells[0])
     width = first.bias.shape[0]
     path = scratch / "scan-body.onnx"
-    _trace(
+    trace(
         _ScanBody(cells),
         (
-            torch.zeros(layers, _TRACE_BATCH, hidden),
+            torch.zeros(rows, _TRACE_BATCH, hidden),
             torch.zeros(_TRACE_BATCH, width),
             torch.ones(_TRACE_BATCH, dtype=torch.bool),
         ),
@@ -265,46 +289,53 @@ def export_sequence(
     """The ``sequence`` graph (decoder cells, state given, logits out) or the ``encoder``
     graph (encoder cells, zero state, state out).
 
-    ``form="native"``: each layer is one ONNX ``RNN``/``GRU`` operator (``native_form``),
-    the fastest on onnxruntime's CPU provider. ``form="scan"``: a ``Scan`` over the traced
-    step of every layer, made of primitives only, for providers whose recurrent operators
-    implement another variant (see docs/models.md). Either reads the model's parameters
-    as they are (what the operators need is derived from them in the graph), so a
-    package's graphs share every weight (``sharing.py``).
+    ``form="native"``: each layer is one ONNX ``RNN``/``GRU``/``LSTM`` operator
+    (``native_form``), the fastest on onnxruntime's CPU provider. ``form="scan"``: a
+    ``Scan`` over the traced step of every layer, made of primitives only, for providers
+    whose recurrent operators implement another variant (see docs/models.md). Either
+    reads the model's parameters as they are (what the operators need is derived from
+    them in the graph), so a package's graphs share every weight (``sharing.py``).
     """
     if form not in SEQUENCE_FORMS:
         raise GraphShapeError(f"sequence form {form!r} is not one of {SEQUENCE_FORMS}")
     cells = model.encoder if encoder else model.cells
     if cells is None:
         raise GraphShapeError("the model has no encoder")
-    L, H = model.layers, model.hidden_size
+    S, H = model.state_rows, model.hidden_size
     g = _Builder(model)
-    tokens = helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH_AXIS, STEPS_AXIS])
+    x = "tokens" if encoder else input_name(model)
+    sequence_input = (
+        helper.make_tensor_value_info(
+            x, TensorProto.FLOAT, [BATCH_AXIS, STEPS_AXIS, model.input_size]
+        )
+        if x == "inputs"
+        else helper.make_tensor_value_info(x, TensorProto.INT64, [BATCH_AXIS, STEPS_AXIS])
+    )
     lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, [BATCH_AXIS])
-    state_type: list[str | int] = [L, BATCH_AXIS, H]
+    state_type: list[str | int] = [S, BATCH_AXIS, H]
     if encoder:
-        batch = g.op("Gather", [g.op("Shape", ["tokens"]), g.integers(0)], axis=0)
+        batch = g.op("Gather", [g.op("Shape", [x]), g.integers(0)], axis=0)
         shape = g.op(
             "Concat",
-            [g.integers([L]), g.op("Unsqueeze", [batch, g.integers([0])]), g.integers([H])],
+            [g.integers([S]), g.op("Unsqueeze", [batch, g.integers([0])]), g.integers([H])],
             axis=0,
         )
         zero = helper.make_tensor("zero_float", TensorProto.FLOAT, [1], [0.0])
         start = g.op("ConstantOfShape", [shape], value=zero)
-        graph_inputs = [tokens, lengths]
+        graph_inputs = [sequence_input, lengths]
     else:
         start = "state"
         state = helper.make_tensor_value_info("state", TensorProto.FLOAT, state_type)
-        graph_inputs = [tokens, lengths, state]
+        graph_inputs = [sequence_input, lengths, state]
     if form == "native":
-        final = _native_stack(g, model, cells, start)
+        final = _native_stack(g, model, cells, x, start)
     else:
-        final = _scan_stack(g, model, cells, start, scratch=path.parent)
+        final = _scan_stack(g, model, cells, x, start, scratch=path.parent)
     state_name = "state" if encoder else "state_out"
     g.op("Identity", [final], state_name)
     outputs = [helper.make_tensor_value_info(state_name, TensorProto.FLOAT, state_type)]
     if not encoder:
-        top = g.op("Gather", [state_name, g.integers(L - 1)], axis=0)
+        top = g.op("Gather", [state_name, g.integers(model.layers - 1)], axis=0)
         weight, bias = g.parameter(model.output_weight), g.parameter(model.output_bias_vector)
         g.op("Gemm", [top, weight, bias], "logits", transB=1)
         logits_type: list[str | int] = [BATCH_AXIS, model.output_size]
@@ -324,19 +355,36 @@ def export_sequence(
     onnx.save(onnx_model, str(path))
 
 
+def _embedded(g: _Builder, model: RNNLanguageModel, x: str) -> str | None:
+    """The embedded tokens [B, T, d] where the model has an embedding (that the encoder
+    shares); the input vectors themselves; None for tokens a first layer gathers itself
+    (the one-hot product)."""
+    if x == "inputs":
+        return x
+    if model.embedding is None:
+        return None
+    return g.op("Gather", [g.parameter(model.embedding.weight), x])
+
+
 def _scan_stack(
-    g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, state: str, *, scratch: Path
+    g: _Builder,
+    model: RNNLanguageModel,
+    cells: nn.ModuleList,
+    x: str,
+    state: str,
+    *,
+    scratch: Path,
 ) -> str:
-    """Nodes running every layer over ``tokens``/``lengths`` as one Scan of the traced
-    step; returns the name of the final state [L, B, H]."""
+    """Nodes running every layer over the input ``x`` and ``lengths`` as one Scan of the
+    traced step; returns the name of the final state [S, B, H]."""
     first = cast(Cell, cells[0])
-    if model.embedding is not None:
-        embedded = g.op("Gather", [g.parameter(model.embedding), "tokens"])
-        product = g.op("MatMul", [embedded, g.parameter(first.input_weight)])
+    features = _embedded(g, model, x)
+    if features is None:  # the one-hot product: a row of the input weight
+        product = g.op("Gather", [g.parameter(first.input_weight), x])
     else:
-        product = g.op("Gather", [g.parameter(first.input_weight), "tokens"])
+        product = g.op("MatMul", [features, g.parameter(first.input_weight)])
     projected = g.op("Add", [product, g.parameter(first.bias)])
-    steps = g.op("Gather", [g.op("Shape", ["tokens"]), g.integers(1)], axis=0)
+    steps = g.op("Gather", [g.op("Shape", [x]), g.integers(1)], axis=0)
     positions = g.op("Range", [g.integers(0), steps, g.integers(1)])
     valid = g.op(
         "Less",
@@ -345,7 +393,7 @@ def _scan_stack(
             g.op("Unsqueeze", ["lengths", g.integers([1])]),
         ],
     )
-    body = _scan_body(cells, model.layers, model.hidden_size, scratch)
+    body = _scan_body(cells, model.state_rows, model.hidden_size, scratch)
     # The body reads its weights from the enclosing graph, so they are stored (and
     # shared) like every other initializer.
     for tensor in body.initializer:
@@ -361,10 +409,10 @@ def _scan_stack(
 
 @dataclass(frozen=True)
 class NativeForm:
-    """A cell as an ONNX ``RNN`` or ``GRU`` operator: for each gate slot of the operator,
-    in its order, the cell's gate and the sign its weights take there, or None for a gate
-    held open (zero weights, bias ``OPEN_GATE_BIAS``); ``recurrent_bias``: the cell's
-    parameter that is the operator's recurrent bias of the last slot."""
+    """A cell as an ONNX ``RNN``, ``GRU`` or ``LSTM`` operator: for each gate slot of the
+    operator, in its order, the cell's gate and the sign its weights take there, or None
+    for a gate held open (zero weights, bias ``OPEN_GATE_BIAS``); ``recurrent_bias``: the
+    cell's parameter that is the operator's recurrent bias of the last slot."""
 
     op_type: str
     attributes: dict[str, Any]
@@ -384,7 +432,9 @@ def native_form(cell: Cell) -> NativeForm:
     * ``gru``: ``GRU`` with ``linear_before_reset=0`` (the course form); its gate order is
       z, r, h and its z weights the *old* state, so ``z = 1 - Γ_u``: W_z = -W_u, b_z = -b_u;
     * ``gru-simple``: the same with the reset gate held open;
-    * ``gru-torch``: ``GRU`` with ``linear_before_reset=1`` (PyTorch's form), b_hn as Rb_h.
+    * ``gru-torch``: ``GRU`` with ``linear_before_reset=1`` (PyTorch's form), b_hn as Rb_h;
+    * ``lstm``: ``LSTM`` (PyTorch's equations), its gates in ONNX's order i, o, f, c (c:
+      the candidate, our g).
     """
     if isinstance(cell, RNNTanhCell):
         activation = "Relu" if isinstance(cell, RNNReluCell) else "Tanh"
@@ -396,21 +446,32 @@ def native_form(cell: Cell) -> NativeForm:
     if isinstance(cell, TorchGRUCell):
         slots = (("z", 1.0), ("r", 1.0), ("n", 1.0))
         return NativeForm("GRU", {"linear_before_reset": 1}, slots, "recurrent_bias_n")
+    if isinstance(cell, LSTMCell):
+        return NativeForm("LSTM", {}, (("i", 1.0), ("o", 1.0), ("f", 1.0), ("g", 1.0)))
     raise GraphShapeError(f"no native ONNX operator for {type(cell).__name__}")
 
 
-def _native_stack(g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, state: str) -> str:
-    """Nodes running every layer over ``tokens``/``lengths`` from ``state`` [L, B, H];
-    returns the name of the final state [L, B, H]."""
+def _native_stack(
+    g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, x: str, state: str
+) -> str:
+    """Nodes running every layer over ``x``/``lengths`` from ``state`` [S, B, H]; returns
+    the name of the final state [S, B, H] (h of every layer, then an LSTM's c)."""
+    stack = cast("list[Cell]", list(cells))
+    L = len(stack)
+    parts = stack[0].state_parts
     seq_lens = g.op("Cast", ["lengths"], to=TensorProto.INT32)
-    layer_inputs, matrix, features = _first_layer_inputs(g, model, cast(Cell, cells[0]))
-    finals = []
-    for layer, cell in enumerate(cast("list[Cell]", list(cells))):
+    layer_inputs, matrix, features = _first_layer_inputs(g, model, stack[0], x)
+    finals: dict[str, list[str]] = {part: [] for part in parts}
+    for layer, cell in enumerate(stack):
         form = native_form(cell)
         if layer:
             matrix, features = g.parameter(cell.input_weight), cell.input_size
-        initial = g.op("Slice", [state, g.integers([layer]), g.integers([layer + 1])])
-        outputs, final = g.ops(
+        # This layer's rows of the state: its h (and an LSTM's c, L rows further on).
+        initial = [
+            g.op("Slice", [state, g.integers([p * L + layer]), g.integers([p * L + layer + 1])])
+            for p in range(len(parts))
+        ]
+        outputs, *last = g.ops(
             form.op_type,
             [
                 layer_inputs,
@@ -418,33 +479,37 @@ def _native_stack(g: _Builder, model: RNNLanguageModel, cells: nn.ModuleList, st
                 _operator_recurrent(g, cell, form),
                 _operator_biases(g, cell, form),
                 seq_lens,
-                initial,
+                *initial,
             ],
-            2,
+            1 + len(parts),
             hidden_size=cell.hidden_size,
             **form.attributes,
         )
         layer_inputs = g.op("Squeeze", [outputs, g.integers([1])])
-        finals.append(final)
-    return g.op("Concat", finals, axis=0)
+        for part, final in zip(parts, last, strict=True):
+            finals[part].append(final)
+    return g.op("Concat", [name for part in parts for name in finals[part]], axis=0)
 
 
-def _first_layer_inputs(g: _Builder, model: RNNLanguageModel, first: Cell) -> tuple[str, str, int]:
+def _first_layer_inputs(
+    g: _Builder, model: RNNLanguageModel, first: Cell, x: str
+) -> tuple[str, str, int]:
     """The first layer's time-major inputs [T, B, I], the matrix [I, gates * H] (the
     cell's layout) whose rows their features weigh, and I."""
     width = len(native_form(first).slots) * first.hidden_size
-    if model.embedding is not None:
-        features = g.op("Gather", [g.parameter(model.embedding), "tokens"])
+    embedded = _embedded(g, model, x)
+    if embedded is not None:  # embedded tokens or input vectors
+        features = embedded
         matrix, size = g.parameter(first.input_weight), first.input_size
     elif first.input_size <= width:
         # The one-hot input itself: the product picks one column of W, exactly.
         values = g.op("Concat", [g.filled([1], 0.0), g.filled([1], 1.0)], axis=0)
-        features = g.op("OneHot", ["tokens", g.integers(first.input_size), values], axis=-1)
+        features = g.op("OneHot", [x, g.integers(first.input_size), values], axis=-1)
         matrix, size = g.parameter(first.input_weight), first.input_size
     else:
         # A vocabulary wider than the gates: gather each token's row (the embedding
         # lookup) and let the operator multiply it by a permutation of the identity.
-        features = g.op("Gather", [g.parameter(first.input_weight), "tokens"])
+        features = g.op("Gather", [g.parameter(first.input_weight), x])
         size = first.input_weight.shape[1]
         matrix = g.op("EyeLike", [g.filled([size, size], 0.0)])
     return g.op("Transpose", [features], perm=[1, 0, 2]), matrix, size
@@ -522,19 +587,19 @@ def check_graph_shapes(path: Path, expected: Mapping[str, tuple[int | str, ...]]
 
 def expected_shapes(model: RNNLanguageModel) -> dict[str, tuple[int | str, ...]]:
     """The dims of every graph input/output name, as the package format requires."""
-    L, H, K = model.layers, model.hidden_size, model.output_size
+    S, H, K = model.state_rows, model.hidden_size, model.output_size
     return {
         "condition": (BATCH_AXIS,),
         "lengths": (BATCH_AXIS,),
-        "state": (L, BATCH_AXIS, H),
-        "state_out": (L, BATCH_AXIS, H),
+        "state": (S, BATCH_AXIS, H),
+        "state_out": (S, BATCH_AXIS, H),
         "logits": (BATCH_AXIS, K),
     }
 
 
 def expected_for(kind: str, model: RNNLanguageModel) -> dict[str, tuple[int | str, ...]]:
     shapes = expected_shapes(model)
-    shapes["tokens"] = (
-        (BATCH_AXIS, STEPS_AXIS) if kind in ("sequence", "encoder") else (BATCH_AXIS,)
-    )
+    steps: tuple[str, ...] = (STEPS_AXIS,) if kind in ("sequence", "encoder") else ()
+    shapes["tokens"] = (BATCH_AXIS, *steps)
+    shapes["inputs"] = (BATCH_AXIS, *steps, model.input_size)
     return shapes

@@ -2,8 +2,13 @@
 
 A model is a stack of cells and an output layer ``ŷ<t> = W_ya a<t> + b_y`` (logits; the
 softmax or sigmoid lives in the loss and in the server). The first layer's input is a
-token, whose one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight``;
-deeper layers read the activation of the layer below.
+token, whose one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight`` (or,
+with an embedding ``W_ex``, the product with the embedded token ``W_ex x<t>``), or a
+float vector (``input_size``); deeper layers read the activation of the layer below.
+
+The state is one tensor ``[S, B, H]``: ``h`` of every layer, first layer first, and for
+the LSTM then ``c`` of every layer (``S = parts * layers``), as the package stores it.
+Inside the stack a layer's state is ``[B, parts * H]`` (``h`` then ``c``).
 
 Each cell splits its work in two: ``project`` computes the input half of every gate for a
 whole chunk in one product (no recurrence there), and ``step`` does the recurrent half of
@@ -63,6 +68,8 @@ class Cell(nn.Module):
     """
 
     gates: ClassVar[tuple[str, ...]]
+    # The state tensors of one layer: ``h`` (the activation), and for the LSTM ``c``.
+    state_parts: ClassVar[tuple[str, ...]] = ("h",)
     # The gates whose recurrent block is in ``recurrent`` (in order); each other gate (the
     # GRU's candidate, which reads Γ_r * c<t-1>) has its own parameter ``recurrent_<gate>``
     # (W_ga^T), which the native sequence graphs read by that name (graphs.py).
@@ -96,8 +103,13 @@ class Cell(nn.Module):
         return inputs @ self.input_weight + self.bias
 
     def step(self, projected: Tensor, state: Tensor) -> Tensor:
-        """One time step: ``projected`` [B, gates*H], ``state`` [B, H] -> new state."""
+        """One time step: ``projected`` [B, gates*H], ``state`` [B, parts*H] -> new state."""
         raise NotImplementedError
+
+    def output(self, state: Tensor) -> Tensor:
+        """The activation ``a<t>`` (what the next layer and the head read) of a layer's
+        state [..., parts*H]: its ``h``."""
+        return state if len(self.state_parts) == 1 else state[..., : self.hidden_size]
 
     def scan(
         self,
@@ -106,7 +118,7 @@ class Cell(nn.Module):
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Every step of a chunk: [B, T, gates*H] -> (activations [B, T, H], last state).
+        """Every step of a chunk: [B, T, gates*H] -> (states [B, T, parts*H], last state).
 
         ``keep`` [B, T] (float) zeroes the state before the steps where it is 0 (document
         starts in a packed stream). ``valid`` [B, T] (bool) marks real tokens: at a padded
@@ -343,12 +355,61 @@ class TorchGRUCell(Cell):
         H = self.hidden_size
         w_ih = getattr(gru, f"weight_ih_l{layer}")
         w_hh = getattr(gru, f"weight_hh_l{layer}")
-        b_ih = getattr(gru, f"bias_ih_l{layer}")
-        b_hh = getattr(gru, f"bias_hh_l{layer}")
+        zeros = torch.zeros(3 * H)
+        b_ih = getattr(gru, f"bias_ih_l{layer}") if gru.bias else zeros
+        b_hh = getattr(gru, f"bias_hh_l{layer}") if gru.bias else zeros
         self.input_weight.copy_(w_ih.T)
         self.recurrent.copy_(w_hh.T)
         self.bias.copy_(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]))
         self.recurrent_bias_n.copy_(b_hh[2 * H :])
+
+
+class LSTMCell(Cell):
+    """The LSTM (``lstm``) as PyTorch's ``nn.LSTM`` defines it (docs/MODELS.md), without
+    peepholes or projection; its state is ``(a, c)``, here ``[B, 2H]`` = ``[a | c]``.
+
+        i<t> = σ(W_i [a<t-1>, x<t>] + b_i)     f<t> = σ(W_f [a<t-1>, x<t>] + b_f)
+        g<t> = tanh(W_g [a<t-1>, x<t>] + b_g)  o<t> = σ(W_o [a<t-1>, x<t>] + b_o)
+        c<t> = f<t> * c<t-1> + i<t> * g<t>     a<t> = o<t> * tanh(c<t>)
+
+    The gates are stacked i, f, g, o, as in ``weight_ih_l{k}``; ``b_g = b_ih + b_hh``.
+    """
+
+    gates = ("i", "f", "g", "o")
+    recurrent_gates = ("i", "f", "g", "o")
+    state_parts = ("h", "c")
+
+    def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
+        super().__init__(input_size, hidden_size, embed=embed)
+        self.reset_parameters()
+
+    def step(self, projected: Tensor, state: Tensor) -> Tensor:
+        H = self.hidden_size
+        h, c = state[:, :H], state[:, H:]
+        z = torch.addmm(projected, h, self.recurrent)
+        i, f, o = (
+            torch.sigmoid(z[:, :H]),
+            torch.sigmoid(z[:, H : 2 * H]),
+            torch.sigmoid(z[:, 3 * H :]),
+        )
+        g = torch.tanh(z[:, 2 * H : 3 * H])
+        c = f * c + i * g
+        return torch.cat([o * torch.tanh(c), c], dim=1)
+
+    @torch.no_grad()
+    def load_torch_lstm(self, lstm: nn.LSTM, layer: int = 0) -> None:
+        """Copy layer ``layer`` of an ``nn.LSTM`` (gates i, f, g, o), folding the biases."""
+        self.input_weight.copy_(getattr(lstm, f"weight_ih_l{layer}").T)
+        self.recurrent.copy_(getattr(lstm, f"weight_hh_l{layer}").T)
+        self.bias.copy_(_torch_bias(lstm, layer, 4 * self.hidden_size))
+
+
+def _torch_bias(module: nn.RNNBase, layer: int, width: int) -> Tensor:
+    """``b_ih + b_hh`` of one layer of a torch recurrent module (zeros without biases)."""
+    if not module.bias:
+        return torch.zeros(width)
+    total: Tensor = getattr(module, f"bias_ih_l{layer}") + getattr(module, f"bias_hh_l{layer}")
+    return total
 
 
 # Manifest cell name -> implementation.
@@ -358,21 +419,41 @@ CELLS: dict[str, type[Cell]] = {
     "gru-simple": SimpleGRUCell,
     "gru": GRUCell,
     "gru-torch": TorchGRUCell,
+    "lstm": LSTMCell,
 }
 
 ENCODER_PREFIX = "encoder."
 CONDITION_KEY = "condition.A0"
+EMBEDDING_KEY = "W_ex"
 
 
 def _stack(
-    cell: str, input_size: int, hidden_size: int, layers: int, *, tokens: bool
+    cell: str, first_input: int, hidden_size: int, layers: int, *, tokens: bool
 ) -> nn.ModuleList:
-    """``layers`` cells; the first reads ``input_size`` features, or token ids (``tokens``:
+    """``layers`` cells; the first reads ``first_input`` features, or token ids (``tokens``:
     its input product is a gather of rows, the one-hot product of MODELS.md)."""
     return nn.ModuleList(
-        CELLS[cell](input_size if i == 0 else hidden_size, hidden_size, embed=tokens and i == 0)
+        CELLS[cell](first_input if i == 0 else hidden_size, hidden_size, embed=tokens and i == 0)
         for i in range(layers)
     )
+
+
+def layer_states(state: Tensor, layers: int, parts: int) -> list[Tensor]:
+    """The package's state [S, B, H] as each layer's state [B, parts * H] (h, then c)."""
+    if parts == 1:
+        return list(state.unbind(0))
+    return [
+        torch.cat([state[p * layers + layer] for p in range(parts)], -1) for layer in range(layers)
+    ]
+
+
+def stack_states(states: list[Tensor], parts: int) -> Tensor:
+    """Each layer's state [B, parts * H] as the package's state [S, B, H]."""
+    if parts == 1:
+        return torch.stack(states)
+    # unflatten, not slices: the traced graph then keeps H a fixed dimension.
+    split = [torch.unflatten(s, -1, (parts, -1)) for s in states]
+    return torch.stack([s[:, p] for p in range(parts) for s in split])
 
 
 def valid_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -381,18 +462,20 @@ def valid_mask(lengths: Tensor, steps: int) -> Tensor:
 
 
 class RNNLanguageModel(nn.Module):
-    """Stacked cells over a vocabulary; the state is [layers, batch, hidden].
+    """Stacked cells over a vocabulary or over float vectors; the state is [S, batch,
+    hidden] (S = layers, or 2 * layers for the LSTM: h rows, then c rows).
 
     ``output_size`` (default: the vocabulary) is K, the width of the logits;
     ``encoder=True`` adds an encoder stack for seq2seq; ``conditions=C`` adds the
-    table of C initial states of a conditional generator.
+    table of C initial states of a conditional generator. ``input_size`` > 0 makes the
+    input a vector of that many floats (``vocab_size`` is then 0).
 
-    ``embedding_size=d`` gives the tokens an embedding ``E`` [vocabulary, d] that every
-    stack reading tokens shares: the first layer reads ``E[x<t>]``, so its ``W_gx`` of
-    MODELS.md is ``W_ge E^T`` (``to_seed_weights`` writes it so). ``tie_embeddings``
-    makes the output layer ``W_ya = E`` (d must equal the hidden size). ``dropout`` drops
-    that fraction of the embedding, of each layer's output and of the top layer's output
-    while training (never between time steps, so a step's function is unchanged).
+    ``embedding_size=d`` gives the tokens an embedding ``E`` [vocabulary, d] (``W_ex =
+    E^T`` in the seed notation) that every stack reading tokens shares: the first layer
+    (and an encoder's) reads ``E[x<t>]``. ``tie_embeddings`` makes the output layer
+    ``W_ya = E`` (d must equal the hidden size). ``dropout`` drops that fraction of the
+    embedding, of each layer's output and of the top layer's output while training
+    (never between time steps, so a step's function is unchanged).
     """
 
     def __init__(
@@ -405,6 +488,7 @@ class RNNLanguageModel(nn.Module):
         output_size: int | None = None,
         encoder: bool = False,
         conditions: int = 0,
+        input_size: int = 0,
         embedding_size: int = 0,
         tie_embeddings: bool = False,
         dropout: float = 0.0,
@@ -412,7 +496,12 @@ class RNNLanguageModel(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; known: {sorted(CELLS)}")
+        if bool(input_size) == bool(vocab_size):
+            raise ValueError("give a vocabulary size (token inputs) or an input size (vectors)")
+        if input_size and (embedding_size or encoder):
+            raise ValueError("a vector input has no embedding and no encoder")
         self.cell_name, self.vocab_size = cell, vocab_size
+        self.input_size, self.embedding_size = input_size, embedding_size
         self.hidden_size, self.layers = hidden_size, layers
         self.output_size = output_size or vocab_size
         if tie_embeddings and (embedding_size != hidden_size or self.output_size != vocab_size):
@@ -421,19 +510,35 @@ class RNNLanguageModel(nn.Module):
                 f"(got embedding_size={embedding_size}, hidden_size={hidden_size}, "
                 f"{self.output_size} outputs for {vocab_size} tokens)"
             )
-        self.embedding = (
-            nn.Parameter(torch.empty(vocab_size, embedding_size).uniform_(-0.1, 0.1))
+        # E starts at U(-0.1, 0.1): small, as the output layer it may also be.
+        # (torch's from_pretrained carries no annotations)
+        self.embedding: nn.Embedding | None = (
+            nn.Embedding.from_pretrained(  # type: ignore[no-untyped-call]
+                torch.empty(vocab_size, embedding_size).uniform_(-0.1, 0.1), freeze=False
+            )
             if embedding_size
             else None
         )
-        first_input = embedding_size or vocab_size
-        tokens = not embedding_size
-        self.cells = _stack(cell, first_input, hidden_size, layers, tokens=tokens)
-        self.encoder = (
-            _stack(cell, first_input, hidden_size, layers, tokens=tokens) if encoder else None
+        # A stack reading tokens gathers rows of its first layer's input weight (the
+        # one-hot product), or reads E's rows; the decoder may read vectors instead.
+        token_features = embedding_size or vocab_size
+        self.cells = _stack(
+            cell,
+            input_size or token_features,
+            hidden_size,
+            layers,
+            tokens=not (input_size or embedding_size),
         )
+        self.encoder = (
+            _stack(cell, token_features, hidden_size, layers, tokens=not embedding_size)
+            if encoder
+            else None
+        )
+        self.state_rows = layers * len(CELLS[cell].state_parts)
         self.condition_table = (
-            nn.Parameter(torch.randn(conditions, layers, hidden_size) * 0.1) if conditions else None
+            nn.Parameter(torch.randn(conditions, self.state_rows, hidden_size) * 0.1)
+            if conditions
+            else None
         )
         # W_ya, b_y: a layer of its own, or E and a bias (tied)
         self.output = None if tie_embeddings else nn.Linear(hidden_size, self.output_size)
@@ -442,7 +547,6 @@ class RNNLanguageModel(nn.Module):
 
     @property
     def stack(self) -> list[Cell]:
-        """The (decoder) cells, first layer first."""
         return cast("list[Cell]", list(self.cells))
 
     @property
@@ -450,11 +554,15 @@ class RNNLanguageModel(nn.Module):
         return 0 if self.condition_table is None else int(self.condition_table.shape[0])
 
     @property
+    def input_kind(self) -> str:
+        return "vectors" if self.input_size else "tokens"
+
+    @property
     def output_weight(self) -> Tensor:
         """W_ya [K, H]: the output layer's weight, or E when tied."""
         if self.output is None:
             assert self.embedding is not None
-            return self.embedding
+            return self.embedding.weight
         return self.output.weight
 
     @property
@@ -469,20 +577,19 @@ class RNNLanguageModel(nn.Module):
         """ŷ = W_ya a + b_y for the top layer's activations [..., H] -> [..., K]."""
         return functional.linear(top, self.output_weight, self.output_bias_vector)
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        """The first layer's input: the tokens themselves (the cell gathers its rows of
-        W_x) or their embeddings E[x]."""
+    def embed(self, inputs: Tensor) -> Tensor:
+        """What the first layer reads: the tokens (whose projection is a gather), their
+        embeddings ``E[x<t>]`` (``W_ex x<t>``), or the input vectors as they are."""
         if self.embedding is None:
-            return tokens
-        embedded: Tensor = self.dropout(functional.embedding(tokens, self.embedding))
+            return inputs
+        embedded: Tensor = self.dropout(self.embedding(inputs))
         return embedded
 
     def zero_state(self, batch: int) -> Tensor:
-        parameter = self.output_bias_vector
-        return parameter.new_zeros(self.layers, batch, self.hidden_size)
+        return self.output_bias_vector.new_zeros(self.state_rows, batch, self.hidden_size)
 
     def initial_state(self, token: int, batch: int = 1) -> Tensor:
-        """The state after feeding ``token`` (e.g. bos) to a zero state: [L, batch, H]."""
+        """The state after feeding ``token`` (e.g. bos) to a zero state: [S, batch, H]."""
         device = self.output_bias_vector.device
         tokens = torch.full((batch,), token, dtype=torch.int64, device=device)
         return self.step(tokens, self.zero_state(batch))[1]
@@ -490,21 +597,26 @@ class RNNLanguageModel(nn.Module):
     def run_stack(
         self,
         cells: nn.ModuleList,
-        tokens: Tensor,
+        inputs: Tensor,
         state: Tensor,
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """tokens [B, T] through every layer of ``cells`` -> (top activations [B, T, H],
-        state [L, B, H])."""
-        inputs = self.embed(tokens)
+        """Inputs [B, T] (tokens) or [B, T, n_x] through every layer of ``cells`` ->
+        (top activations [B, T, H], state [S, B, H])."""
+        stack = cast("list[Cell]", list(cells))
+        parts = len(stack[0].state_parts)
+        x = self.embed(inputs)
         states = []
-        for layer, cell in enumerate(cast("list[Cell]", list(cells))):
+        for layer, (cell, layer_state) in enumerate(
+            zip(stack, layer_states(state, len(stack), parts), strict=True)
+        ):
             if layer:
-                inputs = self.dropout(inputs)
-            inputs, last = cell.scan(cell.project(inputs), state[layer], keep, valid)
+                x = self.dropout(x)
+            outputs, last = cell.scan(cell.project(x), layer_state, keep, valid)
+            x = cell.output(outputs)
             states.append(last)
-        return inputs, torch.stack(states)
+        return x, stack_states(states, parts)
 
     def forward(
         self,
@@ -513,39 +625,44 @@ class RNNLanguageModel(nn.Module):
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """tokens [B, T], state [L, B, H] -> (logits [B, T, K], state [L, B, H]).
+        """inputs [B, T] (or [B, T, n_x]), state [S, B, H] -> (logits [B, T, K], state).
 
         ``keep`` and ``valid`` as in ``Cell.scan``; with ``valid`` the returned state is
-        each row's state after its last valid token.
+        each row's state after its last valid input.
         """
         top, new_state = self.run_stack(self.cells, tokens, state, keep, valid)
         return self.logits(self.dropout(top)), new_state
 
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens [B], state [L, B, H] -> (logits [B, K], state [L, B, H])."""
+        """inputs [B] (or [B, n_x]), state [S, B, H] -> (logits [B, K], state [S, B, H])."""
         inputs = self.embed(tokens)
         states = []
-        for layer, cell in enumerate(self.stack):
+        parts = len(self.stack[0].state_parts)
+        for layer, (cell, layer_state) in enumerate(
+            zip(self.stack, layer_states(state, self.layers, parts), strict=True)
+        ):
             if layer:
                 inputs = self.dropout(inputs)
-            inputs = cell.step(cell.project(inputs), state[layer])
-            states.append(inputs)
-        return self.logits(self.dropout(inputs)), torch.stack(states)
+            new = cell.step(cell.project(inputs), layer_state)
+            inputs = cell.output(new)
+            states.append(new)
+        return self.logits(self.dropout(inputs)), stack_states(states, parts)
 
     def head(self, state: Tensor) -> Tensor:
-        """The output for the current state, [L, B, H] -> logits [B, K]."""
-        return self.logits(state[-1])
+        """The output for the current state, [S, B, H] -> logits [B, K]: the last
+        layer's h (row layers - 1)."""
+        return self.logits(state[self.layers - 1])
 
     def sequence(self, tokens: Tensor, lengths: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """The sequence graph: tokens [B, T], lengths [B] (1..T), state [L, B, H] ->
-        (logits [B, K] after each row's last token, state [L, B, H] after it)."""
+        """The sequence graph: inputs [B, T] (or [B, T, n_x]), lengths [B] (1..T), state
+        [S, B, H] -> (logits [B, K] after each row's last input, state [S, B, H] after it)."""
         _, new_state = self.run_stack(
             self.cells, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
         )
         return self.head(new_state), new_state
 
     def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """The encoder graph: source tokens [B, T], lengths [B] -> decoder state [L, B, H]."""
+        """The encoder graph: source tokens [B, T], lengths [B] -> decoder state [S, B, H]."""
         if self.encoder is None:
             raise ValueError("this model has no encoder")
         state = self.zero_state(tokens.shape[0])
@@ -555,7 +672,7 @@ class RNNLanguageModel(nn.Module):
         return final
 
     def condition_state(self, condition: Tensor) -> Tensor:
-        """The condition graph: condition indices [B] -> initial state [L, B, H]."""
+        """The condition graph: condition indices [B] -> initial state [S, B, H]."""
         if self.condition_table is None:
             raise ValueError("this model has no conditions")
         return torch.tanh(self.condition_table[condition]).transpose(0, 1)
@@ -564,38 +681,25 @@ class RNNLanguageModel(nn.Module):
 
     def to_seed_weights(self) -> dict[str, np.ndarray]:
         """Weights in the notation of docs/MODELS.md: ``layer1.W_r`` ... ``W_ya``, ``b_y``;
-        ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, L, H] for
-        conditions (``a<0> = tanh(A0[c])``). With an embedding, a first layer's input
-        block is ``W_gx = W_ge E^T`` (the product in float64), so the equations read the
-        one-hot token as everywhere else."""
+        ``W_ex`` (n_e, n_x) for an embedding (``E^T``; with tied embeddings ``W_ya`` is
+        ``E``); ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, S, H] for
+        conditions (``a<0> = tanh(A0[c])``)."""
         weights: dict[str, np.ndarray] = {}
+        if self.embedding is not None:
+            weights[EMBEDDING_KEY] = _numpy(self.embedding.weight.T)
         for prefix, cell in self._seed_layers():
-            through_embedding = self.embedding is not None and prefix.endswith("layer1.")
             for key, value in cell.seed_weights().items():
-                weights[prefix + key] = (
-                    self._through_embedding(value, cell.hidden_size)
-                    if through_embedding and key.startswith("W_")
-                    else value
-                )
+                weights[prefix + key] = value
         if self.condition_table is not None:
             weights[CONDITION_KEY] = _numpy(self.condition_table)
         weights["W_ya"] = _numpy(self.output_weight)
         weights["b_y"] = _numpy(self.output_bias_vector)
         return weights
 
-    def _through_embedding(self, matrix: np.ndarray, hidden: int) -> np.ndarray:
-        """[W_ga | W_ge] -> [W_ga | W_ge E^T]."""
-        assert self.embedding is not None
-        table = self.embedding.detach().cpu().numpy().astype(np.float64)
-        input_block = matrix[:, hidden:].astype(np.float64) @ table.T
-        return np.concatenate([matrix[:, :hidden], input_block.astype(np.float32)], axis=1)
-
     @torch.no_grad()
     def load_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """The inverse of ``to_seed_weights`` for a model without an embedding (one with
-        an embedding has the same function as the model ``from_seed_weights`` builds)."""
         if self.embedding is not None:
-            raise ValueError("seed weights cannot be split back into W_ge and E")
+            self.embedding.weight.copy_(torch.as_tensor(weights[EMBEDDING_KEY]).T)
         for prefix, cell in self._seed_layers():
             cell.load_seed_weights(
                 {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -616,23 +720,27 @@ class RNNLanguageModel(nn.Module):
                 yield f"{stack_prefix}layer{i}.", cell
 
     @classmethod
-    def from_parameters(cls, cell: str, parameters: Mapping[str, np.ndarray]) -> RNNLanguageModel:
+    def from_parameters(
+        cls, cell: str, parameters: Mapping[str, np.ndarray], *, vectors: bool = False
+    ) -> RNNLanguageModel:
         """Rebuild a model from its parameters by name (``named_parameters()``, as a
-        package's weights file holds them); the shapes give the sizes."""
+        package's weights file holds them); the shapes give the sizes (``vectors``: the
+        first layer reads float vectors, not tokens)."""
         first = "cells.0."
         layers = len({k.split(".")[1] for k in parameters if k.startswith("cells.")})
-        embedding = parameters.get("embedding")
+        embedding = parameters.get("embedding.weight")
         first_rows = parameters[first + "input_weight"].shape[0]
-        vocab_size = first_rows if embedding is None else embedding.shape[0]
+        tokens = 0 if vectors else (first_rows if embedding is None else embedding.shape[0])
         tied = "output.weight" not in parameters
         model = cls(
             cell,
-            vocab_size,
+            tokens,
             parameters[first + "recurrent"].shape[0],
             layers,
-            output_size=vocab_size if tied else parameters["output.weight"].shape[0],
+            output_size=tokens if tied else parameters["output.weight"].shape[0],
             encoder=any(k.startswith("encoder.") for k in parameters),
             conditions=len(parameters["condition_table"]) if "condition_table" in parameters else 0,
+            input_size=first_rows if vectors else 0,
             embedding_size=0 if embedding is None else embedding.shape[1],
             tie_embeddings=tied,
         )
@@ -648,21 +756,27 @@ class RNNLanguageModel(nn.Module):
         return model.eval()
 
     @classmethod
-    def from_seed_weights(cls, cell: str, weights: dict[str, np.ndarray]) -> RNNLanguageModel:
-        """Rebuild a model from seed-notation weights alone (shapes give the sizes)."""
+    def from_seed_weights(
+        cls, cell: str, weights: dict[str, np.ndarray], *, vectors: bool = False
+    ) -> RNNLanguageModel:
+        """Rebuild a model from seed-notation weights alone (shapes give the sizes;
+        ``vectors``: the first layer reads float vectors, not tokens)."""
         layers = len({k.split(".")[0] for k in weights if k.startswith("layer")})
         output_size, hidden_size = weights["W_ya"].shape
         first_gate = CELLS[cell].gates[0]
-        vocab_size = weights[f"layer1.W_{first_gate}"].shape[1] - hidden_size
+        first_input = weights[f"layer1.W_{first_gate}"].shape[1] - hidden_size
+        embedding = weights.get(EMBEDDING_KEY)
         conditions = weights[CONDITION_KEY].shape[0] if CONDITION_KEY in weights else 0
         model = cls(
             cell,
-            vocab_size,
+            0 if vectors else (first_input if embedding is None else embedding.shape[1]),
             hidden_size,
             layers,
             output_size=output_size,
             encoder=any(k.startswith(ENCODER_PREFIX) for k in weights),
             conditions=conditions,
+            input_size=first_input if vectors else 0,
+            embedding_size=0 if embedding is None else first_input,
         )
         model.load_seed_weights(weights)
         return model

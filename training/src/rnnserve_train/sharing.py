@@ -16,7 +16,9 @@ A graph keeps only small constants of its own (axes, shapes, scalars: at most
 ``INLINE_BYTES``). A larger tensor that is no parameter would be a derived copy of
 weights, and export refuses it: derive it in the graph from the parameters instead (as
 the native sequence graphs do), so that onnxruntime makes it in memory when the session
-starts.
+starts. A user's module traced by ``package_torch`` is not ours to rewrite: what the
+exporter folded there (a transposed weight, say) is stored too (``strict=False``), once
+however many graphs hold it, under its initializer's name.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
 
 
 def share_weights(
-    graphs: Iterable[Path], parameters: Mapping[str, np.ndarray], weights: Path
+    graphs: Iterable[Path],
+    parameters: Mapping[str, np.ndarray],
+    weights: Path,
+    *,
+    strict: bool = True,
 ) -> None:
     """Write ``weights`` with every parameter the ``graphs`` hold, once, and rewrite each
     graph to reference it there. Raise SharingError for a large tensor that is no
-    parameter."""
+    parameter, unless not ``strict``: then it is stored too (once)."""
     by_content: dict[tuple[str, tuple[int, ...], bytes], str] = {}
     for name, array in parameters.items():
         by_content.setdefault(_content(array), name)
@@ -72,6 +78,9 @@ def share_weights(
         for tensor in graph.initializer:
             array = numpy_helper.to_array(tensor)
             canonical = by_content.get(_content(array))
+            if canonical is None and not strict and array.nbytes > INLINE_BYTES:
+                canonical = _free_name(tensor.name, set(by_content.values()))
+                by_content[_content(array)] = canonical
             if canonical is None:
                 if array.nbytes > INLINE_BYTES:
                     raise SharingError(
@@ -104,6 +113,16 @@ def share_weights(
                     entry.key, entry.value = key, value
         onnx.save(model, str(path))
         onnx.checker.check_model(str(path), full_check=True)
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name.2``, ``name.3``, ...: the first no other stored tensor has (two
+    graphs' exporters may give different constants one name)."""
+    candidate, suffix = name, 1
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{name}.{suffix}"
+    return candidate
 
 
 def _reference(name: str, array: np.ndarray) -> onnx.TensorProto:

@@ -46,6 +46,7 @@ ZOO: dict[str, tuple[str, dict[str, int]]] = {
     "one-step": ("one-to-one", {"quick": 85, "full": 800}),
     "name-language": ("many-to-one", {"quick": 55, "full": 200}),
     "name-generator": ("one-to-many", {"quick": 45, "full": 150}),
+    "vowels": ("many-to-one over float vectors", {"quick": 40, "full": 120}),
 }
 
 
