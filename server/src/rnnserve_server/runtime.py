@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,14 +95,22 @@ class ProviderChoice:
         *,
         whole_sequence: bool = False,
         initializers: Mapping[str, ort.OrtValue] | None = None,
+        external_data: Path | None = None,
     ) -> ort.InferenceSession:
         """An onnxruntime session for one graph (a file, or a serialized model);
         ``whole_sequence`` graphs (one long run per call) get ``sequence_threads``, the
         others ``intra_op_threads``. ``initializers`` replace the graph's initializers of
-        those names without a copy (the shared weights of its package)."""
+        those names without a copy (the shared weights of its package). A serialized
+        model's references to external data are checked against ``external_data`` (the
+        package's directory; onnxruntime refuses them otherwise, even when
+        ``initializers`` supply every one: it checks the file exists, it does not read it)."""
         options = ort.SessionOptions()
         for name, value in (initializers or {}).items():
             options.add_initializer(name, value)
+        if external_data is not None:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(external_data)
+            )
         threads = self.sequence_threads if whole_sequence else self.intra_op_threads
         if threads:
             options.intra_op_num_threads = threads
@@ -250,7 +259,7 @@ class ModelRuntime:
                 steps,
                 self.output_size,
                 lambda model: self._provider_choice.session(
-                    model, initializers=self.weights.of("step")
+                    model, initializers=self.weights.of("step"), external_data=where.parent
                 ),
             )
             verify(graph, self.step, self.layers, self.hidden)
