@@ -22,9 +22,13 @@ PLAIN_S = 30.0  # how often a plain line is written
 
 
 class ZooProgress:
-    def __init__(self, out: Path, names: list[str], stream: TextIO) -> None:
+    def __init__(
+        self, out: Path, names: list[str], stream: TextIO, interval: float | None = None
+    ) -> None:
+        """``interval``: seconds between redraws or plain lines (TERMINAL_S or PLAIN_S)."""
         self.out, self.stream = out, stream
         self.terminal = stream.isatty()
+        self.interval = interval or (TERMINAL_S if self.terminal else PLAIN_S)
         self.state = dict.fromkeys(names, "waiting")
         self.bars: dict[str, tqdm] = {}
         self._lock = threading.Lock()
@@ -69,8 +73,7 @@ class ZooProgress:
             )
 
     def _run(self) -> None:
-        interval = TERMINAL_S if self.terminal else PLAIN_S
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.interval):
             with self._lock:
                 if self.terminal:
                     self._redraw()
