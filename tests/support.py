@@ -111,6 +111,39 @@ def edit_manifest(package: Path, change: Callable[[dict[str, Any]], object]) -> 
     path.write_text(json.dumps(manifest))
 
 
+def as_format_1(manifest: dict[str, Any]) -> None:
+    """A manifest as written before format 2: none of the later fields."""
+    manifest["format_version"] = 1
+    for key in ("input", "state"):
+        manifest.pop(key, None)
+    manifest["output"].pop("values", None)
+    manifest["initial_state"].pop("file", None)
+
+
+def embed_weights(package: Path, format_version: int) -> None:
+    """Turn a format-3 package into one of an older format (1 or 2) with the same
+    weights: each graph embeds its own copy of weights.bin's tensors, which weights.npz
+    holds by their graph names, and weights.bin goes."""
+    import onnx
+    from onnx import numpy_helper
+
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for graph in sorted(package.glob("*.onnx")):
+        model = onnx.load(str(graph))  # reads the external data from weights.bin
+        for tensor in model.graph.initializer:
+            arrays.setdefault(tensor.name, numpy_helper.to_array(tensor))
+        onnx.save(model, str(graph))  # embedded: no external data
+    np.savez(package / "weights.npz", **arrays)  # type: ignore[arg-type]
+    (package / "weights.bin").unlink()
+
+    def older(manifest: dict[str, Any]) -> None:
+        if format_version == 1:
+            as_format_1(manifest)
+        manifest.update(format_version=format_version, weights_file="weights.npz")
+
+    edit_manifest(package, older)
+
+
 def openssl(*args: str, cwd: Path) -> None:
     import subprocess
 

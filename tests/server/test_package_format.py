@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import copy_package, edit_manifest
+from support import as_format_1, copy_package, edit_manifest, embed_weights
 
 from rnnserve_server.modelpackage import (
     CELLS,
@@ -28,28 +28,27 @@ from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 CPU = ProviderChoice.resolve("cpu", allow_cpu_fallback=False)
 
 
-def as_format_1(manifest: dict[str, Any]) -> None:
-    """What a package written before format 2 has."""
-    manifest["format_version"] = 1
-    del manifest["input"], manifest["state"], manifest["output"]["values"]
-    del manifest["initial_state"]["file"]
-
-
-def test_a_format_1_package_loads_and_serves_as_before(tiny_package: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_package_of_an_older_format_loads_and_serves_as_before(
+    version: int, tiny_package: Path, tmp_path: Path
+) -> None:
+    """Format 1 and 2 (every graph embedding its weights, weights.npz beside them)."""
     old = copy_package(tiny_package, tmp_path, "old")
-    edit_manifest(old, as_format_1)
+    embed_weights(old, version)
     package = load_package(old)
     manifest = package.manifest
-    assert manifest.format_version == 1
+    assert manifest.format_version == version and not manifest.shares_weights
     assert manifest.input.kind == "tokens"
     assert manifest.state_layout == cell_state("gru", manifest.layers, manifest.hidden_size)
     current = ModelRuntime(load_package(tiny_package), CPU)
     runtime = ModelRuntime(package, CPU)
+    assert runtime.weights.nbytes == 0  # nothing shared: each graph holds its own
     np.testing.assert_array_equal(runtime.initial_state, current.initial_state)
     tokens = np.array([3, 4], dtype=np.int64)
     state = runtime.zeros(2)
     for got, want in zip(runtime.step(tokens, state), current.step(tokens, state), strict=True):
         np.testing.assert_array_equal(got, want)
+    assert runtime.generation_graph(4) is not None  # unrolled from embedded weights too
     assert isinstance(Model(package=package, runtime=runtime).name, str)
 
 
@@ -204,3 +203,26 @@ def test_a_constant_initial_state_is_checked_and_used(tiny_package: Path, tmp_pa
     np.save(package / "initial_state.npy", start[:, :31])
     with pytest.raises(PackageError, match=r"float32\[1, 31\], expected float32\[1, 32\]"):
         load_package(package)
+
+
+def test_a_package_of_the_zoo_branchs_pre_release_format_2_needs_one_number_changed(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    """Format 1's fields, graphs referencing a raw weights.bin: refused with the fix
+    named (format_version 3), and served the same as format 3 once it is applied."""
+    old = copy_package(tiny_package, tmp_path, "old")
+
+    def as_zoo_format_2(manifest: dict[str, Any]) -> None:
+        as_format_1(manifest)
+        manifest["format_version"] = 2
+
+    edit_manifest(old, as_zoo_format_2)
+    with pytest.raises(PackageError, match=r'not an \.npz archive.*set "format_version": 3'):
+        load_package(old)
+    edit_manifest(old, lambda m: m.update(format_version=3))
+    runtime = ModelRuntime(load_package(old), CPU)
+    current = ModelRuntime(load_package(tiny_package), CPU)
+    tokens = np.array([3, 4], dtype=np.int64)
+    state = runtime.zeros(2)
+    for got, want in zip(runtime.step(tokens, state), current.step(tokens, state), strict=True):
+        np.testing.assert_array_equal(got, want)

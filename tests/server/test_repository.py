@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from support import copy_package, edit_manifest
+from support import as_format_1, copy_package, edit_manifest
 
 from rnnserve_server.errors import NotFound, Unavailable
 from rnnserve_server.modelpackage import MANIFEST_FILE, load_package
@@ -101,7 +101,7 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "weights in another file": (_refer_elsewhere, "not the package's weights file"),
     "format 1 weights not npz": (
         lambda p: edit_manifest(
-            p, lambda m: m.update(format_version=1, weights_file="weights.bin")
+            p, lambda m: (as_format_1(m), m.update(weights_file="weights.bin"))
         ),
         "not an .npz archive",
     ),
@@ -171,7 +171,7 @@ def test_a_format_1_package_still_serves(tmp_path: Path) -> None:
     with np.load(package / "weights.npz") as archive:
         reference = ReferenceModel("gru", {key: archive[key] for key in archive.files})
     tokens = np.array([5, 9, 3, 17], dtype=np.int64)
-    logits, state = runtime.run_tokens(tokens, runtime.zeros(1))
+    logits, state = runtime.run_inputs(tokens, runtime.zeros(1))
     expected_logits, expected_state = reference.sequence(
         tokens[None], np.array([len(tokens)]), reference.zero_state(1)
     )

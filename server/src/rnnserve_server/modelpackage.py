@@ -378,7 +378,7 @@ def load_package(path: Path) -> ModelPackage:
 
     tokenizer = None if manifest.tokenizer is None else _load_tokenizer(path, manifest.tokenizer)
     if not manifest.shares_weights:
-        _check_npz(path / manifest.weights_file)
+        _check_npz(path / manifest.weights_file, manifest.format_version)
     initial = None
     if manifest.initial_state.file is not None:
         initial = _load_initial_state(path / manifest.initial_state.file, manifest)
@@ -479,13 +479,20 @@ def state_violation(
     return None
 
 
-def _check_npz(path: Path) -> None:
+def _check_npz(path: Path, format_version: int) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             if not any(n.endswith(".npy") for n in archive.namelist()):
                 raise PackageError(f"{path}: holds no arrays")
     except zipfile.BadZipFile as exc:
-        raise PackageError(f"{path}: not an .npz archive: {exc}") from None
+        # The zoo branch's pre-release "format 2" had format 3's storage under format 1's
+        # fields, which format 3 reads as they are: the fix is one number.
+        raise PackageError(
+            f"{path}: not an .npz archive ({exc}), which a format {format_version} "
+            "package's weights file is; if its graphs reference it as ONNX external data "
+            f'(shared weights), the package is format 3: set "format_version": 3 in '
+            f"{path.parent / MANIFEST_FILE}"
+        ) from None
 
 
 def _check_inside(package: Path, name: str) -> None:
