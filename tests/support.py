@@ -125,21 +125,23 @@ SERVER = [str(Path(sys.executable).with_name("rnnserve-server"))]
 
 
 class ServerProcess:
-    """rnnserve-server as its own process on 127.0.0.1:<free port>; its log kept."""
+    """rnnserve-server as its own process on 127.0.0.1:<free port>; its whole output
+    (stdout and stderr, in order) kept in ``lines``."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [*SERVER, "--host", "127.0.0.1", "--port", "0", *args],
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
         self.port = 0
-        assert self.process.stderr is not None
+        assert self.process.stdout is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
+            line = self.process.stdout.readline()
             if not line:
                 break
             self.lines.append(line)
@@ -152,13 +154,25 @@ class ServerProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
             self.lines.append(line)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self._ended()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def stop(self) -> int:
         """SIGTERM; the exit status once it has exited."""
@@ -173,9 +187,9 @@ class ServerProcess:
 
     def _ended(self) -> int:
         status = self.process.wait(30)
-        self._reader.join(10)  # the log read to its end, then the pipe closed
-        assert self.process.stderr is not None
-        self.process.stderr.close()
+        self._reader.join(10)  # the output read to its end, then the pipe closed
+        assert self.process.stdout is not None
+        self.process.stdout.close()
         return status
 
 

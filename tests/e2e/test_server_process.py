@@ -17,22 +17,14 @@ from rnnserve import Client, Unavailable
 
 @pytest.fixture
 def running(models_dir: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(
+    with ServerProcess(
         "--models",
         str(models_dir),
         "--shutdown-grace-s",
         "10",
         env={"RNNSERVE_LOG_JSON": "true", "RNNSERVE_MAX_SESSIONS": "77"},
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-        server.process.wait()
-        server._reader.join(5)
-        assert server.process.stderr is not None
-        server.process.stderr.close()
 
 
 def test_configuration_is_logged_once_as_json(running: ServerProcess, model_name: str) -> None:

@@ -24,28 +24,48 @@ CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rnnserve_caller", default=None
 )
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+MIN_TOKEN_LENGTH = 8
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
 def load_tokens(inline: str, file: str) -> dict[str, str]:
-    """token -> caller name, from the inline setting and the file; ValueError if malformed."""
+    """token -> caller name, from the inline setting and the file.
+
+    A malformed entry is a ValueError naming the entry (its number, or the file and
+    line, and its caller name), never showing a token or a line of the file.
+    """
     entries: list[tuple[str, str]] = []
     for n, item in enumerate(filter(None, (i.strip() for i in inline.split(",")))):
         entries.append((f"auth_tokens entry {n + 1}", item))
     if file:
-        for n, raw in enumerate(Path(file).read_text(encoding="utf-8").splitlines()):
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"auth_tokens_file = {file!r}: cannot read it: {exc.strerror or exc}"
+            ) from None
+        except UnicodeDecodeError:  # its message would quote the file's bytes
+            raise ValueError(f"auth_tokens_file = {file!r}: not UTF-8 text") from None
+        for n, raw in enumerate(text.splitlines()):
             line = raw.split("#", 1)[0].strip()
             if line:
-                entries.append((f"{file}:{n + 1}", line))
+                entries.append((f"auth_tokens_file {file}:{n + 1}", line))
     tokens: dict[str, str] = {}
     for where, item in entries:
-        name, sep, token = item.partition(":")
-        if not sep or not name.strip() or len(token.strip()) < 8:
-            raise ValueError(f"{where}: expected name:token with a token of 8+ characters")
-        if token.strip() in tokens:
-            raise ValueError(f"{where}: this token is already given to {tokens[token.strip()]!r}")
-        tokens[token.strip()] = name.strip()
+        name, sep, token = (part.strip() for part in item.partition(":"))
+        if not sep or not name:
+            raise ValueError(f"{where}: expected name:token (a caller name, ':', its token)")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"{where} (caller {name!r}): the token is shorter than "
+                f"{MIN_TOKEN_LENGTH} characters"
+            )
+        if token in tokens:
+            raise ValueError(
+                f"{where} (caller {name!r}): the same token is already given to {tokens[token]!r}"
+            )
+        tokens[token] = name
     return tokens
 
 

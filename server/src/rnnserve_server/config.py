@@ -1,8 +1,10 @@
-"""Server configuration: defaults, overridden by ``RNNSERVE_*`` variables, then by flags.
+"""Server configuration: defaults, then a TOML file, then ``RNNSERVE_*`` variables, then
+flags; each later source overrides the earlier ones.
 
-Every field of ServerConfig is one setting: ``max_sessions`` is read from the variable
+Every field of ServerConfig is one setting: ``max_sessions`` is the key ``max_sessions``
+of the file that ``--config FILE`` (or ``RNNSERVE_CONFIG``) names, the variable
 ``RNNSERVE_MAX_SESSIONS`` and the flag ``--max-sessions``. The effective configuration is
-validated once and logged once at start.
+validated once and logged once at start, secrets redacted (``setting(..., secret=True)``).
 """
 
 from __future__ import annotations
@@ -10,18 +12,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rnnserve_server.redaction import redacted, without_password
+from rnnserve_server.tomlfile import check_keys, read_table, typed
+
 ENV_PREFIX = "RNNSERVE_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
 PROVIDERS = ("cpu", "cuda")
 
 
-def setting(default: Any, help_text: str) -> Any:
-    """A configuration field with its --help text."""
-    return field(default=default, metadata={"help": help_text})
+def setting(default: Any, help_text: str, secret: bool | Callable[[str], str] = False) -> Any:
+    """A configuration field with its --help text.
+
+    A ``secret`` one is never shown as it is (the configuration log line, error
+    messages): ``True`` shows ``***`` when set, a function shows what it returns (e.g. a
+    URL without its password).
+    """
+    return field(default=default, metadata={"help": help_text, "secret": secret})
+
+
+def shown_value(setting_field: Field[Any], value: Any) -> Any:
+    """A setting's value as logs and messages may show it."""
+    secret = setting_field.metadata.get("secret", False)
+    if callable(secret):
+        return secret(value)
+    if secret:
+        return redacted(value)
+    return str(value) if isinstance(value, Path) else value
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,7 @@ class ServerConfig:
         "",
         "where sessions live: empty for this process's memory, or a redis:// URL "
         "(shared by every replica: any of them continues any session)",
+        secret=without_password,
     )
     session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
@@ -78,11 +101,14 @@ class ServerConfig:
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message in or out")
     shutdown_grace_s: float = setting(10.0, "on SIGTERM, seconds in-flight calls may finish in")
     auth_tokens: str = setting(
-        "", "bearer tokens as name:token pairs, comma-separated; empty: no authentication"
+        "",
+        "bearer tokens as name:token pairs, comma-separated, each token 8+ characters; "
+        "empty: no authentication",
+        secret=True,
     )
     auth_tokens_file: str = setting("", "file of name:token lines (adds to auth_tokens)")
     tls_cert: str = setting("", "PEM certificate chain of the server; with tls_key: TLS")
-    tls_key: str = setting("", "PEM private key of the server")
+    tls_key: str = setting("", "PEM private key of the server", secret=True)
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates (mutual TLS)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
@@ -130,46 +156,76 @@ class ServerConfig:
         ]
         for name, ok, allowed in checks:
             if not ok:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
+                raise ValueError(f"{name} = {self.shown(name)!r} is invalid; allowed: {allowed}")
         return self
 
+    def shown(self, name: str) -> Any:
+        """The setting ``name`` as logs and messages may show it (secrets redacted)."""
+        return shown_value(_FIELDS[name], getattr(self, name))
+
     def describe(self) -> dict[str, Any]:
-        return {
-            f.name: str(v) if isinstance(v, Path) else v
-            for f, v in ((f, getattr(self, f.name)) for f in fields(self))
-        }
+        """Every setting as logs may show it (secrets redacted)."""
+        return {name: self.shown(name) for name in _FIELDS}
 
 
-def _convert(name: str, kind: Any, raw: str) -> Any:
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(ServerConfig)}
+_FILE_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "Path": str}
+
+
+def _convert(name: str, kind: Any, raw: str, *, secret: bool = False) -> Any:
+    shown = "" if secret else f" = {raw!r}"
     if kind in (bool, "bool"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name} = {raw!r}: expected true or false")
+        raise ValueError(f"{name}{shown}: expected true or false")
     converter = {"int": int, "float": float, "str": str, "Path": Path}.get(
         kind if isinstance(kind, str) else kind.__name__, str
     )
     try:
         return converter(raw)
     except ValueError:
-        raise ValueError(f"{name} = {raw!r}: expected {converter.__name__}") from None
+        raise ValueError(f"{name}{shown}: expected {converter.__name__}") from None
 
 
-def load_config(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> ServerConfig:
-    """Defaults, then RNNSERVE_* variables, then command-line flags; validated.
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings a TOML file gives, by name; ValueError (naming the file and the key)
+    for an unknown key or a value of the wrong type."""
+    table = read_table(path)
+    check_keys(path, table, _FIELDS)
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        setting_field = _FIELDS[name]
+        kind = _FILE_KINDS[str(setting_field.type)]
+        secret = bool(setting_field.metadata.get("secret"))
+        values[name] = typed(path, name, value, kind, secret=secret)
+        if setting_field.type == "Path":
+            values[name] = Path(values[name])
+    return values
 
-    A bad value exits with status 2 and a message naming the variable or flag.
-    """
-    environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: the full usage lists every setting (see --help)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="rnnserve-server",
-        description="Serve a repository of RNN/GRU model packages over gRPC. Every flag "
-        "can also be set as an environment variable, e.g. --max-sessions as "
-        "RNNSERVE_MAX_SESSIONS.",
+        description="Serve a repository of RNN/GRU model packages over gRPC. Every setting "
+        "is read from its default, then from the TOML file --config names, then from its "
+        "environment variable (--max-sessions: RNNSERVE_MAX_SESSIONS), then from its flag; "
+        "each overrides the ones before.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings, keys named as the settings (max_sessions = 100); "
+        f"unknown keys are refused (env {CONFIG_ENV})",
     )
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -180,20 +236,56 @@ def load_config(
             )
         else:
             parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Defaults, then the config file, then RNNSERVE_* variables, then flags; validated.
+
+    A bad value exits with status 2 and a message naming the file, variable or flag.
+    """
+    environ = os.environ if environ is None else environ
+    parser = _parser()
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
     try:
+        config_file = args.config or environ.get(CONFIG_ENV)
+        values = read_config_file(Path(config_file)) if config_file else {}
         for f in fields(ServerConfig):
             env_name = ENV_PREFIX + f.name.upper()
             flag_value = getattr(args, f.name)
+            secret = bool(f.metadata.get("secret"))
             if flag_value is not None:
                 values[f.name] = (
                     flag_value
                     if isinstance(flag_value, bool)
-                    else _convert("--" + f.name.replace("_", "-"), f.type, flag_value)
+                    else _convert(
+                        "--" + f.name.replace("_", "-"), f.type, flag_value, secret=secret
+                    )
                 )
             elif env_name in environ:
-                values[f.name] = _convert(env_name, f.type, environ[env_name])
-        return dataclasses.replace(ServerConfig(), **values).validate()
+                values[f.name] = _convert(env_name, f.type, environ[env_name], secret=secret)
+        config = dataclasses.replace(ServerConfig(), **values).validate()
+        _check_credentials(config)
+        return config
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _check_credentials(config: ServerConfig) -> None:
+    """Malformed tokens and unreadable TLS files are usage errors at start, not failures
+    once serving."""
+    from rnnserve_server.auth import load_tokens  # late: auth needs grpc, config does not
+
+    load_tokens(config.auth_tokens, config.auth_tokens_file)
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(config, name)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(
+                    f"{name} = {config.shown(name)!r}: cannot read it: {exc.strerror or exc}"
+                ) from None

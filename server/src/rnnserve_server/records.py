@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rnnserve_server.errors import Unavailable, over_limit
+from rnnserve_server.redaction import without_password
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -175,16 +175,6 @@ class Gone(Exception):
 UNCHANGED = object()
 
 
-def _without_password(url: str) -> str:
-    """The URL as logs and messages show it: any password replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
-
-
 @contextlib.contextmanager
 def _reachable(url: str) -> Iterator[None]:
     """Redis's own failures (connection refused, timeouts) as UNAVAILABLE."""
@@ -203,7 +193,7 @@ class RedisRecords:
         import redis.asyncio  # only this store needs the redis package
 
         self.url = url
-        self.shown_url = _without_password(url)
+        self.shown_url = without_password(url)
         self.redis = redis.asyncio.Redis.from_url(url)
         self.prefix = prefix
         self._create = self.redis.register_script(_CREATE)
