@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from rnnserve.v1 import rnnserve_pb2
+from rnnserve_server import reflection
 from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
@@ -74,14 +74,14 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     engine: Engine
-    health: HealthServicer
+    health: HealthUpdater
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
-        await self.health.enter_graceful_shutdown()
+        await self.health.shutdown()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,17 +98,26 @@ def model_health_name(name: str) -> str:
 
 class HealthUpdater:
     """Keeps the health service in step with the repository: the server is SERVING while
-    at least one model is loaded, and each model name is SERVING while a version of it is."""
+    at least one model is loaded, and each model name is SERVING while a version of it is;
+    everything is NOT_SERVING from the start of a shutdown on.
+
+    ``status`` is the server's overall status as the health service reports it, for the
+    HTTP /readyz (read from the HTTP port's thread).
+    """
 
     def __init__(self, health: HealthServicer, engine: Engine) -> None:
         self.health = health
         self.engine = engine
         self.names: set[str] = set()
+        self.status = "NOT_SERVING"
+        self._stopping = False
 
     def __call__(self, _result: Any = None) -> None:
         asyncio.get_running_loop().create_task(self.update())
 
     async def update(self) -> None:
+        if self._stopping:  # the health service keeps NOT_SERVING once shutting down
+            return
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         names = {m.name for m in self.engine.repository.list()}
@@ -120,6 +129,12 @@ class HealthUpdater:
         overall = serving if names else not_serving
         for service in ("", SERVICE_NAME):
             await self.health.set(service, overall)
+        self.status = health_pb2.HealthCheckResponse.ServingStatus.Name(overall)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self.status = "NOT_SERVING"
+        await self.health.enter_graceful_shutdown()
 
 
 async def create_server(config: ServerConfig) -> RunningServer:
@@ -149,13 +164,8 @@ async def create_server(config: ServerConfig) -> RunningServer:
     add_to_server(RnnServeServicer(engine, metrics), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    reflection.enable(
+        server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
     address = f"{config.host}:{config.port}"
     if config.tls_cert:
@@ -196,9 +206,15 @@ async def create_server(config: ServerConfig) -> RunningServer:
         background.append(asyncio.create_task(engine.poll_repository(config.repository_poll_s)))
     metrics_port = None
     if config.metrics_port >= 0:
-        metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
-    return RunningServer(server, port, engine, health_servicer, metrics, metrics_port, background)
+        metrics_port = metrics.serve(
+            config.metrics_host, config.metrics_port, lambda: updater.status
+        )
+        log.info(
+            "metrics on http://%s:%d/metrics, probes on /healthz and /readyz",
+            config.metrics_host,
+            metrics_port,
+        )
+    return RunningServer(server, port, engine, updater, metrics, metrics_port, background)
 
 
 async def serve(config: ServerConfig) -> None:

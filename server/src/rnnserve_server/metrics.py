@@ -1,21 +1,31 @@
-"""Prometheus metrics, served over HTTP on their own port (setting metrics_port).
+"""Prometheus metrics, served over HTTP on their own port (setting metrics_port; see
+httpport for the paths).
 
 Request counts and latencies are recorded as calls finish; everything the core
 already counts (sessions, batches, generated tokens, cancellations) is read at scrape
 time by a collector, so the hot path pays nothing for it. prometheus_client is the
 reference implementation of the exposition format; a private registry per server keeps
-several servers in one process (the tests) apart.
+several servers in one process (the tests) apart, and holds the client's default
+process, platform and garbage-collector collectors too.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from rnnserve_server.httpport import HttpPort
 
 if TYPE_CHECKING:
     from rnnserve_server.engine import Engine
@@ -45,6 +55,8 @@ _QUEUE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(default)
         self.requests = Counter(
             "rnnserve_requests",
             "gRPC calls finished, by method and status code",
@@ -58,8 +70,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._port: HttpPort | None = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
@@ -68,15 +79,14 @@ class Metrics:
     def watch(self, engine: Engine) -> None:
         self.registry.register(_EngineCollector(engine))
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port."""
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        return int(self._server.server_port)
+    def serve(self, host: str, port: int, health_status: Callable[[], str]) -> int:
+        """Start the HTTP port (/metrics, /healthz, /readyz); returns the bound port."""
+        self._port = HttpPort(host, port, self.registry, health_status)
+        return self._port.port
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._port is not None:
+            self._port.stop()
 
 
 class _EngineCollector(Collector):
