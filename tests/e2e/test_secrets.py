@@ -58,9 +58,11 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
     ):  # fmt: skip
         assert redis_password in redis.url  # the password really is in the setting
         tls = TLSConfig.from_files(str(certificates / "ca.pem"))
-        with Client(server.address, tls=tls, token=bob, timeout=30) as client:
-            with client.create_session(model_name) as session:
-                session.generate_text("The ", max_tokens=5)
+        with (
+            Client(server.address, tls=tls, token=bob, timeout=30) as client,
+            client.create_session(model_name) as session,
+        ):
+            session.generate_text("The ", max_tokens=5)
         with (
             Client(server.address, tls=tls, token=alice[::-1], retries=0) as stranger,
             pytest.raises(Unauthenticated) as refused,
