@@ -1,8 +1,11 @@
-"""The model repository: every package under ``<models>/<name>/<version>/``.
+"""The model repository: every package under ``<models>/<name>/<version>/``, and each
+model's ``config.toml`` beside its versions (modelconfig).
 
-Each package is validated on its own; a broken one is logged and listed in
-``broken`` and never stops the others from serving. A model's default version is the
-highest version that loaded.
+Each package is validated on its own; a broken one is logged and listed in ``broken``
+and never stops the others from serving. A model's version policy decides which of its
+versions load; its default version is the one its config pins, else the highest loaded.
+A config.toml that cannot be used is listed in ``broken`` too: at start its model is not
+served; on a reload the model keeps the configuration accepted before.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnserve_server.errors import NotFound, shown
+from rnnserve_server.modelconfig import MODEL_CONFIG_FILE, ModelConfig, ModelConfigError
 from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 
@@ -20,10 +24,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class Model:
-    """A loaded model version: its package and the runtime that runs its graphs."""
+    """A loaded model version: its package, the runtime that runs its graphs and its
+    model's configuration (replaced by every reload that changes it)."""
 
     package: ModelPackage
     runtime: ModelRuntime
+    config: ModelConfig = field(default_factory=ModelConfig)
 
     @property
     def name(self) -> str:
@@ -47,7 +53,10 @@ class Repository:
     providers: ProviderChoice
     models: dict[tuple[str, int], Model] = field(default_factory=dict)
     broken: dict[Path, str] = field(default_factory=dict)
+    configs: dict[str, ModelConfig] = field(default_factory=dict)
     _stamps: dict[Path, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    _not_served: set[Path] = field(default_factory=set)
+    _missing_defaults: set[tuple[str, int]] = field(default_factory=set)
 
     @classmethod
     def load(cls, root: Path, providers: ProviderChoice) -> Repository:
@@ -58,24 +67,25 @@ class Repository:
         return repo
 
     def reload(self) -> ReloadResult:
-        """Rescan the repository; (re)load packages whose files changed, drop vanished ones.
+        """Rescan the repository; (re)load packages whose files changed, drop vanished ones
+        and versions the version policy no longer serves; reread every config.toml.
 
-        Unchanged packages keep their loaded runtime; a package refused before is not
-        logged again until its files change.
+        Unchanged packages keep their loaded runtime; a package or config.toml refused
+        before is not logged again until its files change.
         """
-        found = (
-            sorted(
-                p
-                for p in self.root.glob("*/*")
-                if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")
-            )
-            if self.root.is_dir()
-            else []
-        )  # dot-names: exports still being written
+        refused: dict[Path, str] = {}
+        configs: dict[str, ModelConfig] = {}
+        found: list[Path] = []
+        not_served: set[Path] = set()
+        for model_dir in _entries(self.root) if self.root.is_dir() else []:
+            config = self._config(model_dir, refused)
+            if config is not None:
+                configs[model_dir.name] = config
+                found += self._versions_to_load(model_dir, config, not_served)
+        self._not_served = not_served
         models: dict[tuple[str, int], Model] = {}
         by_path = {m.package.path: m for m in self.models.values()}
         added: list[str] = []
-        refused: dict[Path, str] = {}
         for path in found:
             stamp = _stamp(path)
             unchanged = self._stamps.get(path) == stamp
@@ -115,14 +125,95 @@ class Repository:
             )
         removed = [f"{n}/{v}" for n, v in sorted(set(self.models) - set(models))]
         for name in removed:
-            log.info("unloaded model %s (its package is gone)", name, extra={"model": name})
+            log.info(
+                "unloaded model %s (its package is gone or no longer served)",
+                name,
+                extra={"model": name},
+            )
         for path in set(self._stamps) - set(found):
             del self._stamps[path]
-        self.models, self.broken = models, refused
+        for model in models.values():
+            model.config = configs[model.name]
+        self.models, self.broken, self.configs = models, refused, configs
+        self._check_defaults()
         return ReloadResult(added=added, removed=removed, refused=refused)
 
+    def _versions_to_load(
+        self, model_dir: Path, config: ModelConfig, not_served: set[Path]
+    ) -> list[Path]:
+        """The model's version folders its policy serves (and any misnamed one, which
+        loading then refuses); adds the others to ``not_served``."""
+        versions = _entries(model_dir)
+        served = config.versions.serves([int(p.name) for p in versions if _numbered(p)])
+        load = []
+        for path in versions:
+            if not _numbered(path) or int(path.name) in served:
+                load.append(path)
+                continue
+            not_served.add(path)
+            if path not in self._not_served:
+                log.info(
+                    "not loading model %s version %s: version policy %s (%s)",
+                    model_dir.name,
+                    path.name,
+                    config.versions.describe(),
+                    config.path,
+                    extra={"model": f"{model_dir.name}/{path.name}"},
+                )
+        return load
+
+    def _config(self, model_dir: Path, refused: dict[Path, str]) -> ModelConfig | None:
+        """The model's configuration, or None if it has none that can be used (its
+        config.toml refused, and none accepted before)."""
+        path = model_dir / MODEL_CONFIG_FILE
+        earlier = self.configs.get(model_dir.name)
+        try:
+            config = ModelConfig.of(model_dir)
+        except ModelConfigError as exc:
+            if self.broken.get(path) != str(exc):
+                log.error(
+                    "refusing %s: %s; %s",
+                    path,
+                    exc.args[0].removeprefix(f"{path}: "),
+                    "the model keeps the configuration accepted before"
+                    if earlier is not None
+                    else "its model is not served",
+                    extra={"model": model_dir.name},
+                )
+            refused[path] = str(exc)
+            return earlier
+        if config.path is not None and config != earlier:
+            log.info(
+                "model %s: %s applied (version policy %s%s)",
+                model_dir.name,
+                path,
+                config.versions.describe(),
+                f", default version {config.versions.default}" if config.versions.default else "",
+                extra={"model": model_dir.name},
+            )
+        return config
+
+    def _check_defaults(self) -> None:
+        """Log once each model whose pinned default version is not loaded."""
+        missing = set()
+        for name, config in self.configs.items():
+            pinned = config.versions.default
+            if pinned and (name, pinned) not in self.models:
+                missing.add((name, pinned))
+                if (name, pinned) not in self._missing_defaults:
+                    log.error(
+                        "model %s: the default version %d that %s pins is not loaded; "
+                        "calls that name no version answer NOT_FOUND",
+                        name,
+                        pinned,
+                        config.path,
+                        extra={"model": name},
+                    )
+        self._missing_defaults = missing
+
     def get(self, name: str, version: int = 0) -> Model:
-        """A model version; version 0 means the default (highest loaded) version."""
+        """A model version; version 0 means the model's default version: the one its
+        config.toml pins, else the highest loaded."""
         if version:
             model = self.models.get((name, version))
             if model is None:
@@ -131,14 +222,32 @@ class Repository:
                     raise NotFound(f"model {shown(name)} is not loaded")
                 raise NotFound(f"model {shown(name)} has no version {version}; loaded: {known}")
             return model
-        versions = [v for n, v in self.models if n == name]
+        versions = sorted(v for n, v in self.models if n == name)
         if not versions:
             names = sorted({n for n, _ in self.models})
             raise NotFound(f"model {shown(name)} is not loaded; loaded models: {names}")
-        return self.models[(name, max(versions))]
+        config = self.configs.get(name, ModelConfig())
+        pinned = config.versions.default
+        if pinned and pinned not in versions:
+            raise NotFound(
+                f"model {shown(name)}: its default version {pinned} ({config.path} pins it) "
+                f"is not loaded; loaded: {versions}; name one of them"
+            )
+        return self.models[(name, pinned or versions[-1])]
 
     def list(self) -> list[Model]:
         return [self.models[key] for key in sorted(self.models)]
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The sub-folders of a repository or model folder; dot-names are exports still being
+    written."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _numbered(path: Path) -> bool:
+    """A version folder's name: a version number as the manifest writes it (1, not 01)."""
+    return path.name.isdigit() and path.name == str(int(path.name))
 
 
 def _stamp(path: Path) -> tuple[tuple[str, int, int], ...]:

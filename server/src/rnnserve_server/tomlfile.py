@@ -48,7 +48,7 @@ def check_keys(path: Path, table: dict[str, Any], known: Iterable[str], prefix: 
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(names)}"
-            raise TomlError(f"{path}: unknown key {prefix}{key!r}; {hint}")
+            raise TomlError(f"{path}: unknown key {prefix + key!r}; {hint}")
 
 
 def typed(path: Path, key: str, value: Any, kind: type, *, secret: bool = False) -> Any:
