@@ -67,3 +67,24 @@ def test_rejects_inconsistent_vocabularies() -> None:
         Tokenizer(kind="char", tokens=("a",), special_tokens={"eos": 3})
     with pytest.raises(ValueError, match="kind"):
         Tokenizer(kind="bytes", tokens=("a",))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the LORD, a city, and the land.",
+        "Why? Because: he said; so! 50% of it…",
+        "they said “no” and went [home] (at last)",
+    ],
+)
+def test_word_decoding_puts_no_space_before_attached_punctuation(text: str) -> None:
+    tok = Tokenizer.build("word", [text])
+    ids = tok.encode(text)
+    decoded = tok.decode(ids)
+    # Each attached mark follows its word directly; every other token is spaced.
+    expected = (
+        text.replace("“", "“ ").replace("[", "[ ").replace("(", "( ")
+    )  # opening marks keep their space: a piece depends on its own token alone
+    assert decoded == expected
+    pieces = [tok.piece(i, first=n == 0) for n, i in enumerate(ids)]
+    assert "".join(pieces) == decoded
