@@ -197,20 +197,20 @@ def test_classify_and_its_errors(client: Client, model_name: str) -> None:
         client.classify(CLASSIFIER, "x", tokens=[1])
 
 
-def test_stop_tokens_end_generation_after_the_token(client: Client, model_name: str) -> None:
+def test_stop_token_ids_end_generation_after_the_token(client: Client, model_name: str) -> None:
     with client.create_session(model_name) as session:
         free = [t for c in session.generate("The ", max_tokens=30, temperature=0) for t in c.tokens]
     stop = free[6].id
     first = next(i for i, t in enumerate(free) if t.id == stop)
     with client.create_session(model_name) as session:
-        chunks = list(session.generate("The ", max_tokens=30, temperature=0, stop_tokens=[stop]))
+        chunks = list(session.generate("The ", max_tokens=30, temperature=0, stop_token_ids=[stop]))
     assert [t for c in chunks for t in c.tokens] == free[: first + 1]
     assert chunks[-1].finish_reason == "stop-token" and chunks[-1].matched_stop is None
     with (
         client.create_session(model_name) as session,
         pytest.raises(InvalidArgument, match=r"stop_token_ids\[1\] = 100000"),
     ):
-        list(session.generate(max_tokens=3, stop_tokens=[stop, 100_000]))
+        list(session.generate(max_tokens=3, stop_token_ids=[stop, 100_000]))
 
 
 # ---------------------------------------------------------------- the asyncio client

@@ -59,6 +59,27 @@ def test_async_client_gives_what_the_sync_client_gives(
     run(server, body)
 
 
+def test_async_with_creates_and_forks_sessions_directly(
+    server: ServerThread, model_name: str
+) -> None:
+    def open_sessions() -> int:
+        return server.run(lambda: len(server.running.engine.sessions))  # type: ignore[union-attr]
+
+    async def body(client: AsyncClient) -> None:
+        before = open_sessions()
+        async with client.create_session(model_name, seed=4) as session:
+            await session.step(text=PROMPT)
+            async with session.fork() as copy:
+                assert open_sessions() == before + 2
+                assert (await copy.step(text="a")).steps == len(PROMPT) + 1
+            forked = await client.fork_session(session.id)  # awaited: a handle to keep
+            assert open_sessions() == before + 2
+            await forked.close()
+        assert open_sessions() == before
+
+    run(server, body)
+
+
 def test_async_step_stream_keeps_order_and_state(server: ServerThread, model_name: str) -> None:
     async def body(client: AsyncClient) -> None:
         async with await client.create_session(model_name) as whole:

@@ -28,7 +28,7 @@ from rnnserve.errors import (
     Unauthenticated,
     Unavailable,
 )
-from rnnserve.session import AsyncSession, GenerateOptions, Session
+from rnnserve.session import AsyncSession, GenerateOptions, OpeningSession, Session
 from rnnserve.types import (
     ClassifyResult,
     GeneratedChunk,
@@ -60,6 +60,7 @@ __all__ = [
     "InvalidArgument",
     "ModelInfo",
     "NotFound",
+    "OpeningSession",
     "PermissionDenied",
     "RefusedPackage",
     "ReloadResult",

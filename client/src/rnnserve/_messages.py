@@ -232,7 +232,7 @@ def generate_request(
     top_p: float | None,
     seed: int | None,
     stop: str | Sequence[str],
-    stop_tokens: Sequence[int],
+    stop_token_ids: Sequence[int],
     tokens_per_message: int = 0,
 ) -> pb.GenerateRequest:
     """Generate; unset optional values leave the server's defaults in effect."""
@@ -240,7 +240,7 @@ def generate_request(
     request = pb.GenerateRequest(
         session_id=session_id,
         stop=_validate.stop_strings(stop),
-        stop_token_ids=_validate.token_ids("stop_tokens", stop_tokens),
+        stop_token_ids=_validate.token_ids("stop_token_ids", stop_token_ids),
         tokens_per_message=_validate.unsigned("tokens_per_message", tokens_per_message, bits=32),
     )
     if prompt is not None:

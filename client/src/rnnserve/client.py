@@ -299,7 +299,7 @@ class Client:
         top_p: float | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
-        stop_tokens: Sequence[int] = (),
+        stop_token_ids: Sequence[int] = (),
         tokens_per_message: int = 0,
         timeout: float | None = None,
     ) -> Generator[GeneratedChunk, None, None]:
@@ -310,7 +310,7 @@ class Client:
         `max_tokens` 64, `temperature` 1.0 (0 is greedy), no top-k or top-p limit, the
         session's sampling generator (random unless the session was created with a `seed`).
         Generation stops after `max_tokens`, at the model's end token, once the text ends with
-        one of the `stop` strings, or after one of the `stop_tokens` ids (which is returned);
+        one of the `stop` strings, or after one of the `stop_token_ids` (which is returned);
         the last chunk says why. `tokens_per_message` above 1 lets the server put up to that
         many tokens in one chunk (less transport work per token, a little more latency).
 
@@ -326,7 +326,7 @@ class Client:
             top_p=top_p,
             seed=seed,
             stop=stop,
-            stop_tokens=stop_tokens,
+            stop_token_ids=stop_token_ids,
             tokens_per_message=tokens_per_message,
         )
         request.request_id = request_id()
