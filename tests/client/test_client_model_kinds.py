@@ -356,3 +356,61 @@ def test_cli_reload(tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert status == 1 and (reply["added"], reply["removed"]) == ([], [])
         assert [m["version"] for m in reply["models"]] == [1, 2]
         assert reply["refused"][0]["path"] == str(broken)
+
+
+def test_cli_generate_says_what_a_model_needs_to_start(
+    zoo: ServerThread, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expectations = [
+        (["--model", CONDITIONAL], f"{CONDITIONAL} is a conditional generator: give "
+         "--condition, one of calm, wild"),
+        (["--model", ENCODER_DECODER], f"{ENCODER_DECODER} is an encoder-decoder model: it "
+         f"decodes a source; use `rnnserve translate --model {ENCODER_DECODER} SOURCE`"),
+        (["--model", model_name, "--condition", "calm"], "--condition is for conditional "
+         f"generators; {model_name} is not one"),
+    ]  # fmt: skip
+    for options, message in expectations:
+        assert run_cli(zoo, capsys, "generate", "Hi", *options) == (2, "", f"error: {message}\n")
+
+
+def test_cli_generate_echoes_the_prompt_only_once_the_server_accepted_it(
+    zoo: ServerThread, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(zoo, capsys, "generate", "Once", "--top-k", "100000")
+    assert (status, out) == (1, "")  # the prompt is not shown as if generation had begun
+    assert err.startswith("error: INVALID_ARGUMENT: top_k = 100000 is out of range")
+    status, out, _ = run_cli(zoo, capsys, "generate", "Once", "--max-tokens", "3")
+    assert status == 0 and out.startswith("Once")
+
+
+@pytest.mark.parametrize(
+    ("model", "needs"),
+    [
+        (ENCODER_DECODER, "a source to encode (initial state 'encoder')"),
+        (CONDITIONAL, "a condition (initial state 'condition')"),
+    ],
+)
+def test_cli_interactive_refuses_models_that_need_a_start(
+    zoo: ServerThread, capsys: pytest.CaptureFixture[str], model: str, needs: str
+) -> None:
+    assert run_cli(zoo, capsys, "interactive", "--model", model) == (
+        2,
+        "",
+        "error: interactive needs a language model whose sessions start from nothing; "
+        f"{model} needs {needs}\n",
+    )
+
+
+def test_cli_default_model_is_the_servers_default_version(
+    tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for version in (1, 2):
+        copy_package(tiny_package, tmp_path, "lm", version)
+    with ServerThread(server_config(tmp_path)) as server:
+        for command in (["generate", "--max-tokens", "2"], ["step", "a"]):
+            status, out, _ = run_cli(server, capsys, *command, "--json")
+            assert (status, json.loads(out)["version"]) == (0, 2)  # the highest, not the first
+        (tmp_path / "lm" / "config.toml").write_text("[versions]\ndefault = 1\n")
+        run_cli(server, capsys, "reload")
+        status, out, _ = run_cli(server, capsys, "generate", "--max-tokens", "2", "--json")
+        assert (status, json.loads(out)["version"]) == (0, 1)  # the version the server pins

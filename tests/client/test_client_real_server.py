@@ -44,6 +44,8 @@ def test_async_client_gives_what_the_sync_client_gives(
     async def body(aclient: AsyncClient) -> None:
         assert await aclient.list_models() == client.list_models()
         assert await aclient.health() == "SERVING"
+        with pytest.raises(rnnserve.NotFound, match="the health service knows no service 'x'"):
+            await aclient.health("x")
         async with await aclient.create_session(model_name) as session:
             assert await session.step(text=PROMPT, top_k=3, return_distribution=True) == (
                 rnnserve.StepResult(
@@ -138,6 +140,12 @@ def test_cli_end_to_end(
     address = ["--address", server.address]
     assert main([*address, "health"]) == 0
     assert capsys.readouterr().out == "SERVING\n"
+    assert main([*address, "health", "--service", f"rnnserve.v1.RnnServe/{model_name}"]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert main([*address, "health", "--service", "rnnserve.v1.RnnServe/nope"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: NOT_FOUND: the health service knows no service 'rnnserve.v1.RnnServe/nope'; "
+    )
     assert main([*address, "models", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["name"] == model_name

@@ -393,9 +393,10 @@ class AsyncClient:
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The server's status from the standard gRPC health service, e.g. "SERVING"."""
-        response = await self._call(
-            self._health.Check, _stubs.health_request(service), timeout, retry=True
-        )
+        with _stubs.health_errors(service):
+            response = await self._call(
+                self._health.Check, _stubs.health_request(service), timeout, retry=True
+            )
         return _stubs.health_status(response)
 
 

@@ -61,11 +61,13 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:
-    """Print the prompt, then the generated text as it arrives."""
+    """Print the prompt, once the server has accepted the request, then the generated text
+    as it arrives."""
     if args.condition is None:
         model = _pick_model(client, args.model, _LANGUAGE_MODELS)
     else:
         model = _pick_model(client, args.model, _CONDITIONAL_GENERATORS)
+    _check_start(model, args.condition)
     session = client.create_session(model.name, model.version, condition=args.condition)
     with session:
         chunks = session.generate(
@@ -93,11 +95,32 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
                 }
             )
             return 0
-        print(args.prompt, end="", flush=True)
+        # The server checks the request before its first answer: a rejected prompt or
+        # option is then reported alone, without the prompt echoed as if it had started.
+        echoed = False
         for chunk in chunks:
+            if not echoed:
+                print(args.prompt, end="", flush=True)
+                echoed = True
             print(chunk.text, end="", flush=True)
-        print()
+        print("" if echoed else args.prompt)
     return 0
+
+
+def _check_start(model: ModelInfo, condition: str | None) -> None:
+    """A session of `model` can start for `generate` (with `condition` if given)."""
+    if model.initial_state == "condition" and condition is None:
+        raise ValueError(
+            f"{model.name} is a conditional generator: give --condition, one of "
+            f"{', '.join(model.conditions)}"
+        )
+    if model.initial_state == "encoder":
+        raise ValueError(
+            f"{model.name} is an encoder-decoder model: it decodes a source; "
+            f"use `rnnserve translate --model {model.name} SOURCE`"
+        )
+    if condition is not None and model.initial_state != "condition":
+        raise ValueError(f"--condition is for conditional generators; {model.name} is not one")
 
 
 def cmd_step(client: Client, args: argparse.Namespace) -> int:
@@ -232,7 +255,9 @@ _ENCODER_DECODERS = _Kind(
 
 
 def _pick_model(client: Client, spec: str | None, kind: _Kind) -> ModelInfo:
-    """`NAME[:VERSION]`, or without one the first model of the kind the command needs."""
+    """`NAME[:VERSION]`, or without one the first model (by name) of the kind the command
+    needs. Without a version, the model's default version: the server's choice, as for
+    `Client.create_session(name)` (the highest loaded, unless the server pins another)."""
     if spec is not None:
         name, _, version = spec.partition(":")
         if version and not version.isdigit():
@@ -243,7 +268,7 @@ def _pick_model(client: Client, spec: str | None, kind: _Kind) -> ModelInfo:
         raise ValueError(
             f"the server at {client.address} has no {kind.description}; see `rnnserve models`"
         )
-    return suitable[0]
+    return client.get_model(suitable[0].name)
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -334,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{help_text}. {details}" if details else help_text,
             epilog="The connection options of `rnnserve --help` may also follow the command.",
         )
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, command_parser=sub)
         return sub
 
     def model_option(sub: argparse.ArgumentParser, default_text: str) -> None:
@@ -426,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's: the mistake is in its options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Command = args.run
     try:
         tls = _tls_config(args)

@@ -434,9 +434,10 @@ class Client:
         `service` "" asks about the server as a whole; a service name it does not know gives
         `NotFound`.
         """
-        response = self._call(
-            self._health.Check, _stubs.health_request(service), timeout, retry=True
-        )
+        with _stubs.health_errors(service):
+            response = self._call(
+                self._health.Check, _stubs.health_request(service), timeout, retry=True
+            )
         return _stubs.health_status(response)
 
 
