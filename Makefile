@@ -9,13 +9,18 @@ MODELS    ?= models
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
 
+# Variables the help texts name, shown with their values.
+HELP_VARIABLES := VENV MODELS HOST PORT
+
 STAMP := $(VENV)/.installed
 PROTO := proto/rnnserve/v1/rnnserve.proto
 STUBS := client/src/rnnserve/v1
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed $(foreach v,$(HELP_VARIABLES),-e 's|$$($(v))|$($(v))|g') \
+	  | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
