@@ -44,10 +44,11 @@ check-proto: $(STAMP) ## Fail if the committed stubs differ from what proto/ gen
 	  && echo "stubs are current"
 
 .PHONY: lint
-lint: $(STAMP) ## ruff (lint + format check) and strict mypy
+lint: $(STAMP) ## ruff (lint + format check), strict mypy, the import contracts (no cycles)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's fixes and formatting

@@ -65,7 +65,7 @@ def test_async_with_creates_and_forks_sessions_directly(
     server: ServerThread, model_name: str
 ) -> None:
     def open_sessions() -> int:
-        return server.run(lambda: len(server.running.engine.sessions))  # type: ignore[union-attr]
+        return server.run(lambda: len(server.running.engine.store))  # type: ignore[union-attr]
 
     async def body(client: AsyncClient) -> None:
         before = open_sessions()

@@ -212,8 +212,9 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
     what a session stepped alone gets; a session closed while its group waits is
     answered NOT_FOUND and the rest of the group is applied; a group whose caller went
     away before its run applies nothing."""
-    from rnnserve_server.engine import StepColumns, TokenInput
     from rnnserve_server.errors import NotFound
+    from rnnserve_server.inputs import TokenInput
+    from rnnserve_server.stepping import StepColumns
 
     tokens = [4 + 5 * i for i in range(8)]
 
@@ -221,16 +222,16 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
         engine = server.running.engine  # type: ignore[union-attr]
         model = engine.repository.get(model_name)
         size = model.package.tokenizer.size
-        grouped = [await engine.create_session(model) for _ in tokens]
-        singles = [await engine.create_session(model) for _ in range(3)]
-        idle = [await engine.create_session(model) for _ in range(4)]
+        grouped = [await engine.sessions.create(model) for _ in tokens]
+        singles = [await engine.sessions.create(model) for _ in range(3)]
+        idle = [await engine.sessions.create(model) for _ in range(4)]
         batcher = engine.batcher(model)
         runs_before = batcher.stats.runs
         many = asyncio.ensure_future(
-            engine.step_many(StepColumns([s.id for s in grouped], tokens, k=size))
+            engine.steps.many(StepColumns([s.id for s in grouped], tokens, k=size))
         )
         alone = [
-            asyncio.ensure_future(engine.step(s, TokenInput(ids=[t]), k=size, full=False))
+            asyncio.ensure_future(engine.steps.step(s, TokenInput(ids=[t]), k=size, full=False))
             for s, t in zip(singles, tokens[:3], strict=True)
         ]
         await asyncio.sleep(0)  # the group is queued (its locks held), the run not yet
@@ -239,7 +240,7 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
         outputs = await asyncio.gather(*alone)
         shared_runs = batcher.stats.runs - runs_before
         dropped = asyncio.ensure_future(
-            engine.step_many(StepColumns([s.id for s in idle], tokens[:4], k=size))
+            engine.steps.many(StepColumns([s.id for s in idle], tokens[:4], k=size))
         )
         await asyncio.sleep(0)
         dropped.cancel()
@@ -247,8 +248,10 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
         await asyncio.sleep(0.05)
         solo = []
         for token in tokens:  # each token fed to a fresh session, alone
-            session = await engine.create_session(model)
-            solo.append(await engine.step(session, TokenInput(ids=[token]), k=size, full=False))
+            session = await engine.sessions.create(model)
+            solo.append(
+                await engine.steps.step(session, TokenInput(ids=[token]), k=size, full=False)
+            )
         return {
             "rows": answer.in_order(),
             "singles": outputs,

@@ -113,7 +113,7 @@ def test_cancelling_stops_the_work(server: ServerThread, client: Client, model_n
         received = [next(stream) for _ in range(5)]
         stream.close()  # cancels the RPC
         deadline = time.monotonic() + 10
-        store = server.running.engine.sessions  # type: ignore[union-attr]
+        store = server.running.engine.store  # type: ignore[union-attr]
         live = server.run(lambda: next(s for s in store.open_sessions() if s.id == session.id))
         while server.run(live.lock.locked) and time.monotonic() < deadline:
             time.sleep(0.02)

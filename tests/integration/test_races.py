@@ -84,8 +84,8 @@ def test_churn_never_mixes_states(models_dir: Path, model_name: str) -> None:
         engine = server.running.engine  # type: ignore[union-attr]
 
         def bookkeeping() -> tuple[int, int, list[int]]:
-            live = engine.sessions.open_sessions()
-            pool = engine.sessions.pool(engine.repository.get(model_name))
+            live = engine.store.open_sessions()
+            pool = engine.store.pool(engine.repository.get(model_name))
             return len(live), pool.in_use, [s.slot for s in live]
 
         import time

@@ -550,7 +550,7 @@ def test_expiry_frees_every_slot(models_dir: Path, model_name: str) -> None:
     config = server_config(models_dir, session_idle_timeout_s=1)
     with ServerThread(config) as server:
         engine = server.running.engine  # type: ignore[union-attr]
-        store = engine.sessions
+        store = engine.store
         pool = server.run(lambda: store.pool(engine.repository.get(model_name)))
         initial_capacity = server.run(lambda: pool.capacity)
 

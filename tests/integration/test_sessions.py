@@ -169,7 +169,7 @@ def test_idle_sessions_expire_and_free_their_state(models_dir: Path, model_name:
         with pytest.raises(NotFound):
             short.step(text="d")
         assert long.step(text="d").steps == 1
-        store = server.running.engine.sessions  # type: ignore[union-attr]
+        store = server.running.engine.store  # type: ignore[union-attr]
         assert server.run(lambda: (len(store), store.expired_total)) == (1, 1)
         pool = server.run(lambda: store.pool(server.running.engine.repository.get(model_name)))  # type: ignore[union-attr]
         assert server.run(lambda: pool.in_use) == 1

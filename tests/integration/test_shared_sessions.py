@@ -158,7 +158,7 @@ def test_a_save_from_a_stale_copy_is_refused(
         two.step(session.id, [4])  # b holds a copy at that revision
         one.step(session.id, [5])  # a moves the record on
         assert b.running is not None
-        store = b.running.engine.sessions
+        store = b.running.engine.store
         copy = b.run(lambda: store._sessions[session.id])
         with pytest.raises(ServerAborted, match="changed by another call"):
             b.call(store.save(copy))  # b saving a step made on its stale copy

@@ -186,7 +186,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     )
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
-    records = engine.sessions.records
+    records = engine.store.records
     if records is not None:  # fail at start, not at the first call, if Redis is not there
         try:
             await records.ping()
@@ -201,7 +201,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     engine.on_models_changed = updater
     if not repository.models:
         log.warning("no model loaded from %s: health reports NOT_SERVING", config.models)
-    background = [asyncio.create_task(engine.sessions.run_expiry(EXPIRY_SWEEP_S))]
+    background = [asyncio.create_task(engine.store.run_expiry(EXPIRY_SWEEP_S))]
     if config.repository_poll_s > 0:
         background.append(asyncio.create_task(engine.poll_repository(config.repository_poll_s)))
     metrics_port = None

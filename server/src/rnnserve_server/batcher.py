@@ -25,33 +25,28 @@ is dropped without touching the pool, so nothing is applied that no caller will 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
-from rnnserve_server.metrics import BATCH_BUCKETS, QUEUE_BUCKETS
 from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
 from rnnserve_server.sessions import Session, StatePool
+from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
 
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
 TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray]]
-
-_INF = float("inf")
-_QUEUE_BOUNDS = (*QUEUE_BUCKETS, _INF)
-_BATCH_BOUNDS = (*BATCH_BUCKETS, _INF)
 
 
 @dataclass(eq=False, slots=True)
@@ -96,36 +91,6 @@ class _Run:
     jobs: list[Generation]
     slots: list[int]
     started: float
-
-
-@dataclass
-class BatchStats:
-    """Counters the metrics endpoint reads; updated by the loop only."""
-
-    runs: int = 0
-    steps: int = 0
-    dropped: int = 0
-    batch_size_counts: dict[float, int] = field(default_factory=dict)
-    queue_counts: dict[float, int] = field(default_factory=dict)
-    queue_seconds_total: float = 0.0
-    recent_batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
-
-    def record(self, size: int, waits: list[float], group_waits: list[tuple[float, int]]) -> None:
-        """A run of ``size`` rows: one wait per step, and (wait, rows) per group."""
-        self.runs += 1
-        self.steps += size
-        self.recent_batch_sizes.append(size)
-        bucket = _BATCH_BOUNDS[bisect.bisect_left(BATCH_BUCKETS, size)]
-        self.batch_size_counts[bucket] = self.batch_size_counts.get(bucket, 0) + 1
-        counts = self.queue_counts
-        for wait in waits:
-            bucket = _QUEUE_BOUNDS[bisect.bisect_left(QUEUE_BUCKETS, wait)]
-            counts[bucket] = counts.get(bucket, 0) + 1
-        self.queue_seconds_total += sum(waits)
-        for wait, rows in group_waits:
-            bucket = _QUEUE_BOUNDS[bisect.bisect_left(QUEUE_BUCKETS, wait)]
-            counts[bucket] = counts.get(bucket, 0) + rows
-            self.queue_seconds_total += wait * rows
 
 
 class StepBatcher:

@@ -11,8 +11,8 @@ process, platform and garbage-collector collectors too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -26,9 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from rnnserve_server.httpport import HttpPort
-
-if TYPE_CHECKING:
-    from rnnserve_server.engine import Engine
+from rnnserve_server.stats import BATCH_BUCKETS, QUEUE_BUCKETS, BatchStats, EngineStats
 
 _LATENCY_BUCKETS = (
     0.0002,
@@ -48,8 +46,34 @@ _LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_QUEUE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+
+
+class SessionCounts(Protocol):
+    """What the metrics read of the session store."""
+
+    created_total: int
+    closed_total: int
+    expired_total: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def state_bytes(self) -> int: ...
+
+
+class Observed(Protocol):
+    """What the metrics read of the serving core (the Engine, which does not import
+    this module: the metrics depend on the core, never the other way round)."""
+
+    @property
+    def store(self) -> SessionCounts: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    def batch_stats(self) -> Iterable[tuple[str, BatchStats]]:
+        """(model label "name/version", its batcher's counters) per model batched so far."""
+        ...
 
 
 class Metrics:
@@ -76,7 +100,7 @@ class Metrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def watch(self, engine: Engine) -> None:
+    def watch(self, engine: Observed) -> None:
         self.registry.register(_EngineCollector(engine))
 
     def serve(self, host: str, port: int, health_status: Callable[[], str]) -> int:
@@ -90,11 +114,11 @@ class Metrics:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Observed) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Any]:
-        store = self.engine.sessions
+        store = self.engine.store
         yield GaugeMetricFamily("rnnserve_sessions_live", "open sessions", value=len(store))
         sessions = CounterMetricFamily(
             "rnnserve_sessions", "sessions by how they began or ended", labels=["event"]
@@ -125,15 +149,14 @@ class _EngineCollector(Collector):
         queue = HistogramMetricFamily(
             "rnnserve_queue_seconds", "time a step waited for its batch", labels=["model"]
         )
-        for model, batcher in list(self.engine.batchers.items()):
-            label = [f"{model.name}/{model.version}"]
-            stats = batcher.stats
+        for model, stats in self.engine.batch_stats():
+            label = [model]
             batch.add_metric(
-                label, _buckets(stats.batch_size_counts, _BATCH_BUCKETS), sum_value=stats.steps
+                label, _buckets(stats.batch_size_counts, BATCH_BUCKETS), sum_value=stats.steps
             )
             queue.add_metric(
                 label,
-                _buckets(stats.queue_counts, _QUEUE_BUCKETS),
+                _buckets(stats.queue_counts, QUEUE_BUCKETS),
                 sum_value=stats.queue_seconds_total,
             )
         yield batch
@@ -147,14 +170,3 @@ def _buckets(counts: dict[float, int], bounds: tuple[float, ...]) -> list[tuple[
         running += counts.get(bound, 0)
         out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
     return out
-
-
-def bucket_of(value: float, bounds: tuple[float, ...]) -> float:
-    for bound in bounds:
-        if value <= bound:
-            return bound
-    return float("inf")
-
-
-BATCH_BUCKETS = _BATCH_BUCKETS
-QUEUE_BUCKETS = _QUEUE_BUCKETS

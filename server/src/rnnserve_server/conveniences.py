@@ -1,0 +1,90 @@
+"""One-call conveniences over sessions: classify a whole sequence (Classify), encode a
+source and decode it (Translate). Neither leaves a session behind."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rnnserve_server import outputs
+from rnnserve_server.core import Core
+from rnnserve_server.errors import FailedPrecondition
+from rnnserve_server.generating import GenerateOptions, Generating
+from rnnserve_server.generation import GeneratedToken
+from rnnserve_server.inputs import NO_INPUT, TokenInput, check_top_k
+from rnnserve_server.lifecycle import Lifecycle
+from rnnserve_server.repository import Model
+from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.sampling import Top
+
+
+@dataclass(frozen=True)
+class Classification:
+    top: Top
+    final: list[float]
+    steps: list[list[float]] = field(default_factory=list)
+
+
+class Conveniences:
+    def __init__(self, core: Core, lifecycle: Lifecycle, generating: Generating) -> None:
+        self.core = core
+        self.lifecycle = lifecycle
+        self.generating = generating
+
+    async def classify(
+        self, model: Model, given: TokenInput, *, k: int | None, every_step: bool
+    ) -> Classification:
+        """Label probabilities for a whole sequence from the model's initial state."""
+        if model.package.manifest.output.kind == "vocabulary":
+            raise FailedPrecondition(
+                f"model {model.name} outputs a vocabulary, not labels: Classify needs a "
+                "label or sigmoid head; use Step or Generate"
+            )
+        k = check_top_k(k)
+        ids = self.core.encode(model, given, field="input")
+        initial = model.runtime.initial_state[:, None, :]
+        if every_step:
+            rows: list[FloatArray] = await self.core.infer(_logits_per_step, model, ids, initial)
+            per_step = [outputs.probabilities(model, r).astype(np.float32).tolist() for r in rows]
+            last = rows[-1]
+        else:
+            logits, _ = await self.core.infer(model.runtime.run_tokens, ids, initial)
+            last, per_step = logits[0], []
+        top, final = outputs.describe(model, last, k, True)
+        assert final is not None
+        return Classification(top=top, final=final, steps=per_step)
+
+    async def translate(
+        self, model: Model, source: TokenInput, options: GenerateOptions, *, owner: str = ""
+    ) -> tuple[list[GeneratedToken], str]:
+        """Encode, decode until the end token or max_tokens; no session outlives the call."""
+        if model.package.manifest.initial_state.kind != "encoder":
+            raise FailedPrecondition(
+                f"model {model.name} is not an encoder-decoder (its state starts from "
+                f"{model.package.manifest.initial_state.kind}); Translate needs a seq2seq model"
+            )
+        if options.temperature is None:
+            options = dataclasses.replace(options, temperature=0.0)
+        self.generating.checked(model, options)
+        session = await self.lifecycle.create(model, owner=owner, source=source)
+        tokens: list[GeneratedToken] = []
+        finish = "length"
+        try:
+            async for event in self.generating.generate(session, NO_INPUT, options):
+                if event.token is not None:
+                    tokens.append(event.token)
+                finish = event.finish_reason or finish
+        finally:
+            await self.lifecycle.close(session)
+        return tokens, finish
+
+
+def _logits_per_step(model: Model, ids: IntArray, state: FloatArray) -> list[FloatArray]:
+    """The logits after every token of one sequence (worker thread)."""
+    rows = []
+    for token in ids:
+        logits, state = model.runtime.step(token.reshape(1), state)
+        rows.append(logits[0])
+    return rows

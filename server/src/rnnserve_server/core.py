@@ -1,0 +1,140 @@
+"""What every kind of call shares: the loaded models, the session store, the batchers
+and the threads that run inference.
+
+The call kinds are modules of their own over this (``lifecycle``, ``stepping``,
+``generating``, ``conveniences``), composed by ``engine.Engine``; none of them knows any
+transport. Inference runs on worker threads (or inline on the event loop when a run is
+short, see ``batcher``); the session store and the state pools are touched only on the
+event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from rnnserve_server import outputs
+from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.config import ServerConfig
+from rnnserve_server.errors import FailedPrecondition, NotFound
+from rnnserve_server.inputs import TokenInput, encode_input
+from rnnserve_server.records import RedisRecords
+from rnnserve_server.repository import Model, ReloadResult, Repository
+from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.stats import EngineStats
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    def __init__(self, config: ServerConfig, repository: Repository) -> None:
+        self.config = config
+        self.repository = repository
+        self.store = SessionStore(
+            max_sessions=config.max_sessions,
+            max_sessions_per_owner=config.max_sessions_per_caller,
+            default_idle_timeout_s=config.session_idle_timeout_s,
+            max_idle_timeout_s=config.max_session_idle_timeout_s,
+            records=RedisRecords(config.session_store) if config.session_store else None,
+            resolve=self._model_of_record,
+        )
+        self.stats = EngineStats()
+        self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
+        self.batchers: dict[Model, StepBatcher] = {}
+        self.on_models_changed: Callable[[ReloadResult], Any] | None = None
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.store.records is not None:
+            await self.store.records.close()
+
+    def _model_of_record(self, name: str, version: int) -> Model:
+        """The loaded model a shared session record names (another replica made it)."""
+        try:
+            return self.repository.get(name, version)
+        except NotFound as exc:
+            raise FailedPrecondition(
+                f"the session's model {name}/{version} is not loaded on this replica "
+                f"({exc.message}); every replica must serve the same model repository"
+            ) from None
+
+    def batcher(self, model: Model) -> StepBatcher:
+        batcher = self.batchers.get(model)
+        if batcher is None:
+            batcher = self.batchers[model] = StepBatcher(
+                model.runtime,
+                lambda: self.store.pool(model),
+                self._executor,
+                max_batch=self.config.max_batch,
+                window_s=self.config.batch_window_us / 1e6,
+                inline_s=self.config.inline_run_us / 1e6,
+                describe_rows=functools.partial(outputs.describe_rows, model),
+                top_rows=functools.partial(outputs.top_rows, model),
+            )
+        return batcher
+
+    async def infer(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on an inference thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def encode(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
+        """``inputs.encode_input`` under this server's max_tokens_per_request."""
+        return encode_input(model, given, field=field, limit=self.config.max_tokens_per_request)
+
+    # ------------------------------------------------------------------ repository
+
+    async def reload(self) -> ReloadResult:
+        """Rescan the model repository (loading graphs off the event loop)."""
+        result: ReloadResult = await self.infer(self.repository.reload)
+        for name in result.removed:
+            stale = [m for m in self.batchers if f"{m.name}/{m.version}" == name]
+            for model in stale:
+                if not any(s.model is model for s in self.store.open_sessions()):
+                    await self.batchers.pop(model).close()
+        if self.on_models_changed is not None:
+            self.on_models_changed(result)
+        return result
+
+    async def poll_repository(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reload()
+            except Exception:  # polling must survive any one bad scan
+                log.exception("model repository poll failed")
+
+    # ------------------------------------------------------------------ feeding
+
+    async def feed(self, session: Session, ids: IntArray) -> FloatArray:
+        """Feed tokens to a session (its lock held); the logits after the last, [K].
+
+        One token joins the cross-session batch; several run as one call on a worker
+        thread (the sequence graph where the package has one). Either way the state
+        changes only when every token has been applied, so a cancelled or failed call
+        leaves the session as it was.
+        """
+        session.ensure_open()
+        if len(ids) == 1:
+            return await self.batcher(session.model).feed(session, int(ids[0]))
+        pool = self.store.pool(session.model)
+        state = pool.gather([session.slot])
+        logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
+        session.ensure_open()
+        pool.scatter([session.slot], state)
+        session.steps += len(ids)
+        return logits[0]  # type: ignore[no-any-return]
+
+    async def current_logits(self, session: Session) -> FloatArray:
+        """The output for the session's current state, without feeding anything, [K]."""
+        session.ensure_open()
+        state = self.store.pool(session.model).gather([session.slot])
+        logits = await self.infer(session.model.runtime.head, state)
+        session.ensure_open()
+        return logits[0]  # type: ignore[no-any-return]

@@ -1,0 +1,170 @@
+"""Generation: sample tokens one by one from a session, feeding each back (Generate).
+
+A call validates its options, feeds the prompt, samples the first token, and then hands
+itself to the model's batcher as a job (``generation.Generation``): every generating
+session advances one token per run of the step graph, sampled together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rnnserve_server.core import Core
+from rnnserve_server.errors import FailedPrecondition, out_of_range, over_limit
+from rnnserve_server.generation import GenerateEvent, Generation
+from rnnserve_server.inputs import TokenInput, check_request_id
+from rnnserve_server.repository import Model
+from rnnserve_server.sampling import SamplingParams
+from rnnserve_server.sessions import LastCall, Session
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+MAX_STOP_TOKENS = 64
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    max_tokens: int = 0
+    temperature: float | None = None
+    top_k: int = 0
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    tokens_per_message: int = 1  # events handed over at a time (the caller's grouping)
+
+
+class Generating:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def checked(self, model: Model, options: GenerateOptions) -> tuple[int, SamplingParams]:
+        manifest = model.package.manifest
+        if manifest.output.kind != "vocabulary":
+            raise FailedPrecondition(
+                f"model {manifest.name} outputs {manifest.output.kind}, not tokens: "
+                "Generate needs a vocabulary output head; use Step"
+            )
+        max_tokens = options.max_tokens or DEFAULT_MAX_TOKENS
+        limit = self.core.config.max_generate_tokens
+        if max_tokens > limit:
+            raise over_limit("max_tokens", max_tokens, limit, "max_generate_tokens")
+        size = model.package.tokenizer.size
+        params = SamplingParams.checked(
+            temperature=options.temperature,
+            top_k=options.top_k,
+            top_p=options.top_p,
+            vocabulary=size,
+        )
+        if len(options.stop) > MAX_STOP_STRINGS:
+            raise out_of_range(
+                "stop", f"{len(options.stop)} strings", f"at most {MAX_STOP_STRINGS}"
+            )
+        for i, s in enumerate(options.stop):
+            if not 0 < len(s) <= MAX_STOP_LENGTH:
+                raise out_of_range(f"stop[{i}]", s[:20], f"1 .. {MAX_STOP_LENGTH} characters")
+        if len(options.stop_token_ids) > MAX_STOP_TOKENS:
+            raise out_of_range(
+                "stop_token_ids", f"{len(options.stop_token_ids)} ids", f"at most {MAX_STOP_TOKENS}"
+            )
+        for i, token in enumerate(options.stop_token_ids):
+            if not 0 <= token < size:
+                raise out_of_range(f"stop_token_ids[{i}]", token, f"0 .. {size - 1}")
+        return max_tokens, params
+
+    async def generate(
+        self,
+        session: Session,
+        prompt: TokenInput,
+        options: GenerateOptions,
+        *,
+        request_id: str = "",
+    ) -> AsyncGenerator[GenerateEvent, None]:
+        """Sample tokens one by one, feeding each back; see GenerateRequest in the proto.
+
+        Raises its validation errors before the first event. If the caller goes away
+        the task is cancelled at its next await: every token already yielded has been
+        fed into the session, and nothing after it. A retry (``request_id`` of the
+        session's last call) yields that call's tokens again and, if it was cut off,
+        continues it with the sampling state it stopped at.
+        """
+        model = session.model
+        max_tokens, params = self.checked(model, options)
+        ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
+        check_request_id(request_id)
+        tokenizer = model.package.tokenizer
+        batcher = self.core.batcher(model)
+        async with session.lock:
+            await self.core.store.load(session)
+            earlier = session.last.reply if session.last and session.answered(request_id) else None
+            rng = session.rng
+            if options.seed is not None:
+                rng = np.random.Generator(np.random.PCG64(options.seed))
+                if earlier is not None and earlier["rng"] is not None:
+                    rng.bit_generator.state = earlier["rng"]
+            reply: dict[str, Any] = earlier or {
+                "base": -1,
+                "tokens": [],
+                "finish": None,
+                "rng": None,
+            }
+            generation = Generation(
+                session,
+                params,
+                rng,
+                tokenizer,
+                max_tokens=max_tokens,
+                stop=options.stop,
+                stop_tokens=frozenset(options.stop_token_ids),
+                per_message=options.tokens_per_message,
+                record=reply["tokens"],
+                keep_draws=bool(request_id),
+            )
+            for token, probability in reply["tokens"]:  # the retried call's tokens, again
+                steps = reply["base"] + generation.produced + 1
+                yield generation.replay(token, probability, steps)
+                if generation.finished:
+                    return
+            if reply["finish"] == "end_token":
+                yield GenerateEvent(None, session.steps, "end_token")
+                return
+            try:
+                logits = await (  # the prompt, unless a cut-off earlier try fed it
+                    self.core.feed(session, ids)
+                    if ids is not None and reply["base"] < 0
+                    else self.core.current_logits(session)
+                )
+                if reply["base"] < 0:
+                    reply["base"] = session.steps
+                before_draw = rng.bit_generator.state
+                token, probability = params.sample(logits, rng)
+                if token == generation.end_token:
+                    reply["finish"] = "end_token"
+                    session.touch()
+                    yield GenerateEvent(None, session.steps, "end_token")
+                    return
+                # From here the batcher advances this generation together with every other
+                # one: one token per run, the next tokens sampled for all of them at once.
+                generation.start(token, probability, before_draw)
+                while not generation.finished:
+                    events = await batcher.advance(generation)
+                    produced = sum(1 for e in events if e.token is not None)
+                    self.core.stats.generated_tokens += produced
+                    for out in events:
+                        reply["finish"] = out.finish_reason
+                        yield out
+            finally:
+                # Cut off with a token sampled but not fed: as if it was never drawn.
+                if generation.pending and generation.before_draw is not None:
+                    rng.bit_generator.state = generation.before_draw
+                # What a retry needs: the tokens fed and, with a seed of the call's own,
+                # where its generator stands; then the session as it now is.
+                reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
+                session.last = LastCall(request_id, reply) if request_id else None
+                await asyncio.shield(self.core.store.save(session))

@@ -1,0 +1,191 @@
+"""What every gRPC front of the server shares: requests decoded leniently (a malformed
+message is INVALID_ARGUMENT, not gRPC's UNKNOWN), the one error mapping from the core's
+ServiceError to a status, the accounting of every call (metrics, cancellations), and who
+the caller is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from rnnserve_server.auth import CURRENT_CALLER
+from rnnserve_server.engine import Engine
+from rnnserve_server.errors import InvalidArgument, ServiceError
+from rnnserve_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def caller_of(context: Any) -> str:
+    """Who owns the sessions a call creates and counts against max_sessions_per_caller:
+    the authenticated caller's name ("user:alice") when authentication is on, else the
+    caller's IP address ("ip:127.0.0.1"; "ip:[::1]"; a Unix socket's peer)."""
+    authenticated = CURRENT_CALLER.get()
+    if authenticated is not None:
+        return "user:" + authenticated
+    peer = context.peer() or ""
+    transport, _, address = peer.partition(":")
+    if transport in ("ipv4", "ipv6"):
+        address = address.rsplit(":", 1)[0]
+    return "ip:" + address
+
+
+class Malformed:
+    """A request whose bytes are not a valid protobuf message of the method's type.
+
+    The deserializer hands this to the handler instead of raising, so the caller gets
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN) and the server logs no traceback.
+    """
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name, self.error = type_name, error
+
+
+def parsed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"request: not a valid {request.type_name} message ({request.error})")
+    return request
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return decode
+
+
+def generic_handler(servicer: Any, service: Any, messages: Any) -> grpc.GenericRpcHandler[Any, Any]:
+    """Every method of ``service`` (a protobuf ServiceDescriptor) bound to the servicer's
+    method of the same name, with lenient request decoding (Malformed); ``messages``
+    is the generated module that holds the request and response classes."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        method.name: factories[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(getattr(messages, method.input_type.name)),
+            response_serializer=getattr(messages, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+MAX_DETAILS = 1024  # status details travel as a trailer; gRPC caps metadata at ~8-16 KiB
+
+
+def bounded_details(message: str) -> str:
+    """Status details never echo unbounded input (a 10k-character id, say) back."""
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
+
+
+def _log_fields(request: Any) -> dict[str, str]:
+    """The session and model ids a request names, for structured (JSON) log lines."""
+    fields = {}
+    for name, key in (("session_id", "session"), ("model", "model"), ("name", "model")):
+        value = getattr(request, name, None)
+        if isinstance(value, str) and value:
+            fields[key] = value[:64]
+    return fields
+
+
+class Accounted:
+    """The base of a front's servicer: the engine it drives and the metrics it feeds."""
+
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self._started: dict[int, float] = {}
+
+    def _start(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._started[id(task)] = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        task = asyncio.current_task()
+        began = self._started.pop(id(task), None) if task is not None else None
+        return 0.0 if began is None else time.perf_counter() - began
+
+    def _done(self, method: str, code: str) -> None:
+        elapsed = self._elapsed()
+        if self.metrics is not None:
+            self.metrics.observe(method, code, elapsed)
+
+    def _cancelled(self, method: str) -> None:
+        self.engine.stats.cancel(method)
+        self._done(method, "CANCELLED")
+
+
+def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Map ServiceError to its status, anything else to INTERNAL; count and time calls.
+
+    Works for unary handlers (coroutines) and streaming ones (async generators).
+    """
+    method = handler.__name__
+    streaming = inspect.isasyncgenfunction(handler)
+
+    async def fail(self: Accounted, context: Any, exc: BaseException, request: Any = None) -> None:
+        extra = _log_fields(request)
+        if isinstance(exc, ServiceError):
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
+            self._done(method, exc.code.name)
+            await context.abort(exc.code, bounded_details(exc.message))
+        log.error("%s failed unexpectedly", method, exc_info=exc, extra=extra)
+        self._done(method, "INTERNAL")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
+
+    if streaming:
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Accounted, request: Any, context: Any) -> Any:
+            self._start()
+            try:
+                parsed(request)
+                async for item in handler(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                # A cancel that lands while gRPC writes a response closes the generator at
+                # its yield (GeneratorExit) instead of cancelling the task: count both.
+                self._cancelled(method)
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await fail(self, context, exc, request)
+            else:
+                self._done(method, "OK")
+
+        return stream_wrapper
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Accounted, request: Any, context: Any) -> Any:
+        self._start()
+        try:
+            reply = await handler(self, parsed(request), context)
+        except asyncio.CancelledError:
+            self._cancelled(method)
+            raise
+        except Exception as exc:
+            await fail(self, context, exc, request)
+            raise  # unreachable: abort raises
+        self._done(method, "OK")
+        return reply
+
+    return unary_wrapper

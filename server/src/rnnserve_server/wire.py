@@ -1,0 +1,187 @@
+"""rnnserve.v1 messages to and from the engine's types: model descriptions, inputs,
+step and generation answers, StepMany columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve_server.errors import ServiceError, out_of_range
+from rnnserve_server.generating import GenerateOptions
+from rnnserve_server.generation import GenerateEvent
+from rnnserve_server.inputs import TokenInput
+from rnnserve_server.repository import Model
+from rnnserve_server.rpc import bounded_details
+from rnnserve_server.stepping import StepColumns, StepManyAnswer, StepOutput
+
+SHAPES = {
+    "one-to-one": pb.TASK_SHAPE_ONE_TO_ONE,
+    "one-to-many": pb.TASK_SHAPE_ONE_TO_MANY,
+    "many-to-one": pb.TASK_SHAPE_MANY_TO_ONE,
+    "many-to-many": pb.TASK_SHAPE_MANY_TO_MANY,
+    "seq2seq": pb.TASK_SHAPE_SEQ2SEQ,
+}
+OUTPUTS = {
+    "vocabulary": pb.OUTPUT_KIND_VOCABULARY,
+    "labels": pb.OUTPUT_KIND_LABELS,
+    "sigmoid": pb.OUTPUT_KIND_SIGMOID,
+}
+FINISH = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    "length": pb.FINISH_REASON_LENGTH,
+    "end_token": pb.FINISH_REASON_END_TOKEN,
+    "stop_string": pb.FINISH_REASON_STOP_STRING,
+    "stop_token": pb.FINISH_REASON_STOP_TOKEN,
+}
+
+
+def model_info(model: Model) -> pb.ModelInfo:
+    manifest = model.package.manifest
+    tokenizer = model.package.tokenizer
+    return pb.ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        shape=SHAPES[manifest.shape],
+        cell=manifest.cell,
+        layers=manifest.layers,
+        hidden_size=manifest.hidden_size,
+        vocabulary=pb.Vocabulary(
+            kind=tokenizer.kind, size=tokenizer.size, special_tokens=tokenizer.special_tokens
+        ),
+        output=OUTPUTS[manifest.output.kind],
+        labels=list(manifest.output.labels),
+        description=manifest.description,
+        state_bytes=manifest.layers * manifest.hidden_size * 4,
+        metrics=manifest.metrics,
+        initial_state=manifest.initial_state.kind,
+        conditions=list(manifest.conditions),
+    )
+
+
+def token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> TokenInput:
+    which = request.WhichOneof(oneof)
+    if which == ids_field:
+        return TokenInput(ids=list(getattr(request, ids_field).ids))
+    if which == text_field:
+        return TokenInput(text=getattr(request, text_field))
+    return TokenInput()
+
+
+def step_response(session_id: str, out: StepOutput) -> pb.StepResponse:
+    response = pb.StepResponse()
+    _fillstep_response(response, session_id, out)
+    return response
+
+
+def _fillstep_response(response: pb.StepResponse, session_id: str, out: StepOutput) -> None:
+    # Field by field: repeated fields filled with add()/extend() cost half of constructing
+    # sub-messages and passing them in (this runs for every step).
+    response.session_id = session_id
+    response.steps = out.steps
+    response.consumed = out.consumed
+    add = response.top.add
+    names = out.top.names
+    for i, p in zip(out.top.ids, out.top.probabilities, strict=True):
+        add(id=i, text=names[i], probability=p)
+    if out.distribution:
+        response.distribution.extend(out.distribution)
+
+
+def generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
+    """One response message for one or more consecutive events (the last one's status)."""
+    last = events[-1]
+    response = pb.GenerateResponse(
+        session_id=session_id,
+        steps=last.steps,
+        finish_reason=FINISH[last.finish_reason],
+        matched_stop=last.matched_stop,
+    )
+    add = response.tokens.add
+    for event in events:
+        token = event.token
+        if token is not None:
+            add(id=token.id, text=token.text, probability=token.probability)
+    return response
+
+
+def generate_options(request: Any) -> GenerateOptions:
+    return GenerateOptions(
+        max_tokens=request.max_tokens,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_k=request.top_k,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        seed=request.seed if request.HasField("seed") else None,
+        stop=list(getattr(request, "stop", ())),
+        stop_token_ids=list(getattr(request, "stop_token_ids", ())),
+    )
+
+
+def step_columns(request: pb.StepManyRequest, limit: int) -> StepColumns:
+    """The steps of a StepMany message, from its columns (checked against each other)."""
+    count = len(request.session_ids)
+    if count > limit:  # the proto's contract: INVALID_ARGUMENT for the stream
+        raise out_of_range(
+            "session_ids", count, f"0 .. {limit} steps per message (max_steps_per_message)"
+        )
+    for name in ("texts", "request_ids", "lengths"):
+        if len(getattr(request, name)) not in (0, count):
+            raise out_of_range(
+                name, f"{len(getattr(request, name))} entries", f"0 or {count} (one per step)"
+            )
+    lengths = list(request.lengths) or None
+    expected = count if lengths is None else sum(lengths)
+    if len(request.tokens) != expected:
+        raise out_of_range(
+            "tokens", f"{len(request.tokens)} entries", f"{expected} (the sum of lengths)"
+        )
+    return StepColumns(
+        session_ids=list(request.session_ids),
+        tokens=list(request.tokens),
+        lengths=lengths,
+        texts=list(request.texts) or None,
+        request_ids=list(request.request_ids) or None,
+        k=request.top_k if request.HasField("top_k") else None,
+    )
+
+
+def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
+    """The columns of a StepMany answer."""
+    response = pb.StepManyResponse()
+    if not answer.single and len(answer.blocks) == 1 and len(answer.blocks[0].rows) == answer.size:
+        block = answer.blocks[0]  # every step answered together, in order: whole columns
+        count, k = block.ids.shape
+        top_ids = block.ids.ravel().tolist()
+        names = block.names
+        response.steps.extend(block.steps)
+        response.consumed.extend([1] * count)
+        response.top_counts.extend([k] * count)
+        response.top_ids.extend(top_ids)
+        response.top_texts.extend([names[i] for i in top_ids])
+        response.top_probabilities.extend(block.probabilities.ravel().tolist())
+        return response
+    steps, consumed, counts = [], [], []
+    ids: list[int] = []
+    texts: list[str] = []
+    probabilities: list[float] = []
+    add_error = response.errors.add
+    for index, out in enumerate(answer.in_order()):
+        if isinstance(out, ServiceError):
+            steps.append(0)
+            consumed.append(0)
+            counts.append(0)
+            add_error(index=index, code=out.code.value[0], message=bounded_details(out.message))
+        else:
+            top = out.top
+            steps.append(out.steps)
+            consumed.append(out.consumed)
+            counts.append(len(top.ids))
+            ids += top.ids
+            texts += map(top.names.__getitem__, top.ids)
+            probabilities += top.probabilities
+    response.steps.extend(steps)
+    response.consumed.extend(consumed)
+    response.top_counts.extend(counts)
+    response.top_ids.extend(ids)
+    response.top_texts.extend(texts)
+    response.top_probabilities.extend(probabilities)
+    return response
