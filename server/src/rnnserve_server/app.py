@@ -27,6 +27,7 @@ from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
 from rnnserve_server.metrics import Metrics
+from rnnserve_server.modelconfig import ModelLimits
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer, add_to_server
@@ -147,7 +148,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
         spinning=config.intra_op_spinning,
         sequence_threads=config.sequence_intra_op_threads,
     )
-    repository = Repository.load(config.models, providers)
+    repository = Repository.load(config.models, providers, ModelLimits.of(config))
     engine = Engine(config, repository)
     metrics = Metrics()
     metrics.watch(engine)

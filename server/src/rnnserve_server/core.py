@@ -68,17 +68,26 @@ class Core:
     def batcher(self, model: Model) -> StepBatcher:
         batcher = self.batchers.get(model)
         if batcher is None:
+            max_batch, window_s = self._batching(model)
             batcher = self.batchers[model] = StepBatcher(
                 model.runtime,
                 lambda: self.store.pool(model),
                 self._executor,
-                max_batch=self.config.max_batch,
-                window_s=self.config.batch_window_us / 1e6,
+                max_batch=max_batch,
+                window_s=window_s,
                 inline_s=self.config.inline_run_us / 1e6,
                 describe_rows=functools.partial(outputs.describe_rows, model),
                 top_rows=functools.partial(outputs.top_rows, model),
             )
         return batcher
+
+    def _batching(self, model: Model) -> tuple[int, float]:
+        """A model's max_batch and batch window: its config.toml's, else the server's."""
+        own = model.config
+        window_us = (
+            self.config.batch_window_us if own.batch_window_us is None else own.batch_window_us
+        )
+        return own.max_batch or self.config.max_batch, window_us / 1e6
 
     async def infer(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on an inference thread."""
@@ -93,6 +102,8 @@ class Core:
     async def reload(self) -> ReloadResult:
         """Rescan the model repository (loading graphs off the event loop)."""
         result: ReloadResult = await self.infer(self.repository.reload)
+        for model, batcher in self.batchers.items():  # a changed config.toml applies now
+            batcher.max_batch, batcher.window_s = self._batching(model)
         for name in result.removed:
             stale = [m for m in self.batchers if f"{m.name}/{m.version}" == name]
             for model in stale:

@@ -8,6 +8,7 @@ session advances one token per run of the step graph, sampled together.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,6 @@ from rnnserve_server.sessions import LastCall, Session
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 MAX_STOP_TOKENS = 64
-DEFAULT_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class Generating:
                 f"model {manifest.name} outputs {manifest.output.kind}, not tokens: "
                 "Generate needs a vocabulary output head; use Step"
             )
-        max_tokens = options.max_tokens or DEFAULT_MAX_TOKENS
+        options = self.with_model_defaults(model, options)
+        max_tokens = options.max_tokens
         limit = self.core.config.max_generate_tokens
         if max_tokens > limit:
             raise over_limit("max_tokens", max_tokens, limit, "max_generate_tokens")
@@ -62,6 +63,18 @@ class Generating:
             top_p=options.top_p,
             vocabulary=size,
         )
+        allowed = model.config.allowed
+        for name, value in (
+            ("temperature", params.temperature),
+            ("top_k", params.top_k),
+            ("top_p", params.top_p),
+            ("max_tokens", max_tokens),
+        ):
+            if name in allowed and value not in allowed[name]:
+                shown = round(value, 6)  # the float32 the request carried, as it was written
+                raise out_of_range(
+                    name, shown, f"{allowed[name]} (model {model.name}: {model.config.path})"
+                )
         if len(options.stop) > MAX_STOP_STRINGS:
             raise out_of_range(
                 "stop", f"{len(options.stop)} strings", f"at most {MAX_STOP_STRINGS}"
@@ -77,6 +90,23 @@ class Generating:
             if not 0 <= token < size:
                 raise out_of_range(f"stop_token_ids[{i}]", token, f"0 .. {size - 1}")
         return max_tokens, params
+
+    @staticmethod
+    def with_model_defaults(model: Model, options: GenerateOptions) -> GenerateOptions:
+        """The call's sampling values, where it leaves one unset (None, or 0 for top_k and
+        max_tokens) the model's config.toml's, else the built-in default."""
+        config = model.config
+        return dataclasses.replace(
+            options,
+            max_tokens=options.max_tokens or int(config.default_sampling("max_tokens")),
+            temperature=(
+                config.sampling.get("temperature")
+                if options.temperature is None
+                else options.temperature
+            ),
+            top_k=options.top_k or int(config.default_sampling("top_k")),
+            top_p=config.sampling.get("top_p") if options.top_p is None else options.top_p,
+        )
 
     async def generate(
         self,

@@ -82,7 +82,7 @@ class Lifecycle:
             raise InvalidArgument(
                 f"model {model.name} starts from its {kind} state; it takes no source or condition"
             )
-        core.store.check_capacity(owner)
+        core.store.check_capacity(owner, model)
         if build is not None:
             initial = await core.infer(build)
         return await core.store.open(

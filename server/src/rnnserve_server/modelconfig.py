@@ -13,7 +13,8 @@ Every table and key is optional; what a file leaves out keeps the server-wide se
     batch_window_us = 200 # microseconds to wait for more steps before a run
 
     [sessions]
-    max_sessions = 1000   # open sessions of this model (the server-wide limit also holds)
+    max_sessions = 1000   # open sessions of this model, all versions (the server-wide
+                          #   limits also hold); not with a shared session store
     idle_timeout_s = 300  # default idle timeout of this model's sessions
 
     [sampling]            # a Generate call's values where the call leaves one unset
@@ -28,8 +29,9 @@ Every table and key is optional; what a file leaves out keeps the server-wide se
     top_p = [0.5, 1.0]
     max_tokens = [1, 1000]
 
-The file is read at start and at every reload. A file that cannot be used is a
-``ModelConfigError``: one line naming the file and the key.
+Values may narrow the server-wide limits, never pass them (``ModelLimits``). The file is
+read at start and at every reload. A file that cannot be used is a ``ModelConfigError``:
+one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rnnserve_server.config import ServerConfig
 from rnnserve_server.sampling import MAX_TEMPERATURE
 from rnnserve_server.tomlfile import TomlError, check_keys, read_table, typed
 
@@ -58,6 +61,25 @@ BUILT_IN_SAMPLING: dict[str, float | int] = {
 
 class ModelConfigError(TomlError):
     """A model's config.toml that cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The server-wide settings a model's configuration must stay within."""
+
+    max_sessions: int = LARGEST
+    max_session_idle_timeout_s: int = LARGEST
+    max_generate_tokens: int = LARGEST
+    shared_store: bool = False  # sessions in Redis: no per-model session count there
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> ModelLimits:
+        return cls(
+            max_sessions=config.max_sessions,
+            max_session_idle_timeout_s=config.max_session_idle_timeout_s,
+            max_generate_tokens=config.max_generate_tokens,
+            shared_store=bool(config.session_store),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,13 +136,13 @@ class ModelConfig:
     allowed: dict[str, Range] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model_dir: Path) -> ModelConfig:
+    def of(cls, model_dir: Path, limits: ModelLimits | None = None) -> ModelConfig:
         """The configuration of the model in ``model_dir``: its config.toml, or none."""
         path = model_dir / MODEL_CONFIG_FILE
         if not path.exists():
             return cls()
         try:
-            return _parse(path, read_table(path))
+            return _parse(path, read_table(path), limits or ModelLimits())
         except TomlError as exc:
             raise ModelConfigError(str(exc)) from None
 
@@ -136,12 +158,12 @@ _SAMPLING_KINDS: dict[str, type] = {
     "top_p": float,
     "max_tokens": int,
 }
-# What each sampling value may be at all (the proto's ranges); allowed ranges lie inside.
+# What each sampling value may be at all (the proto's ranges; max_tokens: the server's
+# limit); allowed ranges lie inside.
 _SAMPLING_DOMAINS: dict[str, tuple[float, float, str]] = {
     "temperature": (0.0, MAX_TEMPERATURE, f"0 .. {MAX_TEMPERATURE:g}"),
     "top_k": (0, LARGEST, ">= 0 (0: no limit)"),
     "top_p": (math.ulp(0.0), 1.0, "(0, 1]"),
-    "max_tokens": (1, LARGEST, ">= 1"),
 }
 
 
@@ -179,11 +201,19 @@ class _Reader:
         return _Reader(self.path, inner, f"{self.prefix}{key}.", known)
 
 
-def _parse(path: Path, table: dict[str, Any]) -> ModelConfig:
+def _parse(path: Path, table: dict[str, Any], limits: ModelLimits) -> ModelConfig:
     top = _Reader(path, table, "", _TABLES)
     batching = top.table_of("batching", ("max_batch", "batch_window_us"))
     sessions = top.table_of("sessions", ("max_sessions", "idle_timeout_s"))
-    sampling, allowed = _parse_sampling(top.table_of("sampling", (*_SAMPLING_KINDS, "allowed")))
+    if "max_sessions" in sessions.table and limits.shared_store:
+        raise sessions.fail(
+            "max_sessions",
+            "cannot be counted with a shared session store (session_store): there the "
+            "server-wide max_sessions and max_sessions_per_caller hold",
+        )
+    sampling, allowed = _parse_sampling(
+        top.table_of("sampling", (*_SAMPLING_KINDS, "allowed")), limits
+    )
     return ModelConfig(
         path=path,
         versions=_parse_versions(
@@ -191,8 +221,15 @@ def _parse(path: Path, table: dict[str, Any]) -> ModelConfig:
         ),
         max_batch=batching.integer("max_batch", 1, 65536, "1..65536"),
         batch_window_us=batching.integer("batch_window_us", 0, 1_000_000, "0..1000000"),
-        max_sessions=sessions.integer("max_sessions", 1, LARGEST, ">= 1"),
-        idle_timeout_s=sessions.integer("idle_timeout_s", 1, LARGEST, ">= 1"),
+        max_sessions=sessions.integer(
+            "max_sessions", 1, limits.max_sessions, _up_to(limits.max_sessions, "max_sessions")
+        ),
+        idle_timeout_s=sessions.integer(
+            "idle_timeout_s",
+            1,
+            limits.max_session_idle_timeout_s,
+            _up_to(limits.max_session_idle_timeout_s, "max_session_idle_timeout_s"),
+        ),
         sampling=sampling,
         allowed=allowed,
     )
@@ -231,31 +268,46 @@ def _parse_versions(versions: _Reader) -> VersionPolicy:
     return VersionPolicy(policy=policy, latest=latest or 1, specific=specific, default=default)
 
 
-def _parse_sampling(sampling: _Reader) -> tuple[dict[str, float | int], dict[str, Range]]:
+def _up_to(limit: int, setting: str) -> str:
+    """The allowed range of a count the server-wide ``setting`` caps at ``limit``."""
+    return ">= 1" if limit == LARGEST else f"1..{limit} (the server's {setting})"
+
+
+def _sampling_domain(key: str, limits: ModelLimits) -> tuple[float, float, str]:
+    """What a sampling value may be at all: the proto's range, within the server's limits."""
+    if key == "max_tokens":
+        top = limits.max_generate_tokens
+        return 1, top, _up_to(top, "max_generate_tokens")
+    return _SAMPLING_DOMAINS[key]
+
+
+def _parse_sampling(
+    sampling: _Reader, limits: ModelLimits
+) -> tuple[dict[str, float | int], dict[str, Range]]:
     defaults: dict[str, float | int] = {}
     for key, kind in _SAMPLING_KINDS.items():
-        low, high, allowed = _SAMPLING_DOMAINS[key]
+        low, high, domain = _sampling_domain(key, limits)
         value = (
-            sampling.number(key, low, high, allowed)
+            sampling.number(key, low, high, domain)
             if kind is float
-            else sampling.integer(key, int(low), int(high), allowed)
+            else sampling.integer(key, int(low), int(high), domain)
         )
         if value is not None:
             defaults[key] = value
-    limits = sampling.table_of("allowed", tuple(_SAMPLING_KINDS))
+    table = sampling.table_of("allowed", tuple(_SAMPLING_KINDS))
     ranges: dict[str, Range] = {}
     for key, kind in _SAMPLING_KINDS.items():
-        raw = limits.table.get(key)
+        raw = table.table.get(key)
         if raw is None:
             continue
-        low, high, allowed = _SAMPLING_DOMAINS[key]
+        low, high, domain = _sampling_domain(key, limits)
         if not isinstance(raw, list) or len(raw) != 2:
-            raise limits.fail(key, f"must be [lowest, highest], e.g. [{low:g}, {high:g}]")
+            raise table.fail(key, f"must be [lowest, highest], e.g. [{low:g}, {high:g}]")
         bounds = [
-            typed(limits.path, f"{limits.prefix}{key}[{n}]", v, kind) for n, v in enumerate(raw)
+            typed(table.path, f"{table.prefix}{key}[{n}]", v, kind) for n, v in enumerate(raw)
         ]
         if not (low <= bounds[0] <= bounds[1] <= high):
-            raise limits.fail(key, f"= {raw} is invalid: lowest <= highest, both within {allowed}")
+            raise table.fail(key, f"= {raw} is invalid: lowest <= highest, both within {domain}")
         ranges[key] = Range(bounds[0], bounds[1])
         default = defaults.get(key, BUILT_IN_SAMPLING[key])
         if default not in ranges[key]:
@@ -264,5 +316,5 @@ def _parse_sampling(sampling: _Reader) -> tuple[dict[str, float | int], dict[str
                 if key in defaults
                 else f"the default {key} {default:g}"
             )
-            raise limits.fail(key, f"= {raw} excludes {where}; set sampling.{key} within it")
+            raise table.fail(key, f"= {raw} excludes {where}; set sampling.{key} within it")
     return defaults, ranges

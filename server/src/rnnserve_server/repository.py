@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnserve_server.errors import NotFound, shown
-from rnnserve_server.modelconfig import MODEL_CONFIG_FILE, ModelConfig, ModelConfigError
+from rnnserve_server.modelconfig import (
+    MODEL_CONFIG_FILE,
+    ModelConfig,
+    ModelConfigError,
+    ModelLimits,
+)
 from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 
@@ -51,6 +56,7 @@ class ReloadResult:
 class Repository:
     root: Path
     providers: ProviderChoice
+    limits: ModelLimits = field(default_factory=ModelLimits)
     models: dict[tuple[str, int], Model] = field(default_factory=dict)
     broken: dict[Path, str] = field(default_factory=dict)
     configs: dict[str, ModelConfig] = field(default_factory=dict)
@@ -59,8 +65,10 @@ class Repository:
     _missing_defaults: set[tuple[str, int]] = field(default_factory=set)
 
     @classmethod
-    def load(cls, root: Path, providers: ProviderChoice) -> Repository:
-        repo = cls(root=root, providers=providers)
+    def load(
+        cls, root: Path, providers: ProviderChoice, limits: ModelLimits | None = None
+    ) -> Repository:
+        repo = cls(root=root, providers=providers, limits=limits or ModelLimits())
         if not root.is_dir():
             log.warning("model repository %s does not exist; serving no models", root)
         repo.reload()
@@ -168,7 +176,7 @@ class Repository:
         path = model_dir / MODEL_CONFIG_FILE
         earlier = self.configs.get(model_dir.name)
         try:
-            config = ModelConfig.of(model_dir)
+            config = ModelConfig.of(model_dir, self.limits)
         except ModelConfigError as exc:
             if self.broken.get(path) != str(exc):
                 log.error(

@@ -171,6 +171,7 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._pools: dict[Model, StatePool] = {}
         self._per_owner: dict[str, int] = {}
+        self._per_model: dict[str, int] = {}  # by model name: config.toml's max_sessions
         self.expired_total = 0
         self.closed_total = 0
         self.created_total = 0
@@ -199,11 +200,20 @@ class SessionStore:
                 f"0 (the default, {self.default_idle_timeout_s:g}) .. {self.max_idle_timeout_s:g}"
             )
 
-    def check_capacity(self, owner: str) -> None:
-        """RESOURCE_EXHAUSTED if one more session would pass a limit (the shared store
-        counts sessions itself, across replicas, when one is created)."""
+    def check_capacity(self, owner: str, model: Model) -> None:
+        """RESOURCE_EXHAUSTED if one more session would pass a limit: the server's, or
+        the model's config.toml (the shared store counts sessions itself, across
+        replicas, when one is created; a model's config may not limit them there)."""
         if self.records is not None:
             return
+        limit = model.config.max_sessions
+        if limit is not None and self._per_model.get(model.name, 0) >= limit:
+            raise over_limit(
+                f"open sessions of model {model.name}",
+                self._per_model.get(model.name, 0) + 1,
+                limit,
+                f"sessions.max_sessions in {model.config.path}",
+            )
         if len(self._sessions) >= self.max_sessions:
             raise over_limit(
                 "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
@@ -229,7 +239,7 @@ class SessionStore:
     ) -> Session:
         """A new session from the model's initial state, or from ``initial`` [L, H]."""
         self.check_idle_timeout(idle_timeout_s)
-        self.check_capacity(owner)
+        self.check_capacity(owner, model)
         session_id = secrets.token_hex(SESSION_ID_HEX // 2)
         slot = self.pool(model).allocate(
             model.runtime.initial_state if initial is None else initial
@@ -238,14 +248,15 @@ class SessionStore:
             id=session_id,
             model=model,
             slot=slot,
-            idle_timeout_s=idle_timeout_s or self.default_idle_timeout_s,
+            idle_timeout_s=idle_timeout_s
+            or model.config.idle_timeout_s
+            or self.default_idle_timeout_s,
             owner=owner,
             steps=steps,
         )
         if rng is not None:
             session.rng = rng
-        self._sessions[session_id] = session
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        self._index(session)
         self.created_total += 1
         log.debug(
             "session created",
@@ -323,9 +334,14 @@ class SessionStore:
             owner=record.owner,
         )
         self._apply(session, record)
-        self._sessions[session_id] = session
-        self._per_owner[record.owner] = self._per_owner.get(record.owner, 0) + 1
+        self._index(session)
         return session
+
+    def _index(self, session: Session) -> None:
+        """Put a new session (or this replica's copy of one) in the index and counts."""
+        self._sessions[session.id] = session
+        self._per_owner[session.owner] = self._per_owner.get(session.owner, 0) + 1
+        self._per_model[session.model.name] = self._per_model.get(session.model.name, 0) + 1
 
     @staticmethod
     def _state_of(model: Model, record: Record) -> FloatArray:
@@ -430,11 +446,15 @@ class SessionStore:
         if self._sessions.pop(session.id, None) is None:
             return False  # already closed or expired: the slot is released only once
         session.closed = True
-        left = self._per_owner[session.owner] - 1
-        if left:
-            self._per_owner[session.owner] = left
-        else:
-            del self._per_owner[session.owner]
+        for counts, key in (
+            (self._per_owner, session.owner),
+            (self._per_model, session.model.name),
+        ):
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
         if reason == "expired":
             self.expired_total += 1
         elif reason == "closed":
