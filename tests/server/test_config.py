@@ -129,3 +129,16 @@ def test_secrets_are_redacted_in_the_description() -> None:
     assert shown["tls_cert"] == "/etc/tls/cert.pem"
     assert ServerConfig().describe()["auth_tokens"] == ""  # empty: shown as empty
     assert "hunter22" not in repr(shown) and "0123456789" not in repr(shown)
+
+
+def test_admins_must_be_callers_with_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = ["--auth-tokens", "alice:0123456789,bob:9876543210"]
+    assert load_config([*tokens, "--auth-admins", "alice"], environ={}).auth_admins == "alice"
+    with pytest.raises(SystemExit):
+        load_config([*tokens, "--auth-admins", "alice,alcie"], environ={})
+    err = capsys.readouterr().err
+    assert "auth_admins: 'alcie' has no token; the callers are 'alice', 'bob'" in err
+    assert "0123456789" not in err
+    with pytest.raises(SystemExit):
+        load_config(["--auth-admins", "alice"], environ={})
+    assert "auth_admins: names admins, but authentication is off" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from rnnserve.types import (
     StepResult,
     TokenProb,
     TranslateResult,
+    UnloadResult,
     Vocabulary,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",
+    "UnloadResult",
     "Vocabulary",
     "__version__",
 ]

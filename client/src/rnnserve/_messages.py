@@ -26,6 +26,7 @@ from rnnserve.types import (
     StepResult,
     TokenProb,
     TranslateResult,
+    UnloadResult,
     Vocabulary,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -34,9 +35,24 @@ from rnnserve.v1 import rnnserve_pb2 as pb
 
 
 def get_model_request(name: str, version: int) -> pb.GetModelRequest:
-    """GetModel; version 0 is the default (highest loaded) version."""
+    """GetModel; version 0 is the model's default version."""
     _validate.string("name", name)
     return pb.GetModelRequest(name=name, version=_validate.unsigned("version", version, bits=32))
+
+
+def load_model_request(name: str) -> pb.LoadModelRequest:
+    _validate.string("name", name)
+    return pb.LoadModelRequest(name=name)
+
+
+def unload_model_request(name: str, version: int) -> pb.UnloadModelRequest:
+    """UnloadModel; version 0 is every version of the model."""
+    _validate.string("name", name)
+    return pb.UnloadModelRequest(name=name, version=_validate.unsigned("version", version, bits=32))
+
+
+def unload_result(message: pb.UnloadModelResponse) -> UnloadResult:
+    return UnloadResult(removed=list(message.removed), open_sessions=message.open_sessions)
 
 
 def _set_sequence(
@@ -403,8 +419,8 @@ def translate_result(message: pb.TranslateResponse) -> TranslateResult:
     )
 
 
-def reload_result(message: pb.ReloadModelsResponse) -> ReloadResult:
-    """ReloadModelsResponse message -> dataclass."""
+def reload_result(message: pb.ReloadModelsResponse | pb.LoadModelResponse) -> ReloadResult:
+    """ReloadModelsResponse or LoadModelResponse message -> dataclass."""
     return ReloadResult(
         models=[model_info(model) for model in message.models],
         added=list(message.added),

@@ -38,6 +38,8 @@ class RnnServeStub(Protocol):
     Classify: grpc.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
     Translate: grpc.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
     ReloadModels: grpc.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
+    LoadModel: grpc.UnaryUnaryMultiCallable[pb.LoadModelRequest, pb.LoadModelResponse]
+    UnloadModel: grpc.UnaryUnaryMultiCallable[pb.UnloadModelRequest, pb.UnloadModelResponse]
 
 
 class AsyncRnnServeStub(Protocol):
@@ -58,6 +60,8 @@ class AsyncRnnServeStub(Protocol):
     Classify: grpc.aio.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
     Translate: grpc.aio.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
     ReloadModels: grpc.aio.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
+    LoadModel: grpc.aio.UnaryUnaryMultiCallable[pb.LoadModelRequest, pb.LoadModelResponse]
+    UnloadModel: grpc.aio.UnaryUnaryMultiCallable[pb.UnloadModelRequest, pb.UnloadModelResponse]
 
 
 class HealthStub(Protocol):

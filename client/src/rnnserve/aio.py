@@ -24,6 +24,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TranslateResult,
+    UnloadResult,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -128,6 +129,19 @@ class AsyncClient:
             self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout, retry=True
         )
         return _messages.reload_result(response)
+
+    async def load_model(self, name: str, *, timeout: float | None = None) -> ReloadResult:
+        """Load one model from the server's repository (see `Client.load_model`)."""
+        request = _messages.load_model_request(name)
+        response = await self._call(self._stub.LoadModel, request, timeout, retry=True)
+        return _messages.reload_result(response)
+
+    async def unload_model(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> UnloadResult:
+        """Take a model out of service until `load_model` (see `Client.unload_model`)."""
+        request = _messages.unload_model_request(name, version)
+        return _messages.unload_result(await self._call(self._stub.UnloadModel, request, timeout))
 
     # ------------------------------------------------------------ sessions
 

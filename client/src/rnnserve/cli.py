@@ -1,5 +1,5 @@
-"""The `rnnserve` command: list and reload models, generate, step, classify, translate,
-type-ahead and health checks.
+"""The `rnnserve` command: list, reload, load and unload models, generate, step, classify,
+translate, type-ahead and health checks.
 
 Exit status: 0 success, 1 a failed call (printed as `error: <CODE>: <details>`), 2 a usage
 error, 130 interrupted by Ctrl-C.
@@ -21,7 +21,7 @@ from rnnserve._channel import TLSConfig
 from rnnserve._version import __version__
 from rnnserve.client import Client
 from rnnserve.errors import RnnServeError
-from rnnserve.types import ModelInfo
+from rnnserve.types import ModelInfo, ReloadResult
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 EXIT_FAILED = 1
@@ -197,8 +197,31 @@ def cmd_translate(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     """Rescan the server's model repository; fail if a package was refused."""
-    result = client.reload_models()
+    return _print_changes(client.reload_models(), args.json)
+
+
+def cmd_load(client: Client, args: argparse.Namespace) -> int:
+    """Load one model from the server's repository; fail if a package was refused."""
+    return _print_changes(client.load_model(args.name), args.json)
+
+
+def cmd_unload(client: Client, args: argparse.Namespace) -> int:
+    """Take a model, or one version, out of service."""
+    name, version = _name_and_version(args.model, "unload")
+    result = client.unload_model(name, version)
     if args.json:
+        _print_json(dataclasses.asdict(result))
+        return 0
+    for removed in result.removed:
+        print(f"removed  {removed}")
+    if result.open_sessions:
+        print(f"{result.open_sessions} sessions still open on it (they go on until closed)")
+    return 0
+
+
+def _print_changes(result: ReloadResult, as_json: bool) -> int:
+    """What a reload or load changed; the exit status is 1 if a package was refused."""
+    if as_json:
         _print_json(dataclasses.asdict(result))
     else:
         for name in result.added:
@@ -259,16 +282,21 @@ def _pick_model(client: Client, spec: str | None, kind: _Kind) -> ModelInfo:
     needs. Without a version, the model's default version: the server's choice, as for
     `Client.create_session(name)` (the highest loaded, unless the server pins another)."""
     if spec is not None:
-        name, _, version = spec.partition(":")
-        if version and not version.isdigit():
-            raise ValueError(f"--model {spec!r}: expected NAME or NAME:VERSION")
-        return client.get_model(name, int(version or 0))
+        return client.get_model(*_name_and_version(spec, "--model"))
     suitable = [m for m in client.list_models() if kind.suits(m)]
     if not suitable:
         raise ValueError(
             f"the server at {client.address} has no {kind.description}; see `rnnserve models`"
         )
     return client.get_model(suitable[0].name)
+
+
+def _name_and_version(spec: str, given_as: str) -> tuple[str, int]:
+    """`NAME` (version 0) or `NAME:VERSION`, given as the option or argument `given_as`."""
+    name, _, version = spec.partition(":")
+    if version and not version.isdigit():
+        raise ValueError(f"{given_as} {spec!r}: expected NAME or NAME:VERSION")
+    return name, int(version or 0)
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -437,6 +465,27 @@ def build_parser() -> argparse.ArgumentParser:
         "exits 1 if a package was refused. Sessions on removed versions keep working.",
     )
     reload.add_argument("--json", action="store_true", help="print JSON, with every model")
+
+    load = command(
+        "load",
+        cmd_load,
+        "load one model from the server's repository",
+        "The server rereads the model's config.toml and loads the versions it serves, "
+        "bringing back any that `unload` took out; the other models are left as they are. "
+        "Exits 1 if a package was refused. With authentication on: admin callers only.",
+    )
+    load.add_argument("name", help="the model's folder name in the repository")
+    load.add_argument("--json", action="store_true", help="print JSON")
+
+    unload = command(
+        "unload",
+        cmd_unload,
+        "take a model, or one version of it, out of service",
+        "New sessions on it are refused until `load` brings it back; sessions already "
+        "open keep working until closed. With authentication on: admin callers only.",
+    )
+    unload.add_argument("model", metavar="NAME[:VERSION]", help="without a version: all")
+    unload.add_argument("--json", action="store_true", help="print JSON")
 
     interactive = command(
         "interactive", cmd_interactive, "type-ahead: the likely next characters as you type"

@@ -22,6 +22,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TranslateResult,
+    UnloadResult,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -135,6 +136,30 @@ class Client:
             self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout, retry=True
         )
         return _messages.reload_result(response)
+
+    def load_model(self, name: str, *, timeout: float | None = None) -> ReloadResult:
+        """Load one model from the server's repository, leaving every other model as it is.
+
+        The server rereads the model's config.toml and loads the versions its version
+        policy serves, bringing back any that `unload_model` took out of service;
+        `ReloadResult.models` lists the model's versions loaded afterwards. With
+        authentication on, only admin callers may (`PermissionDenied` otherwise).
+        """
+        request = _messages.load_model_request(name)
+        response = self._call(self._stub.LoadModel, request, timeout, retry=True)
+        return _messages.reload_result(response)
+
+    def unload_model(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> UnloadResult:
+        """Take a model (`version` 0: every version) out of service until `load_model`.
+
+        New sessions naming it get `NotFound`; sessions already open on it keep working
+        until closed or expired (`UnloadResult.open_sessions` counts them). With
+        authentication on, only admin callers may.
+        """
+        request = _messages.unload_model_request(name, version)
+        return _messages.unload_result(self._call(self._stub.UnloadModel, request, timeout))
 
     # ------------------------------------------------------------ sessions
 

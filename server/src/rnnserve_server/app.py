@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 
 from rnnserve.v1 import rnnserve_pb2
 from rnnserve_server import reflection
-from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
+from rnnserve_server.auth import BearerTokenInterceptor, admins_of, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
@@ -154,8 +154,9 @@ async def create_server(config: ServerConfig) -> RunningServer:
     metrics.watch(engine)
 
     tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
+    admins = admins_of(config.auth_admins, tokens)
     server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
+        interceptors=[BearerTokenInterceptor(tokens, admins)] if tokens else [],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -182,7 +183,9 @@ async def create_server(config: ServerConfig) -> RunningServer:
         port = server.add_insecure_port(address)
     log.info(
         "authentication %s, %s",
-        f"on ({len(tokens)} tokens)" if tokens else "off",
+        f"on ({len(tokens)} tokens, admins: {', '.join(sorted(admins)) or 'none'})"
+        if tokens
+        else "off",
         "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext",
     )
     if port == 0:

@@ -8,6 +8,10 @@ sessions it creates: another caller's session id answers NOT_FOUND, exactly like
 unknown one. Every method except the health service answers UNAUTHENTICATED without a
 valid token. With no tokens configured, authentication is off and the caller is the
 peer's IP address.
+
+The calls that change what the server serves (ReloadModels, LoadModel, UnloadModel) need
+more: with authentication on, only the callers the setting ``auth_admins`` names may make
+them; any other caller gets PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rnnserve_caller", default=None
 )
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+ADMIN_METHODS = frozenset(
+    f"/rnnserve.v1.RnnServe/{name}" for name in ("ReloadModels", "LoadModel", "UnloadModel")
+)
 MIN_TOKEN_LENGTH = 8
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -69,9 +76,26 @@ def load_tokens(inline: str, file: str) -> dict[str, str]:
     return tokens
 
 
+def admins_of(setting: str, tokens: dict[str, str]) -> frozenset[str]:
+    """The admin callers the setting auth_admins names; ValueError for a name no token
+    has (a typo would lock every admin out) or admins without authentication."""
+    admins = frozenset(filter(None, (name.strip() for name in setting.split(","))))
+    if admins and not tokens:
+        raise ValueError("auth_admins: names admins, but authentication is off (no auth_tokens)")
+    callers = set(tokens.values())
+    unknown = sorted(admins - callers)
+    if unknown:
+        raise ValueError(
+            f"auth_admins: {', '.join(map(repr, unknown))} has no token; "
+            f"the callers are {', '.join(map(repr, sorted(callers)))}"
+        )
+    return admins
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tokens: dict[str, str]) -> None:
+    def __init__(self, tokens: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
         self._tokens = tokens
+        self._admins = admins
 
     def _caller(self, metadata: Any) -> str | None:
         for key, value in metadata or ():
@@ -94,16 +118,25 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             return handler
         caller = self._caller(details.invocation_metadata)
         if caller is None:
-            return _refusal(handler)
+            return _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid 'authorization: Bearer <token>' metadata entry is required",
+            )
+        if details.method in ADMIN_METHODS and caller not in self._admins:
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{details.method.rsplit('/', 1)[-1]} changes what the server serves: only "
+                f"the callers the setting auth_admins names may call it, and {caller!r} "
+                "is not one",
+            )
         return _with_caller(handler, caller)
 
 
-def _refusal(handler: Handler) -> Handler:
+def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "a valid 'authorization: Bearer <token>' metadata entry is required",
-        )
+        await context.abort(code, message)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await refuse(request, context)

@@ -107,6 +107,11 @@ class ServerConfig:
         secret=True,
     )
     auth_tokens_file: str = setting("", "file of name:token lines (adds to auth_tokens)")
+    auth_admins: str = setting(
+        "",
+        "with authentication on: the callers (names from the tokens, comma-separated) "
+        "who may call ReloadModels, LoadModel and UnloadModel; nobody else may",
+    )
     tls_cert: str = setting("", "PEM certificate chain of the server; with tls_key: TLS")
     tls_key: str = setting("", "PEM private key of the server", secret=True)
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates (mutual TLS)")
@@ -276,9 +281,9 @@ def load_config(
 def _check_credentials(config: ServerConfig) -> None:
     """Malformed tokens and unreadable TLS files are usage errors at start, not failures
     once serving."""
-    from rnnserve_server.auth import load_tokens  # late: auth needs grpc, config does not
+    from rnnserve_server.auth import admins_of, load_tokens  # late: auth needs grpc
 
-    load_tokens(config.auth_tokens, config.auth_tokens_file)
+    admins_of(config.auth_admins, load_tokens(config.auth_tokens, config.auth_tokens_file))
     for name in ("tls_cert", "tls_key", "tls_client_ca"):
         path = getattr(config, name)
         if path:

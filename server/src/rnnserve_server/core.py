@@ -47,6 +47,8 @@ class Core:
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
         self.batchers: dict[Model, StepBatcher] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
+        # One change of the repository at a time: rescans run on a worker thread.
+        self._repository_changes = asyncio.Lock()
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
@@ -101,8 +103,34 @@ class Core:
 
     async def reload(self) -> ReloadResult:
         """Rescan the model repository (loading graphs off the event loop)."""
-        result: ReloadResult = await self.infer(self.repository.reload)
-        for model, batcher in self.batchers.items():  # a changed config.toml applies now
+        async with self._repository_changes:
+            result: ReloadResult = await self.infer(self.repository.reload)
+        await self._changed(result)
+        return result
+
+    async def load_model(self, name: str) -> ReloadResult:
+        """Rescan one model's folder (LoadModel), bringing back what unload held."""
+        async with self._repository_changes:
+            result: ReloadResult = await self.infer(self.repository.load_model, name)
+        await self._changed(result)
+        return result
+
+    async def unload_model(self, name: str, version: int = 0) -> tuple[list[str], int]:
+        """Take a model (version 0: every version) out of service (UnloadModel); the
+        versions removed, and how many sessions are still open on them (they go on)."""
+        async with self._repository_changes:
+            removed = self.repository.unload(name, version)
+        await self._changed(ReloadResult(added=[], removed=removed, refused={}))
+        gone = set(removed)
+        still_open = [
+            s for s in self.store.open_sessions() if f"{s.model.name}/{s.model.version}" in gone
+        ]
+        return removed, len(still_open)
+
+    async def _changed(self, result: ReloadResult) -> None:
+        """After a change of the loaded models: a changed config.toml applies to the
+        running batchers at once; batchers of removed versions without sessions go."""
+        for model, batcher in self.batchers.items():
             batcher.max_batch, batcher.window_s = self._batching(model)
         for name in result.removed:
             stale = [m for m in self.batchers if f"{m.name}/{m.version}" == name]
@@ -111,7 +139,6 @@ class Core:
                     await self.batchers.pop(model).close()
         if self.on_models_changed is not None:
             self.on_models_changed(result)
-        return result
 
     async def poll_repository(self, interval_s: float) -> None:
         while True:

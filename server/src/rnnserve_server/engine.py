@@ -71,6 +71,12 @@ class Engine:
     async def reload(self) -> ReloadResult:
         return await self.core.reload()
 
+    async def load_model(self, name: str) -> ReloadResult:
+        return await self.core.load_model(name)
+
+    async def unload_model(self, name: str, version: int = 0) -> tuple[list[str], int]:
+        return await self.core.unload_model(name, version)
+
     async def poll_repository(self, interval_s: float) -> None:
         await self.core.poll_repository(interval_s)
 

@@ -6,6 +6,9 @@ and never stops the others from serving. A model's version policy decides which 
 versions load; its default version is the one its config pins, else the highest loaded.
 A config.toml that cannot be used is listed in ``broken`` too: at start its model is not
 served; on a reload the model keeps the configuration accepted before.
+
+``load_model`` rescans one model's folder alone; ``unload`` takes a model or version out
+of service and keeps it out (``held``) through rescans until ``load_model`` names it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnserve_server.errors import NotFound, shown
+from rnnserve_server.errors import InvalidArgument, NotFound, shown
 from rnnserve_server.modelconfig import (
     MODEL_CONFIG_FILE,
     ModelConfig,
     ModelConfigError,
     ModelLimits,
 )
-from rnnserve_server.modelpackage import ModelPackage, PackageError, load_package
+from rnnserve_server.modelpackage import NAME_PATTERN, ModelPackage, PackageError, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Repository:
     models: dict[tuple[str, int], Model] = field(default_factory=dict)
     broken: dict[Path, str] = field(default_factory=dict)
     configs: dict[str, ModelConfig] = field(default_factory=dict)
+    held: set[tuple[str, int]] = field(default_factory=set)  # (name, version or 0: all)
     _stamps: dict[Path, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
     _not_served: set[Path] = field(default_factory=set)
     _missing_defaults: set[tuple[str, int]] = field(default_factory=set)
@@ -74,24 +78,33 @@ class Repository:
         repo.reload()
         return repo
 
-    def reload(self) -> ReloadResult:
-        """Rescan the repository; (re)load packages whose files changed, drop vanished ones
-        and versions the version policy no longer serves; reread every config.toml.
+    def reload(self, only: str | None = None) -> ReloadResult:
+        """Rescan the repository (``only``: that model's folder alone, every other model
+        kept as it is); (re)load packages whose files changed, drop vanished ones and
+        versions the version policy no longer serves; reread the config.toml files.
 
         Unchanged packages keep their loaded runtime; a package or config.toml refused
         before is not logged again until its files change.
         """
-        refused: dict[Path, str] = {}
-        configs: dict[str, ModelConfig] = {}
+
+        def rescanned(name: str) -> bool:
+            return only is None or name == only
+
+        if only is not None:
+            model_dirs = [self.root / only]
+        else:
+            model_dirs = _entries(self.root) if self.root.is_dir() else []
+        refused = {p: r for p, r in self.broken.items() if not rescanned(p.parent.name)}
+        configs = {n: c for n, c in self.configs.items() if not rescanned(n)}
+        not_served = {p for p in self._not_served if not rescanned(p.parent.name)}
         found: list[Path] = []
-        not_served: set[Path] = set()
-        for model_dir in _entries(self.root) if self.root.is_dir() else []:
+        for model_dir in model_dirs:
             config = self._config(model_dir, refused)
             if config is not None:
                 configs[model_dir.name] = config
                 found += self._versions_to_load(model_dir, config, not_served)
         self._not_served = not_served
-        models: dict[tuple[str, int], Model] = {}
+        models = {key: m for key, m in self.models.items() if not rescanned(m.name)}
         by_path = {m.package.path: m for m in self.models.values()}
         added: list[str] = []
         for path in found:
@@ -139,7 +152,8 @@ class Repository:
                 extra={"model": name},
             )
         for path in set(self._stamps) - set(found):
-            del self._stamps[path]
+            if rescanned(path.parent.name):
+                del self._stamps[path]
         for model in models.values():
             model.config = configs[model.name]
         self.models, self.broken, self.configs = models, refused, configs
@@ -151,10 +165,14 @@ class Repository:
     ) -> list[Path]:
         """The model's version folders its policy serves (and any misnamed one, which
         loading then refuses); adds the others to ``not_served``."""
+        if (model_dir.name, 0) in self.held:
+            return []
         versions = _entries(model_dir)
         served = config.versions.serves([int(p.name) for p in versions if _numbered(p)])
         load = []
         for path in versions:
+            if _numbered(path) and (model_dir.name, int(path.name)) in self.held:
+                continue  # out of service until LoadModel
             if not _numbered(path) or int(path.name) in served:
                 load.append(path)
                 continue
@@ -219,21 +237,47 @@ class Repository:
                     )
         self._missing_defaults = missing
 
+    def load_model(self, name: str) -> ReloadResult:
+        """Rescan the folder of model ``name`` alone, bringing back what ``unload`` held."""
+        if not NAME_PATTERN.match(name):
+            raise InvalidArgument(
+                f"name = {shown(name)} is not a model name; allowed: 1..128 letters, digits, "
+                "'_', '.' and '-', starting with a letter or digit"
+            )
+        if not (self.root / name).is_dir():
+            raise NotFound(f"the model repository {self.root} has no model folder {shown(name)}")
+        self.held = {held for held in self.held if held[0] != name}
+        return self.reload(only=name)
+
+    def unload(self, name: str, version: int = 0) -> list[str]:
+        """Take the model's loaded versions (``version`` 0: all of them) out of service,
+        and keep them out through rescans until ``load_model(name)``; "name/version" each."""
+        keys = sorted(key for key in self.models if key[0] == name and version in (0, key[1]))
+        if not keys:
+            raise self._not_loaded(name, version)
+        self.held.add((name, version))
+        for key in keys:
+            model = self.models.pop(key)
+            self._stamps.pop(model.package.path, None)
+            log.info(
+                "unloaded model %s version %d (UnloadModel; LoadModel brings it back)",
+                *key,
+                extra={"model": f"{key[0]}/{key[1]}"},
+            )
+        self._check_defaults()
+        return [f"{n}/{v}" for n, v in keys]
+
     def get(self, name: str, version: int = 0) -> Model:
         """A model version; version 0 means the model's default version: the one its
         config.toml pins, else the highest loaded."""
         if version:
             model = self.models.get((name, version))
             if model is None:
-                known = sorted(v for n, v in self.models if n == name)
-                if not known:
-                    raise NotFound(f"model {shown(name)} is not loaded")
-                raise NotFound(f"model {shown(name)} has no version {version}; loaded: {known}")
+                raise self._not_loaded(name, version)
             return model
         versions = sorted(v for n, v in self.models if n == name)
         if not versions:
-            names = sorted({n for n, _ in self.models})
-            raise NotFound(f"model {shown(name)} is not loaded; loaded models: {names}")
+            raise self._not_loaded(name, version)
         config = self.configs.get(name, ModelConfig())
         pinned = config.versions.default
         if pinned and pinned not in versions:
@@ -242,6 +286,14 @@ class Repository:
                 f"is not loaded; loaded: {versions}; name one of them"
             )
         return self.models[(name, pinned or versions[-1])]
+
+    def _not_loaded(self, name: str, version: int) -> NotFound:
+        """NOT_FOUND for a model (version 0) or version that is not loaded, naming what is."""
+        known = sorted(v for n, v in self.models if n == name)
+        if not known:
+            names = sorted({n for n, _ in self.models})
+            return NotFound(f"model {shown(name)} is not loaded; loaded models: {names}")
+        return NotFound(f"model {shown(name)} has no version {version}; loaded: {known}")
 
     def list(self) -> list[Model]:
         return [self.models[key] for key in sorted(self.models)]

@@ -25,6 +25,7 @@ from rnnserve_server.wire import (
     generate_options,
     generate_response,
     model_info,
+    refused_packages,
     step_columns,
     step_many_response,
     step_response,
@@ -65,8 +66,25 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             models=[model_info(m) for m in self.engine.repository.list()],
             added=result.added,
             removed=result.removed,
-            refused=[pb.RefusedPackage(path=str(p), reason=r) for p, r in result.refused.items()],
+            refused=refused_packages(result),
         )
+
+    @guarded
+    async def LoadModel(self, request: pb.LoadModelRequest, context: Any) -> pb.LoadModelResponse:
+        result = await self.engine.load_model(request.name)
+        return pb.LoadModelResponse(
+            models=[model_info(m) for m in self.engine.repository.list() if m.name == request.name],
+            added=result.added,
+            removed=result.removed,
+            refused=refused_packages(result),
+        )
+
+    @guarded
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: Any
+    ) -> pb.UnloadModelResponse:
+        removed, still_open = await self.engine.unload_model(request.name, request.version)
+        return pb.UnloadModelResponse(removed=removed, open_sessions=still_open)
 
     # ------------------------------------------------------------------ sessions
 

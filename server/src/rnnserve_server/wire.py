@@ -10,7 +10,7 @@ from rnnserve_server.errors import ServiceError, out_of_range
 from rnnserve_server.generating import GenerateOptions
 from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.inputs import TokenInput
-from rnnserve_server.repository import Model
+from rnnserve_server.repository import Model, ReloadResult
 from rnnserve_server.rpc import bounded_details
 from rnnserve_server.stepping import StepColumns, StepManyAnswer, StepOutput
 
@@ -33,6 +33,11 @@ FINISH = {
     "stop_string": pb.FINISH_REASON_STOP_STRING,
     "stop_token": pb.FINISH_REASON_STOP_TOKEN,
 }
+
+
+def refused_packages(result: ReloadResult) -> list[pb.RefusedPackage]:
+    """The packages (and config.toml files) a rescan refused, and why."""
+    return [pb.RefusedPackage(path=str(p), reason=r) for p, r in result.refused.items()]
 
 
 def model_info(model: Model) -> pb.ModelInfo:
