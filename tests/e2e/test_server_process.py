@@ -88,3 +88,27 @@ def test_json_logs_carry_session_and_model_ids(running: ServerProcess, model_nam
     records = [json.loads(line) for line in running.lines if line.startswith("{")]
     refused = [r for r in records if "INVALID_ARGUMENT" in r["message"]]
     assert refused and refused[-1]["session"] == session_id
+
+
+def test_json_logs_carry_the_request_id(running: ServerProcess, model_name: str) -> None:
+    import grpc
+
+    from rnnserve.v1 import rnnserve_pb2 as pb
+    from rnnserve.v1 import rnnserve_pb2_grpc
+
+    with grpc.insecure_channel(running.address) as channel:
+        stub = rnnserve_pb2_grpc.RnnServeStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.CreateSession(
+                pb.CreateSessionRequest(model="nope"), metadata=[("x-request-id", "trace-me-123")]
+            )
+        session = stub.CreateSession(pb.CreateSessionRequest(model=model_name)).session_id
+        with pytest.raises(grpc.RpcError):
+            stub.Step(pb.StepRequest(session_id=session, text="", request_id="step-42"))
+    time.sleep(0.3)
+    records = [json.loads(line) for line in running.lines if line.startswith("{")]
+    (created,) = [r for r in records if r.get("request_id") == "trace-me-123"]
+    assert created["method"] == "CreateSession" and "NOT_FOUND" in created["message"]
+    (stepped,) = [r for r in records if r.get("request_id") == "step-42"]
+    assert (stepped["method"], stepped["session"]) == ("Step", session)
+    assert stepped["model"] == f"{model_name}/1" and "INVALID_ARGUMENT" in stepped["message"]

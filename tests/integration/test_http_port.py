@@ -52,7 +52,7 @@ def test_metrics_hold_the_servers_and_the_default_collectors(
         session.step(text="a")
     status, page = get(http_port(served), "/metrics")
     assert status == 200
-    assert 'rnnserve_requests_total{code="OK",method="Step"}' in page
+    assert f'rnnserve_requests_total{{code="OK",method="Step",model="{model_name}/1"}}' in page
     for default in ("process_cpu_seconds_total", "python_info", "python_gc_collections_total"):
         assert f"\n{default}" in page, default
 

@@ -505,11 +505,12 @@ def test_metrics_count_calls_sessions_batches_tokens_and_cancellations(
                 session.step(text=char)
             generated = list(session.generate(max_tokens=10, temperature=0))
             samples = scrape(port)
-            step_ok = ("rnnserve_requests_total", (("code", "OK"), ("method", "Step")))
+            version = ("model", f"{model_name}/1")
+            step_ok = ("rnnserve_requests_total", (("code", "OK"), ("method", "Step"), version))
             assert samples[step_ok] == len(PROMPT)
             assert samples[("rnnserve_sessions_live", ())] == 1
             produced = sum(len(c.tokens) for c in generated)
-            assert samples[("rnnserve_generated_tokens_total", ())] == produced
+            assert samples[("rnnserve_generated_tokens_total", (version,))] == produced
             batches = {
                 labels: value
                 for (name, labels), value in samples.items()

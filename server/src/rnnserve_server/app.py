@@ -23,6 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from rnnserve.v1 import rnnserve_pb2
 from rnnserve_server import reflection
 from rnnserve_server.auth import BearerTokenInterceptor, admins_of, load_tokens
+from rnnserve_server.calls import CallFilter
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
@@ -39,7 +40,8 @@ EXPIRY_SWEEP_S = 1.0
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the model and session ids when a record has them."""
+    """One JSON object per line, with the call's request id and method and the session
+    and model ids when a record has them (calls.CallFilter adds the current call's)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -49,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("model", "session"):
+        for key in ("request_id", "method", "session", "model"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:
@@ -59,6 +61,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(config: ServerConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallFilter())
     if config.log_json:
         handler.setFormatter(JsonFormatter())
     else:

@@ -323,6 +323,7 @@ class StepBatcher:
             [started - item.queued_at for item in run.batch]
             + [started - job.queued_at for job in run.jobs],
             [(started - group.queued_at, len(group.sessions)) for group in run.groups],
+            time.perf_counter() - started,
         )
         try:
             self._scatter(run, *outputs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,8 +125,10 @@ class Generating:
         session's last call) yields that call's tokens again and, if it was cut off,
         continues it with the sampling state it stopped at.
         """
+        started = time.perf_counter()
         model = session.model
         max_tokens, params = self.checked(model, options)
+        stats = self.core.stats.generation_of(f"{model.name}/{model.version}")
         ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
         check_request_id(request_id)
         tokenizer = model.package.tokenizer
@@ -155,6 +158,7 @@ class Generating:
                 per_message=options.tokens_per_message,
                 record=reply["tokens"],
                 keep_draws=bool(request_id),
+                stats=stats,
             )
             for token, probability in reply["tokens"]:  # the retried call's tokens, again
                 steps = reply["base"] + generation.produced + 1
@@ -182,10 +186,12 @@ class Generating:
                 # From here the batcher advances this generation together with every other
                 # one: one token per run, the next tokens sampled for all of them at once.
                 generation.start(token, probability, before_draw)
+                first = True
                 while not generation.finished:
                     events = await batcher.advance(generation)
-                    produced = sum(1 for e in events if e.token is not None)
-                    self.core.stats.generated_tokens += produced
+                    if first:  # the call's first token is on its way to the caller
+                        stats.first_token.add(time.perf_counter() - started)
+                        first = False
                     for out in events:
                         reply["finish"] = out.finish_reason
                         yield out

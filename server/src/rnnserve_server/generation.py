@@ -9,6 +9,7 @@ and calls ``sampled``. The caller collects ``events`` a message's worth at a tim
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from rnnserve_server.sampling import SamplingParams
 from rnnserve_server.sessions import Session
+from rnnserve_server.stats import GenerationStats
 from rnnserve_server.tokenizer import Tokenizer
 
 
@@ -56,6 +58,7 @@ class Generation:
         per_message: int = 1,
         record: list[tuple[int, float]] | None = None,
         keep_draws: bool = False,
+        stats: GenerationStats | None = None,
     ) -> None:
         self.session = session
         self.params = params
@@ -84,6 +87,9 @@ class Generation:
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[list[GenerateEvent]] | None = None
         self.queued_at = 0.0
+        # The model's counters: tokens, and the time between two tokens as they are fed.
+        self.stats = stats
+        self.last_fed_at = 0.0
 
     def _event(self, token: int, probability: float, steps: int) -> GenerateEvent:
         """The event of a token fed when the session reached ``steps``; ends the
@@ -119,6 +125,12 @@ class Generation:
         """``self.token`` has just been fed (session.steps counts it): record its event.
         True if the generation goes on and needs its next token sampled."""
         self.pending = False
+        if self.stats is not None:
+            now = time.perf_counter()
+            self.stats.tokens += 1
+            if self.last_fed_at:
+                self.stats.inter_token.add(now - self.last_fed_at)
+            self.last_fed_at = now
         if self.record is not None:
             self.record.append((self.token, self.probability))
         self.session.touch()

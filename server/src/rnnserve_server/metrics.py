@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from rnnserve_server.httpport import HttpPort
-from rnnserve_server.stats import BATCH_BUCKETS, QUEUE_BUCKETS, BatchStats, EngineStats
+from rnnserve_server.stats import BatchStats, Buckets, EngineStats
 
 _LATENCY_BUCKETS = (
     0.0002,
@@ -83,22 +83,24 @@ class Metrics:
             self.registry.register(default)
         self.requests = Counter(
             "rnnserve_requests",
-            "gRPC calls finished, by method and status code",
-            ["method", "code"],
+            "gRPC calls finished, by method, status code and model version",
+            ["method", "code", "model"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "rnnserve_request_seconds",
-            "gRPC call duration in seconds, by method",
-            ["method"],
+            "gRPC call duration in seconds, by method and model version",
+            ["method", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._port: HttpPort | None = None
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+    def observe(self, method: str, code: str, model: str, seconds: float) -> None:
+        """A finished call; ``model`` is "name/version", or "" for a call not bound to one
+        (ListModels, ReloadModels, a StepMany stream, a model that does not exist)."""
+        self.requests.labels(method, code, model).inc()
+        self.latency.labels(method, model).observe(seconds)
 
     def watch(self, engine: Observed) -> None:
         self.registry.register(_EngineCollector(engine))
@@ -132,41 +134,54 @@ class _EngineCollector(Collector):
             "bytes of hidden-state arrays allocated",
             value=store.state_bytes,
         )
-        yield CounterMetricFamily(
-            "rnnserve_generated_tokens",
-            "tokens produced by Generate and Translate",
-            value=self.engine.stats.generated_tokens,
-        )
         cancelled = CounterMetricFamily(
             "rnnserve_cancellations", "calls the caller cancelled, by method", labels=["method"]
         )
         for method, count in sorted(self.engine.stats.cancelled.items()):
             cancelled.add_metric([method], count)
         yield cancelled
-        batch = HistogramMetricFamily(
-            "rnnserve_batch_size", "sessions' steps per run of the step graph", labels=["model"]
+        generation = sorted(self.engine.stats.generation.items())
+        tokens = CounterMetricFamily(
+            "rnnserve_generated_tokens",
+            "tokens produced by Generate and Translate, by model version",
+            labels=["model"],
         )
-        queue = HistogramMetricFamily(
-            "rnnserve_queue_seconds", "time a step waited for its batch", labels=["model"]
+        for model, stats in generation:
+            tokens.add_metric([model], stats.tokens)
+        yield tokens
+        yield _histogram(
+            "rnnserve_time_to_first_token_seconds",
+            "seconds from a Generate call's start to its first token, by model version",
+            ((model, stats.first_token) for model, stats in generation),
         )
-        for model, stats in self.engine.batch_stats():
-            label = [model]
-            batch.add_metric(
-                label, _buckets(stats.batch_size_counts, BATCH_BUCKETS), sum_value=stats.steps
-            )
-            queue.add_metric(
-                label,
-                _buckets(stats.queue_counts, QUEUE_BUCKETS),
-                sum_value=stats.queue_seconds_total,
-            )
-        yield batch
-        yield queue
+        yield _histogram(
+            "rnnserve_inter_token_seconds",
+            "seconds between two tokens of one generation, as they are produced",
+            ((model, stats.inter_token) for model, stats in generation),
+        )
+        batching = sorted(self.engine.batch_stats())
+        yield _histogram(
+            "rnnserve_batch_size",
+            "sessions' steps per run of the step graph",
+            ((model, stats.batch_size) for model, stats in batching),
+        )
+        yield _histogram(
+            "rnnserve_queue_seconds",
+            "time a step waited for its batch",
+            ((model, stats.queue) for model, stats in batching),
+        )
+        yield _histogram(
+            "rnnserve_step_seconds",
+            "seconds from a step (or generated token) joining its batch to its output: "
+            "the wait plus the run of the step graph",
+            ((model, stats.step) for model, stats in batching),
+        )
 
 
-def _buckets(counts: dict[float, int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-    """Cumulative (le, count) pairs from per-bucket counts keyed by upper bound."""
-    out, running = [], 0
-    for bound in (*bounds, float("inf")):
-        running += counts.get(bound, 0)
-        out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-    return out
+def _histogram(
+    name: str, documentation: str, per_model: Iterable[tuple[str, Buckets]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=["model"])
+    for model, buckets in per_model:
+        family.add_metric([model], buckets.cumulative(), sum_value=buckets.total)
+    return family

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from rnnserve_server import calls
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import InvalidArgument, ServiceError
@@ -95,16 +96,6 @@ def bounded_details(message: str) -> str:
     return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
 
 
-def _log_fields(request: Any) -> dict[str, str]:
-    """The session and model ids a request names, for structured (JSON) log lines."""
-    fields = {}
-    for name, key in (("session_id", "session"), ("model", "model"), ("name", "model")):
-        value = getattr(request, name, None)
-        if isinstance(value, str) and value:
-            fields[key] = value[:64]
-    return fields
-
-
 class Accounted:
     """The base of a front's servicer: the engine it drives and the metrics it feeds."""
 
@@ -126,7 +117,8 @@ class Accounted:
     def _done(self, method: str, code: str) -> None:
         elapsed = self._elapsed()
         if self.metrics is not None:
-            self.metrics.observe(method, code, elapsed)
+            call = calls.current()
+            self.metrics.observe(method, code, call.model if call else "", elapsed)
 
     def _cancelled(self, method: str) -> None:
         self.engine.stats.cancel(method)
@@ -141,13 +133,12 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     method = handler.__name__
     streaming = inspect.isasyncgenfunction(handler)
 
-    async def fail(self: Accounted, context: Any, exc: BaseException, request: Any = None) -> None:
-        extra = _log_fields(request)
+    async def fail(self: Accounted, context: Any, exc: BaseException) -> None:
         if isinstance(exc, ServiceError):
-            log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message)
             self._done(method, exc.code.name)
             await context.abort(exc.code, bounded_details(exc.message))
-        log.error("%s failed unexpectedly", method, exc_info=exc, extra=extra)
+        log.error("%s failed unexpectedly", method, exc_info=exc)
         self._done(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
 
@@ -156,6 +147,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def stream_wrapper(self: Accounted, request: Any, context: Any) -> Any:
             self._start()
+            calls.begin(method, request, context.invocation_metadata())
             try:
                 parsed(request)
                 async for item in handler(self, request, context):
@@ -168,7 +160,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await fail(self, context, exc, request)
+                await fail(self, context, exc)
             else:
                 self._done(method, "OK")
 
@@ -177,13 +169,14 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def unary_wrapper(self: Accounted, request: Any, context: Any) -> Any:
         self._start()
+        calls.begin(method, request, context.invocation_metadata())
         try:
             reply = await handler(self, parsed(request), context)
         except asyncio.CancelledError:
             self._cancelled(method)
             raise
         except Exception as exc:
-            await fail(self, context, exc, request)
+            await fail(self, context, exc)
             raise  # unreachable: abort raises
         self._done(method, "OK")
         return reply

@@ -16,9 +16,10 @@ import grpc
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from rnnserve_server import statecodec
+from rnnserve_server import calls, statecodec
 from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.generation import GenerateEvent
+from rnnserve_server.repository import Model
 from rnnserve_server.rpc import Accounted, caller_of, generic_handler, guarded, parsed
 from rnnserve_server.wire import (
     FINISH,
@@ -43,7 +44,14 @@ def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
 
 class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def _session(self, session_id: str, context: Any) -> Any:
-        return await self.engine.sessions.lookup(session_id, caller_of(context))
+        session = await self.engine.sessions.lookup(session_id, caller_of(context))
+        calls.bind(session=session.id, model=session.model)
+        return session
+
+    def _model(self, name: str, version: int) -> Model:
+        model = self.engine.repository.get(name, version)
+        calls.bind(model=model)
+        return model
 
     # ------------------------------------------------------------------ models
 
@@ -55,7 +63,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
-        return model_info(self.engine.repository.get(request.name, request.version))
+        return model_info(self._model(request.name, request.version))
 
     @guarded
     async def ReloadModels(
@@ -93,7 +101,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         version = request.version
         if request.state and not version:  # an import names its own version
             version = statecodec.peek_version(request.state) or 0
-        model = self.engine.repository.get(request.model, version)
+        model = self._model(request.model, version)
         session = await self.engine.sessions.create(
             model,
             idle_timeout_s=request.idle_timeout_s,
@@ -103,6 +111,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             source=token_input(request, "source_tokens", "source_text", "source"),
             condition=request.condition,
         )
+        calls.bind(session=session.id)
         return pb.Session(
             session_id=session.id,
             model=model_info(model),
@@ -145,6 +154,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         session = await self.engine.sessions.lookup(
             request.session_id, caller_of(context) if owner is None else owner
         )
+        calls.bind(session=session.id, model=session.model)
         out = await self.engine.steps.step(
             session,
             token_input(request, "tokens", "text", "input"),
@@ -205,7 +215,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def Classify(self, request: pb.ClassifyRequest, context: Any) -> pb.ClassifyResponse:
-        model = self.engine.repository.get(request.model, request.version)
+        model = self._model(request.model, request.version)
         result = await self.engine.conveniences.classify(
             model,
             token_input(request, "tokens", "text", "input"),
@@ -222,7 +232,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def Translate(self, request: pb.TranslateRequest, context: Any) -> pb.TranslateResponse:
-        model = self.engine.repository.get(request.model, request.version)
+        model = self._model(request.model, request.version)
         source = token_input(request, "source_tokens", "source_text", "source")
         if not source.given:
             raise InvalidArgument("source: give source_tokens or source_text")
