@@ -27,7 +27,7 @@ $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml re
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, spelled exactly, so pip takes the CPU wheel from local disk.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e client -e server -e training -r requirements-dev.txt
+	$(PY) -m pip install -q -e client -e 'server[otel]' -e training -r requirements-dev.txt
 	touch $@
 
 .PHONY: dev

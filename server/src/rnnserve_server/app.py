@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from rnnserve.v1 import rnnserve_pb2
-from rnnserve_server import reflection
+from rnnserve_server import reflection, tracing
 from rnnserve_server.auth import BearerTokenInterceptor, admins_of, load_tokens
 from rnnserve_server.calls import CallFilter
 from rnnserve_server.config import ServerConfig, load_config
@@ -248,11 +248,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = load_config(argv)
     setup_logging(config)
     log.info("configuration: %s", json.dumps(config.describe()))
+    if config.tracing:
+        try:
+            tracing.setup()
+        except tracing.TracingUnavailable as exc:
+            log.error("%s", exc)
+            sys.exit(2)
+        log.info("tracing %s", "on" if tracing.enabled() else "off (OTEL_SDK_DISABLED)")
     try:
         asyncio.run(serve(config))
     except RuntimeError as exc:  # e.g. CUDA requested but unavailable, port in use
         log.error("%s", exc)
         sys.exit(1)
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rnnserve_server import tracing
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
@@ -57,6 +58,7 @@ class _Pending:
     queued_at: float
     k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
     full: bool = False
+    trace: Any = None  # the caller's span context (tracing on)
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +71,7 @@ class _Group:
     k: int
     future: asyncio.Future[RowsAnswer]
     queued_at: float
+    trace: Any = None
 
 
 class RowsAnswer(NamedTuple):
@@ -110,6 +113,7 @@ class StepBatcher:
         top_rows: TopRows | None = None,
     ) -> None:
         self._runtime = runtime
+        self._model = f"{runtime.package.manifest.name}/{runtime.package.manifest.version}"
         self._pool_of = pool_of
         self._executor = executor
         self.max_batch = max_batch
@@ -132,7 +136,9 @@ class StepBatcher:
     async def feed(self, session: Session, token: int) -> FloatArray:
         """Feed one token to the session; return the logits after it, shape [K]."""
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(session, token, future, time.perf_counter()))
+        self._pending.append(
+            _Pending(session, token, future, time.perf_counter(), trace=tracing.link())
+        )
         self._schedule()
         return await future
 
@@ -147,7 +153,9 @@ class StepBatcher:
         if self._describe_rows is None:
             raise RuntimeError("this batcher was made without describe_rows")
         future: asyncio.Future[Described] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(session, token, future, time.perf_counter(), k, full))
+        self._pending.append(
+            _Pending(session, token, future, time.perf_counter(), k, full, tracing.link())
+        )
         self._schedule()
         return future
 
@@ -158,12 +166,12 @@ class StepBatcher:
             raise RuntimeError("this batcher was made without top_rows")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[RowsAnswer]] = []
-        now = time.perf_counter()
+        now, trace = time.perf_counter(), tracing.link()
         for start in range(0, len(sessions), self.max_batch):
             part = sessions[start : start + self.max_batch]
             futures.append(loop.create_future())
             self._groups.append(
-                _Group(part, tokens[start : start + self.max_batch], k, futures[-1], now)
+                _Group(part, tokens[start : start + self.max_batch], k, futures[-1], now, trace)
             )
             self._group_rows += len(part)
         self._schedule()
@@ -324,6 +332,10 @@ class StepBatcher:
             + [started - job.queued_at for job in run.jobs],
             [(started - group.queued_at, len(group.sessions)) for group in run.groups],
             time.perf_counter() - started,
+        )
+        served = [i.trace for i in run.batch] + [g.trace for g in run.groups]
+        tracing.batch_run(
+            self._model, len(run.slots), started, served + [j.trace for j in run.jobs]
         )
         try:
             self._scatter(run, *outputs)

@@ -117,6 +117,12 @@ class ServerConfig:
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates (mutual TLS)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
+    tracing: bool = setting(
+        False,
+        "export OpenTelemetry traces of every call, through engine and batcher; the "
+        "standard OTEL_* variables configure the exporter (default otlp, to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT); needs pip install 'rnnserve-server[otel]'",
+    )
 
     def validate(self) -> ServerConfig:
         """Check ranges; raise ValueError naming the setting and the allowed range."""

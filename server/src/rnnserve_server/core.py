@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnserve_server import outputs
+from rnnserve_server import outputs, tracing
 from rnnserve_server.batcher import StepBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
@@ -25,6 +25,7 @@ from rnnserve_server.inputs import TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.sampling import Described
 from rnnserve_server.sessions import Session, SessionStore
 from rnnserve_server.stats import EngineStats
 
@@ -159,15 +160,22 @@ class Core:
         leaves the session as it was.
         """
         session.ensure_open()
-        if len(ids) == 1:
-            return await self.batcher(session.model).feed(session, int(ids[0]))
-        pool = self.store.pool(session.model)
-        state = pool.gather([session.slot])
-        logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
-        session.ensure_open()
-        pool.scatter([session.slot], state)
-        session.steps += len(ids)
-        return logits[0]  # type: ignore[no-any-return]
+        with tracing.span("rnnserve.feed", tokens=len(ids), batched=len(ids) == 1):
+            if len(ids) == 1:
+                return await self.batcher(session.model).feed(session, int(ids[0]))
+            pool = self.store.pool(session.model)
+            state = pool.gather([session.slot])
+            logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
+            session.ensure_open()
+            pool.scatter([session.slot], state)
+            session.steps += len(ids)
+            return logits[0]  # type: ignore[no-any-return]
+
+    async def step_described(self, session: Session, token: int, k: int, full: bool) -> Described:
+        """Feed one token through the batcher (its lock held); the top k of the output
+        after it (and the distribution if ``full``), described with the whole batch."""
+        with tracing.span("rnnserve.feed", tokens=1, batched=True):
+            return await self.batcher(session.model).step(session, token, k, full)
 
     async def current_logits(self, session: Session) -> FloatArray:
         """The output for the session's current state, without feeding anything, [K]."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnserve_server import tracing
 from rnnserve_server.core import Core
 from rnnserve_server.errors import FailedPrecondition, out_of_range, over_limit
 from rnnserve_server.generation import GenerateEvent, Generation
@@ -186,15 +187,19 @@ class Generating:
                 # From here the batcher advances this generation together with every other
                 # one: one token per run, the next tokens sampled for all of them at once.
                 generation.start(token, probability, before_draw)
-                first = True
-                while not generation.finished:
-                    events = await batcher.advance(generation)
-                    if first:  # the call's first token is on its way to the caller
-                        stats.first_token.add(time.perf_counter() - started)
-                        first = False
-                    for out in events:
-                        reply["finish"] = out.finish_reason
-                        yield out
+                with tracing.span("rnnserve.decode", max_tokens=max_tokens) as decoding:
+                    generation.trace = tracing.link()  # the batch runs link to it
+                    first = True
+                    while not generation.finished:
+                        events = await batcher.advance(generation)
+                        if first:  # the call's first token is on its way to the caller
+                            stats.first_token.add(time.perf_counter() - started)
+                            first = False
+                        for out in events:
+                            reply["finish"] = out.finish_reason
+                            yield out
+                    if decoding is not None:
+                        decoding.set_attribute("rnnserve.tokens", generation.produced)
             finally:
                 # Cut off with a token sampled but not fed: as if it was never drawn.
                 if generation.pending and generation.before_draw is not None:

@@ -90,6 +90,7 @@ class Generation:
         # The model's counters: tokens, and the time between two tokens as they are fed.
         self.stats = stats
         self.last_fed_at = 0.0
+        self.trace: Any = None  # the span context batch runs link to (tracing on)
 
     def _event(self, token: int, probability: float, steps: int) -> GenerateEvent:
         """The event of a token fed when the session reached ``steps``; ends the

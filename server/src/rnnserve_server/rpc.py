@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from rnnserve_server import calls
+from rnnserve_server import calls, tracing
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import InvalidArgument, ServiceError
@@ -115,6 +115,7 @@ class Accounted:
         return 0.0 if began is None else time.perf_counter() - began
 
     def _done(self, method: str, code: str) -> None:
+        tracing.status(code)
         elapsed = self._elapsed()
         if self.metrics is not None:
             call = calls.current()
@@ -147,38 +148,42 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def stream_wrapper(self: Accounted, request: Any, context: Any) -> Any:
             self._start()
-            calls.begin(method, request, context.invocation_metadata())
-            try:
-                parsed(request)
-                async for item in handler(self, request, context):
-                    yield item
-            except (asyncio.CancelledError, GeneratorExit):
-                # A cancel that lands while gRPC writes a response closes the generator at
-                # its yield (GeneratorExit) instead of cancelling the task: count both.
-                self._cancelled(method)
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await fail(self, context, exc)
-            else:
-                self._done(method, "OK")
+            metadata = context.invocation_metadata()
+            calls.begin(method, request, metadata)
+            with tracing.server_span(method, metadata):
+                try:
+                    parsed(request)
+                    async for item in handler(self, request, context):
+                        yield item
+                except (asyncio.CancelledError, GeneratorExit):
+                    # A cancel that lands while gRPC writes a response closes the generator
+                    # at its yield (GeneratorExit) instead of cancelling the task: count both.
+                    self._cancelled(method)
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await fail(self, context, exc)
+                else:
+                    self._done(method, "OK")
 
         return stream_wrapper
 
     @functools.wraps(handler)
     async def unary_wrapper(self: Accounted, request: Any, context: Any) -> Any:
         self._start()
-        calls.begin(method, request, context.invocation_metadata())
-        try:
-            reply = await handler(self, parsed(request), context)
-        except asyncio.CancelledError:
-            self._cancelled(method)
-            raise
-        except Exception as exc:
-            await fail(self, context, exc)
-            raise  # unreachable: abort raises
-        self._done(method, "OK")
-        return reply
+        metadata = context.invocation_metadata()
+        calls.begin(method, request, metadata)
+        with tracing.server_span(method, metadata):
+            try:
+                reply = await handler(self, parsed(request), context)
+            except asyncio.CancelledError:
+                self._cancelled(method)
+                raise
+            except Exception as exc:
+                await fail(self, context, exc)
+                raise  # unreachable: abort raises
+            self._done(method, "OK")
+            return reply
 
     return unary_wrapper

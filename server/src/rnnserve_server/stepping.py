@@ -116,7 +116,7 @@ class Stepping:
             # no retry to recognise, the session in this process (nothing to load or save).
             async with session.lock:
                 session.ensure_open()
-                top, distribution = await self.core.batcher(model).step(session, token, k, full)
+                top, distribution = await self.core.step_described(session, token, k, full)
                 session.last = None
                 session.touch()
                 return StepOutput(session.steps, 1, top, distribution)
@@ -127,8 +127,7 @@ class Stepping:
             if session.answered(request_id):
                 logits = await self.core.current_logits(session)
             elif len(ids) == 1:  # joins the batch, which describes every output at once
-                batcher = self.core.batcher(model)
-                top, distribution = await batcher.step(session, int(ids[0]), k, full)
+                top, distribution = await self.core.step_described(session, int(ids[0]), k, full)
                 session.last = LastCall(request_id) if request_id else None
                 await self.core.store.save(session)
                 session.touch()
