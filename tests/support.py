@@ -221,3 +221,36 @@ def assert_top_close(got: Any, expected: Any, atol: float = 2e-6) -> None:
         rtol=0,
         atol=atol,
     )
+
+
+def exported_metrics(models: Path, model_name: str) -> list[Any]:
+    """The metric families (prometheus_client's parser) a real server exports after a step,
+    a generation and a cancelled generation, so that every family has samples."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rnnserve import Client
+
+    with (
+        ServerThread(server_config(models, metrics_port=0)) as server,
+        Client(server.address) as client,
+    ):
+        with client.create_session(model_name) as session:
+            session.step(text="a")
+            session.generate_text("b", max_tokens=3)
+            stream = session.generate(max_tokens=4000, temperature=0)
+            next(stream)
+            stream.close()  # cancels it
+        assert server.running is not None
+        url = f"http://127.0.0.1:{server.running.metrics_port}/metrics"
+
+        def scrape() -> list[Any]:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return list(text_string_to_metric_families(reply.read().decode()))
+
+        deadline = time.monotonic() + 10
+        while not any(f.name == "rnnserve_cancellations" and f.samples for f in scrape()):
+            assert time.monotonic() < deadline, "the cancellation was never counted"
+            time.sleep(0.05)
+        return scrape()

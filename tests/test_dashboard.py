@@ -8,16 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import ServerThread, server_config
-
-from rnnserve import Client
+from support import exported_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "rnnserve-dashboard.json"
 METRIC = re.compile(r"\b((?:rnnserve|process|python)_[a-z_]+)\b")
@@ -53,25 +48,15 @@ def test_the_panels_tile_the_grid() -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(models_dir: Path, model_name: str) -> Iterator[dict[str, set[str]]]:
-    """Every metric family a real server exports after some calls: name -> its labels."""
-    with (
-        ServerThread(server_config(models_dir, metrics_port=0)) as server,
-        Client(server.address) as client,
-    ):
-        with client.create_session(model_name) as session:
-            session.step(text="a")
-            session.generate_text("b", max_tokens=3)
-        assert server.running is not None
-        url = f"http://127.0.0.1:{server.running.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            text = reply.read().decode()
+def exported(models_dir: Path, model_name: str) -> dict[str, set[str]]:
+    """Every sample name a real server exports: name -> its labels (and "instance",
+    which Prometheus adds to every series it scrapes)."""
     families: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in exported_metrics(models_dir, model_name):
         for sample in family.samples:
             labels = set(sample.labels) - {"le"}
             families.setdefault(sample.name, set()).update(labels | {"instance"})
-    yield families  # Prometheus adds "instance" (and "job") to every scraped series
+    return families
 
 
 def test_every_query_names_exported_metrics_and_labels(exported: dict[str, set[str]]) -> None:

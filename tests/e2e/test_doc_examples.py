@@ -7,16 +7,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import ServerThread, server_config
-
-from rnnserve import Client
+from support import ServerThread, exported_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,28 +53,7 @@ def documented_metrics() -> dict[str, tuple[str, set[str], list[str]]]:
 
 
 def test_the_documented_metrics_are_the_exported_ones(models_dir: Path, model_name: str) -> None:
-    with (
-        ServerThread(server_config(models_dir, metrics_port=0)) as server,
-        Client(server.address) as client,
-    ):
-        with client.create_session(model_name) as session:
-            session.step(text="a")
-            session.generate_text("b", max_tokens=3)
-            stream = session.generate(max_tokens=4000, temperature=0)
-            next(stream)
-            stream.close()  # a cancellation, so that every family has samples
-        assert server.running is not None
-        url = f"http://127.0.0.1:{server.running.metrics_port}/metrics"
-
-        def scrape() -> list[Any]:
-            with urllib.request.urlopen(url, timeout=10) as reply:
-                return list(text_string_to_metric_families(reply.read().decode()))
-
-        deadline = time.monotonic() + 10
-        while not any(f.name == "rnnserve_cancellations" and f.samples for f in scrape()):
-            assert time.monotonic() < deadline, "the cancellation was never counted"
-            time.sleep(0.05)
-        families = scrape()
+    families = exported_metrics(models_dir, model_name)
     exported = {}
     for family in families:
         if not family.name.startswith("rnnserve_"):
