@@ -41,8 +41,11 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
     tokens_file = tmp_path / "tokens.txt"
     tokens_file.write_text(f"# the callers\nbob:{bob}\n")
     redis_password = a_secret("redis")
+    state_keys = [a_secret("state-key-one"), a_secret("state-key-two")]
+    keys_file = tmp_path / "state-keys.txt"
+    keys_file.write_text(f"# rotated out\n{state_keys[1]}\n")
     certificates = make_test_certificates(tmp_path)
-    hidden = [alice, bob, redis_password, *key_material(certificates / "server.key")]
+    hidden = [alice, bob, redis_password, *state_keys, *key_material(certificates / "server.key")]
     with (
         started(RedisServer(tmp_path / "redis", password=redis_password)) as redis,
         ServerProcess(
@@ -50,6 +53,8 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
             "--auth-tokens", f"alice:{alice}",
             "--auth-tokens-file", str(tokens_file),
             "--session-store", redis.url,
+            "--state-keys", state_keys[0],
+            "--state-keys-file", str(keys_file),
             "--tls-cert", str(certificates / "server.pem"),
             "--tls-key", str(certificates / "server.key"),
             "--metrics-port", "0",
@@ -79,20 +84,21 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
     assert '"auth_tokens": "***"' in configuration
     assert f'"auth_tokens_file": "{tokens_file}"' in configuration  # the path is no secret
     assert '"tls_key": "***"' in configuration
+    assert '"state_keys": "***"' in configuration
     assert f"{redis.socket}?password=***" in configuration
     assert_hidden(output, hidden)
 
 
 def test_a_redis_password_stays_out_of_the_start_up_error(models_dir: Path, tmp_path: Path) -> None:
-    password = a_secret("redis")
+    password, key = a_secret("redis"), a_secret("a-state-key-of-32-characters")
     shown = subprocess.run(
-        [*SERVER, "--models", str(models_dir), "--port", "0",
+        [*SERVER, "--models", str(models_dir), "--port", "0", "--state-keys", key,
          "--session-store", f"redis://:{password}@127.0.0.1:1/0"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert shown.returncode == 1
     assert "the session store at redis://:***@127.0.0.1:1/0 cannot be reached" in shown.stderr
-    assert_hidden(shown.stdout + shown.stderr, [password])
+    assert_hidden(shown.stdout + shown.stderr, [password, key])
 
 
 @pytest.mark.parametrize(

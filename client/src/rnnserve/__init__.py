@@ -17,6 +17,7 @@ from rnnserve.client import Client
 from rnnserve.errors import (
     Aborted,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -52,6 +53,7 @@ __all__ = [
     "Cancelled",
     "ClassifyResult",
     "Client",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "GenerateOptions",

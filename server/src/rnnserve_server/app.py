@@ -27,8 +27,12 @@ from rnnserve_server.calls import CallFilter
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
+from rnnserve_server.kserve.service import SERVICE_NAME as KSERVE_SERVICE_NAME
+from rnnserve_server.kserve.service import KServeServicer
+from rnnserve_server.kserve.service import add_to_server as add_kserve_to_server
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.modelconfig import ModelLimits
+from rnnserve_server.openai_http.app import HttpFront
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer, add_to_server
@@ -82,6 +86,7 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
+    http: HttpFront | None = None  # the OpenAI-compatible front, where openai_port is set
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
@@ -90,7 +95,7 @@ class RunningServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
         await self.engine.close()
         self.metrics.stop()
 
@@ -167,10 +172,16 @@ async def create_server(config: ServerConfig) -> RunningServer:
         ],
     )
     add_to_server(RnnServeServicer(engine, metrics), server)
+    add_kserve_to_server(KServeServicer(engine, metrics), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(
-        server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        server,
+        (
+            SERVICE_NAME,
+            KSERVE_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ),
     )
     address = f"{config.host}:{config.port}"
     if config.tls_cert:
@@ -221,7 +232,20 @@ async def create_server(config: ServerConfig) -> RunningServer:
             config.metrics_host,
             metrics_port,
         )
-    return RunningServer(server, port, engine, updater, metrics, metrics_port, background)
+    running = RunningServer(server, port, engine, updater, metrics, metrics_port, background)
+    if config.openai_port >= 0:
+        try:
+            running.http = await HttpFront.start(config, engine, metrics, tokens)
+        except RuntimeError:
+            await running.stop(0)
+            raise
+        log.info(
+            "OpenAI-compatible HTTP front on %s://%s:%d/v1",
+            "https" if config.tls_cert else "http",
+            config.openai_host or config.host,
+            running.http.port,
+        )
+    return running
 
 
 async def serve(config: ServerConfig) -> None:
@@ -234,6 +258,7 @@ async def serve(config: ServerConfig) -> None:
         len(running.engine.repository.models),
         len(running.engine.repository.broken),
     )
+    log.info("serving %s beside it on the same port (KServe v2 / Triton)", KSERVE_SERVICE_NAME)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

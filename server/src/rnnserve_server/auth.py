@@ -92,6 +92,19 @@ def admins_of(setting: str, tokens: dict[str, str]) -> frozenset[str]:
     return admins
 
 
+def bearer_caller(tokens: dict[str, str], authorization: str) -> str | None:
+    """The caller an ``authorization`` value ("Bearer <token>") names, or None. Every
+    front (gRPC metadata, HTTP headers) authenticates through this one check."""
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    found = None
+    for token, name in tokens.items():  # compare every one: constant time
+        if hmac.compare_digest(token.encode(), presented.strip().encode()):
+            found = name
+    return found
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, tokens: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
         self._tokens = tokens
@@ -100,12 +113,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
     def _caller(self, metadata: Any) -> str | None:
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
-                scheme, _, presented = value.partition(" ")
-                if scheme.lower() != "bearer":
-                    return None
-                for token, name in self._tokens.items():  # compare every one: constant time
-                    if hmac.compare_digest(token.encode(), presented.strip().encode()):
-                        return name
+                return bearer_caller(self._tokens, value)
         return None
 
     async def intercept_service(

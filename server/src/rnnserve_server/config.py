@@ -24,9 +24,11 @@ from rnnserve_server.tomlfile import check_keys, read_table, typed
 ENV_PREFIX = "RNNSERVE_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 PROVIDERS = ("cpu", "cuda")
+MIN_STATE_KEY_LENGTH = 32
+MAX_STATE_KEYS = 16
 
 
-def setting(default: Any, help_text: str, secret: bool | Callable[[str], str] = False) -> Any:
+def setting(default: Any, help_text: str, *, secret: bool | Callable[[str], str] = False) -> Any:
     """A configuration field with its --help text.
 
     A ``secret`` one is never shown as it is (the configuration log line, error
@@ -88,6 +90,10 @@ class ServerConfig:
     )
     metrics_port: int = setting(-1, "port of the Prometheus /metrics endpoint; -1: off, 0: any")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
+    openai_port: int = setting(
+        -1, "port of the OpenAI-compatible HTTP front (/v1/completions); -1: off, 0: any"
+    )
+    openai_host: str = setting("", "address the HTTP front listens on; empty: the same as host")
     session_store: str = setting(
         "",
         "where sessions live: empty for this process's memory, or a redis:// URL "
@@ -111,6 +117,22 @@ class ServerConfig:
         "",
         "with authentication on: the callers (names from the tokens, comma-separated) "
         "who may call ReloadModels, LoadModel and UnloadModel; nobody else may",
+    )
+    state_keys: str = setting(
+        "",
+        "keys that sign exported session state and shared session records, comma-separated, "
+        f"each at least {MIN_STATE_KEY_LENGTH} characters: the first signs, any verifies (key "
+        "rotation); replicas and servers that import each other's exports share them; empty "
+        "(and no state_keys_file): a random key of this process",
+        secret=True,
+    )
+    state_keys_file: str = setting(
+        "", "file of state keys, one per line (# starts a comment), after those of state_keys"
+    )
+    max_unbounded_state: float = setting(
+        1e6,
+        "largest magnitude an imported state may hold in a tensor its cell does not bound "
+        "(rnn-relu activations, an LSTM's cell state); 1 .. 1e30",
     )
     tls_cert: str = setting("", "PEM certificate chain of the server; with tls_key: TLS")
     tls_key: str = setting("", "PEM private key of the server", secret=True)
@@ -141,6 +163,7 @@ class ServerConfig:
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
+            ("openai_port", -1 <= self.openai_port <= 65535, "-1 (off) .. 65535"),
             (
                 "session_store",
                 not self.session_store
@@ -149,6 +172,20 @@ class ServerConfig:
             ),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "set with tls_cert"),
             ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "needs tls_cert"),
+            (
+                "state_keys",
+                all(len(k) >= MIN_STATE_KEY_LENGTH for k in self.inline_state_keys)
+                and len(self.inline_state_keys) <= MAX_STATE_KEYS,
+                f"up to {MAX_STATE_KEYS} comma-separated keys of at least "
+                f"{MIN_STATE_KEY_LENGTH} characters each",
+            ),
+            (
+                "state_keys",
+                not self.session_store or bool(self.inline_state_keys or self.state_keys_file),
+                "set (or state_keys_file) with session_store: every replica that shares the "
+                "store signs and checks session records with the same keys",
+            ),
+            ("max_unbounded_state", 1 <= self.max_unbounded_state <= 1e30, "1 .. 1e30"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
             (
                 "max_session_idle_timeout_s",
@@ -169,6 +206,11 @@ class ServerConfig:
             if not ok:
                 raise ValueError(f"{name} = {self.shown(name)!r} is invalid; allowed: {allowed}")
         return self
+
+    @property
+    def inline_state_keys(self) -> list[str]:
+        """The keys of the setting state_keys, in order (the first signs)."""
+        return [k for k in (k.strip() for k in self.state_keys.split(",")) if k]
 
     def shown(self, name: str) -> Any:
         """The setting ``name`` as logs and messages may show it (secrets redacted)."""

@@ -27,6 +27,7 @@ from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Described
 from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Core:
     def __init__(self, config: ServerConfig, repository: Repository) -> None:
         self.config = config
         self.repository = repository
+        self.state_codec = StateCodec.from_config(config)
         self.store = SessionStore(
             max_sessions=config.max_sessions,
             max_sessions_per_owner=config.max_sessions_per_caller,
@@ -43,6 +45,7 @@ class Core:
             max_idle_timeout_s=config.max_session_idle_timeout_s,
             records=RedisRecords(config.session_store) if config.session_store else None,
             resolve=self._model_of_record,
+            codec=self.state_codec,
         )
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")

@@ -16,7 +16,7 @@ import grpc
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from rnnserve_server import calls, statecodec
+from rnnserve_server import calls
 from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.repository import Model
@@ -100,7 +100,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         version = request.version
         if request.state and not version:  # an import names its own version
-            version = statecodec.peek_version(request.state) or 0
+            version = self.engine.sessions.exported_version(request.state) or 0
         model = self._model(request.model, version)
         session = await self.engine.sessions.create(
             model,
@@ -142,9 +142,8 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        session = await self._session(request.session_id, context)
-        await self.engine.sessions.close(session)
-        return pb.CloseSessionResponse(steps=session.steps)
+        steps = await self.engine.sessions.close_named(request.session_id, caller_of(context))
+        return pb.CloseSessionResponse(steps=steps)
 
     # ------------------------------------------------------------------ steps
 

@@ -19,6 +19,7 @@ from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.statecodec import MAX_STEPS
 
 
 @dataclass(slots=True)
@@ -27,6 +28,7 @@ class StepOutput:
     consumed: int
     top: Top
     distribution: list[float] | None
+    logits: FloatArray | None = None  # the output row itself, [K] (on request)
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,10 @@ class Stepping:
         k: int | None,
         full: bool,
         request_id: str = "",
+        with_logits: bool = False,
     ) -> StepOutput:
-        """Feed tokens; return the next-token (or label) distribution. All or nothing.
+        """Feed tokens; return the next-token (or label) distribution, and the logits
+        row too if ``with_logits``. All or nothing.
 
         A retry (``request_id`` of the session's last call) is answered from the state
         that call left, without feeding anything again.
@@ -111,11 +115,13 @@ class Stepping:
         k = check_top_k(k)
         model = session.model
         token = one_token(model, given)
-        if token is not None and not request_id and self.core.store.records is None:
+        short = not request_id and not with_logits
+        if token is not None and short and self.core.store.records is None:
             # The common case, kept short (it runs for every streamed token): one token,
             # no retry to recognise, the session in this process (nothing to load or save).
             async with session.lock:
                 session.ensure_open()
+                session.ensure_room(1)
                 top, distribution = await self.core.step_described(session, token, k, full)
                 session.last = None
                 session.touch()
@@ -124,9 +130,11 @@ class Stepping:
         check_request_id(request_id)
         async with session.lock:
             await self.core.store.load(session)
+            if not session.answered(request_id):
+                session.ensure_room(len(ids))
             if session.answered(request_id):
                 logits = await self.core.current_logits(session)
-            elif len(ids) == 1:  # joins the batch, which describes every output at once
+            elif len(ids) == 1 and not with_logits:  # joins the batch, which describes it
                 top, distribution = await self.core.step_described(session, int(ids[0]), k, full)
                 session.last = LastCall(request_id) if request_id else None
                 await self.core.store.save(session)
@@ -139,7 +147,13 @@ class Stepping:
             session.touch()
             steps = session.steps
         top, distribution = outputs.describe(model, logits, k, full)
-        return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
+        return StepOutput(
+            steps=steps,
+            consumed=len(ids),
+            top=top,
+            distribution=distribution,
+            logits=logits if with_logits else None,
+        )
 
     async def many(self, message: StepColumns, *, owner: str = "") -> StepManyAnswer:
         """Many sessions' steps, each answered alone (an error fails only its step).
@@ -181,6 +195,7 @@ class Stepping:
                 or start - at != 1
                 or mentions[session_id] > 1
                 or session.busy
+                or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
                 or (request_ids and session.answered(request_ids[row]))
             ):
                 ordinary.append((row, session, at))
