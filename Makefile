@@ -10,8 +10,11 @@ HOST      ?= 127.0.0.1
 PORT      ?= 50051
 HTTP_PORT ?= 8000
 
-# Variables the help texts name, shown with their values.
-HELP_VARIABLES := VENV MODELS HOST PORT
+# The variables the help texts name ($(VENV), ...), shown there with their values.
+open_paren := $$(
+close_paren := )
+HELP_VARIABLES = $(sort $(subst $(close_paren),,$(subst $(open_paren),,\
+  $(shell grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | grep -oE '\$$\([A-Z_]+\)'))))
 
 STAMP := $(VENV)/.installed
 # tritonclient needs protobuf<7, rnnserve protobuf 7: it gets a virtual environment of its own.
@@ -74,7 +77,7 @@ lint-docker: $(STAMP) ## Validate the Dockerfiles (hadolint) and docker-compose.
 	bash scripts/lint-docker.sh $(BIN)
 
 .PHONY: system-deps
-system-deps: ## Install redis-server and nginx (Debian packages) if missing: the tests run them
+system-deps: ## Install the Debian packages the tests run (redis-server, nginx, curl, prometheus) if missing
 	bash scripts/system-deps.sh
 
 .PHONY: test
