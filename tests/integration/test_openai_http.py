@@ -201,7 +201,7 @@ def test_authentication_takes_the_grpc_tokens(models_dir: Path, model_name: str)
                 anonymous.models.list()
         alice = openai.OpenAI(base_url=url, api_key="alice-http-token", max_retries=0)
         kept = alice.completions.create(
-            model=model_name, prompt="a", max_tokens=2, extra_body={"keep_session": True}
+            model=model_name, prompt="a", max_tokens=2, seed=5, extra_body={"keep_session": True}
         )
         session_id = kept.model_extra["session_id"]  # type: ignore[index]
         with Client(server.address, token="alice-http-token") as client:
@@ -225,9 +225,13 @@ def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Pat
         port = server.running.http.port  # type: ignore[union-attr]
         context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
         url = f"https://127.0.0.1:{port}/v1/completions"
-        body = json.dumps({"model": model_name, "prompt": "a", "max_tokens": 3}).encode()
-        with urllib.request.urlopen(urllib.request.Request(url, body), context=context) as reply:
-            assert json.loads(reply.read())["usage"]["completion_tokens"] == 3
+        # Seeded: an unseeded draw may sample the end token first (0 tokens, "stop").
+        body = json.dumps({"model": model_name, "prompt": "a", "max_tokens": 3, "seed": 7})
+        request = urllib.request.Request(url, body.encode())
+        with urllib.request.urlopen(request, context=context) as reply:
+            answer = json.loads(reply.read())
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 3
         large = json.dumps({"model": model_name, "prompt": "a" * 3000}).encode()
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(urllib.request.Request(url, large), context=context)
