@@ -118,3 +118,25 @@ def test_json_logs_carry_the_request_id(running: ServerProcess, model_name: str)
     (stepped,) = [r for r in records if r.get("request_id") == "step-42"]
     assert (stepped["method"], stepped["session"]) == ("Step", session)
     assert stepped["model"] == f"{model_name}/1" and "INVALID_ARGUMENT" in stepped["message"]
+
+
+def test_a_config_file_sets_what_variables_and_flags_do_not(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'models = "{models_dir}"\nmax_sessions = 55\nmax_batch = 9\nlog_json = true\n'
+    )
+    with ServerProcess(
+        "--config", str(config), "--max-batch", "7", env={"RNNSERVE_MAX_SESSIONS": "66"}
+    ) as server:
+        records = [json.loads(line) for line in server.lines if line.startswith("{")]
+        (logged,) = [r for r in records if r["message"].startswith("configuration: ")]
+        shown = json.loads(logged["message"].removeprefix("configuration: "))
+        assert (shown["models"], shown["max_sessions"], shown["max_batch"]) == (
+            str(models_dir),
+            66,  # the variable over the file
+            7,  # the flag over both
+        )
+        with Client(server.address) as client:
+            assert client.health() == "SERVING"  # its models came from the file
