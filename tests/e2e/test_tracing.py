@@ -128,7 +128,7 @@ def test_a_call_is_traced_through_engine_and_batcher(
     assert attributes(decode)["rnnserve.tokens"] == 5
     runs = received.named("rnnserve.batch.run")
     linked = [r for r in runs if any(link.span_id == decode.span_id for link in r.links)]
-    assert len(linked) >= 4  # the decode loop's tokens, each fed by a run of the batch
+    assert linked  # the runs that fed the decode loop's tokens (K per run of the chunks)
     assert all(attributes(r)["rnnserve.model"] == f"{model_name}/1" for r in linked)
     (step,) = received.named("rnnserve.v1.RnnServe/Step")
     assert step.trace_id != call.trace_id  # no traceparent: a trace of its own

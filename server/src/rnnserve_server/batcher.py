@@ -47,6 +47,9 @@ from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
 
+# A session whose steps no other session's came between for this long steps alone.
+ALONE_S = 0.005
+
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
 TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray]]
 
@@ -127,6 +130,9 @@ class StepBatcher:
         self._group_rows = 0  # rows of the queued groups
         # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
         self._generating: dict[Generation, None] = {}
+        self._callers = 0  # step() calls waiting for their answers
+        self._last_session: Session | None = None  # of the latest step() call, and when
+        self._last_step = 0.0
         self._scheduled = False  # a flush is due on the event loop
         self._running = False  # a run is in flight on a worker thread
         self._closed = False
@@ -145,8 +151,50 @@ class StepBatcher:
 
     async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
         """Feed one token; return the top k of the output after it (and the whole
-        distribution if ``full``), computed for the whole batch at once."""
-        return await self.submit(session, token, k, full)
+        distribution if ``full``), computed for the whole batch at once; at once, on the
+        event loop, where nobody else's step could join it (the lone session)."""
+        now = time.perf_counter()
+        alone = self._alone(session, now)
+        self._last_session, self._last_step = session, now
+        if alone:
+            return self._step_alone(session, token, k, full)
+        self._callers += 1
+        try:
+            return await self.submit(session, token, k, full)
+        finally:
+            self._callers -= 1
+
+    def _alone(self, session: Session, now: float) -> bool:
+        """No other session stepped lately, nothing is queued, running or waiting for
+        its answer, no window is asked for, and the model is short: a step now has
+        nobody to be batched with. (Many sessions' steps arrive one handler at a time:
+        running each at once because none waited would make every run a batch of one,
+        so a session is alone only once no other's step came for ALONE_S.)"""
+        busy = (
+            (self._last_session is not session and now - self._last_step < ALONE_S)
+            or self.window_s
+            or self._callers
+            or self._pending
+            or self._groups
+            or self._generating
+            or self._scheduled
+            or self._running
+            or self._closed
+        )
+        return not busy and self._runtime.step_seconds(1) <= self.inline_s
+
+    def _step_alone(self, session: Session, token: int, k: int, full: bool) -> Described:
+        """The lone session's step: the run through the runtime's bound buffers, the
+        state written back, the one row described; no future, no hand-off."""
+        assert self._describe_rows is not None
+        states = self._pool_of().states
+        started = time.perf_counter()
+        logits, state = self._runtime.step_one(token, states[:, session.slot, :])
+        states[:, session.slot, :] = state[:, 0, :]
+        session.steps += 1
+        self.stats.record(1, [0.0], [], time.perf_counter() - started)
+        tracing.batch_run(self._model, 1, started, [tracing.link()])
+        return self._describe_rows(logits, [k], [full])[0]
 
     def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Described]:
         """``step`` without the await: queue the step, return the future of its answer

@@ -104,6 +104,12 @@ class ServerConfig:
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
     max_tokens_per_request: int = setting(4096, "tokens one Step or Generate prompt may carry")
     max_generate_tokens: int = setting(4096, "largest max_tokens a Generate call may ask")
+    generate_chunk_tokens: int = setting(
+        16,
+        "tokens a Generate advances per run of the generation graph (the step graph "
+        "unrolled with sampling inside onnxruntime); 0: one step-graph run per token, "
+        "sampled in numpy (the reference path)",
+    )
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message in or out")
     shutdown_grace_s: float = setting(10.0, "on SIGTERM, seconds in-flight calls may finish in")
     auth_tokens: str = setting(
@@ -194,6 +200,7 @@ class ServerConfig:
             ),
             ("max_tokens_per_request", self.max_tokens_per_request >= 1, ">= 1"),
             ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
+            ("generate_chunk_tokens", 0 <= self.generate_chunk_tokens <= 256, "0..256"),
             ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
             ("shutdown_grace_s", self.shutdown_grace_s >= 0, ">= 0"),
             (

@@ -19,6 +19,7 @@ from typing import Any
 
 from rnnserve_server import outputs, tracing
 from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.chunks import ChunkBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.inputs import TokenInput, encode_input
@@ -31,6 +32,9 @@ from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
+
+# Step graphs up to this size get their generation graph when their first session opens.
+EAGER_GENERATION_BYTES = 32 << 20
 
 
 class Core:
@@ -50,6 +54,7 @@ class Core:
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
         self.batchers: dict[Model, StepBatcher] = {}
+        self.chunkers: dict[Model, asyncio.Future[ChunkBatcher | None]] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
         # One change of the repository at a time: rescans run on a worker thread.
         self._repository_changes = asyncio.Lock()
@@ -57,9 +62,26 @@ class Core:
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
+        for task in self.chunkers.values():
+            await self._close_chunker(task)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store.records is not None:
             await self.store.records.close()
+
+    @staticmethod
+    def _built(task: asyncio.Future[ChunkBatcher | None]) -> ChunkBatcher | None:
+        """The chunked generation a finished build made (None: none, or not yet)."""
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        return None
+
+    @classmethod
+    async def _close_chunker(cls, task: asyncio.Future[ChunkBatcher | None]) -> None:
+        if not task.done():
+            task.cancel()  # its graph, if still being built, is never used
+        chunker = cls._built(task)
+        if chunker is not None:
+            await chunker.close()
 
     def _model_of_record(self, name: str, version: int) -> Model:
         """The loaded model a shared session record names (another replica made it)."""
@@ -94,6 +116,42 @@ class Core:
             self.config.batch_window_us if own.batch_window_us is None else own.batch_window_us
         )
         return own.max_batch or self.config.max_batch, window_us / 1e6
+
+    async def chunker(self, model: Model) -> ChunkBatcher | None:
+        """The model's chunked generation; None with generate_chunk_tokens 0 or where
+        the model has no generation graph (Generate then feeds token by token through
+        ``batcher``). Its graph is built once, on a worker thread."""
+        task = self.chunkers.get(model)
+        if task is None:
+            task = self.chunkers[model] = asyncio.ensure_future(self._chunker(model))
+        # shielded: a caller that goes away does not cancel the build others wait for
+        return await asyncio.shield(task)
+
+    def prepare(self, model: Model) -> None:
+        """When a session is created: start building the model's generation graph (if
+        its step graph is small: a fraction of a second, a few copies of its weights),
+        so that the first Generate rarely waits; a large model's waits for its first
+        Generate."""
+        if model not in self.chunkers and (
+            model.package.graph_path("step").stat().st_size <= EAGER_GENERATION_BYTES
+        ):
+            self.chunkers[model] = asyncio.ensure_future(self._chunker(model))
+
+    async def _chunker(self, model: Model) -> ChunkBatcher | None:
+        steps = self.config.generate_chunk_tokens
+        if not steps or model.package.manifest.output.kind != "vocabulary":
+            return None
+        graph = await self.infer(model.runtime.generation_graph, steps)
+        if graph is None:
+            return None
+        return ChunkBatcher(
+            model.runtime,
+            graph,
+            lambda: self.store.pool(model),
+            self._executor,
+            max_batch=self._batching(model)[0],
+            inline_s=self.config.inline_run_us / 1e6,
+        )
 
     async def infer(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on an inference thread."""
@@ -136,11 +194,18 @@ class Core:
         running batchers at once; batchers of removed versions without sessions go."""
         for model, batcher in self.batchers.items():
             batcher.max_batch, batcher.window_s = self._batching(model)
+        for model, building in self.chunkers.items():
+            chunker = self._built(building)
+            if chunker is not None:
+                chunker.max_batch = self._batching(model)[0]
         for name in result.removed:
             stale = [m for m in self.batchers if f"{m.name}/{m.version}" == name]
             for model in stale:
                 if not any(s.model is model for s in self.store.open_sessions()):
                     await self.batchers.pop(model).close()
+                    task = self.chunkers.pop(model, None)
+                    if task is not None:
+                        await self._close_chunker(task)
         if self.on_models_changed is not None:
             self.on_models_changed(result)
 
@@ -183,7 +248,12 @@ class Core:
     async def current_logits(self, session: Session) -> FloatArray:
         """The output for the session's current state, without feeding anything, [K]."""
         session.ensure_open()
+        runtime = session.model.runtime
         state = self.store.pool(session.model).gather([session.slot])
-        logits = await self.infer(session.model.runtime.head, state)
+        if runtime.step_seconds(1) <= self.config.inline_run_us / 1e6:
+            # As short as a step (the head is the step graph's last part): on the loop,
+            # which a hand-off to a worker thread and back would cost more than the run.
+            return runtime.head(state)[0]  # type: ignore[no-any-return]
+        logits = await self.infer(runtime.head, state)
         session.ensure_open()
         return logits[0]  # type: ignore[no-any-return]

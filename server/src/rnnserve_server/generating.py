@@ -1,8 +1,11 @@
 """Generation: sample tokens one by one from a session, feeding each back (Generate).
 
 A call validates its options, feeds the prompt, samples the first token, and then hands
-itself to the model's batcher as a job (``generation.Generation``): every generating
-session advances one token per run of the step graph, sampled together.
+itself to the model's chunked generation as a job (``generation.Generation``,
+``chunks``): every generating session advances K tokens per run of the generation graph,
+fed and sampled inside onnxruntime. Where a model has no generation graph (or
+generate_chunk_tokens is 0) the job goes to the step batcher instead, one token per run
+of the step graph, sampled together in numpy: the reference the chunks must equal.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class Generating:
         check_request_id(request_id)
         tokenizer = model.package.tokenizer
         batcher = self.core.batcher(model)
+        chunker = await self.core.chunker(model)
+        advance = batcher.advance if chunker is None else chunker.advance
         async with session.lock:
             await self.core.store.load(session)
             earlier = session.last.reply if session.last and session.answered(request_id) else None
@@ -186,14 +191,18 @@ class Generating:
                     session.touch()
                     yield GenerateEvent(None, session.steps, "end_token")
                     return
-                # From here the batcher advances this generation together with every other
-                # one: one token per run, the next tokens sampled for all of them at once.
+                # From here this generation advances together with every other one: K
+                # tokens per run (or one), the next tokens sampled for all of them at once.
                 generation.start(token, probability, before_draw)
                 with tracing.span("rnnserve.decode", max_tokens=max_tokens) as decoding:
-                    generation.trace = tracing.link()  # the batch runs link to it
+                    generation.trace = tracing.link()  # the runs link to it
                     first = True
                     while not generation.finished:
-                        events = await batcher.advance(generation)
+                        # what a run left is taken without a coroutine (once per token)
+                        if generation.buffered:
+                            events = generation.take(1)
+                        else:
+                            events = await advance(generation)
                         if first:  # the call's first token is on its way to the caller
                             stats.first_token.add(time.perf_counter() - started)
                             first = False
@@ -203,9 +212,11 @@ class Generating:
                     if decoding is not None:
                         decoding.set_attribute("rnnserve.tokens", generation.produced)
             finally:
-                # Cut off with a token sampled but not fed: as if it was never drawn.
-                if generation.pending and generation.before_draw is not None:
-                    rng.bit_generator.state = generation.before_draw
+                # The state after the last token delivered; cut off with a token sampled
+                # but not fed: as if it was never drawn.
+                generation.settle(self.core.store.pool(model).states)
+                if chunker is not None:
+                    chunker.leave(generation)
                 # What a retry needs: the tokens fed and, with a seed of the call's own,
                 # where its generator stands; then the session as it now is.
                 reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None

@@ -80,6 +80,7 @@ class Lifecycle:
         core.store.check_capacity(owner, model)
         if build is not None:
             initial = await core.infer(build)
+        core.prepare(model)  # its generation graph, built while the caller gets going
         return await core.store.open(
             model,
             idle_timeout_s=idle_timeout_s,

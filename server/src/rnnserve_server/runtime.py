@@ -8,6 +8,7 @@ output, and the session store owns it between calls.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve_server.gengraph import GenerationGraph, Unsupported, verify
 from rnnserve_server.modelpackage import ModelPackage, PackageError
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,10 @@ class ProviderChoice:
         log.warning("%s; falling back to the CPU (allow_cpu_fallback is set)", message)
         return cls((cpu,), intra_op_threads, spinning, sequence_threads=sequence_threads)
 
-    def session(self, path: str, *, whole_sequence: bool = False) -> ort.InferenceSession:
-        """An onnxruntime session for one graph; ``whole_sequence`` graphs (one long run
-        per call) get ``sequence_threads``, the others ``intra_op_threads``."""
+    def session(self, path: str | bytes, *, whole_sequence: bool = False) -> ort.InferenceSession:
+        """An onnxruntime session for one graph (a file, or a serialized model);
+        ``whole_sequence`` graphs (one long run per call) get ``sequence_threads``, the
+        others ``intra_op_threads``."""
         options = ort.SessionOptions()
         threads = self.sequence_threads if whole_sequence else self.intra_op_threads
         if threads:
@@ -126,6 +129,7 @@ class ModelRuntime:
 
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
+        self._provider_choice = providers
         manifest = package.manifest
         self.layers, self.hidden = manifest.state_shape
         self.output_size = manifest.output_size
@@ -148,19 +152,26 @@ class ModelRuntime:
             else package.tokenizer.special_tokens[manifest.initial_state.token]
         )
         self.initial_state = self._after_start_token(self.zeros(1))[:, 0, :]
-        self._run_seconds, self._row_seconds = self._measure_step()
+        self._run_seconds, self._row_seconds = self._measure(
+            lambda rows: self.step(np.zeros(rows, dtype=np.int64), self.zeros(rows))
+        )
+        # The lone session's step: the binding, and its tokens, state, logits, state_out.
+        self._lone: tuple[Any, IntArray, FloatArray, FloatArray, FloatArray] | None = None
+        self._generation: dict[int, GenerationGraph | None] = {}
+        self._generation_lock = threading.Lock()
+        self._chunk_seconds: dict[int, tuple[float, float]] = {}
 
-    def _measure_step(self) -> tuple[float, float]:
-        """A step-graph run's fixed cost and its cost per row, in seconds, from the
-        best of three runs at batch 1 and at batch 8 (after one to warm up)."""
+    @staticmethod
+    def _measure(run: Any) -> tuple[float, float]:
+        """A graph run's fixed cost and its cost per row, in seconds, from the best of
+        three runs (``run(rows)``) at batch 1 and at batch 8 (after one to warm up)."""
         times = {}
         for rows in (1, 8):
-            tokens, state = np.zeros(rows, dtype=np.int64), self.zeros(rows)
-            self.step(tokens, state)
+            run(rows)
             best = float("inf")
             for _ in range(3):
                 started = time.perf_counter()
-                self.step(tokens, state)
+                run(rows)
                 best = min(best, time.perf_counter() - started)
             times[rows] = best
         per_row = max(0.0, (times[8] - times[1]) / 7)
@@ -169,6 +180,44 @@ class ModelRuntime:
     def step_seconds(self, rows: int) -> float:
         """The expected time of a step-graph run of ``rows`` rows (on an idle machine)."""
         return self._run_seconds + rows * self._row_seconds
+
+    def chunk_seconds(self, steps: int, rows: int) -> float:
+        """The expected time of a generation-graph run (``generation_graph(steps)``)."""
+        fixed, per_row = self._chunk_seconds.get(steps, (0.0, 0.0))
+        return fixed + rows * per_row
+
+    def generation_graph(self, steps: int) -> GenerationGraph | None:
+        """The package's generation graph of ``steps`` steps (gengraph), built and
+        checked on first use (seconds: call it off the event loop); None where the step
+        graph cannot be unrolled or the unrolled graph disagrees with it (logged), and
+        for a model whose output is not a vocabulary."""
+        with self._generation_lock:
+            if steps not in self._generation:
+                self._generation[steps] = self._build_generation(steps)
+            return self._generation[steps]
+
+    def _build_generation(self, steps: int) -> GenerationGraph | None:
+        if self.package.manifest.output.kind != "vocabulary":
+            return None
+        where = self.package.graph_path("step")
+        try:
+            graph = GenerationGraph.build(
+                str(where), steps, self.output_size, self._provider_choice.session
+            )
+            verify(graph, self.step, self.layers, self.hidden)
+        except Exception as exc:  # onnx and onnxruntime raise their own types
+            reason = str(exc) if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "%s: no generation graph (Generate feeds token by token): %s", where, reason
+            )
+            return None
+        self._chunk_seconds[steps] = self._measure(
+            lambda rows: graph.run(
+                np.zeros(rows, dtype=np.int64), self.zeros(rows), np.zeros((rows, steps)),
+                np.ones(rows),
+            )
+        )  # fmt: skip
+        return graph
 
     def has(self, kind: str) -> bool:
         return kind in self._graphs
@@ -241,6 +290,28 @@ class ModelRuntime:
         """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
         logits, new_state = self._graphs["step"].run(None, {"tokens": tokens, "state": state})
         return logits, new_state
+
+    def step_one(self, token: int, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step of one session's state [L, H]: logits [1, K] and state_out [L, 1, H]
+        in buffers bound to the graph once (no allocation, no feed dictionary), valid
+        until the next call; for the event loop thread alone (the lone session's path)."""
+        if self._lone is None:
+            binding = self._graphs["step"].io_binding()
+            tokens: IntArray = np.zeros(1, dtype=np.int64)
+            state_in, state_out = self.zeros(1), self.zeros(1)
+            logits: FloatArray = np.zeros((1, self.output_size), dtype=np.float32)
+            binding.bind_cpu_input("tokens", tokens)
+            binding.bind_cpu_input("state", state_in)
+            for name, array in (("logits", logits), ("state_out", state_out)):
+                binding.bind_output(
+                    name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data
+                )
+            self._lone = binding, tokens, state_in, logits, state_out
+        binding, tokens, state_in, logits, state_out = self._lone
+        tokens[0] = token
+        state_in[:, 0, :] = state
+        self._graphs["step"].run_with_iobinding(binding)
+        return logits, state_out
 
     def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state.

@@ -13,7 +13,8 @@ The spans: one SERVER span per gRPC call (``rnnserve.v1.RnnServe/<Method>``, a c
 the caller's trace context), with the request id, session and model; inside it
 ``rnnserve.feed`` (tokens fed to a session: through the batcher, or a whole prompt in
 one run) and ``rnnserve.decode`` (a generation's tokens); and one ``rnnserve.batch.run``
-span per run of a step graph, linked to the spans of every call it served.
+span per run of a step graph or a generation graph, linked to the spans of every call it
+served.
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def link() -> Any:
 
 
 def batch_run(model: str, rows: int, started: float, served: Iterable[Any]) -> None:
-    """The span of one run of a step graph that began at ``started`` (perf_counter) and
-    has just ended, linked to the calls whose steps it ran."""
+    """The span of one run of a step or generation graph that began at ``started``
+    (perf_counter) and has just ended, linked to the calls whose steps it ran."""
     if _on.tracer is None:
         return
     from opentelemetry.context import Context
