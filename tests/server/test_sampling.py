@@ -153,3 +153,13 @@ def test_sampling_rows_raises_like_sample_for_a_nan_row() -> None:
         params.sample(logits[1], np.random.default_rng(0))
     with pytest.raises(FailedPrecondition, match="not finite"):
         sample_rows(params, logits, [np.random.default_rng(0), np.random.default_rng(1)])
+
+
+def test_top_outputs_of_a_model_without_logits_is_empty() -> None:
+    """A regression model's rows have no logits: its top k is empty, for one row (the
+    lone session's path) as for many."""
+    from rnnserve_server.sampling import top_outputs
+
+    for rows in (1, 3):
+        ids, probabilities = top_outputs(np.zeros((rows, 0), np.float32), 5, sigmoid_head=False)
+        assert ids.shape == (rows, 0) and probabilities.shape == (rows, 0)

@@ -38,12 +38,15 @@ from rnnserve.types import (
     RefusedPackage,
     ReloadResult,
     SessionInfo,
+    StatePart,
     StepInput,
     StepResult,
+    TokenizerRules,
     TokenProb,
     TranslateResult,
     UnloadResult,
     Vocabulary,
+    VocabularyListing,
 )
 
 __all__ = [
@@ -71,14 +74,17 @@ __all__ = [
     "RnnServeError",
     "Session",
     "SessionInfo",
+    "StatePart",
     "StepInput",
     "StepResult",
     "TLSConfig",
     "TokenProb",
+    "TokenizerRules",
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",
     "UnloadResult",
     "Vocabulary",
+    "VocabularyListing",
     "__version__",
 ]

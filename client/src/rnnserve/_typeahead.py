@@ -111,10 +111,11 @@ class TypeAhead:
 def check_model(model: ModelInfo) -> None:
     """Type-ahead needs one token per character, a next-token output and a session that
     starts from nothing (no source to encode, no condition to choose)."""
-    if model.vocabulary.kind != "char" or model.output != "vocabulary":
+    kind = model.vocabulary.kind if model.vocabulary is not None else "no"
+    if kind != "char" or model.output != "vocabulary":
         raise ValueError(
-            f"interactive needs a character-level language model; {model.name} has a "
-            f"{model.vocabulary.kind} vocabulary and a {model.output} output"
+            f"interactive needs a character-level language model; {model.name} has {kind} "
+            f"vocabulary and a {model.output} output"
         )
     if model.initial_state in ("encoder", "condition"):
         needs = "a source to encode" if model.initial_state == "encoder" else "a condition"

@@ -1,7 +1,8 @@
 """Batching across sessions: many sessions' single-token steps, one run of the step graph.
 
-Callers ``await feed(session, token)`` (or ``step``, which also describes the output)
-while holding the session's lock, so a session has at most one step in flight and its
+Callers ``await feed(session, x)`` (or ``step``, which also describes the output)
+while holding the session's lock, ``x`` a token id or (a model of vector inputs) one
+input vector, so a session has at most one step in flight and its
 steps stay in order. ``step_rows`` queues the single-token steps of many distinct
 sessions (a StepMany message) as one group: arrays in, arrays out, one future per group
 rather than per step. Generations join as jobs (``advance``): every generating session
@@ -39,7 +40,7 @@ import numpy as np
 from rnnserve_server import tracing
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
-from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
+from rnnserve_server.runtime import FloatArray, Inputs, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
 from rnnserve_server.sessions import Session
 from rnnserve_server.statepool import StatePool
@@ -51,13 +52,20 @@ log = logging.getLogger(__name__)
 ALONE_S = 0.005
 
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
-TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray]]
+TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray, FloatArray]]
+# One step's input x<t>: a token id, or a vector [n_x] of a model of vector inputs.
+StepInput = int | FloatArray
+
+
+def step_input(inputs: Inputs) -> StepInput:
+    """The one input of ``inputs`` (ids [1] or vectors [1, n_x]) as a step takes it."""
+    return inputs[0] if inputs.ndim > 1 else int(inputs[0])
 
 
 @dataclass(eq=False, slots=True)
 class _Pending:
     session: Session
-    token: int
+    token: StepInput
     future: asyncio.Future[Any]
     queued_at: float
     k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
@@ -71,7 +79,7 @@ class _Group:
     together: the top k of each row, and the rows whose session was closed meanwhile."""
 
     sessions: list[Session]
-    tokens: IntArray
+    tokens: Inputs  # ids [n] or vectors [n, n_x]
     k: int
     future: asyncio.Future[RowsAnswer]
     queued_at: float
@@ -79,11 +87,13 @@ class _Group:
 
 
 class RowsAnswer(NamedTuple):
-    """A group's answer: ids and probabilities [n, k] (most probable first); the rows
-    whose session was closed while they waited (not applied, their outputs not valid)."""
+    """A group's answer: ids and probabilities [n, k] (most probable first), the values
+    [n, R]; the rows whose session was closed while they waited (not applied, their
+    outputs not valid)."""
 
     ids: IntArray
     probabilities: FloatArray
+    values: FloatArray
     closed: list[int]
 
 
@@ -140,8 +150,8 @@ class StepBatcher:
 
     # ------------------------------------------------------------------ callers
 
-    async def feed(self, session: Session, token: int) -> FloatArray:
-        """Feed one token to the session; return the logits after it, shape [K]."""
+    async def feed(self, session: Session, token: StepInput) -> FloatArray:
+        """Feed one input to the session; return the output row after it, [K + R]."""
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
         self._pending.append(
             _Pending(session, token, future, time.perf_counter(), trace=tracing.link())
@@ -149,7 +159,7 @@ class StepBatcher:
         self._schedule()
         return await future
 
-    async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
+    async def step(self, session: Session, token: StepInput, k: int, full: bool) -> Described:
         """Feed one token; return the top k of the output after it (and the whole
         distribution if ``full``), computed for the whole batch at once; at once, on the
         event loop, where nobody else's step could join it (the lone session)."""
@@ -183,7 +193,7 @@ class StepBatcher:
         )
         return not busy and self._runtime.step_seconds(1) <= self.inline_s
 
-    def _step_alone(self, session: Session, token: int, k: int, full: bool) -> Described:
+    def _step_alone(self, session: Session, token: StepInput, k: int, full: bool) -> Described:
         """The lone session's step: the run through the runtime's bound buffers, the
         state written back, the one row described; no future, no hand-off."""
         assert self._describe_rows is not None
@@ -196,7 +206,9 @@ class StepBatcher:
         tracing.batch_run(self._model, 1, started, [tracing.link()])
         return self._describe_rows(logits, [k], [full])[0]
 
-    def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Described]:
+    def submit(
+        self, session: Session, token: StepInput, k: int, full: bool
+    ) -> asyncio.Future[Described]:
         """``step`` without the await: queue the step, return the future of its answer
         (so that a caller can queue many sessions' steps in one go)."""
         if self._describe_rows is None:
@@ -208,9 +220,10 @@ class StepBatcher:
         self._schedule()
         return future
 
-    async def step_rows(self, sessions: list[Session], tokens: IntArray, k: int) -> RowsAnswer:
-        """Feed one token to each of these distinct sessions (their locks held); the top
-        k of each output. Queued as groups of up to max_batch rows, each one future."""
+    async def step_rows(self, sessions: list[Session], tokens: Inputs, k: int) -> RowsAnswer:
+        """Feed one input (ids [n] or vectors [n, n_x]) to each of these distinct
+        sessions (their locks held); the top k of each output and its values. Queued as
+        groups of up to max_batch rows, each one future."""
         if self._top_rows is None:
             raise RuntimeError("this batcher was made without top_rows")
         loop = asyncio.get_running_loop()
@@ -239,6 +252,7 @@ class StepBatcher:
         return RowsAnswer(
             np.concatenate([a.ids for a in answers]),
             np.concatenate([a.probabilities for a in answers]),
+            np.concatenate([a.values for a in answers]),
             closed,
         )
 
@@ -314,18 +328,21 @@ class StepBatcher:
                 slots += [session.slot for session in group.sessions]
             slots += [job.session.slot for job in jobs]
             size = len(slots)
-            batch_tokens = [item.token for item in batch]
-            job_tokens = [job.token for job in jobs]
-            if groups:  # rows in the run's order: the batch, the groups, the jobs
+            if self._runtime.input_size:  # vectors [n_x] each (such a model generates nothing)
+                vectors = [np.stack([item.token for item in batch])] if batch else []
+                tokens = np.concatenate(vectors + [group.tokens for group in groups])
+            elif groups:  # rows in the run's order: the batch, the groups, the jobs
                 tokens = np.concatenate(
                     [
-                        np.asarray(batch_tokens, dtype=np.int64),
+                        np.asarray([item.token for item in batch], dtype=np.int64),
                         *(group.tokens for group in groups),
-                        np.asarray(job_tokens, dtype=np.int64),
+                        np.asarray([job.token for job in jobs], dtype=np.int64),
                     ]
                 )
             else:
-                tokens = np.fromiter(batch_tokens + job_tokens, np.int64, size)
+                tokens = np.fromiter(
+                    [item.token for item in batch] + [job.token for job in jobs], np.int64, size
+                )
             state = pool.gather(slots)
             run = _Run(pool, batch, groups, jobs, slots, time.perf_counter())
             if self._runtime.step_seconds(size) > self.inline_s:
@@ -516,12 +533,12 @@ class StepBatcher:
                 session.steps += 1
         assert self._top_rows is not None
         try:
-            ids, probabilities = self._top_rows(logits, group.k)
+            ids, probabilities, values = self._top_rows(logits, group.k)
         except Exception as exc:  # fails this group, not the loop
             log.exception("describing the outputs of a group of steps failed")
             group.future.set_exception(exc)
         else:
-            group.future.set_result(RowsAnswer(ids, probabilities, closed))
+            group.future.set_result(RowsAnswer(ids, probabilities, values, closed))
 
     def _advance_generations(
         self, live_jobs: list[tuple[int, Generation]], logits: FloatArray

@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rnnserve_server import outputs, tracing
-from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.batcher import StepBatcher, StepInput, step_input
 from rnnserve_server.chunks import ChunkBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.inputs import TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs
 from rnnserve_server.sampling import Described
 from rnnserve_server.sessions import Session, SessionStore
 from rnnserve_server.statecodec import StateCodec
@@ -157,7 +157,7 @@ class Core:
         """``fn(*args)`` on an inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def encode(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
+    def encode(self, model: Model, given: TokenInput, *, field: str) -> Inputs:
         """``inputs.encode_input`` under this server's max_tokens_per_request."""
         return encode_input(model, given, field=field, limit=self.config.max_tokens_per_request)
 
@@ -219,34 +219,36 @@ class Core:
 
     # ------------------------------------------------------------------ feeding
 
-    async def feed(self, session: Session, ids: IntArray) -> FloatArray:
-        """Feed tokens to a session (its lock held); the logits after the last, [K].
+    async def feed(self, session: Session, inputs: Inputs) -> FloatArray:
+        """Feed inputs (ids [T] or vectors [T, n_x]) to a session (its lock held); the
+        output row after the last, [K + R] (``runtime.ModelRuntime``).
 
-        One token joins the cross-session batch; several run as one call on a worker
+        One input joins the cross-session batch; several run as one call on a worker
         thread (the sequence graph where the package has one). Either way the state
-        changes only when every token has been applied, so a cancelled or failed call
+        changes only when every input has been applied, so a cancelled or failed call
         leaves the session as it was.
         """
         session.ensure_open()
-        with tracing.span("rnnserve.feed", tokens=len(ids), batched=len(ids) == 1):
-            if len(ids) == 1:
-                return await self.batcher(session.model).feed(session, int(ids[0]))
+        with tracing.span("rnnserve.feed", inputs=len(inputs), batched=len(inputs) == 1):
+            if len(inputs) == 1:
+                return await self.batcher(session.model).feed(session, step_input(inputs))
             pool = self.store.pool(session.model)
             state = pool.gather([session.slot])
-            logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
+            rows, state = await self.infer(session.model.runtime.run_inputs, inputs, state)
             session.ensure_open()
             pool.scatter([session.slot], state)
-            session.steps += len(ids)
-            return logits[0]  # type: ignore[no-any-return]
+            session.steps += len(inputs)
+            return rows[0]  # type: ignore[no-any-return]
 
-    async def step_described(self, session: Session, token: int, k: int, full: bool) -> Described:
-        """Feed one token through the batcher (its lock held); the top k of the output
+    async def step_described(self, session: Session, x: StepInput, k: int, full: bool) -> Described:
+        """Feed one input through the batcher (its lock held); the top k of the output
         after it (and the distribution if ``full``), described with the whole batch."""
-        with tracing.span("rnnserve.feed", tokens=1, batched=True):
-            return await self.batcher(session.model).step(session, token, k, full)
+        with tracing.span("rnnserve.feed", inputs=1, batched=True):
+            return await self.batcher(session.model).step(session, x, k, full)
 
     async def current_logits(self, session: Session) -> FloatArray:
-        """The output for the session's current state, without feeding anything, [K]."""
+        """The output row for the session's current state, without feeding anything,
+        [K + R]; FAILED_PRECONDITION for a model without a head graph."""
         session.ensure_open()
         runtime = session.model.runtime
         state = self.store.pool(session.model).gather([session.slot])

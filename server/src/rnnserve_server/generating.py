@@ -61,7 +61,7 @@ class Generating:
         limit = self.core.config.max_generate_tokens
         if max_tokens > limit:
             raise over_limit("max_tokens", max_tokens, limit, "max_generate_tokens")
-        size = model.package.tokenizer.size
+        size = model.package.vocabulary.size
         params = SamplingParams.checked(
             temperature=options.temperature,
             top_k=options.top_k,
@@ -135,7 +135,7 @@ class Generating:
         stats = self.core.stats.generation_of(f"{model.name}/{model.version}")
         ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
         check_request_id(request_id)
-        tokenizer = model.package.tokenizer
+        tokenizer = model.package.vocabulary
         batcher = self.core.batcher(model)
         chunker = await self.core.chunker(model)
         advance = batcher.advance if chunker is None else chunker.advance

@@ -122,7 +122,13 @@ class Top(NamedTuple):
             yield i, names[i], p
 
 
-Described = tuple[Top, list[float] | None]  # a step's top k, and its distribution if asked
+class Described(NamedTuple):
+    """What one step answers: its top k, its whole distribution if asked for, and its
+    real output vector (``values``) if the model has one."""
+
+    top: Top
+    distribution: list[float] | None
+    values: list[float] | None
 
 
 def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vector]:
@@ -134,7 +140,7 @@ def top_outputs(logits: Vector, k: int, *, sigmoid_head: bool) -> tuple[Any, Vec
     exponentials; a sigmoid head's probabilities are those of the k logits alone.
     """
     rows, width = logits.shape
-    if rows == 1 and k > 0 and width <= SORT_WIDTH and np.isfinite(logits).all():
+    if rows == 1 and k > 0 and 0 < width <= SORT_WIDTH and np.isfinite(logits).all():
         return _top_of_one_row(logits[0], min(k, width), sigmoid_head=sigmoid_head)
     ids, chosen = top_k_rows(logits, k)
     top = chosen.astype(np.float64)

@@ -25,12 +25,14 @@ from rnnserve_server.wire import (
     FINISH,
     generate_options,
     generate_response,
+    generated_tokens,
     model_info,
     refused_packages,
     step_columns,
     step_many_response,
     step_response,
     token_input,
+    vocabulary_page,
 )
 
 MAX_TOKENS_PER_MESSAGE = 256
@@ -64,6 +66,13 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     @guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
         return model_info(self._model(request.name, request.version))
+
+    @guarded
+    async def GetVocabulary(
+        self, request: pb.GetVocabularyRequest, context: Any
+    ) -> pb.GetVocabularyResponse:
+        model = self.engine.repository.get(request.model, request.version)
+        return vocabulary_page(model, request.start, request.limit)
 
     @guarded
     async def ReloadModels(
@@ -207,7 +216,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             async for event in events:
                 pending.append(event)
                 if len(pending) >= per_message or event.finish_reason is not None:
-                    yield generate_response(session.id, pending)
+                    yield generate_response(session.model, session.id, pending)
                     pending = []
 
     # ------------------------------------------------------------------ one-call conveniences
@@ -239,9 +248,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             model, source, generate_options(request), owner=caller_of(context)
         )
         return pb.TranslateResponse(
-            tokens=[
-                pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability) for t in tokens
-            ],
+            tokens=generated_tokens(model, tokens),
             text="".join(t.text for t in tokens),
             finish_reason=FINISH[finish],
         )

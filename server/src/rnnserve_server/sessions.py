@@ -56,11 +56,13 @@ class LastCall:
 
     ``reply`` is what a Generate produced (tokens and probabilities, how it ended, the
     step count before its first token, the sampling state it would continue from);
-    None for a Step, whose answer follows from the state.
+    None for a Step, whose answer follows from the state, except for a model without a
+    head graph: then ``output`` keeps the output row the Step answered with.
     """
 
     request_id: str
     reply: dict[str, Any] | None = None
+    output: FloatArray | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -335,6 +337,7 @@ class SessionStore:
             state=self.state(session),
             last_request=last.request_id,
             last_reply=last.reply,
+            last_output=last.output,
         )
         return seal_record(self._codec, session.id, session.owner, session.model, content)
 
@@ -387,7 +390,9 @@ class SessionStore:
         session.rng = content.rng.generator()
         session.revision = revision
         session.last = (
-            LastCall(content.last_request, content.last_reply) if content.last_request else None
+            LastCall(content.last_request, content.last_reply, content.last_output)
+            if content.last_request
+            else None
         )
 
     async def load(self, session: Session) -> None:

@@ -113,7 +113,7 @@ def config(model: Model, server: ServerConfig) -> mc.ModelConfig:
     manifest = model.package.manifest
     tokenizer = model.package.tokenizer
     state_in, state_out = GRAPH_SIGNATURES["step"][0][1], GRAPH_SIGNATURES["step"][1][1]
-    state_dims = [manifest.layers, manifest.hidden_size]
+    state_dims = list(manifest.state_shape)  # every part's rows (an LSTM's h then c)
     initial = manifest.initial_state
     state = mc.ModelSequenceBatching.State(
         input_name=state_in,
@@ -138,8 +138,11 @@ def config(model: Model, server: ServerConfig) -> mc.ModelConfig:
         "cell": manifest.cell,
         "layers": str(manifest.layers),
         "hidden_size": str(manifest.hidden_size),
-        "vocabulary_kind": tokenizer.kind,
-        "vocabulary_size": str(tokenizer.size),
+        **(
+            {"vocabulary_kind": tokenizer.kind, "vocabulary_size": str(tokenizer.size)}
+            if tokenizer is not None
+            else {"input_kind": "vectors", "input_size": str(manifest.input.size)}
+        ),
         "output_kind": manifest.output.kind,
         "initial_state": initial.kind + (f":{initial.token}" if initial.token else ""),
         "max_batch": str(server.max_batch),
