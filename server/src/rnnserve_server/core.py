@@ -69,7 +69,7 @@ class Core:
             await self.store.records.close()
 
     @staticmethod
-    def _built(task: asyncio.Future[ChunkBatcher | None]) -> ChunkBatcher | None:
+    def built(task: asyncio.Future[ChunkBatcher | None]) -> ChunkBatcher | None:
         """The chunked generation a finished build made (None: none, or not yet)."""
         if task.done() and not task.cancelled() and task.exception() is None:
             return task.result()
@@ -79,7 +79,7 @@ class Core:
     async def _close_chunker(cls, task: asyncio.Future[ChunkBatcher | None]) -> None:
         if not task.done():
             task.cancel()  # its graph, if still being built, is never used
-        chunker = cls._built(task)
+        chunker = cls.built(task)
         if chunker is not None:
             await chunker.close()
 
@@ -111,11 +111,8 @@ class Core:
 
     def _batching(self, model: Model) -> tuple[int, float]:
         """A model's max_batch and batch window: its config.toml's, else the server's."""
-        own = model.config
-        window_us = (
-            self.config.batch_window_us if own.batch_window_us is None else own.batch_window_us
-        )
-        return own.max_batch or self.config.max_batch, window_us / 1e6
+        max_batch, window_us = model.config.batching(self.config)
+        return max_batch, window_us / 1e6
 
     async def chunker(self, model: Model) -> ChunkBatcher | None:
         """The model's chunked generation; None with generate_chunk_tokens 0 or where
@@ -195,7 +192,7 @@ class Core:
         for model, batcher in self.batchers.items():
             batcher.max_batch, batcher.window_s = self._batching(model)
         for model, building in self.chunkers.items():
-            chunker = self._built(building)
+            chunker = self.built(building)
             if chunker is not None:
                 chunker.max_batch = self._batching(model)[0]
         for name in result.removed:

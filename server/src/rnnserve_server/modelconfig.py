@@ -146,6 +146,12 @@ class ModelConfig:
         except TomlError as exc:
             raise ModelConfigError(str(exc)) from None
 
+    def batching(self, server: ServerConfig) -> tuple[int, int]:
+        """This model's max_batch and batch window (microseconds): its own, else the
+        server's."""
+        window_us = server.batch_window_us if self.batch_window_us is None else self.batch_window_us
+        return self.max_batch or server.max_batch, window_us
+
     def default_sampling(self, name: str) -> float | int:
         """The value a Generate call gets for ``name`` where it gives none."""
         return self.sampling.get(name, BUILT_IN_SAMPLING[name])
