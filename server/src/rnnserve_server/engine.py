@@ -60,6 +60,12 @@ class Engine:
         for model, batcher in list(self.core.batchers.items()):
             yield f"{model.name}/{model.version}", batcher.stats
 
+    def chunk_stats(self) -> Iterator[tuple[str, BatchStats]]:
+        for model, building in list(self.core.chunkers.items()):
+            chunker = self.core.built(building)
+            if chunker is not None:
+                yield f"{model.name}/{model.version}", chunker.stats
+
     @property
     def on_models_changed(self) -> Callable[[ReloadResult], Any] | None:
         return self.core.on_models_changed

@@ -76,6 +76,10 @@ class Observed(Protocol):
         """(model label "name/version", its batcher's counters) per model batched so far."""
         ...
 
+    def chunk_stats(self) -> Iterable[tuple[str, BatchStats]]:
+        """The same for each model's chunked generation (runs of its generation graph)."""
+        ...
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -105,6 +109,10 @@ class Metrics:
         (ListModels, ReloadModels, a StepMany stream, a model that does not exist)."""
         self.requests.labels(method, code, model).inc()
         self.latency.labels(method, model).observe(seconds)
+
+    def refused(self, method: str, code: str) -> None:
+        """A call refused before it ran (no valid token, not an admin): counted, not timed."""
+        self.requests.labels(method, code, "").inc()
 
     def watch(self, engine: Observed) -> None:
         self.registry.register(_EngineCollector(engine))
@@ -163,22 +171,39 @@ class _EngineCollector(Collector):
             "seconds between two tokens of one generation, as they are produced",
             ((model, stats.inter_token) for model, stats in generation),
         )
-        batching = sorted(self.engine.batch_stats())
-        yield _histogram(
-            "rnnserve_batch_size",
-            "sessions' steps per run of the step graph",
-            ((model, stats.batch_size) for model, stats in batching),
+        yield from _runs(
+            sorted(self.engine.batch_stats()),
+            ("rnnserve_batch_size", "sessions' steps per run of the step graph"),
+            ("rnnserve_queue_seconds", "seconds a step waited for its run of the step graph"),
+            (
+                "rnnserve_step_seconds",
+                "seconds from a step (Step, StepMany, or a token of a Generate that goes "
+                "token by token) joining its batch to its output: the wait plus the run",
+            ),
         )
-        yield _histogram(
-            "rnnserve_queue_seconds",
-            "time a step waited for its batch",
-            ((model, stats.queue) for model, stats in batching),
+        yield from _runs(
+            sorted(self.engine.chunk_stats()),
+            ("rnnserve_chunk_batch_size", "generations per run of the generation graph"),
+            (
+                "rnnserve_chunk_queue_seconds",
+                "seconds a generation waited for its run of the generation graph",
+            ),
+            (
+                "rnnserve_chunk_seconds",
+                "seconds from a generation joining a run of the generation graph to its next "
+                "generate_chunk_tokens tokens: the wait plus the run",
+            ),
         )
+
+
+def _runs(
+    per_model: list[tuple[str, BatchStats]], *families: tuple[str, str]
+) -> Iterator[HistogramMetricFamily]:
+    """The histograms of one kind of batched run, named and described by ``families`` in
+    this order: rows per run, waits, latencies."""
+    for (name, documentation), kind in zip(families, ("batch_size", "queue", "step"), strict=True):
         yield _histogram(
-            "rnnserve_step_seconds",
-            "seconds from a step (or generated token) joining its batch to its output: "
-            "the wait plus the run of the step graph",
-            ((model, stats.step) for model, stats in batching),
+            name, documentation, ((model, getattr(stats, kind)) for model, stats in per_model)
         )
 
 
