@@ -164,7 +164,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
     admins = admins_of(config.auth_admins, tokens)
     server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(tokens, admins)] if tokens else [],
+        interceptors=[BearerTokenInterceptor(tokens, admins, metrics.refused)] if tokens else [],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -9,27 +9,37 @@ unknown one. Every method except the health service answers UNAUTHENTICATED with
 valid token. With no tokens configured, authentication is off and the caller is the
 peer's IP address.
 
-The calls that change what the server serves (ReloadModels, LoadModel, UnloadModel) need
-more: with authentication on, only the callers the setting ``auth_admins`` names may make
-them; any other caller gets PERMISSION_DENIED.
+The calls that change what the server serves (ReloadModels, LoadModel, UnloadModel, and
+the KServe front's RepositoryModelLoad and RepositoryModelUnload) need more: with
+authentication on, only the callers the setting ``auth_admins`` names may make them; any
+other caller gets PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+log = logging.getLogger(__name__)
+
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rnnserve_caller", default=None
 )
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 ADMIN_METHODS = frozenset(
-    f"/rnnserve.v1.RnnServe/{name}" for name in ("ReloadModels", "LoadModel", "UnloadModel")
+    [
+        *(f"/rnnserve.v1.RnnServe/{name}" for name in ("ReloadModels", "LoadModel", "UnloadModel")),
+        *(
+            f"/inference.GRPCInferenceService/{name}"
+            for name in ("RepositoryModelLoad", "RepositoryModelUnload")
+        ),
+    ]
 )
 MIN_TOKEN_LENGTH = 8
 if TYPE_CHECKING:
@@ -106,9 +116,27 @@ def bearer_caller(tokens: dict[str, str], authorization: str) -> str | None:
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tokens: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
+    """Refuses calls without a valid token (and admin calls of other callers);
+    ``refused(method, code)`` hears of every refusal (the metrics count them)."""
+
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        admins: frozenset[str] = frozenset(),
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._tokens = tokens
         self._admins = admins
+        self._refused = refused
+
+    def _refusal(
+        self, handler: Handler, method: str, code: grpc.StatusCode, message: str
+    ) -> Handler:
+        name = method.rsplit("/", 1)[-1]
+        log.info("%s -> %s: %s", name, code.name, message)
+        if self._refused is not None:
+            self._refused(name, code.name)
+        return _refusal(handler, code, message)
 
     def _caller(self, metadata: Any) -> str | None:
         for key, value in metadata or ():
@@ -126,14 +154,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             return handler
         caller = self._caller(details.invocation_metadata)
         if caller is None:
-            return _refusal(
+            return self._refusal(
                 handler,
+                details.method,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid 'authorization: Bearer <token>' metadata entry is required",
             )
         if details.method in ADMIN_METHODS and caller not in self._admins:
-            return _refusal(
+            return self._refusal(
                 handler,
+                details.method,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{details.method.rsplit('/', 1)[-1]} changes what the server serves: only "
                 f"the callers the setting auth_admins names may call it, and {caller!r} "

@@ -122,7 +122,8 @@ class ServerConfig:
     auth_admins: str = setting(
         "",
         "with authentication on: the callers (names from the tokens, comma-separated) "
-        "who may call ReloadModels, LoadModel and UnloadModel; nobody else may",
+        "who may call ReloadModels, LoadModel and UnloadModel (and the KServe front's "
+        "RepositoryModelLoad and RepositoryModelUnload); nobody else may",
     )
     state_keys: str = setting(
         "",
