@@ -31,7 +31,7 @@ from rnnserve_server import calls
 from rnnserve_server.auth import bearer_caller
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.engine import Engine
-from rnnserve_server.errors import ServiceError
+from rnnserve_server.errors import NotFound, ServiceError
 from rnnserve_server.metrics import Metrics
 from rnnserve_server.openai_http.completions import Completion, is_language_model, language_model
 from rnnserve_server.openai_http.schema import (
@@ -144,11 +144,13 @@ class Front:
             self.caller(request)
         except ApiError as exc:
             raise self.failed(MODELS, exc, began) from None
-        latest = {m.name: m for m in self.engine.repository.list() if is_language_model(m)}
+        repository = self.engine.repository
+        served = []  # each model's default version: what a request naming the model gets
+        for name in sorted({m.name for m in repository.list() if is_language_model(m)}):
+            with contextlib.suppress(NotFound):  # its pinned default is not loaded
+                served.append(self.described(repository.get(name)))
         self.observe(MODELS, "OK", began)
-        return JSONResponse(
-            {"object": "list", "data": [self.described(m) for m in latest.values()]}
-        )
+        return JSONResponse({"object": "list", "data": served})
 
     async def model(self, request: Request) -> Response:
         began = self.begin(MODELS, request)

@@ -24,6 +24,7 @@ from rnnserve_server.sessions import Session
 
 # Models that continue text from their own start (not from a source or a condition).
 LANGUAGE_MODEL_STARTS = ("zeros", "after_token")
+OPENAI_MAX_TOKENS = 16  # OpenAI's default max_tokens for completions
 FINISH = {"length": "length", "end_token": "stop", "stop_string": "stop", "stop_token": "stop"}
 
 
@@ -141,7 +142,10 @@ class Completion:
             raise ApiError(400, f"{name}: rnnserve supports only {allowed}", param=name)
         model = language_model(engine.repository, body.model)
         config = engine.config
-        max_tokens = body.max_tokens or 16
+        # unset: the model's config.toml default, else OpenAI's
+        max_tokens = body.max_tokens or int(
+            model.config.sampling.get("max_tokens", OPENAI_MAX_TOKENS)
+        )
         if max_tokens > config.max_generate_tokens:
             raise ApiError(
                 400,

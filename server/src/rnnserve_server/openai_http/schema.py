@@ -29,7 +29,7 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[int] | list[str] | list[list[int]] = ""
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # None: the model's, else 16
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = Field(default=None, ge=0, lt=1 << 64)
