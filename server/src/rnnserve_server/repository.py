@@ -271,6 +271,19 @@ class Repository:
         self._check_defaults()
         return [f"{n}/{v}" for n, v in keys]
 
+    def unloaded(self) -> list[tuple[str, int]]:
+        """The versions that ``unload`` keeps out of service, as (name, version): those on
+        disk that the model's version policy serves, so those ``load_model`` brings back."""
+        out: set[tuple[str, int]] = set()
+        for name, version in self.held:
+            folder = self.root / name
+            on_disk = (
+                [int(p.name) for p in _entries(folder) if _numbered(p)] if folder.is_dir() else []
+            )
+            served = self.configs.get(name, ModelConfig()).versions.serves(on_disk)
+            out.update((name, v) for v in served if version in (0, v))
+        return sorted(out)
+
     def get(self, name: str, version: int = 0) -> Model:
         """A model version; version 0 means the model's default version: the one its
         config.toml pins, else the highest loaded."""
