@@ -188,6 +188,13 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    @property
+    def openai_port(self) -> int:
+        """The OpenAI-compatible HTTP front's port (``--openai-port 0``), as logged at start."""
+        pattern = r"OpenAI-compatible HTTP front on https?://127\.0\.0\.1:(\d+)/v1"
+        (port,) = [int(m.group(1)) for line in self.lines if (m := re.search(pattern, line))]
+        return port
+
     def stop(self) -> int:
         """SIGTERM; the exit status once it has exited."""
         if self.process.poll() is None:

@@ -140,3 +140,50 @@ def test_a_config_file_sets_what_variables_and_flags_do_not(
         )
         with Client(server.address) as client:
             assert client.health() == "SERVING"  # its models came from the file
+
+
+def test_json_logs_of_the_kserve_and_http_fronts_carry_the_request_id(
+    models_dir: Path, model_name: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    import grpc
+
+    from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
+    from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
+
+    def infer(request_id: str, sequence_start: bool, text: bytes) -> kpb.ModelInferRequest:
+        request = kpb.ModelInferRequest(model_name=model_name, id=request_id)
+        request.parameters["sequence_id"].int64_param = 3
+        request.parameters["sequence_start"].bool_param = sequence_start
+        tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(text)
+        return request
+
+    with ServerProcess(
+        "--models", str(models_dir), "--log-json", "--openai-port", "0"
+    ) as server, grpc.insecure_channel(server.address) as channel:  # fmt: skip
+        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(infer("infer-0", True, b"ab"))
+        stub.ModelInfer(infer("infer-1", True, b"ab"))  # a start on a live sequence: warned
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(infer("infer-2", False, b""))  # an empty text: nothing to feed
+        completion = urllib.request.Request(
+            f"http://127.0.0.1:{server.openai_port}/v1/completions",
+            data=json.dumps({"model": model_name, "temperature": -1}).encode(),
+            headers={"content-type": "application/json", "x-request-id": "http-1"},
+        )
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(completion, timeout=30)
+        server.stop()
+    records = [json.loads(line) for line in server.lines if line.startswith("{")]
+    (restarted,) = [r for r in records if r.get("request_id") == "infer-1"]
+    assert (restarted["method"], restarted["model"]) == ("ModelInfer", f"{model_name}/1")
+    assert restarted["session"] and "has a conflict" in restarted["message"]
+    (refused,) = [r for r in records if r.get("request_id") == "infer-2"]
+    assert (refused["method"], refused["model"]) == ("ModelInfer", f"{model_name}/1")
+    assert "INVALID_ARGUMENT" in refused["message"]
+    (completed,) = [r for r in records if r.get("request_id") == "http-1"]
+    assert completed["method"] == "/v1/completions"
+    assert completed["message"].startswith("/v1/completions -> INVALID_ARGUMENT: temperature")

@@ -163,3 +163,80 @@ def test_an_unknown_exporter_is_a_start_up_error(models_dir: Path) -> None:
         shown.stderr
     )
     assert "Traceback" not in shown.stderr
+
+
+def test_the_kserve_and_http_fronts_calls_are_traced_as_theirs(
+    models_dir: Path, model_name: str, receiver: tuple[Receiver, int]
+) -> None:
+    import json
+    import urllib.request
+
+    from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
+    from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
+
+    received, port = receiver
+    traceparent = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+    with (
+        ServerProcess(
+            "--models", str(models_dir), "--tracing", "--openai-port", "0", env=otlp_env(port)
+        ) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        infer = kpb.ModelInferRequest(model_name=model_name, id="infer-7")
+        infer.parameters["sequence_id"].int64_param = 5
+        infer.parameters["sequence_start"].bool_param = True
+        infer.inputs.add(name="TEXT", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+            b"ab"
+        )
+        kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            infer, metadata=[("traceparent", traceparent)]
+        )
+        completion = urllib.request.Request(
+            f"http://127.0.0.1:{server.openai_port}/v1/completions",
+            data=json.dumps({"model": model_name, "prompt": "The ", "max_tokens": 4}).encode(),
+            headers={
+                "content-type": "application/json",
+                "traceparent": traceparent,
+                "x-request-id": "cmpl-9",
+            },
+        )
+        with urllib.request.urlopen(completion, timeout=30) as reply:
+            assert json.load(reply)["usage"]["completion_tokens"] == 4
+        refused = urllib.request.Request(
+            f"http://127.0.0.1:{server.openai_port}/v1/completions",
+            data=json.dumps({"model": "nope"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(refused, timeout=30)
+        assert failed.value.code == 404
+        wait_for(lambda: len(received.named("POST /v1/completions")) == 2)
+        server.stop()
+    (kserve,) = received.named("inference.GRPCInferenceService/ModelInfer")
+    assert kserve.trace_id.hex() == TRACE_ID and kserve.parent_span_id.hex() == CALLER_SPAN
+    assert kserve.kind == kserve.SPAN_KIND_SERVER
+    assert attributes(kserve)["rpc.service"] == "inference.GRPCInferenceService"
+    assert attributes(kserve)["rnnserve.request_id"] == "infer-7"  # the request's own id
+    assert attributes(kserve)["rnnserve.model"] == f"{model_name}/1"
+    assert attributes(kserve)["rnnserve.session_id"]  # the sequence's session
+    assert attributes(kserve)["rpc.grpc.status_code"] == "OK"
+    assert {s.name for s in received.spans if s.parent_span_id == kserve.span_id} == {
+        "rnnserve.feed"
+    }
+    answered, unknown = sorted(
+        received.named("POST /v1/completions"), key=lambda s: s.start_time_unix_nano
+    )
+    assert answered.trace_id.hex() == TRACE_ID and answered.parent_span_id.hex() == CALLER_SPAN
+    assert answered.kind == answered.SPAN_KIND_SERVER
+    assert attributes(answered) | {
+        "http.request.method": "POST",
+        "http.route": "/v1/completions",
+        "http.response.status_code": 200,
+        "rnnserve.request_id": "cmpl-9",
+        "rnnserve.model": f"{model_name}/1",
+    } == attributes(answered)
+    inside = {s.name for s in received.spans if s.parent_span_id == answered.span_id}
+    assert inside == {"rnnserve.feed", "rnnserve.decode"}
+    assert attributes(unknown)["http.response.status_code"] == 404
+    assert unknown.status.code == unknown.status.STATUS_CODE_ERROR
+    assert unknown.trace_id.hex() != TRACE_ID  # no traceparent: a trace of its own

@@ -56,11 +56,15 @@ def begin(method: str, request: Any, metadata: Iterable[tuple[str, Any]] | None)
     return call
 
 
-def bind(*, session: str = "", model: Any = None) -> None:
-    """Name the session and the model version (a loaded Model) the current call uses."""
+def bind(*, session: str = "", model: Any = None, request_id: str = "") -> None:
+    """Name the session and the model version (a loaded Model) the current call uses,
+    and its request id where the request carries one in a field of its own (KServe's
+    ``id``, per request of a stream)."""
     call = _CURRENT.get()
     if call is None:
         return
+    if request_id:
+        call.request_id = request_id[:MAX_ID_LENGTH]
     if session:
         call.session = session
     if model is not None:

@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -97,7 +97,10 @@ def bounded_details(message: str) -> str:
 
 
 class Accounted:
-    """The base of a front's servicer: the engine it drives and the metrics it feeds."""
+    """The base of a front's servicer: the engine it drives and the metrics it feeds;
+    ``SERVICE``, the full name of the gRPC service it serves (its calls' spans say it)."""
+
+    SERVICE: ClassVar[str]
 
     def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self.engine = engine
@@ -150,7 +153,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             self._start()
             metadata = context.invocation_metadata()
             calls.begin(method, request, metadata)
-            with tracing.server_span(method, metadata):
+            with tracing.server_span(self.SERVICE, method, metadata):
                 try:
                     parsed(request)
                     async for item in handler(self, request, context):
@@ -174,7 +177,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         self._start()
         metadata = context.invocation_metadata()
         calls.begin(method, request, metadata)
-        with tracing.server_span(method, metadata):
+        with tracing.server_span(self.SERVICE, method, metadata):
             try:
                 reply = await handler(self, parsed(request), context)
             except asyncio.CancelledError:

@@ -45,6 +45,8 @@ def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
 
 
 class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
+    SERVICE = pb.DESCRIPTOR.services_by_name["RnnServe"].full_name
+
     async def _session(self, session_id: str, context: Any) -> Any:
         session = await self.engine.sessions.lookup(session_id, caller_of(context))
         calls.bind(session=session.id, model=session.model)

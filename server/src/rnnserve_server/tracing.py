@@ -9,8 +9,9 @@ other exporter variables, ``OTEL_SERVICE_NAME`` (default ``rnnserve``),
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``, and
 ``OTEL_PROPAGATORS`` for the trace context a caller sends (W3C ``traceparent``).
 
-The spans: one SERVER span per gRPC call (``rnnserve.v1.RnnServe/<Method>``, a child of
-the caller's trace context), with the request id, session and model; inside it
+The spans: one SERVER span per call (``rnnserve.v1.RnnServe/<Method>``,
+``inference.GRPCInferenceService/<Method>``, or the HTTP front's ``POST /v1/completions``,
+a child of the caller's trace context), with the request id, session and model; inside it
 ``rnnserve.feed`` (tokens fed to a session: through the batcher, or a whole prompt in
 one run) and ``rnnserve.decode`` (a generation's tokens); and one ``rnnserve.batch.run``
 span per run of a step graph or a generation graph, linked to the spans of every call it
@@ -103,43 +104,84 @@ def enabled() -> bool:
 
 
 def server_span(
-    method: str, metadata: Iterable[tuple[str, Any]] | None
+    service: str, method: str, metadata: Iterable[tuple[str, Any]] | None
 ) -> contextlib.AbstractContextManager[Any]:
-    """The span of one gRPC call, continuing the trace context the caller sent."""
-    return _NO_SPAN if _on.tracer is None else _server_span(method, metadata)
+    """The span of one gRPC call to ``service``, continuing the trace context the caller
+    sent."""
+    if _on.tracer is None:
+        return _NO_SPAN
+    return _server_span(
+        f"{service}/{method}",
+        {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        metadata,
+    )
 
 
 @contextlib.contextmanager
-def _server_span(method: str, metadata: Iterable[tuple[str, Any]] | None) -> Iterator[Any]:
-    from opentelemetry import propagate, trace
+def _server_span(name: str, attributes: dict[str, str], carrier: Any) -> Iterator[Any]:
+    from opentelemetry import trace
 
-    parent = propagate.extract({k: v for k, v in metadata or () if isinstance(v, str)})
-    with _on.tracer.start_as_current_span(
-        f"rnnserve.v1.RnnServe/{method}",
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        attributes={
-            "rpc.system": "grpc",
-            "rpc.service": "rnnserve.v1.RnnServe",
-            "rpc.method": method,
-        },
-    ) as span:
+    with trace.use_span(_started(name, attributes, carrier), end_on_exit=True) as span:
         try:
             yield span
         finally:
-            call = calls.current()
-            if call is not None:
-                span.set_attributes(
-                    {
-                        key: value
-                        for key, value in (
-                            ("rnnserve.request_id", call.request_id),
-                            ("rnnserve.session_id", call.session),
-                            ("rnnserve.model", call.model),
-                        )
-                        if value
-                    }
+            _name_the_call(span)
+
+
+def http_span(method: str, route: str, headers: Iterable[tuple[str, str]]) -> Any:
+    """The span of one HTTP request, made the current span for the rest of the request's
+    task (a streamed answer outlives its handler, so no ``with`` can hold it);
+    ``end_http_span`` ends it. None while tracing is off."""
+    if _on.tracer is None:
+        return None
+    from opentelemetry import context, trace
+
+    span = _started(
+        f"{method} {route}", {"http.request.method": method, "http.route": route}, headers
+    )
+    context.attach(trace.set_span_in_context(span))  # the request's task ends with it
+    return span
+
+
+def end_http_span(span: Any, http_status: int, code: str) -> None:
+    """End an ``http_span`` with the answer's HTTP status (``code``: the same outcome's
+    gRPC status name, as the metrics count it)."""
+    if span is None:
+        return
+    from opentelemetry import trace
+
+    _name_the_call(span)
+    span.set_attribute("http.response.status_code", http_status)
+    if code not in ("OK", "CANCELLED"):
+        span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+    span.end()
+
+
+def _started(name: str, attributes: dict[str, str], carrier: Iterable[tuple[str, Any]]) -> Any:
+    """A SERVER span, a child of the trace context the caller's metadata or headers carry."""
+    from opentelemetry import propagate, trace
+
+    parent = propagate.extract({k: v for k, v in carrier or () if isinstance(v, str)})
+    return _on.tracer.start_span(
+        name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+    )
+
+
+def _name_the_call(span: Any) -> None:
+    """The request id, session and model of the current call, on its span."""
+    call = calls.current()
+    if call is not None:
+        span.set_attributes(
+            {
+                key: value
+                for key, value in (
+                    ("rnnserve.request_id", call.request_id),
+                    ("rnnserve.session_id", call.session),
+                    ("rnnserve.model", call.model),
                 )
+                if value
+            }
+        )
 
 
 def status(code: str) -> None:

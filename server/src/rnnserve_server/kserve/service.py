@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from rnnserve_server import calls
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from rnnserve_server.kserve import requests
@@ -82,6 +83,8 @@ def _check_repository_call(
 
 
 class KServeServicer(Accounted):
+    SERVICE = SERVICE_NAME
+
     def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         super().__init__(engine, metrics)
         self.sequences = Sequences(engine.sessions)
@@ -174,6 +177,7 @@ class KServeServicer(Accounted):
     # ------------------------------------------------------------------ inference
 
     async def _infer(self, request: pb.ModelInferRequest, owner: str) -> pb.ModelInferResponse:
+        calls.bind(request_id=request.id)  # the logs' and traces' request id
         model = resolve(self.engine.repository, request.model_name, request.model_version)
         call = requests.read(model, request, token_limit=self.engine.config.max_tokens_per_request)
         session = await self.sequences.begin(
@@ -184,6 +188,7 @@ class KServeServicer(Accounted):
             source=call.source,
             condition=call.condition,
         )
+        calls.bind(session=session.id)
         try:
             out = await self.engine.steps.step(
                 session, call.tokens, k=call.k, full=call.full, with_logits=call.with_logits

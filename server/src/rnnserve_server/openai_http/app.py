@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rnnserve_server import calls
+from rnnserve_server import calls, tracing
 from rnnserve_server.auth import bearer_caller
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.engine import Engine
@@ -45,6 +46,14 @@ from rnnserve_server.repository import Model
 log = logging.getLogger(__name__)
 
 COMPLETIONS, MODELS = "/v1/completions", "/v1/models"
+
+
+@dataclass(frozen=True)
+class Began:
+    """A call's start: when (perf_counter), and its span (None while tracing is off)."""
+
+    at: float
+    span: Any
 
 
 class Front:
@@ -84,23 +93,32 @@ class Front:
         return "ip:" + (f"[{host}]" if ":" in host else host)
 
     @staticmethod
-    def begin(path: str, request: Request) -> float:
-        """A call starts: its record for logs (calls.begin; x-request-id names it)."""
-        calls.begin(path, None, request.headers.items())
-        return time.perf_counter()
+    def begin(path: str, request: Request) -> Began:
+        """A call starts: its record for logs (calls.begin; x-request-id names it), its
+        span (continuing the caller's traceparent header)."""
+        headers = request.headers.items()
+        calls.begin(path, None, headers)
+        return Began(time.perf_counter(), tracing.http_span(request.method, path, headers))
 
-    def observe(self, path: str, code: str, began: float, model: Model | None = None) -> None:
+    def observe(
+        self, path: str, code: str, began: Began, model: Model | None = None, status: int = 200
+    ) -> None:
+        """A call ends with the gRPC status name ``code`` (the metrics count by it) and
+        the HTTP ``status`` it answered (a stream's error after its start: still 200)."""
         if self.metrics is not None:
             label = f"{model.name}/{model.version}" if model is not None else ""
-            self.metrics.observe(path, code, label, time.perf_counter() - began)
+            self.metrics.observe(path, code, label, time.perf_counter() - began.at)
+        tracing.end_http_span(began.span, status, code)
 
-    def failed(self, path: str, exc: ApiError | ServiceError, began: float) -> ApiError:
-        """A failed call counted (by its status's gRPC name), as OpenAI's JSON."""
+    def failed(self, path: str, exc: ApiError | ServiceError, began: Began) -> ApiError:
+        """A failed call logged and counted (by its status's gRPC name), as OpenAI's JSON."""
         if isinstance(exc, ServiceError):
-            self.observe(path, exc.code.name, began)
-            return from_service_error(exc)
-        self.observe(path, exc.status_name, began)
-        return exc
+            error, code = from_service_error(exc), exc.code.name
+        else:
+            error, code = exc, exc.status_name
+        log.info("%s -> %s: %s", path, code, error.message)
+        self.observe(path, code, began, status=error.status)
+        return error
 
     async def body(self, request: Request) -> CompletionRequest:
         limit = self.engine.config.max_message_bytes
@@ -195,7 +213,7 @@ class Front:
         return JSONResponse({**head, "choices": [choice], "usage": completion.usage})
 
     async def chunks(
-        self, completion: Completion, head: dict[str, Any], usage: bool, began: float
+        self, completion: Completion, head: dict[str, Any], usage: bool, began: Began
     ) -> AsyncIterator[dict[str, str]]:
         """The server-sent events of a streamed completion, ``data: [DONE]`` last; an error
         after the first event is sent as an event of its own (as OpenAI does)."""
@@ -211,6 +229,7 @@ class Front:
             yield {"data": "[DONE]"}
         except ServiceError as exc:
             code = exc.code.name
+            log.info("%s -> %s: %s (after the stream began)", COMPLETIONS, code, exc.message)
             yield {"data": json.dumps(from_service_error(exc).body())}
         except (asyncio.CancelledError, GeneratorExit):
             code = "CANCELLED"
