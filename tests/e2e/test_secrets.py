@@ -1,20 +1,27 @@
 """Secrets never leave the server: not in its output (stdout and stderr, every line of
-it), not in error messages, not in metrics; bad credentials settings are one-line usage
-errors; the README's authentication example works as written."""
+it), not in error messages (of all three fronts), not in metrics; bad credentials
+settings are one-line usage errors; the README's authentication example works as
+written."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shlex
+import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from support import SERVER, RedisServer, ServerProcess, make_test_certificates, started
 
 from rnnserve import Client, TLSConfig, Unauthenticated
+from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
+from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLIENT = str(Path(SERVER[0]).with_name("rnnserve"))
@@ -58,6 +65,7 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
             "--tls-cert", str(certificates / "server.pem"),
             "--tls-key", str(certificates / "server.key"),
             "--metrics-port", "0",
+            "--openai-port", "0",
             "--log-level", "DEBUG",
         ) as server,
     ):  # fmt: skip
@@ -74,6 +82,33 @@ def test_no_secret_reaches_the_log_the_errors_or_the_metrics(
         ):
             stranger.list_models()
         assert_hidden(refused.value.details, hidden)
+        # the other fronts, with the same tokens and certificate
+        context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        completions = f"https://127.0.0.1:{server.openai_port}/v1/completions"
+        for token, status in [(bob, 200), (alice[::-1], 401)]:
+            request = urllib.request.Request(
+                completions,
+                data=json.dumps({"model": model_name, "prompt": "The ", "max_tokens": 3}).encode(),
+                headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+            )
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+                    answered, body = reply.status, reply.read().decode()
+            except urllib.error.HTTPError as error:
+                answered, body = error.code, error.read().decode()
+            assert answered == status, body
+            assert_hidden(body, hidden)
+        with grpc.secure_channel(
+            server.address, grpc.ssl_channel_credentials((certificates / "ca.pem").read_bytes())
+        ) as channel:
+            kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as unknown:
+                kserve.ModelReady(
+                    kpb.ModelReadyRequest(name=model_name),
+                    metadata=[("authorization", f"Bearer {alice[::-1]}")],
+                )
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert_hidden(unknown.value.details() or "", hidden)
         port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", server.output)
         assert port is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics") as page:
