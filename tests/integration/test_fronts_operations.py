@@ -124,34 +124,38 @@ def infer(model: str, *, start: bool = False, sequence: int = 1) -> pb.ModelInfe
     return message
 
 
+def openai_sdk(server: ServerThread) -> openai.OpenAI:
+    port = server.running.http.port  # type: ignore[union-attr]
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+
+
 def test_openai_completions_take_the_models_sampling_settings(
     served: ServerThread, model_name: str
 ) -> None:
-    port = served.running.http.port  # type: ignore[union-attr]
-    sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     with Client(served.address) as client:
         with client.create_session(TUNED, 1) as session:  # the pinned default version
             greedy_five = list(session.generate("The ", max_tokens=5, temperature=0))
         with client.create_session(model_name) as session:
             greedy_sixteen = list(session.generate("The ", max_tokens=16, temperature=0))
-    # no max_tokens, no temperature: the model's [sampling] (5 tokens, greedy)
-    tuned = sdk.completions.create(model=TUNED, prompt="The ")
-    assert tuned.choices[0].text == "".join(c.text for c in greedy_five)
-    assert tuned.usage is not None
-    assert tuned.usage.completion_tokens == sum(len(c.tokens) for c in greedy_five)
-    # without a config.toml: OpenAI's default of 16 tokens
-    plain = sdk.completions.create(model=model_name, prompt="The ", temperature=0)
-    assert plain.choices[0].text == "".join(c.text for c in greedy_sixteen)
-    # what the model allows bounds what a request may ask
-    with pytest.raises(openai.BadRequestError) as raised:
-        sdk.completions.create(model=TUNED, prompt="The ", temperature=0.9)
-    assert raised.value.param == "temperature" and "0 .. 0.5" in str(raised.value)
-    assert f"{TUNED}/config.toml" in str(raised.value)
-    with pytest.raises(openai.BadRequestError) as raised:
-        sdk.completions.create(model=TUNED, prompt="The ", max_tokens=10)
-    assert raised.value.param == "max_tokens" and "1 .. 9" in str(raised.value)
-    listed = {m.id for m in sdk.models.list()}
-    assert listed == {TUNED, model_name}
+    with openai_sdk(served) as sdk:
+        # no max_tokens, no temperature: the model's [sampling] (5 tokens, greedy)
+        tuned = sdk.completions.create(model=TUNED, prompt="The ")
+        assert tuned.choices[0].text == "".join(c.text for c in greedy_five)
+        assert tuned.usage is not None
+        assert tuned.usage.completion_tokens == sum(len(c.tokens) for c in greedy_five)
+        # without a config.toml: OpenAI's default of 16 tokens
+        plain = sdk.completions.create(model=model_name, prompt="The ", temperature=0)
+        assert plain.choices[0].text == "".join(c.text for c in greedy_sixteen)
+        # what the model allows bounds what a request may ask
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.completions.create(model=TUNED, prompt="The ", temperature=0.9)
+        assert raised.value.param == "temperature" and "0 .. 0.5" in str(raised.value)
+        assert f"{TUNED}/config.toml" in str(raised.value)
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.completions.create(model=TUNED, prompt="The ", max_tokens=10)
+        assert raised.value.param == "max_tokens" and "1 .. 9" in str(raised.value)
+        listed = {m.id for m in sdk.models.list()}
+        assert listed == {TUNED, model_name}
 
 
 def test_kserve_loads_and_unloads_models(
@@ -285,3 +289,21 @@ def test_kserve_repository_calls_need_an_admin_and_refusals_are_counted(
         )
         assert with_config["error"]["status"] == "StatusCode.INVALID_ARGUMENT"
         assert "parameter 'config' is not supported" in with_config["error"]["message"]
+
+
+def test_the_models_session_limit_holds_on_both_fronts(served: ServerThread) -> None:
+    stub = kserve(served)
+    for sequence in range(1, 8):  # the model's max_sessions = 7
+        stub.ModelInfer(infer(TUNED, start=True, sequence=sequence))
+    details = refused(
+        stub.ModelInfer, infer(TUNED, start=True, sequence=8), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert f"sessions.max_sessions in {served.config.models / TUNED / 'config.toml'}" in details
+    with openai_sdk(served) as sdk:
+        with pytest.raises(openai.RateLimitError) as limited:
+            sdk.completions.create(model=TUNED, prompt="The ")
+        assert "sessions.max_sessions" in str(limited.value)
+        ended = infer(TUNED, sequence=1)
+        ended.parameters["sequence_end"].bool_param = True
+        stub.ModelInfer(ended)  # one sequence ends: a completion fits again
+        assert sdk.completions.create(model=TUNED, prompt="The ").choices[0].text
