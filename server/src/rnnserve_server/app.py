@@ -141,7 +141,7 @@ async def create_server(config: ServerConfig) -> RunningServer:
     server = grpc.aio.server(
         interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
         options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],

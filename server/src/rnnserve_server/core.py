@@ -17,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnserve_server import outputs
+from rnnserve_server import limits, outputs
 from rnnserve_server.batcher import StepBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
-from rnnserve_server.inputs import TokenInput, encode_input
+from rnnserve_server.inputs import InputLimits, TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
@@ -43,6 +43,12 @@ class Core:
             records=RedisRecords(config.session_store) if config.session_store else None,
             resolve=self._model_of_record,
         )
+        self.limits = limits.Limits(
+            max_calls=config.max_calls_per_caller,
+            tokens_per_s=config.caller_tokens_per_s,
+            burst=config.caller_token_burst,
+        )
+        self._input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
         self.batchers: dict[Model, StepBatcher] = {}
@@ -85,8 +91,11 @@ class Core:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def encode(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
-        """``inputs.encode_input`` under this server's max_tokens_per_request."""
-        return encode_input(model, given, field=field, limit=self.config.max_tokens_per_request)
+        """``inputs.encode_input`` under this server's limits; the tokens are taken from
+        the caller's budget (RESOURCE_EXHAUSTED if it lacks them)."""
+        ids = encode_input(model, given, field=field, limits=self._input_limits)
+        limits.current().spend(len(ids))
+        return ids
 
     # ------------------------------------------------------------------ repository
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnserve_server import limits
 from rnnserve_server.core import Core
 from rnnserve_server.errors import FailedPrecondition, out_of_range, over_limit
 from rnnserve_server.generation import GenerateEvent, Generation
@@ -96,75 +97,84 @@ class Generating:
         """
         model = session.model
         max_tokens, params = self.checked(model, options)
-        ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
         check_request_id(request_id)
         tokenizer = model.package.tokenizer
         batcher = self.core.batcher(model)
-        async with session.lock:
-            await self.core.store.load(session)
-            earlier = session.last.reply if session.last and session.answered(request_id) else None
-            rng = session.rng
-            if options.seed is not None:
-                rng = np.random.Generator(np.random.PCG64(options.seed))
-                if earlier is not None and earlier["rng"] is not None:
-                    rng.bit_generator.state = earlier["rng"]
-            reply: dict[str, Any] = earlier or {
-                "base": -1,
-                "tokens": [],
-                "finish": None,
-                "rng": None,
-            }
-            generation = Generation(
-                session,
-                params,
-                rng,
-                tokenizer,
-                max_tokens=max_tokens,
-                stop=options.stop,
-                stop_tokens=frozenset(options.stop_token_ids),
-                per_message=options.tokens_per_message,
-                record=reply["tokens"],
-                keep_draws=bool(request_id),
-            )
-            for token, probability in reply["tokens"]:  # the retried call's tokens, again
-                steps = reply["base"] + generation.produced + 1
-                yield generation.replay(token, probability, steps)
-                if generation.finished:
-                    return
-            if reply["finish"] == "end_token":
-                yield GenerateEvent(None, session.steps, "end_token")
-                return
-            try:
-                logits = await (  # the prompt, unless a cut-off earlier try fed it
-                    self.core.feed(session, ids)
-                    if ids is not None and reply["base"] < 0
-                    else self.core.current_logits(session)
+        budget = limits.current()
+        budget.spend(max_tokens)  # the tokens not generated are given back at the end
+        fed = 0
+        try:
+            ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
+            async with session.lock:
+                await self.core.store.load(session)
+                last = session.last
+                earlier = last.reply if last and session.answered(request_id) else None
+                rng = session.rng
+                if options.seed is not None:
+                    rng = np.random.Generator(np.random.PCG64(options.seed))
+                    if earlier is not None and earlier["rng"] is not None:
+                        rng.bit_generator.state = earlier["rng"]
+                reply: dict[str, Any] = earlier or {
+                    "base": -1,
+                    "tokens": [],
+                    "finish": None,
+                    "rng": None,
+                }
+                generation = Generation(
+                    session,
+                    params,
+                    rng,
+                    tokenizer,
+                    max_tokens=max_tokens,
+                    stop=options.stop,
+                    stop_tokens=frozenset(options.stop_token_ids),
+                    per_message=options.tokens_per_message,
+                    record=reply["tokens"],
+                    keep_draws=bool(request_id),
                 )
-                if reply["base"] < 0:
-                    reply["base"] = session.steps
-                before_draw = rng.bit_generator.state
-                token, probability = params.sample(logits, rng)
-                if token == generation.end_token:
-                    reply["finish"] = "end_token"
-                    session.touch()
+                for token, probability in reply["tokens"]:  # the retried call's tokens, again
+                    steps = reply["base"] + generation.produced + 1
+                    yield generation.replay(token, probability, steps)
+                    if generation.finished:
+                        return
+                if reply["finish"] == "end_token":
                     yield GenerateEvent(None, session.steps, "end_token")
                     return
-                # From here the batcher advances this generation together with every other
-                # one: one token per run, the next tokens sampled for all of them at once.
-                generation.start(token, probability, before_draw)
-                while not generation.finished:
-                    events = await batcher.advance(generation)
-                    produced = sum(1 for e in events if e.token is not None)
-                    self.core.stats.generated_tokens += produced
-                    for out in events:
-                        reply["finish"] = out.finish_reason
-                        yield out
-            finally:
-                # Cut off with a token sampled but not fed: as if it was never drawn.
-                if generation.pending and generation.before_draw is not None:
-                    rng.bit_generator.state = generation.before_draw
-                # What a retry needs: the tokens fed and, with a seed of the call's own,
-                # where its generator stands; then the session as it now is.
-                reply["rng"] = dict(rng.bit_generator.state) if options.seed is not None else None
-                session.last = LastCall(request_id, reply) if request_id else None
-                await asyncio.shield(self.core.store.save(session))
+                try:
+                    logits = await (  # the prompt, unless a cut-off earlier try fed it
+                        self.core.feed(session, ids)
+                        if ids is not None and reply["base"] < 0
+                        else self.core.current_logits(session)
+                    )
+                    if reply["base"] < 0:
+                        reply["base"] = session.steps
+                    before_draw = rng.bit_generator.state
+                    token, probability = params.sample(logits, rng)
+                    if token == generation.end_token:
+                        reply["finish"] = "end_token"
+                        session.touch()
+                        yield GenerateEvent(None, session.steps, "end_token")
+                        return
+                    # From here the batcher advances this generation together with every other
+                    # one: one token per run, the next tokens sampled for all of them at once.
+                    generation.start(token, probability, before_draw)
+                    while not generation.finished:
+                        events = await batcher.advance(generation)
+                        produced = sum(1 for e in events if e.token is not None)
+                        self.core.stats.generated_tokens += produced
+                        fed += produced
+                        for out in events:
+                            reply["finish"] = out.finish_reason
+                            yield out
+                finally:
+                    # Cut off with a token sampled but not fed: as if it was never drawn.
+                    if generation.pending and generation.before_draw is not None:
+                        rng.bit_generator.state = generation.before_draw
+                    # What a retry needs: the tokens fed and, with a seed of the call's own,
+                    # where its generator stands; then the session as it now is.
+                    seeded = options.seed is not None
+                    reply["rng"] = dict(rng.bit_generator.state) if seeded else None
+                    session.last = LastCall(request_id, reply) if request_id else None
+                    await asyncio.shield(self.core.store.save(session))
+        finally:
+            budget.refund(max_tokens - fed)

@@ -37,27 +37,43 @@ class TokenInput(NamedTuple):
 NO_INPUT = TokenInput()
 
 
-def encode_input(model: Model, given: TokenInput, *, field: str, limit: int) -> IntArray:
-    """Token ids from ids or text, checked: non-empty, in range, at most ``limit``
-    (the server's max_tokens_per_request)."""
+class InputLimits(NamedTuple):
+    """The server's limits on one input (max_tokens_per_request, max_text_chars)."""
+
+    tokens: int
+    text_chars: int
+
+
+def encode_input(model: Model, given: TokenInput, *, field: str, limits: InputLimits) -> IntArray:
+    """Token ids from ids or text, checked: non-empty, in range, within ``limits``.
+
+    The sizes are checked before any work that grows with them (converting the ids,
+    tokenizing the text), so an oversized input costs next to nothing.
+    """
     if not given.given:
         raise InvalidArgument(f"{field}: give token ids or text")
     if given.text is not None:
+        if len(given.text) > limits.text_chars:
+            raise over_limit(
+                f"{field}.text code points", len(given.text), limits.text_chars, "max_text_chars"
+            )
         try:
-            ids = model.package.tokenizer.encode(given.text)
+            encoded: Sequence[int] = model.package.tokenizer.encode(given.text)
         except TokenizeError as exc:
             raise InvalidArgument(f"{field}.text: {exc}") from None
     else:
-        ids = list(given.ids or ())
-    if not ids:
+        encoded = given.ids or ()
+    if not encoded:
         raise InvalidArgument(f"{field} is empty; at least one token is required")
-    if len(ids) > limit:
-        raise over_limit(f"{field} tokens", len(ids), limit, "max_tokens_per_request")
+    if len(encoded) > limits.tokens:
+        raise over_limit(f"{field} tokens", len(encoded), limits.tokens, "max_tokens_per_request")
+    ids = np.asarray(encoded, dtype=np.int64)
     size = model.package.tokenizer.size
-    for position, token in enumerate(ids):
-        if not 0 <= token < size:
-            raise out_of_range(f"{field}.ids[{position}]", token, f"0 .. {size - 1}")
-    return np.asarray(ids, dtype=np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= size))
+    if len(bad):
+        position = int(bad[0])
+        raise out_of_range(f"{field}.ids[{position}]", int(ids[position]), f"0 .. {size - 1}")
+    return ids
 
 
 def one_token(model: Model, given: TokenInput) -> int | None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rnnserve_server.errors import Unavailable, over_limit
+from rnnserve_server.errors import Unavailable, too_many_sessions
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -243,11 +243,9 @@ class RedisRecords:
                 ],
             )
         if status == -1:
-            raise over_limit("open sessions", count + 1, max_sessions, "max_sessions")
+            raise too_many_sessions(count + 1, max_sessions, per_caller=False)
         if status == -2:
-            raise over_limit(
-                "open sessions of this caller", count + 1, max_per_owner, "max_sessions_per_caller"
-            )
+            raise too_many_sessions(count + 1, max_per_owner, per_caller=True)
         if status == -3:  # 128 random bits collided: never expected
             raise RuntimeError(f"session id {session_id} exists already")
 

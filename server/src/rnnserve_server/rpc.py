@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,8 @@ from google.protobuf.message import DecodeError
 
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import Engine
-from rnnserve_server.errors import InvalidArgument, ServiceError
+from rnnserve_server.errors import NEVER, InvalidArgument, ServiceError
+from rnnserve_server.limits import CURRENT
 from rnnserve_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,21 @@ def bounded_details(message: str) -> str:
     return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
 
 
+def _nothing() -> None:
+    pass
+
+
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRFC A6: when to retry; negative: do not
+
+
+def _pushback(error: ServiceError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a refusal that knows when a retry can succeed."""
+    wait = getattr(error, "retry_after_s", None)
+    if wait is None:
+        return ()
+    return ((RETRY_PUSHBACK, "-1" if wait == NEVER else str(math.ceil(wait * 1000))),)
+
+
 def _log_fields(request: Any) -> dict[str, str]:
     """The session and model ids a request names, for structured (JSON) log lines."""
     fields = {}
@@ -128,6 +145,26 @@ class Accounted:
         if self.metrics is not None:
             self.metrics.observe(method, code, elapsed)
 
+    def _admit(self, context: Any) -> Callable[[], None]:
+        """Count the call against its caller's budget (RESOURCE_EXHAUSTED past
+        max_calls_per_caller) and make that budget the call's own; the function that
+        ends the count. The handler calls it as it ends, before its status goes out; the
+        call's end calls it too, for a handler gRPC never resumed (calling it twice is
+        calling it once)."""
+        limits = self.engine.limits
+        budget = limits.admit(caller_of(context))
+        held = True
+
+        def release(*_: Any) -> None:
+            nonlocal held
+            if held:
+                held = False
+                limits.release(budget)
+
+        context.add_done_callback(release)
+        CURRENT.set(budget)
+        return release
+
     def _cancelled(self, method: str) -> None:
         self.engine.stats.cancel(method)
         self._done(method, "CANCELLED")
@@ -146,7 +183,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(exc, ServiceError):
             log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
             self._done(method, exc.code.name)
-            await context.abort(exc.code, bounded_details(exc.message))
+            await context.abort(exc.code, bounded_details(exc.message), _pushback(exc))
         log.error("%s failed unexpectedly", method, exc_info=exc, extra=extra)
         self._done(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
@@ -156,8 +193,10 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def stream_wrapper(self: Accounted, request: Any, context: Any) -> Any:
             self._start()
+            release = _nothing
             try:
                 parsed(request)
+                release = self._admit(context)
                 async for item in handler(self, request, context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit):
@@ -171,13 +210,17 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
                 await fail(self, context, exc, request)
             else:
                 self._done(method, "OK")
+            finally:
+                release()
 
         return stream_wrapper
 
     @functools.wraps(handler)
     async def unary_wrapper(self: Accounted, request: Any, context: Any) -> Any:
         self._start()
+        release = _nothing
         try:
+            release = self._admit(context)
             reply = await handler(self, parsed(request), context)
         except asyncio.CancelledError:
             self._cancelled(method)
@@ -185,6 +228,8 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             await fail(self, context, exc, request)
             raise  # unreachable: abort raises
+        finally:
+            release()
         self._done(method, "OK")
         return reply
 

@@ -29,8 +29,8 @@ from rnnserve_server.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    over_limit,
     shown,
+    too_many_sessions,
 )
 from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords, changed_fields
 from rnnserve_server.repository import Model
@@ -205,17 +205,10 @@ class SessionStore:
         if self.records is not None:
             return
         if len(self._sessions) >= self.max_sessions:
-            raise over_limit(
-                "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
-            )
+            raise too_many_sessions(len(self._sessions) + 1, self.max_sessions, per_caller=False)
         owned = self._per_owner.get(owner, 0)
         if owned >= self.max_sessions_per_owner:
-            raise over_limit(
-                "open sessions of this caller",
-                owned + 1,
-                self.max_sessions_per_owner,
-                "max_sessions_per_caller",
-            )
+            raise too_many_sessions(owned + 1, self.max_sessions_per_owner, per_caller=True)
 
     def create(
         self,

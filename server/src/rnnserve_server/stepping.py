@@ -11,7 +11,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from rnnserve_server import outputs
+from rnnserve_server import limits, outputs
 from rnnserve_server.core import Core
 from rnnserve_server.errors import NotFound, ServiceError, out_of_range
 from rnnserve_server.inputs import TokenInput, check_request_id, check_top_k, one_token
@@ -114,6 +114,7 @@ class Stepping:
         if token is not None and not request_id and self.core.store.records is None:
             # The common case, kept short (it runs for every streamed token): one token,
             # no retry to recognise, the session in this process (nothing to load or save).
+            limits.current().spend(1)
             async with session.lock:
                 session.ensure_open()
                 top, distribution = await self.core.batcher(model).step(session, token, k, full)
@@ -206,7 +207,9 @@ class Stepping:
                 single[row] = exc
 
         for model, group in list(groups.items()):  # bad ids fail their steps alone
-            if not self._drop_bad_tokens(model, group, single):
+            if not self._drop_bad_tokens(model, group, single) or not self._within_budget(
+                group, single
+            ):
                 del groups[model]
         held: dict[int, Session] = {}  # the group sessions whose locks this call holds
         tasks: list[asyncio.Future[None]] = []
@@ -255,6 +258,22 @@ class Stepping:
         for i in reversed(bad):
             single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
             del rows[i], sessions[i], ids[i]
+        return bool(rows)
+
+    @staticmethod
+    def _within_budget(
+        group: tuple[list[int], list[Session], list[int]],
+        single: dict[int, StepOutput | ServiceError],
+    ) -> bool:
+        """Take the group's tokens from the caller's budget; the steps it cannot pay for
+        (the last ones) fail alone, RESOURCE_EXHAUSTED. False if none is left."""
+        rows, sessions, ids = group
+        budget = limits.current()
+        paid = budget.spend_up_to(len(rows))
+        if paid < len(rows):
+            refusal = budget.refusal(len(rows) - paid)
+            single.update(dict.fromkeys(rows[paid:], refusal))
+            del rows[paid:], sessions[paid:], ids[paid:]
         return bool(rows)
 
     async def _step_rows(
