@@ -18,6 +18,7 @@ gRPC's retry pushback.
 from __future__ import annotations
 
 import contextvars
+import math
 import time
 from collections.abc import Callable
 
@@ -132,7 +133,7 @@ class Budget:
         return ResourceExhausted(
             f"tokens = {tokens} exceeds what this caller may use now: {int(left)} left of "
             f"caller_token_burst = {limits.burst}, refilled at caller_tokens_per_s = "
-            f"{limits.rate:g}; retry in {wait * 1000:.0f} ms",
+            f"{limits.rate:g}; retry in {math.ceil(wait * 1000)} ms",
             retry_after_s=wait,
         )
 

@@ -40,6 +40,7 @@ from rnnserve_server.statecodec import rng_from_state
 log = logging.getLogger(__name__)
 
 SESSION_ID_HEX = 32  # 128 random bits
+SWEEP_SLICE = 1000  # sessions the expiry sweep looks at between two turns of the event loop
 
 
 class StatePool:
@@ -139,8 +140,8 @@ class Session:
     def rng(self, generator: np.random.Generator) -> None:
         self._rng = generator
 
-    def touch(self) -> None:
-        self.last_used = time.monotonic()
+    def touch(self, now: float | None = None) -> None:
+        self.last_used = time.monotonic() if now is None else now
 
     def ensure_open(self) -> None:
         if self.closed:
@@ -442,17 +443,24 @@ class SessionStore:
 
     @staticmethod
     def _idle_past_timeout(session: Session, now: float) -> bool:
-        return not session.busy and now - session.last_used > session.idle_timeout_s
+        return now - session.last_used > session.idle_timeout_s and not session.busy
 
     async def expire_idle(self) -> int:
         """Close sessions idle past their timeout; those with a call in flight are busy.
-        With a shared store only this replica's copies go (Redis expires the records)."""
-        now = self._clock()
-        idle = [s for s in self._sessions.values() if self._idle_past_timeout(s, now)]
+        With a shared store only this replica's copies go (Redis expires the records).
+        The sessions are looked at a slice at a time, other calls served in between, so
+        that a hundred thousand sessions never hold up the event loop."""
         reason = "expired" if self.records is None else "evicted"
-        for session in idle:
-            await self.close(session, reason=reason)
-        return len(idle)
+        everyone = list(self._sessions.values())
+        expired = 0
+        for start in range(0, len(everyone), SWEEP_SLICE):
+            now = self._clock()
+            for session in everyone[start : start + SWEEP_SLICE]:
+                if not session.closed and self._idle_past_timeout(session, now):
+                    await self.close(session, reason=reason)
+                    expired += 1
+            await asyncio.sleep(0)
+        return expired
 
     async def run_expiry(self, interval_s: float) -> None:
         while True:

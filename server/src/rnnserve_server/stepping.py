@@ -4,10 +4,12 @@ distribution, one session at a time (Step, StepStream) or many at once (StepMany
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,9 @@ from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.sessions import LastCall, Session
+
+# Rows of a StepMany message read between two turns of the event loop (~1 ms of work).
+SLICE_ROWS = 256
 
 
 @dataclass(slots=True)
@@ -81,6 +86,28 @@ class StepManyAnswer:
     size: int
     blocks: list[StepRows] = field(default_factory=list)
     single: dict[int, StepOutput | ServiceError] = field(default_factory=dict)
+
+    def whole(self) -> StepRows | None:
+        """The blocks as one, where they answer every step, in order, of one model."""
+        blocks = self.blocks
+        if self.single or not blocks:
+            return None
+        first = blocks[0]
+        if len(blocks) == 1:
+            return first if len(first.rows) == self.size else None
+        width = first.ids.shape[1]
+        if any(b.names is not first.names or b.ids.shape[1] != width for b in blocks):
+            return None
+        rows = [row for block in blocks for row in block.rows]
+        if rows != list(range(self.size)):
+            return None
+        return StepRows(
+            rows,
+            [steps for block in blocks for steps in block.steps],
+            np.concatenate([block.ids for block in blocks]),
+            np.concatenate([block.probabilities for block in blocks]),
+            first.names,
+        )
 
     def in_order(self) -> list[StepOutput | ServiceError]:
         """Every row's outcome, in the message's order."""
@@ -165,8 +192,12 @@ class Stepping:
         groups: dict[Model, tuple[list[int], list[Session], list[int]]] = {}
         ordinary: list[tuple[int, Session, int]] = []  # (row, session, where its tokens start)
         start = 0
+        starts: list[int] = []  # where each row's tokens start
         for row, session_id in enumerate(message.session_ids):
+            if row and not row % SLICE_ROWS:
+                await asyncio.sleep(0)  # other callers' turn between slices of a long message
             at = start
+            starts.append(at)
             start += 1 if lengths is None else lengths[row]
             try:  # looked up in message order, so a session named twice keeps its order
                 if request_ids:
@@ -207,12 +238,15 @@ class Stepping:
                 single[row] = exc
 
         for model, group in list(groups.items()):  # bad ids fail their steps alone
-            if not self._drop_bad_tokens(model, group, single) or not self._within_budget(
-                group, single
+            ordinary += self._busy_meanwhile(group, starts)
+            if (
+                not group[0]
+                or not self._drop_bad_tokens(model, group, single)
+                or not self._within_budget(group, single)
             ):
                 del groups[model]
         held: dict[int, Session] = {}  # the group sessions whose locks this call holds
-        tasks: list[asyncio.Future[None]] = []
+        tasks: list[asyncio.Future[Any]] = []
         try:
             # Every group's locks before any group runs, in one order (by session id):
             # two messages cannot each hold a lock the other waits for.
@@ -222,16 +256,33 @@ class Stepping:
                 await session.lock.acquire()
                 held[id(session)] = session
             tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
-            for model, (rows, sessions, ids) in groups.items():
+
+            async def chunk(model: Model, part: slice) -> StepRows:
+                rows, sessions, ids = groups[model]
                 try:
-                    block = await self._step_rows(
-                        model, rows, sessions, ids, k=k, request_ids=request_ids, single=single
+                    return await self._step_rows(
+                        model,
+                        rows[part],
+                        sessions[part],
+                        ids[part],
+                        k=k,
+                        request_ids=request_ids,
+                        single=single,
                     )
-                finally:  # each group's sessions are free as soon as it is answered
-                    for session in sessions:
+                finally:  # a chunk's sessions are free as soon as it is answered
+                    for session in sessions[part]:
                         del held[id(session)]
                         session.lock.release()
-                answer.blocks.append(block)
+
+            # In chunks of SLICE_ROWS, each answered in a turn of the event loop of its
+            # own (the batcher still runs up to max_batch rows at once).
+            chunks = [
+                asyncio.ensure_future(chunk(model, slice(start, start + SLICE_ROWS)))
+                for model, (rows, _, _) in groups.items()
+                for start in range(0, len(rows), SLICE_ROWS)
+            ]
+            tasks += chunks
+            answer.blocks += await asyncio.gather(*chunks)
             await asyncio.gather(*tasks)
         finally:
             for session in held.values():
@@ -259,6 +310,22 @@ class Stepping:
             single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
             del rows[i], sessions[i], ids[i]
         return bool(rows)
+
+    @staticmethod
+    def _busy_meanwhile(
+        group: tuple[list[int], list[Session], list[int]], starts: list[int]
+    ) -> list[tuple[int, Session, int]]:
+        """Take out of the group the sessions another call took up while the message was
+        being read (between its slices); they go the ordinary way, which waits for them,
+        so that the group's locks are all free and taken at once. ``starts``: where each
+        row's tokens start."""
+        rows, sessions, ids = group
+        moved = []
+        for i in reversed(range(len(rows))):
+            if sessions[i].busy:
+                moved.append((rows[i], sessions[i], starts[rows[i]]))
+                del rows[i], sessions[i], ids[i]
+        return moved[::-1]
 
     @staticmethod
     def _within_budget(
@@ -291,9 +358,10 @@ class Stepping:
         one group."""
         tokens = np.asarray(ids, dtype=np.int64)
         answer = await self.core.batcher(model).step_rows(sessions, tokens, k)
+        now = time.monotonic()
         for session, row in zip(sessions, rows, strict=True):
             session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
-            session.touch()
+            session.touch(now)
         steps = [session.steps for session in sessions]
         ids_out, probabilities = answer.ids, answer.probabilities
         if answer.closed:  # closed while waiting: not applied

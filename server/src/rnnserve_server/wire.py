@@ -179,8 +179,8 @@ def step_columns(request: pb.StepManyRequest, limits: MessageLimits) -> StepColu
 def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
     """The columns of a StepMany answer."""
     response = pb.StepManyResponse()
-    if not answer.single and len(answer.blocks) == 1 and len(answer.blocks[0].rows) == answer.size:
-        block = answer.blocks[0]  # every step answered together, in order: whole columns
+    block = answer.whole()
+    if block is not None:  # every step answered together, in order: whole columns
         count, k = block.ids.shape
         top_ids = block.ids.ravel().tolist()
         names = block.names
