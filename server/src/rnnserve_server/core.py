@@ -40,7 +40,15 @@ class Core:
             max_sessions_per_owner=config.max_sessions_per_caller,
             default_idle_timeout_s=config.session_idle_timeout_s,
             max_idle_timeout_s=config.max_session_idle_timeout_s,
-            records=RedisRecords(config.session_store) if config.session_store else None,
+            records=(
+                RedisRecords(
+                    config.session_store,
+                    connections=config.session_store_connections,
+                    timeout_s=config.session_store_timeout_s,
+                )
+                if config.session_store
+                else None
+            ),
             resolve=self._model_of_record,
         )
         self.limits = limits.Limits(

@@ -199,12 +199,28 @@ def _reachable(url: str) -> Iterator[None]:
 class RedisRecords:
     """Session records in one Redis database, under ``prefix``."""
 
-    def __init__(self, url: str, prefix: str = "rnnserve:") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "rnnserve:",
+        *,
+        connections: int = 32,
+        timeout_s: float = 5.0,
+    ) -> None:
         import redis.asyncio  # only this store needs the redis package
 
         self.url = url
         self.shown_url = _without_password(url)
-        self.redis = redis.asyncio.Redis.from_url(url)
+        # At most ``connections``; a call finding them all busy waits for one (up to
+        # ``timeout_s``, as it waits for an answer), instead of failing at once.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        self.redis = redis.asyncio.Redis.from_pool(pool)  # closing it closes the pool
         self.prefix = prefix
         self._create = self.redis.register_script(_CREATE)
         self._load = self.redis.register_script(_LOAD)
