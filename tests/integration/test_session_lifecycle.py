@@ -546,30 +546,55 @@ def test_a_caller_may_hold_only_so_many_sessions(models_dir: Path, model_name: s
         second.close()
 
 
-def test_expiry_frees_every_slot(models_dir: Path, model_name: str) -> None:
+def test_expiry_frees_every_slot_and_the_pool_gives_its_memory_back(
+    models_dir: Path, model_name: str
+) -> None:
     config = server_config(models_dir, session_idle_timeout_s=1)
     with ServerThread(config) as server:
         engine = server.running.engine  # type: ignore[union-attr]
         store = engine.store
         pool = server.run(lambda: store.pool(engine.repository.get(model_name)))
         initial_capacity = server.run(lambda: pool.capacity)
+        initial_bytes = server.run(lambda: store.state_bytes)
 
-        async def open_sessions(count: int) -> None:
+        async def open_sessions(count: int, **options: int) -> list[str]:
             # In waves: thousands of calls at once on one connection make gRPC drop it.
+            opened = []
             async with AsyncClient(server.address, timeout=60) as client:
                 for wave in range(0, count, 100):
                     opening = range(wave, min(wave + 100, count))
-                    await asyncio.gather(*(client.create_session(model_name) for _ in opening))
+                    created = await asyncio.gather(
+                        *(client.create_session(model_name, **options) for _ in opening)
+                    )
+                    opened += [session.id for session in created]
+            return opened
 
         def occupancy() -> tuple[int, int]:
             return server.run(lambda: (len(store), pool.in_use))
 
         asyncio.run(open_sessions(2000))
-        capacity = server.run(lambda: pool.capacity)
-        assert capacity > initial_capacity  # the sessions held slots: the pool grew for them
-        wait_for(lambda: occupancy() == (0, 0), timeout=20)
-        assert server.run(lambda: store.expired_total) == 2000
-        # The freed slots are reused: as many sessions again fit without growing the pool.
-        asyncio.run(open_sessions(capacity))
+        # Ten sessions outlive the others, each in a state of its own, opened last: in
+        # the upper slots, which the shrinking pool moves down.
+        with Client(server.address) as client:
+            kept = asyncio.run(open_sessions(10, idle_timeout_s=120))
+            for i, session_id in enumerate(kept):
+                client.step(session_id, [4 + i, 9, 5 + i])
+            capacity = server.run(lambda: pool.capacity)
+            assert capacity > initial_capacity  # the sessions held slots: the pool grew
+            slots_before = server.run(lambda: [store._sessions[i].slot for i in kept])
+            wait_for(lambda: occupancy() == (10, 10), timeout=20)
+            assert server.run(lambda: store.expired_total) == 2000
+            wait_for(lambda: server.run(lambda: pool.capacity) < capacity, timeout=10)
+            assert server.run(lambda: pool.capacity) == initial_capacity  # 10 in use: the least
+            assert server.run(lambda: store.state_bytes) == initial_bytes
+            slots_after = server.run(lambda: [store._sessions[i].slot for i in kept])
+            assert min(slots_before) >= initial_capacity > max(slots_after)  # they moved
+            # Every kept session goes on exactly as one that never moved.
+            for i, session_id in enumerate(kept):
+                with client.create_session(model_name) as control:
+                    client.step(control.id, [4 + i, 9, 5 + i])
+                    expected = client.step(control.id, [7])
+                assert_top_close(client.step(session_id, [7]), expected)
+        # The freed slots are reused: as many sessions again grow the pool to the same size.
+        asyncio.run(open_sessions(capacity - 10))
         assert server.run(lambda: pool.capacity) == capacity
-        wait_for(lambda: occupancy() == (0, 0), timeout=20)

@@ -40,7 +40,8 @@ from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
-from rnnserve_server.sessions import Session, StatePool
+from rnnserve_server.sessions import Session
+from rnnserve_server.statepool import StatePool
 from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ class StepBatcher:
                     self._executor, self._runtime.step, tokens, state
                 )
                 self._running = True
+                pool.pin()  # the run's slots must stay where they are until it is back
                 future.add_done_callback(functools.partial(self._ran, run))
                 return
             outputs = self._runtime.step(tokens, state)
@@ -288,7 +290,8 @@ class StepBatcher:
     def _ran(self, run: _Run, future: asyncio.Future[tuple[FloatArray, FloatArray]]) -> None:
         """A run on a worker thread has ended (back on the event loop)."""
         self._running = False
-        if self._closed:
+        run.pool.unpin()
+        if self._closed or future.cancelled():  # the server is stopping
             self._cancel(run.batch, run.groups, run.jobs)
             return
         try:

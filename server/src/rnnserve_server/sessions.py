@@ -1,9 +1,10 @@
 """The in-process session store: hidden state per session, idle expiry, limits.
 
-State lives in one preallocated array per model, ``[L, capacity, H]``, indexed by
-slot, so gathering a batch of sessions is one indexing operation. A slot is released
-exactly once, under the session's lock, after the session has left the index: no
-in-flight call can write into a slot that another session has been given.
+State lives in one preallocated array per model (statepool.py), indexed by slot, so
+gathering a batch of sessions is one indexing operation. A slot is released exactly
+once, under the session's lock, after the session has left the index: no in-flight
+call can write into a slot that another session has been given. The expiry sweep
+shrinks pools that have become mostly free (their sessions' slots move).
 
 With a shared store (``records``, Redis) the record there is the session and the pool
 slot a cache of it: ``load`` brings the slot up to date at the start of each call and
@@ -15,6 +16,7 @@ Everything here runs on the event loop thread; inference threads only ever see c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -36,51 +38,12 @@ from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisReco
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
 from rnnserve_server.statecodec import rng_from_state
+from rnnserve_server.statepool import StatePool
 
 log = logging.getLogger(__name__)
 
 SESSION_ID_HEX = 32  # 128 random bits
 SWEEP_SLICE = 1000  # sessions the expiry sweep looks at between two turns of the event loop
-
-
-class StatePool:
-    """Hidden states of one model's sessions, ``[L, capacity, H]``, grown by doubling."""
-
-    def __init__(self, layers: int, hidden: int, capacity: int = 64) -> None:
-        self.states: FloatArray = np.zeros((layers, capacity, hidden), dtype=np.float32)
-        self._free = list(range(capacity - 1, -1, -1))
-        self.in_use = 0
-
-    @property
-    def capacity(self) -> int:
-        return int(self.states.shape[1])
-
-    def allocate(self, initial: FloatArray) -> int:
-        if not self._free:
-            old = self.capacity
-            grown = np.zeros((self.states.shape[0], old * 2, self.states.shape[2]), np.float32)
-            grown[:, :old] = self.states
-            self.states = grown
-            self._free = list(range(old * 2 - 1, old - 1, -1))
-        slot = self._free.pop()
-        self.states[:, slot, :] = initial
-        self.in_use += 1
-        return slot
-
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
-        self.in_use -= 1
-
-    def gather(self, slots: list[int]) -> FloatArray:
-        """A copy of the states of these slots, [L, B, H]."""
-        return self.states[:, slots, :]
-
-    def scatter(self, slots: list[int], states: FloatArray) -> None:
-        self.states[:, slots, :] = states
-
-    @property
-    def state_bytes(self) -> int:
-        return int(self.states.nbytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +133,7 @@ class SessionStore:
         self.max_idle_timeout_s = max_idle_timeout_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self._releasing: set[Session] = set()  # out of the index, their slots not yet free
         self._pools: dict[Model, StatePool] = {}
         self._per_owner: dict[str, int] = {}
         self.expired_total = 0
@@ -424,6 +388,7 @@ class SessionStore:
         if self._sessions.pop(session.id, None) is None:
             return False  # already closed or expired: the slot is released only once
         session.closed = True
+        self._releasing.add(session)
         left = self._per_owner[session.owner] - 1
         if left:
             self._per_owner[session.owner] = left
@@ -440,6 +405,7 @@ class SessionStore:
         """Free the slot once no call of the session is in flight (under its lock)."""
         async with session.lock:
             self.pool(session.model).release(session.slot)
+            self._releasing.discard(session)
 
     @staticmethod
     def _idle_past_timeout(session: Session, now: float) -> bool:
@@ -460,7 +426,31 @@ class SessionStore:
                     await self.close(session, reason=reason)
                     expired += 1
             await asyncio.sleep(0)
+        self._shrink_pools()
         return expired
+
+    def _shrink_pools(self) -> None:
+        """Give back the memory of pools that are mostly free (statepool.py): their
+        sessions' slots move."""
+        for model, pool in self._pools.items():
+            if not pool.shrinkable:
+                continue
+            holders = {
+                s.slot: s
+                for s in itertools.chain(self._sessions.values(), self._releasing)
+                if s.model is model
+            }
+            if len(holders) != pool.in_use:  # a slot whose holder is unknown: leave it be
+                log.warning(
+                    "state pool of %s/%s: %d slots in use, %d sessions hold one; not shrunk",
+                    model.name,
+                    model.version,
+                    pool.in_use,
+                    len(holders),
+                )
+                continue
+            for old, new in pool.shrink().items():
+                holders[old].slot = new
 
     async def run_expiry(self, interval_s: float) -> None:
         while True:
