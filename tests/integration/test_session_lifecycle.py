@@ -15,15 +15,20 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import ServerThread, assert_top_close, copy_package, edit_manifest, server_config
+from support import (
+    ServerThread,
+    assert_top_close,
+    copy_package,
+    edit_manifest,
+    scrape,
+    server_config,
+)
 
 from rnnserve import (
     AsyncClient,
@@ -478,17 +483,6 @@ def test_health_follows_each_model(tiny_package: Path, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the metrics endpoint, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_metrics_count_calls_sessions_batches_tokens_and_cancellations(

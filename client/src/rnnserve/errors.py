@@ -101,13 +101,20 @@ def from_rpc_error(error: grpc.RpcError) -> RnnServeError:
     """Return the typed exception for a failed gRPC call.
 
     Codes without a subclass of their own (UNKNOWN, UNIMPLEMENTED, ...) give a plain
-    `RnnServeError` that still carries the code.
+    `RnnServeError` that still carries the code. A stream reset by a proxy mid-call
+    (gRPC's INTERNAL "Received RST_STREAM with error code 2") is `Unavailable`: that is
+    what a load balancer does when the replica behind it dies.
     """
     # A bare grpc.RpcError() carries no status; the ones raised by calls always do.
     code_of = getattr(error, "code", None)
     code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
     details_of = getattr(error, "details", None)
     details = (details_of() if callable(details_of) else None) or ""
+    if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+        # Not the server's INTERNAL ("internal error in <method>; see server log"): a proxy
+        # reset the stream (HTTP/2 INTERNAL_ERROR) as the replica behind it went away.
+        code = grpc.StatusCode.UNAVAILABLE
+        details = f"the stream was reset on its way (its server went away?): {details}"
     return from_status(code, details, _pushback(error))
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("rnnserve_server")
 
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
 EXPIRY_SWEEP_S = 1.0
+STOP_FLUSH_S = 1.0  # at the end of a shutdown: for the last statuses to go out
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,15 +79,24 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
+    servicer: RnnServeServicer
 
-    async def stop(self, grace: float | None) -> None:
-        """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
+    async def stop(self, grace: float, interrupt: asyncio.Event | None = None) -> None:
+        """Drain, then stop. For ``grace`` seconds (or until ``interrupt`` is set) the
+        health service is served and reports NOT_SERVING, so that load balancers see it
+        and send new calls elsewhere, while every call is still served; then the calls
+        still in flight end with UNAVAILABLE (their callers retry elsewhere) and the
+        server stops."""
         await self.health.enter_graceful_shutdown()
+        if grace > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for((interrupt or asyncio.Event()).wait(), grace)
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.server.stop(grace)
+        await self.servicer.end_calls(STOP_FLUSH_S)
+        await self.server.stop(STOP_FLUSH_S)
         await self.engine.close()
         self.metrics.stop()
 
@@ -139,14 +149,17 @@ async def create_server(config: ServerConfig) -> RunningServer:
 
     tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
     server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(tokens)] if tokens else [],
+        interceptors=(
+            [BearerTokenInterceptor(tokens, metrics.refused_authentication)] if tokens else []
+        ),
         options=[
             ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    add_to_server(RnnServeServicer(engine, metrics), server)
+    servicer = RnnServeServicer(engine, metrics)
+    add_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -198,7 +211,9 @@ async def create_server(config: ServerConfig) -> RunningServer:
     if config.metrics_port >= 0:
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
-    return RunningServer(server, port, engine, health_servicer, metrics, metrics_port, background)
+    return RunningServer(
+        server, port, engine, health_servicer, metrics, metrics_port, background, servicer
+    )
 
 
 async def serve(config: ServerConfig) -> None:
@@ -216,8 +231,13 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.shutdown_grace_s)
-    await running.stop(config.shutdown_grace_s)
+    stop.clear()  # a second signal ends the grace period at once
+    log.info(
+        "shutting down: health NOT_SERVING and calls still served for %.1f s (grace), then "
+        "calls in flight end with UNAVAILABLE; a second signal stops at once",
+        config.shutdown_grace_s,
+    )
+    await running.stop(config.shutdown_grace_s, stop)
     log.info("stopped")
 
 

@@ -6,20 +6,26 @@ e.g. from the variable RNNSERVE_AUTH_TOKENS) and/or the file ``auth_tokens_file`
 ``authorization: Bearer <token>``; its caller is then that token's name, which owns the
 sessions it creates: another caller's session id answers NOT_FOUND, exactly like an
 unknown one. Every method except the health service answers UNAUTHENTICATED without a
-valid token. With no tokens configured, authentication is off and the caller is the
-peer's IP address.
+valid token; each refusal is counted (rnnserve_auth_failures_total{reason}) and logged,
+rate-limited, without what was presented. With no tokens configured, authentication is
+off and the caller is the peer's IP address.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from rnnserve_server.throttledlog import ThrottledLog
+
+log = logging.getLogger(__name__)
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rnnserve_caller", default=None
 )
@@ -49,20 +55,35 @@ def load_tokens(inline: str, file: str) -> dict[str, str]:
     return tokens
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self._tokens = tokens
+# Why a call was refused (the label of rnnserve_auth_failures_total).
+NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN = "no token", "not a bearer token", "unknown token"
+REFUSAL_REASONS = (NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN)
 
-    def _caller(self, metadata: Any) -> str | None:
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls without a valid token; each refusal is counted (``on_refused``,
+    with its reason) and logged, at most a few lines per reason every 10 s, with the
+    method and the peer but never what the caller presented."""
+
+    def __init__(
+        self, tokens: dict[str, str], on_refused: Callable[[str], None] | None = None
+    ) -> None:
+        self._tokens = tokens
+        self._on_refused = on_refused
+        self._log = ThrottledLog(log)
+
+    def _caller(self, metadata: Any) -> tuple[str | None, str]:
+        """The caller's name, or None and why not."""
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
                 scheme, _, presented = value.partition(" ")
                 if scheme.lower() != "bearer":
-                    return None
+                    return None, NOT_BEARER
                 for token, name in self._tokens.items():  # compare every one: constant time
                     if hmac.compare_digest(token.encode(), presented.strip().encode()):
-                        return name
-        return None
+                        return name, ""
+                return None, UNKNOWN_TOKEN
+        return None, NO_TOKEN
 
     async def intercept_service(
         self,
@@ -72,14 +93,22 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
-        caller = self._caller(details.invocation_metadata)
+        caller, reason = self._caller(details.invocation_metadata)
         if caller is None:
-            return _refusal(handler)
+            return _refusal(handler, functools.partial(self._refused, details.method, reason))
         return _with_caller(handler, caller)
 
+    def _refused(self, method: str, reason: str, peer: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        self._log.log(
+            logging.WARNING, reason, "refused a call to %s from %s: %s", method, peer, reason
+        )
 
-def _refusal(handler: Handler) -> Handler:
+
+def _refusal(handler: Handler, refused: Callable[[str], None]) -> Handler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        refused(context.peer())
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "a valid 'authorization: Bearer <token>' metadata entry is required",

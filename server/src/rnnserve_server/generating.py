@@ -22,6 +22,7 @@ from rnnserve_server.inputs import TokenInput, check_request_id
 from rnnserve_server.repository import Model
 from rnnserve_server.sampling import SamplingParams
 from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.shield import shielded
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
@@ -103,6 +104,7 @@ class Generating:
         budget = limits.current()
         budget.spend(max_tokens)  # the tokens not generated are given back at the end
         fed = 0
+        gone = False
         try:
             ids = self.core.encode(model, prompt, field="prompt") if prompt.given else None
             async with session.lock:
@@ -166,6 +168,9 @@ class Generating:
                         for out in events:
                             reply["finish"] = out.finish_reason
                             yield out
+                except (GeneratorExit, asyncio.CancelledError):
+                    gone = True  # the caller went away: nobody to tell how the save went
+                    raise
                 finally:
                     # Cut off with a token sampled but not fed: as if it was never drawn.
                     if generation.pending and generation.before_draw is not None:
@@ -175,6 +180,8 @@ class Generating:
                     seeded = options.seed is not None
                     reply["rng"] = dict(rng.bit_generator.state) if seeded else None
                     session.last = LastCall(request_id, reply) if request_id else None
-                    await asyncio.shield(self.core.store.save(session))
+                    await shielded(
+                        self.core.store.save(session), f"saving session {session.id}", gone
+                    )
         finally:
             budget.refund(max_tokens - fed)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from rnnserve_server.auth import REFUSAL_REASONS
 from rnnserve_server.stats import BATCH_BUCKETS, QUEUE_BUCKETS, BatchStats, EngineStats
 
 _LATENCY_BUCKETS = (
@@ -83,12 +84,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "rnnserve_auth_failures",
+            "calls refused for want of a valid bearer token, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:  # each shown from the start, at 0
+            self.auth_failures.labels(reason)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
+
+    def refused_authentication(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
 
     def watch(self, engine: Observed) -> None:
         self.registry.register(_EngineCollector(engine))

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from rnnserve_server.auth import CURRENT_CALLER
 from rnnserve_server.engine import Engine
-from rnnserve_server.errors import NEVER, InvalidArgument, ServiceError
+from rnnserve_server.errors import NEVER, InvalidArgument, ServiceError, Unavailable
 from rnnserve_server.limits import CURRENT
 from rnnserve_server.metrics import Metrics
 
@@ -101,6 +101,7 @@ def _nothing() -> None:
     pass
 
 
+SHUTTING_DOWN = "the server is shutting down; retry the call (on another replica)"
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRFC A6: when to retry; negative: do not
 
 
@@ -128,17 +129,38 @@ class Accounted:
     def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
-        self._started: dict[int, float] = {}
+        self._calls: dict[asyncio.Task[Any], float] = {}  # in flight: when each began
+        self._writing: set[asyncio.Task[Any]] = set()  # streams whose response gRPC sends
+        self._stopping = False
 
     def _start(self) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._started[id(task)] = time.perf_counter()
+            self._calls[task] = time.perf_counter()
 
     def _elapsed(self) -> float:
         task = asyncio.current_task()
-        began = self._started.pop(id(task), None) if task is not None else None
+        began = self._calls.pop(task, None) if task is not None else None
         return 0.0 if began is None else time.perf_counter() - began
+
+    async def end_calls(self, wait_s: float) -> None:
+        """The server stops: every call still in flight ends now with UNAVAILABLE (its
+        caller retries elsewhere), never with the OK of a stream cut short, which is
+        what gRPC would answer for a cancelled streaming handler."""
+        self._stopping = True
+        calls = list(self._calls)
+        for task in calls:
+            # A stream's task cancelled while gRPC sends one of its responses would end
+            # with OK (gRPC swallows the cancel there): that one stops after the send.
+            if task not in self._writing:
+                task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=wait_s)
+
+    async def _stopped(self, method: str, context: Any) -> None:
+        """A call cancelled by ``end_calls``: UNAVAILABLE (abort raises)."""
+        self._done(method, "UNAVAILABLE")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     def _done(self, method: str, code: str) -> None:
         elapsed = self._elapsed()
@@ -180,6 +202,8 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
 
     async def fail(self: Accounted, context: Any, exc: BaseException, request: Any = None) -> None:
         extra = _log_fields(request)
+        if isinstance(exc, ConnectionError):  # a socket the call needed: not a bug
+            exc = Unavailable(f"a connection this call needed failed ({exc!r}); retry the call")
         if isinstance(exc, ServiceError):
             log.info("%s -> %s: %s", method, exc.code.name, exc.message, extra=extra)
             self._done(method, exc.code.name)
@@ -197,11 +221,24 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 parsed(request)
                 release = self._admit(context)
+                task = asyncio.current_task()
+                assert task is not None  # every call is a task of its own
                 async for item in handler(self, request, context):
-                    yield item
-            except (asyncio.CancelledError, GeneratorExit):
+                    self._writing.add(task)
+                    try:
+                        yield item
+                    finally:
+                        self._writing.discard(task)
+                    if self._stopping:
+                        await self._stopped(method, context)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    await self._stopped(method, context)
+                self._cancelled(method)
+                raise
+            except GeneratorExit:
                 # A cancel that lands while gRPC writes a response closes the generator at
-                # its yield (GeneratorExit) instead of cancelling the task: count both.
+                # its yield instead of cancelling the task: counted as cancelled too.
                 self._cancelled(method)
                 raise
             except grpc.aio.AbortError:
@@ -223,6 +260,8 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             release = self._admit(context)
             reply = await handler(self, parsed(request), context)
         except asyncio.CancelledError:
+            if self._stopping:
+                await self._stopped(method, context)
             self._cancelled(method)
             raise
         except Exception as exc:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.sessions import LastCall, Session
 
+T = TypeVar("T")
 # Rows of a StepMany message read between two turns of the event loop (~1 ms of work).
 SLICE_ROWS = 256
 
@@ -282,8 +283,8 @@ class Stepping:
                 for start in range(0, len(rows), SLICE_ROWS)
             ]
             tasks += chunks
-            answer.blocks += await asyncio.gather(*chunks)
-            await asyncio.gather(*tasks)
+            answer.blocks += await _every(chunks)
+            await _every(tasks)
         finally:
             for session in held.values():
                 session.lock.release()
@@ -374,3 +375,13 @@ class Stepping:
             ids_out, probabilities = ids_out[kept], probabilities[kept]
         names = outputs.names(model)
         return StepRows(rows, steps, ids_out, probabilities, names)
+
+
+async def _every(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """The results of all ``tasks``, or the first error: once every task has ended, so
+    that no error of another is left unretrieved."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]

@@ -1,0 +1,216 @@
+"""What a server tells its callers and its balancer as it goes away, in real processes:
+health NOT_SERVING through the whole shutdown grace period while calls are still served,
+UNAVAILABLE for calls cut off (directly, and through nginx when a replica dies), and no
+unretrieved-task tracebacks in a storm of cancelled generations with Redis."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import Nginx, RedisServer, ServerProcess, started
+
+from rnnserve import Client, StepInput, Unavailable
+from rnnserve.v1 import rnnserve_pb2 as pb
+from rnnserve.v1 import rnnserve_pb2_grpc
+
+GRACE_S = 3.0
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def replica(models_dir: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess("--models", str(models_dir), "--shutdown-grace-s", str(GRACE_S))
+    try:
+        yield server
+    finally:
+        end(server)
+
+
+def end(server: ServerProcess) -> None:
+    """Kill it if it still runs; either way, its log read to the end and its pipe closed."""
+    if server.process.poll() is None:
+        server.kill()
+    else:
+        server.stop()
+
+
+def held_stream(client: Client, session_id: str) -> tuple[threading.Thread, list[Any]]:
+    """A StepStream answered once, then held open by its caller; its outcome lands in
+    the returned list (the results, then the error that ended it, if any)."""
+    outcome: list[Any] = []
+    answered = threading.Event()
+
+    def run() -> None:
+        def inputs() -> Iterator[StepInput]:
+            yield StepInput(session_id, [5])
+            time.sleep(60)
+
+        try:
+            for result in client.step_stream(inputs()):
+                outcome.append(result)
+                answered.set()
+        except Exception as error:  # the outcome under test
+            outcome.append(error)
+            answered.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert answered.wait(30)
+    return thread, outcome
+
+
+def test_health_is_not_serving_for_the_whole_grace_period(
+    replica: ServerProcess, model_name: str
+) -> None:
+    with (
+        Client(replica.address, timeout=10, retries=0) as client,
+        grpc.insecure_channel(replica.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        session = client.create_session(model_name)
+        thread, outcome = held_stream(client, session.id)
+        began = time.monotonic()
+        replica.process.send_signal(signal.SIGTERM)
+        statuses = []
+        last_answer = began
+        served_meanwhile = False
+        while replica.process.poll() is None:
+            try:
+                statuses.append(health.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+            except grpc.RpcError:
+                break  # the very end: the server has stopped serving
+            last_answer = time.monotonic()
+            if not served_meanwhile and time.monotonic() - began > 1.0:
+                with client.create_session(model_name) as late:  # new calls still served
+                    served_meanwhile = late.step(tokens=[4, 5]).steps == 2
+            time.sleep(0.05)
+        assert replica.process.wait(30) == 0
+        elapsed = time.monotonic() - began
+    assert elapsed >= GRACE_S
+    assert statuses and set(statuses) == {NOT_SERVING}  # observable, all along
+    assert last_answer - began >= GRACE_S - 0.5  # answered to the end of the grace period
+    assert served_meanwhile
+    thread.join(10)
+    error = outcome[-1]
+    assert isinstance(error, Unavailable), outcome  # cut off at the end: UNAVAILABLE, not OK
+    assert "shutting down" in error.details
+
+
+def test_a_second_signal_stops_at_once(models_dir: Path, model_name: str) -> None:
+    server = ServerProcess("--models", str(models_dir), "--shutdown-grace-s", "60")
+    began = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    server.process.send_signal(signal.SIGINT)
+    assert server.stop() == 0
+    assert time.monotonic() - began < 20
+
+
+@pytest.fixture
+def balanced(models_dir: Path, tmp_path: Path) -> Iterator[tuple[Nginx, ServerProcess]]:
+    """One replica behind nginx (as docker/balancer/nginx.conf)."""
+    server = ServerProcess("--models", str(models_dir), "--shutdown-grace-s", "1")
+    try:
+        with started(Nginx(tmp_path, [server.address])) as balancer:
+            yield balancer, server
+    finally:
+        end(server)
+
+
+def generation_cut_off(address: str, model: str, cut: Any) -> grpc.RpcError:
+    """A raw client's greedy (never ending early) Generate, ``cut()`` after its first
+    message; the error the stream ends with."""
+    with grpc.insecure_channel(address) as channel:
+        stub = rnnserve_pb2_grpc.RnnServeStub(channel)
+        session = stub.CreateSession(pb.CreateSessionRequest(model=model)).session_id
+        request = pb.GenerateRequest(session_id=session, max_tokens=4000, temperature=0.0)
+        stream = stub.Generate(request, timeout=60)
+        next(stream)
+        cut()
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in stream:
+                pass
+        return ended.value
+
+
+def test_a_replica_killed_mid_stream_behind_nginx_is_unavailable_to_the_client(
+    balanced: tuple[Nginx, ServerProcess], model_name: str
+) -> None:
+    balancer, server = balanced
+    error = generation_cut_off(balancer.address, model_name, server.kill)
+    # What gRPC makes of nginx resetting the stream (HTTP/2 INTERNAL_ERROR) ...
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "RST_STREAM" in (error.details() or "")
+    # ... which the client library raises as what it is
+    from rnnserve.errors import from_rpc_error
+
+    assert isinstance(from_rpc_error(error), Unavailable)
+
+
+def test_a_replica_killed_mid_stream_is_unavailable(
+    replica: ServerProcess, model_name: str
+) -> None:
+    error = generation_cut_off(replica.address, model_name, replica.kill)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_replica_stopping_mid_stream_behind_nginx_says_so(
+    balanced: tuple[Nginx, ServerProcess], model_name: str
+) -> None:
+    balancer, server = balanced
+    error = generation_cut_off(
+        balancer.address, model_name, lambda: server.process.send_signal(signal.SIGTERM)
+    )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # the server's own status, through nginx
+    assert "shutting down" in (error.details() or "")
+    assert server.process.wait(30) == 0
+
+
+def test_cancelled_generations_whose_save_meets_aborted_leave_no_traceback(
+    models_dir: Path, tmp_path: Path, model_name: str
+) -> None:
+    """Each session generates on one replica while a step through the other moves its
+    record on; the generation is then cancelled, so its cleanup save meets ABORTED
+    after its caller has gone: logged as that, not as an unretrieved task's traceback."""
+    with started(RedisServer(tmp_path / "redis")) as redis:
+        env = {"RNNSERVE_SESSION_STORE": redis.url, "RNNSERVE_SHUTDOWN_GRACE_S": "0"}
+        one, two = (ServerProcess("--models", str(models_dir), env=env) for _ in range(2))
+        try:
+            with (
+                grpc.insecure_channel(one.address) as first,
+                grpc.insecure_channel(two.address) as second,
+            ):
+                generating = rnnserve_pb2_grpc.RnnServeStub(first)
+                stepping = rnnserve_pb2_grpc.RnnServeStub(second)
+
+                def storm(_: int) -> None:
+                    created = generating.CreateSession(pb.CreateSessionRequest(model=model_name))
+                    request = pb.GenerateRequest(
+                        session_id=created.session_id, max_tokens=300, temperature=0.0
+                    )
+                    stream = generating.Generate(request, timeout=60)
+                    next(stream)
+                    stepping.Step(pb.StepRequest(session_id=created.session_id, text="x"))
+                    stream.cancel()
+
+                threads = [threading.Thread(target=storm, args=(i,)) for i in range(30)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(60)
+                time.sleep(1.0)  # the cut-off generations close and save
+        finally:
+            for server in (one, two):
+                server.stop()
+    log = "".join(one.lines)
+    assert "after its caller went away" in log  # the storm did reach the cleanup save
+    assert "never retrieved" not in log
+    assert "Traceback" not in log
