@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import secrets
 import sys
 import tempfile
 import time
@@ -38,10 +39,15 @@ RESULTS = REPO_ROOT / "bench" / "results" / "scaleout.json"
 MEMORY, REDIS, REPLICAS = "memory", "redis", "3 replicas + nginx"
 
 
-def server_command(models: Path, store: str) -> list[str]:
+def server_command(models: Path, store: str = "", keys: Path | None = None) -> list[str]:
+    """The server's command; with a store, the replicas' shared state keys from a file
+    (so the command and the results show no key)."""
     args = ["--models", str(models), "--host", "127.0.0.1", "--port", "0"]
     args += ["--shutdown-grace-s", "0"]
-    return python_module("rnnserve_server", *args, *(["--session-store", store] if store else []))
+    if store:
+        assert keys is not None
+        args += ["--session-store", store, "--state-keys-file", str(keys)]
+    return python_module("rnnserve_server", *args)
 
 
 @contextlib.contextmanager
@@ -49,14 +55,14 @@ def deployment(name: str, models: Path, scratch: Path) -> Iterator[str]:
     """The address of one deployment, up for the duration of the block."""
     with contextlib.ExitStack() as stack:
         if name == MEMORY:
-            yield stack.enter_context(serving(name, server_command(models, ""))).address
+            yield stack.enter_context(serving(name, server_command(models))).address
             return
         count = 1 if name == REDIS else 3
         redis = stack.enter_context(RedisServer(scratch / f"redis-{count}"))
-        servers = [
-            stack.enter_context(serving(f"{name} {i}", server_command(models, redis.url)))
-            for i in range(count)
-        ]
+        keys = scratch / f"state-keys-{count}"
+        keys.write_text(secrets.token_hex(32) + "\n")
+        command = server_command(models, redis.url, keys)
+        servers = [stack.enter_context(serving(f"{name} {i}", command)) for i in range(count)]
         if count == 1:
             yield servers[0].address
             return

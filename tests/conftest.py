@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ServerThread, server_config
+from hypothesis import settings
+from support import SHARED_STATE_KEYS, ServerThread, server_config
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def tiny_package(models_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(models_dir: Path) -> Iterator[ServerThread]:
-    with ServerThread(server_config(models_dir)) as running:
+    with ServerThread(server_config(models_dir, state_keys=SHARED_STATE_KEYS)) as running:
         yield running
 
 
@@ -52,3 +53,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with started(RedisServer(tmp_path_factory.mktemp("redis"))) as running:
         yield running
+
+
+# Property-based tests run the same examples everywhere (CI included) and keep no
+# example database in the worktree; none of them has a time limit per example (each
+# makes real gRPC calls, whose latency varies with the machine's load).
+settings.register_profile("rnnserve", derandomize=True, database=None, deadline=None)
+settings.load_profile("rnnserve")

@@ -29,6 +29,10 @@ from rnnserve_server.modelpackage import MANIFEST_FILE
 T = TypeVar("T")
 P = TypeVar("P", RedisServer, Nginx)
 
+# The state keys of the test servers that import each other's exports or share a session
+# store, as a deployment's replicas would (any string of 32+ characters is a key).
+SHARED_STATE_KEYS = "tests-shared-state-key-0123456789abcdef"
+
 
 class ServerThread:
     """A real rnnserve server on 127.0.0.1:<free port>, its event loop in a thread.

@@ -22,6 +22,7 @@ EXPECTED: dict[grpc.StatusCode, type[rnnserve.RnnServeError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: rnnserve.FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: rnnserve.Unavailable,
     grpc.StatusCode.ABORTED: rnnserve.Aborted,
+    grpc.StatusCode.DATA_LOSS: rnnserve.DataLoss,
     grpc.StatusCode.DEADLINE_EXCEEDED: rnnserve.DeadlineExceeded,
     grpc.StatusCode.CANCELLED: rnnserve.Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: rnnserve.Unauthenticated,

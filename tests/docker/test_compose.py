@@ -303,3 +303,25 @@ def test_scale_profile_streams_through_the_balancer_past_a_stopped_replica(
         assert streamed(balanced, range(4), rounds=6, after_round=stop_a_replica) == control
     states = {r: scaled.inspect(scaled.container(r), "{{.State.Status}}") for r in REPLICAS}
     assert states == {"server-a": "running", "server-b": "exited", "server-c": "running"}
+
+
+def test_every_server_of_the_stack_signs_with_the_same_generated_key(scaled: Stack) -> None:
+    """The one-shot `state-keys` wrote one key for all: the single server's export
+    imports through the balancer, and the key file was written once, for the server's user."""
+    from rnnserve import Client
+
+    address = f"127.0.0.1:{scaled.env['RNNSERVE_SCALE_PORT']}"
+    with Client(f"127.0.0.1:{scaled.port}", timeout=60) as single, Client(address) as balanced:
+        with single.create_session(TINY_MODEL) as session:
+            session.step(text="abc")
+            exported = session.export()
+        with balanced.create_session(TINY_MODEL, state=exported) as imported:
+            assert imported.step(text="d").steps == 4
+    keys = scaled.container("state-keys")
+    assert scaled.inspect(keys, "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+    listed = run(
+        ["docker", "run", "--rm", "-v", f"{scaled.project}_state-keys:/keys", "--entrypoint",
+         "stat", SERVER_IMAGE, "-c", "%u %a %s", "/keys/state.keys"],
+        scaled.env,
+    ).stdout.split()  # fmt: skip
+    assert listed == ["10001", "400", "65"]  # 64 hex digits and a newline

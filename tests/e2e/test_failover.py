@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Nginx, RedisServer, ServerProcess, ServerThread, server_config, started
+from support import (
+    SHARED_STATE_KEYS,
+    Nginx,
+    RedisServer,
+    ServerProcess,
+    ServerThread,
+    server_config,
+    started,
+)
 
 from rnnserve import Client
 
@@ -65,7 +73,11 @@ def run_all(address: str, model: str, during: Any = None) -> list[list[Any]]:
 
 @pytest.fixture(scope="module")
 def cluster(models_dir: Path, redis_server: RedisServer) -> Iterator[tuple[Nginx, list[Any]]]:
-    env = {"RNNSERVE_SESSION_STORE": redis_server.url, "RNNSERVE_SHUTDOWN_GRACE_S": "10"}
+    env = {
+        "RNNSERVE_SESSION_STORE": redis_server.url,
+        "RNNSERVE_STATE_KEYS": SHARED_STATE_KEYS,
+        "RNNSERVE_SHUTDOWN_GRACE_S": "10",
+    }
     replicas = [ServerProcess("--models", str(models_dir), env=env) for _ in range(3)]
     directory = Path(redis_server.directory) / "nginx"
     directory.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SERVER, ServerProcess
+from support import SERVER, SHARED_STATE_KEYS, ServerProcess
 
 from rnnserve import Client, Unavailable
 
@@ -22,7 +22,11 @@ def running(models_dir: Path) -> Iterator[ServerProcess]:
         str(models_dir),
         "--shutdown-grace-s",
         "10",
-        env={"RNNSERVE_LOG_JSON": "true", "RNNSERVE_MAX_SESSIONS": "77"},
+        env={
+            "RNNSERVE_LOG_JSON": "true",
+            "RNNSERVE_MAX_SESSIONS": "77",
+            "RNNSERVE_STATE_KEYS": SHARED_STATE_KEYS,
+        },
     )
     try:
         yield server
@@ -41,6 +45,8 @@ def test_configuration_is_logged_once_as_json(running: ServerProcess, model_name
     assert len(configs) == 1
     config = json.loads(configs[0]["message"].removeprefix("configuration: "))
     assert config["max_sessions"] == 77 and config["shutdown_grace_s"] == 10.0
+    assert config["state_keys"] == "***"  # a secret: never in the log
+    assert not any(SHARED_STATE_KEYS in line for line in running.lines)
     assert any(r.get("model") == f"{model_name}/1" for r in records)  # structured fields
     with Client(running.address) as client:
         assert client.health() == "SERVING"

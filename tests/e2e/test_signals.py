@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Nginx, RedisServer, ServerProcess, started
+from support import SHARED_STATE_KEYS, Nginx, RedisServer, ServerProcess, started
 
 from rnnserve import Client, StepInput, Unavailable
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -181,7 +181,11 @@ def test_cancelled_generations_whose_save_meets_aborted_leave_no_traceback(
     record on; the generation is then cancelled, so its cleanup save meets ABORTED
     after its caller has gone: logged as that, not as an unretrieved task's traceback."""
     with started(RedisServer(tmp_path / "redis")) as redis:
-        env = {"RNNSERVE_SESSION_STORE": redis.url, "RNNSERVE_SHUTDOWN_GRACE_S": "0"}
+        env = {
+            "RNNSERVE_SESSION_STORE": redis.url,
+            "RNNSERVE_STATE_KEYS": SHARED_STATE_KEYS,
+            "RNNSERVE_SHUTDOWN_GRACE_S": "0",
+        }
         one, two = (ServerProcess("--models", str(models_dir), env=env) for _ in range(2))
         try:
             with (

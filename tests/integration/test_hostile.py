@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 import pytest
-from support import ServerThread, copy_package, server_config
+from statebytes import Export, Tensor, format_1
+from support import SHARED_STATE_KEYS, ServerThread, copy_package, server_config
 
 from rnnserve import Client
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -49,6 +50,28 @@ def raw(channel: grpc.Channel, method: str, payload: bytes) -> Any:
 
 def flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def forged(b: Battery, change: Callable[[Export], Export]) -> Any:
+    """Import the battery's export with a field changed and signed again (a leaked key)."""
+    return imported(b, change(Export.parse(b.state)).signed(SHARED_STATE_KEYS))
+
+
+def with_h(export: Export, value: float) -> Export:
+    return export.with_values({(0, 3): value})
+
+
+def as_float64(h: Tensor) -> Tensor:
+    return Tensor(h.name, 3, h.shape, h.values.astype("<f8").tobytes())
+
+
+def old_format(b: Battery, steps: int = 0, header: bytes = b"") -> bytes:
+    """The battery's state in format 1 (JSON header, SHA-256 checksum, no MAC)."""
+    return format_1(b.model, 1, steps, Export.parse(b.state).tensors[0].values, header)
+
+
+def imported(b: Battery, state: bytes) -> Any:
+    return b.stub.CreateSession(pb.CreateSessionRequest(model=b.model, state=state))
 
 
 def generate(b: Battery, **fields: Any) -> list[Any]:
@@ -204,6 +227,36 @@ CASES: dict[str, tuple[grpc.StatusCode, Callable[[Battery], Any]]] = {
         INVALID,
         lambda b: b.stub.CreateSession(pb.CreateSessionRequest(model=b.model, state=b.other_state)),
     ),
+    "state: steps = 2^64 - 1, signed": (
+        INVALID,
+        lambda b: forged(b, lambda e: e.replace(steps=2**64 - 1)),
+    ),
+    "state: an RNG of another bit generator, signed": (
+        INVALID,
+        lambda b: forged(b, lambda e: e.replace(rng_kind=2)),
+    ),
+    "state: an even PCG64 increment, signed": (
+        INVALID,
+        lambda b: forged(b, lambda e: e.replace(rng_increment=e.rng_increment - 1)),
+    ),
+    "state: h = 3e38, signed": (INVALID, lambda b: forged(b, lambda e: with_h(e, 3e38))),
+    "state: h = NaN, signed": (INVALID, lambda b: forged(b, lambda e: with_h(e, math.nan))),
+    "state: float64 values, signed": (
+        INVALID,
+        lambda b: forged(b, lambda e: e.replace(tensors=[as_float64(e.tensors[0])])),
+    ),
+    "state: a format-1 header nested 20,000 deep": (
+        INVALID,
+        lambda b: imported(b, old_format(b, header=b'{"format":' + b"[" * 20_000)),
+    ),
+    "state: format 1 with a valid checksum and no MAC": (
+        INVALID,
+        lambda b: imported(b, old_format(b, steps=2**64)),
+    ),
+    "state: a session record's kind, signed": (
+        INVALID,
+        lambda b: forged(b, lambda e: e.replace(kind=2)),
+    ),
     "state plus a source": (
         INVALID,
         lambda b: b.stub.CreateSession(
@@ -336,7 +389,7 @@ def battery(
     name = tiny_package.parent.name
     copy_package(tiny_package, repo, name)
     copy_package(tiny_package, repo, "other-model")
-    with ServerThread(server_config(repo, **LIMITS)) as server:
+    with ServerThread(server_config(repo, state_keys=SHARED_STATE_KEYS, **LIMITS)) as server:
         channel = grpc.insecure_channel(server.address)
         stub = rnnserve_pb2_grpc.RnnServeStub(channel)
         model = stub.GetModel(pb.GetModelRequest(name=name))

@@ -7,6 +7,7 @@ control gives, step for step.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import RedisServer, ServerThread, server_config, started
+from support import SHARED_STATE_KEYS, RedisServer, ServerThread, server_config, started
 
 from rnnserve import (
     Client,
@@ -24,6 +25,7 @@ from rnnserve import (
     StepResult,
     Unavailable,
 )
+from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import Aborted as ServerAborted
 
 TOKENS = [4, 9, 5, 12, 7, 7, 20, 6, 11, 4, 15, 8]
@@ -32,7 +34,7 @@ TOKENS = [4, 9, 5, 12, 7, 7, 20, 6, 11, 4, 15, 8]
 @pytest.fixture(scope="module")
 def replicas(models_dir: Path, redis_server: RedisServer) -> Iterator[list[Client]]:
     redis_server.flush()  # the per-caller limit below counts every session in Redis
-    config = server_config(models_dir, session_store=redis_server.url, max_sessions_per_caller=6)
+    config = dataclasses.replace(shared(models_dir, redis_server.url), max_sessions_per_caller=6)
     with (
         ServerThread(config) as a,
         ServerThread(config) as b,
@@ -40,6 +42,11 @@ def replicas(models_dir: Path, redis_server: RedisServer) -> Iterator[list[Clien
         Client(b.address, timeout=60) as two,
     ):
         yield [one, two]
+
+
+def shared(models: Path, store: str) -> ServerConfig:
+    """A replica's configuration: sessions in ``store``, the replicas' shared keys."""
+    return server_config(models, session_store=store, state_keys=SHARED_STATE_KEYS)
 
 
 def summary(result: StepResult) -> tuple[int, list[tuple[int, float]]]:
@@ -147,7 +154,7 @@ def test_a_save_from_a_stale_copy_is_refused(
 ) -> None:
     """Two replicas both change one session at once: the record's revision lets only
     the first save win; the loser answers ABORTED and nothing of the winner is lost."""
-    config = server_config(models_dir, session_store=redis_server.url)
+    config = shared(models_dir, redis_server.url)
     with (
         ServerThread(config) as a,
         ServerThread(config) as b,
@@ -170,8 +177,8 @@ def test_a_session_of_a_model_this_replica_lacks(
     models_dir: Path, redis_server: RedisServer, model_name: str, tmp_path: Path
 ) -> None:
     with (
-        ServerThread(server_config(models_dir, session_store=redis_server.url)) as a,
-        ServerThread(server_config(tmp_path, session_store=redis_server.url)) as b,
+        ServerThread(shared(models_dir, redis_server.url)) as a,
+        ServerThread(shared(tmp_path, redis_server.url)) as b,
         Client(a.address) as one,
         Client(b.address) as two,
     ):
@@ -183,7 +190,7 @@ def test_a_session_of_a_model_this_replica_lacks(
 
 def test_an_unreachable_store(models_dir: Path, tmp_path: Path) -> None:
     """At start: a clear refusal. Later (Redis gone): UNAVAILABLE, and the server lives."""
-    config = server_config(models_dir, session_store=f"unix://{tmp_path}/none.sock")
+    config = shared(models_dir, f"unix://{tmp_path}/none.sock")
     with (
         pytest.raises(RuntimeError, match=r"session store .* cannot be reached"),
         ServerThread(config),
@@ -191,7 +198,7 @@ def test_an_unreachable_store(models_dir: Path, tmp_path: Path) -> None:
         pass
     with (
         started(RedisServer(tmp_path)) as redis,
-        ServerThread(server_config(models_dir, session_store=redis.url)) as a,
+        ServerThread(shared(models_dir, redis.url)) as a,
         Client(a.address) as one,
     ):
         session = one.create_session(next(m.name for m in one.list_models()))

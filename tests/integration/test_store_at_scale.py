@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import RedisServer, ServerThread, server_config, started
+from support import SHARED_STATE_KEYS, RedisServer, ServerThread, server_config, started
 
 from rnnserve import Client, StepInput, Unavailable
 
@@ -28,6 +28,7 @@ def narrow(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             server_config(
                 models_dir,
                 session_store=redis.url,
+                state_keys=SHARED_STATE_KEYS,
                 session_store_connections=2,
                 session_store_timeout_s=1.0,
             )

@@ -50,3 +50,44 @@ def test_thread_and_inline_settings_are_checked(
         load_config([flag, value], environ={})
     setting = flag.removeprefix("--").replace("-", "_")
     assert f"{setting} = {value} is invalid; allowed: {allowed}" in capsys.readouterr().err
+
+
+KEY = "a-state-key-of-forty-characters-0123456"
+
+
+def test_secret_settings_are_shown_as_stars_wherever_the_configuration_is_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = load_config([], environ={"RNNSERVE_STATE_KEYS": f"{KEY},{KEY[::-1]}"})
+    assert config.inline_state_keys == [KEY, KEY[::-1]]
+    assert config.describe()["state_keys"] == "***"
+    assert ServerConfig().describe()["state_keys"] == ""  # nothing to hide: shown as empty
+    with pytest.raises(SystemExit):
+        load_config(["--state-keys", "too-short-a-key"], environ={})
+    err = capsys.readouterr().err
+    assert "state_keys = '***' is invalid; allowed: up to 16 comma-separated keys" in err
+    assert "too-short-a-key" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--session-store", "redis://r:6379/0"], "state_keys = '' is invalid; allowed: set"),
+        (["--max-unbounded-state", "0.5"], "max_unbounded_state = 0.5 is invalid; allowed: 1 .."),
+        (["--max-unbounded-state", "nan"], "max_unbounded_state = nan is invalid"),
+        (["--max-unbounded-state", "1e31"], "max_unbounded_state = 1e+31 is invalid"),
+        (["--state-keys", ",".join([KEY + str(i) for i in range(17)])], "up to 16"),
+    ],
+)
+def test_state_settings_are_checked(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit):
+        load_config(argv, environ={})
+    assert message in capsys.readouterr().err
+
+
+def test_a_shared_store_takes_keys_from_the_setting_or_a_file() -> None:
+    store = ["--session-store", "redis://r:6379/0"]
+    assert load_config([*store, "--state-keys", KEY], environ={}).state_keys == KEY
+    assert load_config([*store, "--state-keys-file", "/run/keys"], environ={}).state_keys == ""

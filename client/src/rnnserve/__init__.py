@@ -17,6 +17,7 @@ from rnnserve.client import Client
 from rnnserve.errors import (
     Aborted,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -51,6 +52,7 @@ __all__ = [
     "Cancelled",
     "ClassifyResult",
     "Client",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "GenerateOptions",

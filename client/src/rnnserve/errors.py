@@ -58,6 +58,11 @@ class Aborted(RnnServeError):
     scaled-out server); this call's change was not kept. Retrying it is safe."""
 
 
+class DataLoss(RnnServeError):
+    """The session's stored record failed its integrity check (changed outside rnnserve, or
+    written by a replica with other state keys); the session cannot continue."""
+
+
 class Unavailable(RnnServeError):
     """The server cannot be reached or is shutting down; retrying later may succeed."""
 
@@ -89,6 +94,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RnnServeError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,

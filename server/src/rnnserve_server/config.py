@@ -17,11 +17,21 @@ from typing import Any
 
 ENV_PREFIX = "RNNSERVE_"
 PROVIDERS = ("cpu", "cuda")
+MIN_STATE_KEY_LENGTH = 32
+MAX_STATE_KEYS = 16
 
 
-def setting(default: Any, help_text: str) -> Any:
-    """A configuration field with its --help text."""
-    return field(default=default, metadata={"help": help_text})
+def setting(default: Any, help_text: str, *, secret: bool = False) -> Any:
+    """A configuration field with its --help text; a ``secret`` one (a key, a password)
+    is shown as ``***`` wherever the configuration is printed or an error names it."""
+    return field(default=default, metadata={"help": help_text, "secret": secret})
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    """A setting's value as logs and messages show it: a non-empty secret as ***."""
+    if f.metadata.get("secret") and value:
+        return "***"
+    return str(value) if isinstance(value, Path) else value
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,22 @@ class ServerConfig:
         "", "bearer tokens as name:token pairs, comma-separated; empty: no authentication"
     )
     auth_tokens_file: str = setting("", "file of name:token lines (adds to auth_tokens)")
+    state_keys: str = setting(
+        "",
+        "keys that sign exported session state and shared session records, comma-separated, "
+        f"each at least {MIN_STATE_KEY_LENGTH} characters: the first signs, any verifies (key "
+        "rotation); replicas and servers that import each other's exports share them; empty "
+        "(and no state_keys_file): a random key of this process",
+        secret=True,
+    )
+    state_keys_file: str = setting(
+        "", "file of state keys, one per line (# starts a comment), after those of state_keys"
+    )
+    max_unbounded_state: float = setting(
+        1e6,
+        "largest magnitude an imported state may hold in a tensor its cell does not bound "
+        "(rnn-relu activations, an LSTM's cell state); 1 .. 1e30",
+    )
     tls_cert: str = setting("", "PEM certificate chain of the server; with tls_key: TLS")
     tls_key: str = setting("", "PEM private key of the server")
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates (mutual TLS)")
@@ -165,6 +191,20 @@ class ServerConfig:
             ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "needs tls_cert"),
             ("session_store_connections", self.session_store_connections >= 1, ">= 1"),
             ("session_store_timeout_s", self.session_store_timeout_s > 0, "> 0"),
+            (
+                "state_keys",
+                all(len(k) >= MIN_STATE_KEY_LENGTH for k in self.inline_state_keys)
+                and len(self.inline_state_keys) <= MAX_STATE_KEYS,
+                f"up to {MAX_STATE_KEYS} comma-separated keys of at least "
+                f"{MIN_STATE_KEY_LENGTH} characters each",
+            ),
+            (
+                "state_keys",
+                not self.session_store or bool(self.inline_state_keys or self.state_keys_file),
+                "set (or state_keys_file) with session_store: every replica that shares the "
+                "store signs and checks session records with the same keys",
+            ),
+            ("max_unbounded_state", 1 <= self.max_unbounded_state <= 1e30, "1 .. 1e30"),
             ("session_idle_timeout_s", self.session_idle_timeout_s >= 1, ">= 1"),
             (
                 "max_session_idle_timeout_s",
@@ -183,9 +223,11 @@ class ServerConfig:
                 "DEBUG, INFO, WARNING or ERROR",
             ),
         ]
+        by_name = {f.name: f for f in fields(self)}
         for name, ok, allowed in checks:
             if not ok:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
+                shown = _shown(by_name[name], getattr(self, name))
+                raise ValueError(f"{name} = {shown!r} is invalid; allowed: {allowed}")
         return self
 
     @property
@@ -195,11 +237,14 @@ class ServerConfig:
             self.max_tokens_per_message, self.max_tokens_per_request + self.max_generate_tokens
         )
 
+    @property
+    def inline_state_keys(self) -> list[str]:
+        """The keys of the setting state_keys, in order (the first signs)."""
+        return [k for k in (k.strip() for k in self.state_keys.split(",")) if k]
+
     def describe(self) -> dict[str, Any]:
-        return {
-            f.name: str(v) if isinstance(v, Path) else v
-            for f, v in ((f, getattr(self, f.name)) for f in fields(self))
-        }
+        """Every setting and its value, secrets as ***: what is logged at start."""
+        return {f.name: _shown(f, getattr(self, f.name)) for f in fields(self)}
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:

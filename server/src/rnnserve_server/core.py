@@ -26,6 +26,7 @@ from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Core:
     def __init__(self, config: ServerConfig, repository: Repository) -> None:
         self.config = config
         self.repository = repository
+        self.state_codec = StateCodec.from_config(config)
         self.store = SessionStore(
             max_sessions=config.max_sessions,
             max_sessions_per_owner=config.max_sessions_per_caller,
@@ -50,6 +52,7 @@ class Core:
                 else None
             ),
             resolve=self._model_of_record,
+            codec=self.state_codec,
         )
         self.limits = limits.Limits(
             max_calls=config.max_calls_per_caller,

@@ -57,6 +57,13 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DataLoss(ServiceError):
+    """Stored data (a shared session record) that fails its check: changed in the
+    store, or written by a replica with other state keys."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 def shown(value: Any, limit: int = 80) -> str:
     """A value as messages quote it: its repr, cut to ``limit`` characters."""
     text = repr(value)

@@ -111,6 +111,8 @@ class Generating:
                 await self.core.store.load(session)
                 last = session.last
                 earlier = last.reply if last and session.answered(request_id) else None
+                if earlier is None:  # a retry continues a call that had room for all of it
+                    session.ensure_room((0 if ids is None else len(ids)) + max_tokens)
                 rng = session.rng
                 if options.seed is not None:
                     rng = np.random.Generator(np.random.PCG64(options.seed))

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rnnserve_server import statecodec
 from rnnserve_server.core import Core
 from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.inputs import NO_INPUT, TokenInput
@@ -50,16 +49,10 @@ class Lifecycle:
         if state:
             if source.given or condition:
                 raise InvalidArgument("state: an imported state excludes source and condition")
-            snapshot = statecodec.decode(
-                state,
-                model=model.name,
-                version=model.version,
-                layers=model.runtime.layers,
-                hidden=model.runtime.hidden,
-            )
+            snapshot = core.state_codec.import_state(state, manifest)
             initial, steps = snapshot.state, snapshot.steps
             if rng is None:
-                rng = statecodec.rng_from_state(snapshot.rng)
+                rng = snapshot.rng.generator()
         elif kind == "encoder":
             if condition:
                 raise InvalidArgument(
@@ -115,21 +108,26 @@ class Lifecycle:
             return copy
 
     async def export(self, session: Session) -> bytes:
-        """The session as portable bytes (statecodec), importable by ``create``."""
+        """The session as signed bytes (statecodec), importable by ``create``."""
         store = self.core.store
         async with session.lock:
             await store.load(session)
             session.touch()
-            return statecodec.encode(
-                statecodec.SessionState(
-                    model=session.model.name,
-                    version=session.model.version,
-                    steps=session.steps,
-                    rng=dict(session.rng.bit_generator.state),
-                    state=store.state(session),
-                )
+            return self.core.state_codec.export(
+                session.model.package.manifest,
+                steps=session.steps,
+                rng=session.rng,
+                state=store.state(session),
             )
+
+    def exported_version(self, state: bytes) -> int | None:
+        """The model version signed export bytes name (None: ``create`` says why not)."""
+        return self.core.state_codec.peek_version(state)
 
     async def close(self, session: Session) -> None:
         """Close now; a call in flight on it ends with NOT_FOUND at its next step."""
         await self.core.store.close(session)
+
+    async def close_named(self, session_id: str, owner: str) -> int:
+        """Close the session ``session_id`` of ``owner`` (``close``); its step count."""
+        return await self.core.store.close_named(session_id, owner)

@@ -3,7 +3,8 @@
 With ``session_store = redis://...`` a replica still runs each session in a slot of its
 own state pool (batching works as without Redis), but the record in Redis is what a
 session *is*: its state, step count, sampling generator, owner, idle timeout and the
-last call it answered. Each call loads the record (one round trip; the state travels
+last call it answered, as signed bytes (sessionrecord.py) that a replica checks like an
+import whenever it reads them. Each call loads the record (one round trip; the state travels
 only if another replica changed it since this one last saw it), runs, and saves with a
 compare-and-set on the record's revision (a second round trip). Redis keeps the idle
 expiry (a key's TTL is the session's idle timeout, refreshed by every call) and the
@@ -18,13 +19,11 @@ that was acknowledged: a call's effect is in Redis before its answer leaves.
 from __future__ import annotations
 
 import contextlib
-import json
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from rnnserve_server.errors import Unavailable, too_many_sessions
+from rnnserve_server.errors import DataLoss, Unavailable, too_many_sessions
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -93,75 +92,35 @@ return rev + 1
 """
 )
 
-# ARGV: session id, owner. Returns the step count of the deleted session, or nil.
+# ARGV: session id, owner. Returns the deleted session's signed record, or nil.
 _DELETE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return nil end
-local steps = redis.call('HGET', KEYS[1], 'steps')
+local session = redis.call('HGET', KEYS[1], 'session')
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return steps
+return session
 """
 
 
 @dataclass(frozen=True)
 class Record:
-    """A session as Redis holds it."""
+    """A session as Redis holds it: its revision and its signed bytes (sessionrecord.py).
+    The owner and idle timeout are stored beside them, plain, for the Lua scripts."""
 
-    model: str
-    version: int
-    owner: str
-    idle_timeout_s: float
     revision: int
-    steps: int
-    state: bytes  # float32 [L, H], C order
-    rng: dict[str, Any]  # numpy's bit_generator.state
-    last_request: str = ""
-    last_reply: dict[str, Any] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "version": self.version,
-            "owner": self.owner,
-            "idle_ms": int(self.idle_timeout_s * 1000),
-            "rev": self.revision,
-            **changed_fields(self.steps, self.state, self.rng, self.last_request, self.last_reply),
-        }
+    session: bytes
 
     @classmethod
-    def parse(cls, flat: list[bytes]) -> Record:
-        raw = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
-        reply = raw.get("reply", b"")
-        return cls(
-            model=raw["model"].decode(),
-            version=int(raw["version"]),
-            owner=raw["owner"].decode(),
-            idle_timeout_s=int(raw["idle_ms"]) / 1000,
-            revision=int(raw["rev"]),
-            steps=int(raw["steps"]),
-            state=raw["state"],
-            rng=json.loads(raw["rng"]),
-            last_request=raw.get("request", b"").decode(),
-            last_reply=json.loads(reply) if reply else None,
-        )
-
-
-def changed_fields(
-    steps: int,
-    state: bytes,
-    rng: dict[str, Any],
-    last_request: str,
-    last_reply: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The fields a call changes (everything but identity, owner and timeout)."""
-    return {
-        "steps": steps,
-        "state": state,
-        "rng": json.dumps(rng),
-        "request": last_request,
-        "reply": json.dumps(last_reply) if last_reply is not None else "",
-    }
+    def parse(cls, session_id: str, flat: list[bytes]) -> Record:
+        raw = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+        try:
+            return cls(revision=int(raw[b"rev"]), session=bytes(raw[b"session"]))
+        except (KeyError, ValueError, TypeError):
+            raise DataLoss(
+                f"session {session_id}: its record in the shared store lacks a revision "
+                "or its signed bytes (written by another program?)"
+            ) from None
 
 
 class Conflict(Exception):
@@ -242,21 +201,31 @@ class RedisRecords:
         ]
 
     async def create(
-        self, session_id: str, record: Record, *, max_sessions: int, max_per_owner: int
+        self,
+        session_id: str,
+        owner: str,
+        idle_timeout_s: float,
+        session: bytes,
+        *,
+        max_sessions: int,
+        max_per_owner: int,
     ) -> None:
         """Store a new session; RESOURCE_EXHAUSTED past a limit (counted across replicas)."""
-        pairs = [item for pair in record.fields().items() for item in pair]
+        idle_ms = round(idle_timeout_s * 1000)
+        fields: list[str | int | bytes] = [
+            "owner",
+            owner,
+            "idle_ms",
+            idle_ms,
+            "rev",
+            0,
+            "session",
+            session,
+        ]
         with _reachable(self.shown_url):
             status, count = await self._create(
-                keys=self._keys(session_id, record.owner),
-                args=[
-                    session_id,
-                    record.owner,
-                    int(record.idle_timeout_s * 1000),
-                    max_sessions,
-                    max_per_owner,
-                    *pairs,
-                ],
+                keys=self._keys(session_id, owner),
+                args=[session_id, owner, idle_ms, max_sessions, max_per_owner, *fields],
             )
         if status == -1:
             raise too_many_sessions(count + 1, max_sessions, per_caller=False)
@@ -276,15 +245,15 @@ class RedisRecords:
             raise Gone(session_id)
         if len(found) == 1:
             return UNCHANGED
-        return Record.parse(found)
+        return Record.parse(session_id, found)
 
-    async def save(self, session_id: str, owner: str, revision: int, fields: dict[str, Any]) -> int:
-        """Apply a call's changes if the record is still at ``revision``; the new revision."""
-        pairs = [item for pair in fields.items() for item in pair]
+    async def save(self, session_id: str, owner: str, revision: int, session: bytes) -> int:
+        """Store a call's outcome if the record is still at ``revision``; the new revision."""
         with _reachable(self.shown_url):
             result = int(
                 await self._save(
-                    keys=self._keys(session_id, owner), args=[session_id, owner, revision, *pairs]
+                    keys=self._keys(session_id, owner),
+                    args=[session_id, owner, revision, "session", session],
                 )
             )
         if result == -1:
@@ -293,8 +262,10 @@ class RedisRecords:
             raise Conflict(session_id)
         return result
 
-    async def delete(self, session_id: str, owner: str) -> int | None:
-        """Remove a session; its step count, or None if there was none of this owner."""
+    async def delete(self, session_id: str, owner: str) -> bytes | None:
+        """Remove a session; its signed record, or None if there was none of this owner."""
         with _reachable(self.shown_url):
-            steps = await self._delete(keys=self._keys(session_id, owner), args=[session_id, owner])
-        return None if steps is None else int(steps)
+            session = await self._delete(
+                keys=self._keys(session_id, owner), args=[session_id, owner]
+            )
+        return None if session is None else bytes(session)

@@ -16,7 +16,6 @@ import grpc
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
-from rnnserve_server import statecodec
 from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.rpc import Accounted, caller_of, generic_handler, guarded, parsed
@@ -75,7 +74,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         version = request.version
         if request.state and not version:  # an import names its own version
-            version = statecodec.peek_version(request.state) or 0
+            version = self.engine.sessions.exported_version(request.state) or 0
         model = self.engine.repository.get(request.model, version)
         session = await self.engine.sessions.create(
             model,
@@ -116,9 +115,8 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Any
     ) -> pb.CloseSessionResponse:
-        session = await self._session(request.session_id, context)
-        await self.engine.sessions.close(session)
-        return pb.CloseSessionResponse(steps=session.steps)
+        steps = await self.engine.sessions.close_named(request.session_id, caller_of(context))
+        return pb.CloseSessionResponse(steps=steps)
 
     # ------------------------------------------------------------------ steps
 

@@ -8,7 +8,8 @@ shrinks pools that have become mostly free (their sessions' slots move).
 
 With a shared store (``records``, Redis) the record there is the session and the pool
 slot a cache of it: ``load`` brings the slot up to date at the start of each call and
-``save`` writes the call's outcome back (records.py); without one both do nothing.
+``save`` writes the call's outcome back (records.py); without one both do nothing. A
+record is signed bytes (sessionrecord.py), checked like an import whenever it is read.
 
 Everything here runs on the event loop thread; inference threads only ever see copies.
 """
@@ -28,16 +29,19 @@ import numpy as np
 
 from rnnserve_server.errors import (
     Aborted,
+    DataLoss,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
     shown,
     too_many_sessions,
 )
-from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords, changed_fields
+from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.statecodec import rng_from_state
+from rnnserve_server.sessionrecord import RecordContent, open_record, record_steps, seal_record
+from rnnserve_server.statecodec import MAX_STEPS, RngState, StateCodec
 from rnnserve_server.statepool import StatePool
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,14 @@ class Session:
         if self.closed:
             raise NotFound(f"session {self.id} was closed")
 
+    def ensure_room(self, tokens: int) -> None:
+        """FAILED_PRECONDITION if feeding ``tokens`` more could pass MAX_STEPS."""
+        if self.steps + tokens > MAX_STEPS:
+            raise FailedPrecondition(
+                f"session {self.id} is at step {self.steps}; {tokens} more would pass "
+                f"{MAX_STEPS}, the most steps a session may take: start a new session"
+            )
+
     def answered(self, request_id: str) -> bool:
         """Whether ``request_id`` names the last call this session answered."""
         return bool(request_id) and self.last is not None and self.last.request_id == request_id
@@ -126,6 +138,7 @@ class SessionStore:
         clock: Callable[[], float] = time.monotonic,
         records: RedisRecords | None = None,
         resolve: Callable[[str, int], Model] | None = None,
+        codec: StateCodec | None = None,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_sessions_per_owner = max_sessions_per_owner
@@ -139,9 +152,13 @@ class SessionStore:
         self.expired_total = 0
         self.closed_total = 0
         self.created_total = 0
-        # the shared store, and how a record's model name and version find the loaded model
+        # the shared store, how a record's model name and version find the loaded model,
+        # and the keys its records are signed with
         self.records = records
         self._resolve = resolve
+        self._codec = codec
+        if records is not None and (resolve is None or codec is None):
+            raise ValueError("a shared store needs resolve and codec")
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -227,20 +244,12 @@ class SessionStore:
         )
         if self.records is None:
             return session
-        record = Record(
-            model=model.name,
-            version=model.version,
-            owner=owner,
-            idle_timeout_s=session.idle_timeout_s,
-            revision=0,
-            steps=steps,
-            state=self.state(session).tobytes(),
-            rng=dict(session.rng.bit_generator.state),
-        )
         try:
             await self.records.create(
                 session.id,
-                record,
+                owner,
+                session.idle_timeout_s,
+                self._sealed(session),
                 max_sessions=self.max_sessions,
                 max_per_owner=self.max_sessions_per_owner,
             )
@@ -265,38 +274,68 @@ class SessionStore:
             session = self._sessions.get(session_id)  # another call may have made it
             if session is None or session.owner != owner:
                 assert isinstance(record, Record)
-                session = self._adopt(session_id, record)
+                session = self._adopt(session_id, owner, record)
         return session
 
-    def _adopt(self, session_id: str, record: Record) -> Session:
+    def _sealed(self, session: Session) -> bytes:
+        """The session's record as the shared store keeps it (signed)."""
+        assert self._codec is not None
+        last = session.last or LastCall("")
+        content = RecordContent(
+            idle_timeout_s=session.idle_timeout_s,
+            steps=session.steps,
+            rng=RngState.of(session.rng),
+            state=self.state(session),
+            last_request=last.request_id,
+            last_reply=last.reply,
+        )
+        return seal_record(self._codec, session.id, session.owner, session.model, content)
+
+    def _opened(
+        self, session_id: str, owner: str, data: bytes, model: Model | None = None
+    ) -> tuple[Model, RecordContent]:
+        """A record's model and content, checked (DATA_LOSS if it fails a check); with
+        ``model``, the record must be of that model's name and version."""
+        assert self._codec is not None and self._resolve is not None
+        resolve = self._resolve
+
+        def model_for(name: str, version: int) -> Model:
+            if model is None:
+                return resolve(name, version)
+            if (name, version) != (model.name, model.version):
+                raise DataLoss(
+                    f"session {session_id}: its record in the shared store names model "
+                    f"{name}/{version}, the session is of {model.name}/{model.version}"
+                )
+            return model
+
+        return open_record(
+            self._codec, data, session_id=session_id, owner=owner, model_for=model_for
+        )
+
+    def _adopt(self, session_id: str, owner: str, record: Record) -> Session:
         """This replica's copy of a session another replica made."""
-        assert self._resolve is not None
-        model = self._resolve(record.model, record.version)
-        slot = self.pool(model).allocate(self._state_of(model, record))
+        model, content = self._opened(session_id, owner, record.session)
+        slot = self.pool(model).allocate(content.state)
         session = Session(
             id=session_id,
             model=model,
             slot=slot,
-            idle_timeout_s=record.idle_timeout_s,
-            owner=record.owner,
+            idle_timeout_s=content.idle_timeout_s,
+            owner=owner,
         )
-        self._apply(session, record)
+        self._apply(session, content, record.revision)
         self._sessions[session_id] = session
-        self._per_owner[record.owner] = self._per_owner.get(record.owner, 0) + 1
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         return session
 
-    @staticmethod
-    def _state_of(model: Model, record: Record) -> FloatArray:
-        shape = (model.runtime.layers, model.runtime.hidden)
-        return np.frombuffer(record.state, dtype=np.float32).reshape(shape)
-
-    def _apply(self, session: Session, record: Record) -> None:
-        self.pool(session.model).states[:, session.slot, :] = self._state_of(session.model, record)
-        session.steps = record.steps
-        session.rng = rng_from_state(record.rng)
-        session.revision = record.revision
+    def _apply(self, session: Session, content: RecordContent, revision: int) -> None:
+        self.pool(session.model).states[:, session.slot, :] = content.state
+        session.steps = content.steps
+        session.rng = content.rng.generator()
+        session.revision = revision
         session.last = (
-            LastCall(record.last_request, record.last_reply) if record.last_request else None
+            LastCall(content.last_request, content.last_reply) if content.last_request else None
         )
 
     async def load(self, session: Session) -> None:
@@ -312,7 +351,8 @@ class SessionStore:
             raise self._unknown(session.id) from None
         if record is not UNCHANGED:
             assert isinstance(record, Record)
-            self._apply(session, record)
+            _, content = self._opened(session.id, session.owner, record.session, session.model)
+            self._apply(session, content, record.revision)
         session.touch()
 
     async def save(self, session: Session) -> None:
@@ -320,17 +360,9 @@ class SessionStore:
         record updated, if no other call changed it meanwhile (ABORTED otherwise)."""
         if self.records is None:
             return
-        last = session.last or LastCall("")
-        fields = changed_fields(
-            session.steps,
-            self.state(session).tobytes(),
-            dict(session.rng.bit_generator.state),
-            last.request_id,
-            last.reply,
-        )
         try:
             session.revision = await self.records.save(
-                session.id, session.owner, session.revision, fields
+                session.id, session.owner, session.revision, self._sealed(session)
             )
         except Gone:
             self._evict(session)
@@ -373,15 +405,35 @@ class SessionStore:
 
     async def close(self, session: Session, *, reason: str = "closed") -> None:
         """Remove the session now; free its slot once its in-flight call (if any) ends.
-        With a shared store the record goes too (NOT_FOUND if it was gone already)."""
+        With a shared store, closing deletes the record too (``close_named``)."""
         if self.records is not None and reason == "closed":
-            steps = await self.records.delete(session.id, session.owner)
-            if steps is None:
-                self._evict(session)
-                raise self._unknown(session.id)
-            session.steps = steps
-        if self._detach(session, reason):
+            session.steps = await self.close_named(session.id, session.owner)
+        elif self._detach(session, reason):
             await self._release(session)
+
+    async def close_named(self, session_id: str, owner: str) -> int:
+        """CloseSession: end the session now; its step count. With a shared store the
+        record is deleted without being loaded first: a replica that never served the
+        session sets nothing up for it, and a record that fails its check is closed
+        all the same (DATA_LOSS, saying so)."""
+        if self.records is None:
+            session = self.get(session_id, owner)
+            await self.close(session)
+            return session.steps
+        if not session_id:
+            raise InvalidArgument("session_id is required")
+        deleted = await self.records.delete(session_id, owner)
+        cached = self._sessions.get(session_id)
+        if cached is not None and cached.owner == owner and self._detach(cached, "evicted"):
+            await self._release(cached)
+        if deleted is None:
+            raise self._unknown(session_id)
+        self.closed_total += 1
+        assert self._codec is not None
+        try:
+            return record_steps(self._codec, deleted, session_id=session_id, owner=owner)
+        except DataLoss as exc:
+            raise DataLoss(f"{exc.message}; the session is closed all the same") from None
 
     def _detach(self, session: Session, reason: str) -> bool:
         """Take the session out of the index (new calls: NOT_FOUND). False if it was out."""

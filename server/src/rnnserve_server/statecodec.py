@@ -1,139 +1,375 @@
-"""Exported session state: self-describing bytes that any server process can import.
+"""Session state as signed bytes: exports (format 2) and the shared store's records.
 
-Layout (all integers little-endian)::
+Layout, integers little-endian (docs/api.md, "Exported state")::
 
-    b"RNNSTATE"            8 bytes, the magic
-    header length          4 bytes, unsigned
-    header                 UTF-8 JSON: format, model, version, layers, hidden_size,
-                           steps, rng (the PCG64 generator's state)
-    state                  layers * hidden_size float32 values, layer-major
-    checksum               32 bytes, SHA-256 of everything before it
+    magic            8 bytes   b"RNNSTATE"
+    format           u16       2
+    kind             u8        1: an export; 2: a shared-store session record (records.py)
+    payload                    the kind's fields; an export's is one snapshot:
+      model          u8 length n (1..128), n ASCII bytes: the model's name
+      version        u32       1 .. 2^31-1
+      steps          u64       0 .. MAX_STEPS
+      rng            u8 bit generator (1: PCG64), u128 state, u128 increment (odd),
+                     u8 has_uint32 (0 or 1), u32 uinteger
+      tensors        u8 count, then each: u8 length and ASCII name, u8 dtype
+                     (1: float32), u8 dimension count d (1..4), d x u32 sizes, the values
+    mac              32 bytes  HMAC-SHA256 of everything before it, under a state key
 
-The checksum detects corruption, not forgery: a caller can always craft a state for a
-model it may use, which is no more than feeding it tokens. Anything that does not
-parse or does not fit the model is refused with INVALID_ARGUMENT naming the reason.
+The MAC is checked before any field is read, so bytes that no holder of a key made are
+refused whole. Every field is then checked anyway (a leaked key must not crash or
+mislead the server): type and range, the tensors' names, dtype and shape exactly as the
+model's, their values finite and within what the model's cell can produce. Each
+refusal names the field. Nothing in the payload is nested; strings are length-prefixed;
+tensor sizes are compared with the model's before any value is read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import InvalidArgument
+from rnnserve_server.modelpackage import CELLS, NAME_PATTERN, Manifest
 from rnnserve_server.runtime import FloatArray
+from rnnserve_server.statekeys import MAC_BYTES, StateKeys
 
 MAGIC = b"RNNSTATE"
-FORMAT = 1
-_DIGEST = 32
-_MAX_HEADER = 64 * 1024
+FORMAT = 2
+KIND_EXPORT, KIND_RECORD = 1, 2
+_PREFIX = struct.Struct("<8sHB")  # magic, format, kind
+
+# The most tokens a session may consume: what the format's u64, the proto's uint64 and
+# a signed 64-bit integer (Redis, most clients) all hold. A call that could pass it is
+# refused; no session reaches it in practice (2^63 steps is 292 years at 10^9 per second).
+MAX_STEPS = 2**63 - 1
+
+PCG64 = 1
+MAX_DIMENSIONS = 4
+FLOAT32 = 1
+_TENSOR_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # matched whole (fullmatch)
+
+# What each cell's state can hold. tanh and the GRUs' blends of tanh values stay in
+# [-1, 1]; a ReLU's activations (and an LSTM's cell state) have no bound of their own,
+# so theirs is the setting max_unbounded_state. Checked with a margin of float32
+# rounding (a blend computed in float32 may land an ulp or so past 1).
+BOUNDED_CELLS = frozenset({"rnn-tanh", "gru-simple", "gru", "gru-torch"})
+UNBOUNDED_CELLS = frozenset({"rnn-relu"})
+ROUNDING_MARGIN = 2**-20
+
+
+class StateError(ValueError):
+    """Bytes that are not a valid state for the model; the message names the field."""
+
+
+def _out_of_range(field: str, value: Any, allowed: str) -> StateError:
+    return StateError(f"{field} = {value!r} is out of range; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
-class SessionState:
+class TensorSpec:
+    """One named tensor of a session's state: its shape and the bound of its values."""
+
+    name: str
+    shape: tuple[int, ...]
+    bound: float
+    bound_reason: str  # why the bound is what it is, for messages
+
+
+def state_layout(manifest: Manifest, max_unbounded_state: float) -> tuple[TensorSpec, ...]:
+    """The tensors a session of this model holds. Every cell served today keeps one
+    tensor, ``h`` [layers, hidden]: the array the state pool holds per session."""
+    shape = (manifest.layers, manifest.hidden_size)
+    if manifest.cell in BOUNDED_CELLS:
+        return (TensorSpec("h", shape, 1.0, f"the {manifest.cell} cell's state lies in [-1, 1]"),)
+    if manifest.cell in UNBOUNDED_CELLS:
+        return (
+            TensorSpec(
+                "h",
+                shape,
+                max_unbounded_state,
+                f"the setting max_unbounded_state: the {manifest.cell} cell's state has "
+                "no bound of its own",
+            ),
+        )
+    raise AssertionError(f"no state layout for cell {manifest.cell!r} (known: {CELLS})")
+
+
+@dataclass(frozen=True)
+class RngState:
+    """A PCG64 generator's state, every field typed and in range."""
+
+    state: int
+    increment: int
+    has_uint32: int
+    uinteger: int
+
+    @classmethod
+    def of(cls, generator: np.random.Generator) -> RngState:
+        return cls.from_numpy(generator.bit_generator.state)
+
+    @classmethod
+    def from_numpy(cls, numpy_state: Mapping[str, Any]) -> RngState:
+        """From numpy's form (``bit_generator.state``) of a generator this server made."""
+        if numpy_state["bit_generator"] != "PCG64":  # sessions only ever make PCG64
+            raise AssertionError(f"a {numpy_state['bit_generator']} generator")
+        return cls(
+            state=int(numpy_state["state"]["state"]),
+            increment=int(numpy_state["state"]["inc"]),
+            has_uint32=int(numpy_state["has_uint32"]),
+            uinteger=int(numpy_state["uinteger"]),
+        )
+
+    def as_numpy(self) -> dict[str, Any]:
+        """numpy's form (``bit_generator.state``)."""
+        return {
+            "bit_generator": "PCG64",
+            "state": {"state": self.state, "inc": self.increment},
+            "has_uint32": self.has_uint32,
+            "uinteger": self.uinteger,
+        }
+
+    def generator(self) -> np.random.Generator:
+        generator = np.random.Generator(np.random.PCG64())
+        generator.bit_generator.state = self.as_numpy()
+        return generator
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an export carries: the model it belongs to, the step count, the sampling
+    generator and the state (the pool's array, [layers, hidden])."""
+
     model: str
     version: int
     steps: int
-    rng: dict[str, Any]
-    state: FloatArray  # [L, H]
+    rng: RngState
+    state: FloatArray
 
 
-def encode(snapshot: SessionState) -> bytes:
-    layers, hidden = snapshot.state.shape
-    header = json.dumps(
-        {
-            "format": FORMAT,
-            "model": snapshot.model,
-            "version": snapshot.version,
-            "layers": layers,
-            "hidden_size": hidden,
-            "steps": snapshot.steps,
-            "rng": snapshot.rng,
-        },
-        separators=(",", ":"),
-    ).encode()
-    body = (
-        MAGIC
-        + struct.pack("<I", len(header))
-        + header
-        + np.ascontiguousarray(snapshot.state, dtype="<f4").tobytes()
-    )
-    return body + hashlib.sha256(body).digest()
+class Writer:
+    """Builds a payload field by field."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def pack(self, fmt: str, *values: Any) -> None:
+        self.out += struct.pack("<" + fmt, *values)
+
+    def text(self, value: str, length_format: str = "B") -> None:
+        encoded = value.encode()
+        self.pack(length_format, len(encoded))
+        self.out += encoded
+
+    def rng(self, rng: RngState) -> None:
+        self.pack("B", PCG64)
+        self.out += rng.state.to_bytes(16, "little") + rng.increment.to_bytes(16, "little")
+        self.pack("BI", rng.has_uint32, rng.uinteger)
 
 
-def decode(data: bytes, *, model: str, version: int, layers: int, hidden: int) -> SessionState:
-    """Parse and check exported bytes against the model they are imported into."""
-    if len(data) < len(MAGIC) + 4 + _DIGEST or not data.startswith(MAGIC):
-        raise InvalidArgument("state: not an rnnserve session state (bad magic or too short)")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        raise InvalidArgument("state: checksum mismatch; the bytes are corrupted or truncated")
-    (header_length,) = struct.unpack_from("<I", body, len(MAGIC))
-    start = len(MAGIC) + 4
-    if header_length > _MAX_HEADER or start + header_length > len(body):
-        raise InvalidArgument("state: header length out of range")
-    try:
-        header = json.loads(body[start : start + header_length])
-        fields = (
-            header["format"],
-            header["model"],
-            header["version"],
-            header["layers"],
-            header["hidden_size"],
-            header["steps"],
-            header["rng"],
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"state: unreadable header ({exc})") from None
-    fmt, name, ver, got_layers, got_hidden, steps, rng = fields
-    if fmt != FORMAT:
-        raise InvalidArgument(f"state: format {fmt!r} is not supported (this server: {FORMAT})")
-    if (name, ver) != (model, version):
-        raise InvalidArgument(
-            f"state: exported from model {name}/{ver}, cannot import into {model}/{version}"
-        )
-    if (got_layers, got_hidden) != (layers, hidden):
-        raise InvalidArgument(
-            f"state: shape [{got_layers}, {got_hidden}] does not match the model's "
-            f"[{layers}, {hidden}]"
-        )
-    payload = body[start + header_length :]
-    if len(payload) != layers * hidden * 4:
-        raise InvalidArgument(
-            f"state: {len(payload)} bytes of state, expected {layers * hidden * 4}"
-        )
-    if not isinstance(steps, int) or steps < 0 or not isinstance(rng, dict):
-        raise InvalidArgument("state: steps or rng field malformed")
-    state = np.frombuffer(payload, dtype="<f4").reshape(layers, hidden).astype(np.float32)
-    if not np.isfinite(state).all():
-        raise InvalidArgument("state: holds non-finite values")
-    return SessionState(model=name, version=ver, steps=steps, rng=rng, state=state)
+class Reader:
+    """Reads a payload field by field; StateError naming the field where bytes run out."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, size: int, field: str) -> memoryview:
+        if size > len(self.data) - self.at:
+            raise StateError(f"{field}: the bytes end inside this field (truncated)")
+        piece = self.data[self.at : self.at + size]
+        self.at += size
+        return piece
+
+    def unpack(self, fmt: str, field: str) -> tuple[int, ...]:
+        layout = struct.Struct("<" + fmt)
+        return layout.unpack(self.take(layout.size, field))
+
+    def number(self, fmt: str, field: str) -> int:
+        """One unsigned or signed integer of the struct format ``fmt``."""
+        (value,) = self.unpack(fmt, field)
+        return value
+
+    def integer(self, fmt: str, field: str, low: int, high: int) -> int:
+        value = self.number(fmt, field)
+        if not low <= value <= high:
+            raise _out_of_range(field, value, f"{low} .. {high}")
+        return value
+
+    def text(self, field: str, pattern: re.Pattern[str], length_format: str = "B") -> str:
+        raw = self.take(self.number(length_format, field + " length"), field)
+        try:
+            value = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise StateError(f"{field}: not UTF-8") from None
+        if not pattern.fullmatch(value):
+            raise StateError(f"{field} = {value[:40]!r}: must match {pattern.pattern}")
+        return value
+
+    def rng(self, field: str) -> RngState:
+        kind = self.number("B", field + ".bit_generator")
+        if kind != PCG64:
+            raise _out_of_range(field + ".bit_generator", kind, f"{PCG64} (PCG64)")
+        state = int.from_bytes(self.take(16, field + ".state"), "little")
+        increment = int.from_bytes(self.take(16, field + ".increment"), "little")
+        if increment % 2 == 0:
+            raise StateError(f"{field}.increment = {increment}: must be odd (PCG64)")
+        has_uint32 = self.integer("B", field + ".has_uint32", 0, 1)
+        return RngState(state, increment, has_uint32, self.number("I", field + ".uinteger"))
+
+    def end(self, field: str) -> None:
+        left = len(self.data) - self.at
+        if left:
+            raise StateError(f"{field}: {left} bytes after the last field")
 
 
-def peek_version(data: bytes) -> int | None:
-    """The model version exported bytes name; None if they are unreadable or corrupted
-    (checked first, so a damaged version field is reported by ``decode`` as corruption)."""
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if len(data) <= _DIGEST or hashlib.sha256(body).digest() != digest:
-        return None
-    try:
-        (length,) = struct.unpack_from("<I", data, len(MAGIC))
-        start = len(MAGIC) + 4
-        version = json.loads(data[start : start + min(length, _MAX_HEADER)])["version"]
-    except (struct.error, ValueError, KeyError, TypeError):
-        return None
-    return version if isinstance(version, int) and version > 0 else None
+class StateCodec:
+    """Signs and checks session state with the deployment's keys (one per server)."""
+
+    def __init__(self, keys: StateKeys, *, max_unbounded_state: float) -> None:
+        self.keys = keys
+        self.max_unbounded_state = max_unbounded_state
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> StateCodec:
+        return cls(StateKeys.from_config(config), max_unbounded_state=config.max_unbounded_state)
+
+    # ------------------------------------------------------------------ the envelope
+
+    def seal(self, kind: int, payload: bytes | bytearray) -> bytes:
+        body = _PREFIX.pack(MAGIC, FORMAT, kind) + payload
+        return body + self.keys.sign(body)
+
+    def open(self, data: bytes, kind: int) -> Reader:
+        """The payload of signed bytes of this kind, its MAC checked before anything in
+        it is read."""
+        if len(data) < _PREFIX.size + MAC_BYTES or not data.startswith(MAGIC):
+            raise StateError("state: not an rnnserve session state (bad magic or too short)")
+        _, fmt, found = _PREFIX.unpack_from(data)
+        if fmt != FORMAT:
+            if data[12:22] == b'{"format":':
+                raise StateError(
+                    "state: format 1 (exported by an earlier rnnserve; checksummed, not "
+                    f"signed) is no longer imported; this server reads format {FORMAT}: "
+                    "export the session again from a current server"
+                )
+            raise _out_of_range("state.format", fmt, f"{FORMAT}")
+        view = memoryview(data)
+        if not self.keys.verify(view[:-MAC_BYTES], view[-MAC_BYTES:]):
+            raise StateError(
+                "state: the signature does not verify: the bytes were changed, or they were "
+                "signed by a server with other state keys (state_keys)"
+            )
+        if found != kind:
+            raise _out_of_range("state.kind", found, f"{kind} ({_KIND_NAMES[kind]})")
+        return Reader(view[_PREFIX.size : -MAC_BYTES])
+
+    # ------------------------------------------------------------------ snapshots
+
+    def write_snapshot(self, out: Writer, snapshot: Snapshot, manifest: Manifest) -> None:
+        out.text(snapshot.model)
+        out.pack("IQ", snapshot.version, snapshot.steps)
+        out.rng(snapshot.rng)
+        layout = state_layout(manifest, self.max_unbounded_state)
+        out.pack("B", len(layout))
+        for spec, values in zip(layout, (snapshot.state,), strict=True):
+            out.text(spec.name)
+            out.pack(f"BB{len(spec.shape)}I", FLOAT32, len(spec.shape), *spec.shape)
+            out.out += np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+    @staticmethod
+    def read_header(reader: Reader) -> tuple[str, int, int, RngState]:
+        """The snapshot's model name and version, step count and generator: each
+        typed and in range, whatever the model."""
+        name = reader.text("state.model", NAME_PATTERN)
+        version = reader.integer("I", "state.version", 1, 2**31 - 1)
+        steps = reader.integer("Q", "state.steps", 0, MAX_STEPS)
+        return name, version, steps, reader.rng("state.rng")
+
+    def read_state(self, reader: Reader, manifest: Manifest) -> FloatArray:
+        """The snapshot's tensors, exactly as the model's layout has them."""
+        layout = state_layout(manifest, self.max_unbounded_state)
+        count = reader.number("B", "state.tensors")
+        if count != len(layout):
+            names = ", ".join(spec.name for spec in layout)
+            raise StateError(
+                f"state.tensors = {count}: the model's state is {len(layout)} tensor(s) ({names})"
+            )
+        (state,) = [
+            self._tensor(reader, spec, f"state.tensors[{i}]") for i, spec in enumerate(layout)
+        ]
+        return state
+
+    @staticmethod
+    def _tensor(reader: Reader, spec: TensorSpec, field: str) -> FloatArray:
+        name = reader.text(field + ".name", _TENSOR_NAME)
+        if name != spec.name:
+            raise StateError(f"{field}.name = {name!r}; the model's state holds {spec.name!r}")
+        dtype = reader.number("B", f"state.{name}.dtype")
+        if dtype != FLOAT32:
+            raise _out_of_range(f"state.{name}.dtype", dtype, f"{FLOAT32} (float32)")
+        count = reader.integer("B", f"state.{name}.dimensions", 1, MAX_DIMENSIONS)
+        shape = reader.unpack(f"{count}I", f"state.{name}.shape")
+        if shape != spec.shape:
+            raise StateError(
+                f"state.{name}: shape {list(shape)} does not match the model's {list(spec.shape)}"
+            )
+        raw = reader.take(4 * int(np.prod(shape)), f"state.{name} values")
+        values = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+        magnitude = np.abs(values)
+        bad = ~(magnitude <= spec.bound * (1 + ROUNDING_MARGIN))  # NaN compares False
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            value = float(values[where])
+            position = f"state.{name}[{', '.join(map(str, where))}]"
+            if not np.isfinite(value):
+                raise StateError(f"{position} = {value}: not finite")
+            raise _out_of_range(
+                position, value, f"|{name}| <= {spec.bound:g} ({spec.bound_reason})"
+            )
+        return values
+
+    # ------------------------------------------------------------------ exports
+
+    def export(
+        self, manifest: Manifest, *, steps: int, rng: np.random.Generator, state: FloatArray
+    ) -> bytes:
+        out = Writer()
+        snapshot = Snapshot(manifest.name, manifest.version, steps, RngState.of(rng), state)
+        self.write_snapshot(out, snapshot, manifest)
+        return self.seal(KIND_EXPORT, out.out)
+
+    def import_state(self, data: bytes, manifest: Manifest) -> Snapshot:
+        """Check exported bytes against the model they are imported into; INVALID_ARGUMENT
+        naming the field otherwise."""
+        try:
+            reader = self.open(data, KIND_EXPORT)
+            name, version, steps, rng = self.read_header(reader)
+            if (name, version) != (manifest.name, manifest.version):
+                raise StateError(
+                    f"state: exported from model {name}/{version}, cannot import into "
+                    f"{manifest.name}/{manifest.version}"
+                )
+            state = self.read_state(reader, manifest)
+            reader.end("state")
+        except StateError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return Snapshot(name, version, steps, rng, state)
+
+    def peek_version(self, data: bytes) -> int | None:
+        """The model version signed exported bytes name; None where they are not that
+        (``import_state`` then says why)."""
+        try:
+            reader = self.open(data, KIND_EXPORT)
+            reader.text("state.model", NAME_PATTERN)
+            return reader.integer("I", "state.version", 1, 2**31 - 1)
+        except StateError:
+            return None
 
 
-def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
-    """A PCG64 generator continuing from an exported generator state."""
-    generator = np.random.Generator(np.random.PCG64())
-    try:
-        generator.bit_generator.state = state
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidArgument(f"state: rng field malformed ({exc})") from None
-    return generator
+_KIND_NAMES = {KIND_EXPORT: "an export", KIND_RECORD: "a session record"}

@@ -21,6 +21,7 @@ from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.statecodec import MAX_STEPS
 
 T = TypeVar("T")
 # Rows of a StepMany message read between two turns of the event loop (~1 ms of work).
@@ -145,6 +146,7 @@ class Stepping:
             limits.current().spend(1)
             async with session.lock:
                 session.ensure_open()
+                session.ensure_room(1)
                 top, distribution = await self.core.batcher(model).step(session, token, k, full)
                 session.last = None
                 session.touch()
@@ -153,6 +155,8 @@ class Stepping:
         check_request_id(request_id)
         async with session.lock:
             await self.core.store.load(session)
+            if not session.answered(request_id):
+                session.ensure_room(len(ids))
             if session.answered(request_id):
                 logits = await self.core.current_logits(session)
             elif len(ids) == 1:  # joins the batch, which describes every output at once
@@ -215,6 +219,7 @@ class Stepping:
                 or start - at != 1
                 or mentions[session_id] > 1
                 or session.busy
+                or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
                 or (request_ids and session.answered(request_ids[row]))
             ):
                 ordinary.append((row, session, at))

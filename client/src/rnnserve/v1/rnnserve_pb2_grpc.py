@@ -124,7 +124,8 @@ class RnnServeServicer:
         the state of `condition` (conditional generators); or the imported `state`.
         Errors: NOT_FOUND (model), RESOURCE_EXHAUSTED (session limits), INVALID_ARGUMENT
         (idle_timeout_s out of range; source or condition missing, unknown or not
-        expected by the model; state bytes corrupt, of another model or another shape).
+        expected by the model; state bytes not signed with this deployment's state keys,
+        of another format, model or shape, or with a field out of range: docs/api.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,16 +142,21 @@ class RnnServeServicer:
 
     def ExportSession(self, request, context):
         """Returns a session's state as self-describing bytes (model name and version, step
-        count, sampling generator state, hidden state, SHA-256 checksum) that
-        CreateSession.state imports, on this or another server process. The session
-        stays open. Errors: NOT_FOUND (session).
+        count, sampling generator state, hidden state), signed with HMAC-SHA256 under the
+        server's state keys, that CreateSession.state imports on this or another server
+        process sharing the keys (format: docs/api.md). The session stays open. Like Fork,
+        it waits for the session's call in progress (a Generate included) to end.
+        Errors: NOT_FOUND (session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Closes a session and frees its state. Errors: NOT_FOUND (unknown session).
+        """Closes a session and frees its state, at once: it does not wait for the call in
+        progress, which ends with NOT_FOUND (docs/api.md, concurrent calls). Errors:
+        NOT_FOUND (unknown session); with a shared session store, DATA_LOSS (its record
+        failed its check; the session is closed all the same).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,10 +167,13 @@ class RnnServeServicer:
         (after the last token fed). Errors: NOT_FOUND (session), INVALID_ARGUMENT
         (empty input, token id out of range, top_k out of range, text with characters
         the vocabulary maps to nothing and no unknown token), RESOURCE_EXHAUSTED
-        (more tokens than the server's per-request limit). With a shared session store
-        (session_store): ABORTED (another replica changed the session at the same
-        moment; nothing was applied; retry), UNAVAILABLE (the store is unreachable),
-        FAILED_PRECONDITION (this replica lacks the session's model version).
+        (more tokens than the server's per-request limit), FAILED_PRECONDITION (the
+        tokens would take the session past the most steps a session may take, 2^63 - 1).
+        Calls on one session run one at a time, in the order received (docs/api.md).
+        With a shared session store (session_store): ABORTED (another replica changed
+        the session at the same moment; nothing was applied; retry), UNAVAILABLE (the
+        store is unreachable), FAILED_PRECONDITION (this replica lacks the session's
+        model version), DATA_LOSS (the session's record failed its check).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,8 +196,9 @@ class RnnServeServicer:
         string, or as soon as the caller cancels. Errors: NOT_FOUND (session),
         INVALID_ARGUMENT (a sampling parameter out of range, bad prompt),
         RESOURCE_EXHAUSTED (max_tokens above the server's limit), FAILED_PRECONDITION
-        (the model's output head is not a vocabulary); with a shared session store, as
-        Step.
+        (the model's output head is not a vocabulary; the prompt and max_tokens could take
+        the session past the most steps); with a shared session store, as Step. The whole
+        generation is one call: other calls on the session wait until it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
