@@ -568,22 +568,28 @@ def test_expiry_frees_every_slot_and_the_pool_gives_its_memory_back(
             return server.run(lambda: (len(store), pool.in_use))
 
         asyncio.run(open_sessions(2000))
-        # Ten sessions outlive the others, each in a state of its own, opened last: in
-        # the upper slots, which the shrinking pool moves down.
+        capacity = server.run(lambda: pool.capacity)
+        assert capacity > initial_capacity  # the sessions held slots: the pool grew
+        wait_for(lambda: occupancy() == (0, 0), timeout=20)
+        assert server.run(lambda: store.expired_total) == 2000
+        # all gone: the pool is back at its least size, its memory given back
+        wait_for(lambda: server.run(lambda: pool.capacity) == initial_capacity, timeout=10)
+        assert server.run(lambda: store.state_bytes) == initial_bytes
+
+        # Ten sessions outlive 2000 others, each in a state of its own, opened last: in
+        # the upper slots, which the shrinking pool moves down once the others are gone.
         with Client(server.address) as client:
+            others = asyncio.run(open_sessions(2000, idle_timeout_s=120))
             kept = asyncio.run(open_sessions(10, idle_timeout_s=120))
             for i, session_id in enumerate(kept):
                 client.step(session_id, [4 + i, 9, 5 + i])
-            capacity = server.run(lambda: pool.capacity)
-            assert capacity > initial_capacity  # the sessions held slots: the pool grew
             slots_before = server.run(lambda: [store._sessions[i].slot for i in kept])
-            wait_for(lambda: occupancy() == (10, 10), timeout=20)
-            assert server.run(lambda: store.expired_total) == 2000
-            # 10 in use: the least size, maybe in steps as the sweeps close the others
+            assert min(slots_before) >= 2000
+            for session_id in others:
+                client.close_session(session_id)
             wait_for(lambda: server.run(lambda: pool.capacity) == initial_capacity, timeout=10)
-            assert server.run(lambda: store.state_bytes) == initial_bytes
             slots_after = server.run(lambda: [store._sessions[i].slot for i in kept])
-            assert min(slots_before) >= initial_capacity > max(slots_after)  # they moved
+            assert max(slots_after) < initial_capacity  # they moved
             # Every kept session goes on exactly as one that never moved.
             for i, session_id in enumerate(kept):
                 with client.create_session(model_name) as control:
@@ -591,5 +597,5 @@ def test_expiry_frees_every_slot_and_the_pool_gives_its_memory_back(
                     expected = client.step(control.id, [7])
                 assert_top_close(client.step(session_id, [7]), expected)
         # The freed slots are reused: as many sessions again grow the pool to the same size.
-        asyncio.run(open_sessions(capacity - 10))
+        asyncio.run(open_sessions(capacity - 10, idle_timeout_s=120))
         assert server.run(lambda: pool.capacity) == capacity

@@ -40,7 +40,7 @@ from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 from rnnserve_server.statepool import StatePool
 from rnnserve_server.stats import BatchStats
 

@@ -25,7 +25,8 @@ from rnnserve_server.inputs import InputLimits, TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, IntArray
-from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.session import Session
+from rnnserve_server.sessions import SessionStore
 from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
 

@@ -21,7 +21,7 @@ from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.inputs import TokenInput, check_request_id
 from rnnserve_server.repository import Model
 from rnnserve_server.sampling import SamplingParams
-from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.session import LastCall, Session
 from rnnserve_server.shield import shielded
 
 MAX_STOP_STRINGS = 16

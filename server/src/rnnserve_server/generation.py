@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rnnserve_server.sampling import SamplingParams
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 from rnnserve_server.tokenizer import Tokenizer
 
 

@@ -40,6 +40,18 @@ _LATENCY_BUCKETS = (
 )
 
 
+class StoreTraffic(Protocol):
+    """What the metrics read of the shared store's pipelines (pipeline.py)."""
+
+    round_trips: int
+    commands: int
+
+
+class SharedStore(Protocol):
+    @property
+    def pipeline(self) -> StoreTraffic: ...
+
+
 class SessionCounts(Protocol):
     """What the metrics read of the session store."""
 
@@ -51,6 +63,9 @@ class SessionCounts(Protocol):
 
     @property
     def state_bytes(self) -> int: ...
+
+    @property
+    def records(self) -> SharedStore | None: ...
 
 
 class Observed(Protocol):
@@ -135,6 +150,18 @@ class _EngineCollector(Collector):
             "bytes of hidden-state arrays allocated",
             value=store.state_bytes,
         )
+        if store.records is not None:
+            traffic = store.records.pipeline
+            yield CounterMetricFamily(
+                "rnnserve_store_round_trips",
+                "pipelines sent to the shared session store, one round trip each",
+                value=traffic.round_trips,
+            )
+            yield CounterMetricFamily(
+                "rnnserve_store_commands",
+                "record loads, saves, creations and deletions sent to the shared session store",
+                value=traffic.commands,
+            )
         yield CounterMetricFamily(
             "rnnserve_generated_tokens",
             "tokens produced by Generate and Translate",

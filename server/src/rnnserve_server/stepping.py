@@ -20,7 +20,7 @@ from rnnserve_server.inputs import TokenInput, check_request_id, check_top_k, on
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, IntArray
 from rnnserve_server.sampling import Top
-from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.session import LastCall, Session
 from rnnserve_server.statecodec import MAX_STEPS
 
 T = TypeVar("T")
@@ -193,7 +193,9 @@ class Stepping:
             return answer
         lengths, request_ids, tokens = message.lengths, message.request_ids, message.tokens
         mentions = Counter(message.session_ids)
-        local = self.core.store.records is None
+        store = self.core.store
+        shared = store.records is not None
+        found = await self._lookups(message.session_ids, owner) if shared else None
         groups: dict[Model, tuple[list[int], list[Session], list[int]]] = {}
         ordinary: list[tuple[int, Session, int]] = []  # (row, session, where its tokens start)
         start = 0
@@ -204,23 +206,24 @@ class Stepping:
             at = start
             starts.append(at)
             start += 1 if lengths is None else lengths[row]
-            try:  # looked up in message order, so a session named twice keeps its order
+            try:  # in message order, so a session named twice keeps its order
                 if request_ids:
                     check_request_id(request_ids[row])
-                if local:
-                    session = self.core.store.get(session_id, owner)
-                else:
-                    session = await self.core.store.lookup(session_id, owner)
+                looked_up = store.get(session_id, owner) if found is None else found[row]
+                if isinstance(looked_up, ServiceError):
+                    raise looked_up
+                session = looked_up
             except ServiceError as exc:
                 single[row] = exc
                 continue
             if (
-                not local
-                or start - at != 1
+                start - at != 1
                 or mentions[session_id] > 1
                 or session.busy
                 or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
-                or (request_ids and session.answered(request_ids[row]))
+                # a retry is recognised by the session's last call: in a shared store, the
+                # record says what it was
+                or (request_ids and (shared or session.answered(request_ids[row])))
             ):
                 ordinary.append((row, session, at))
                 continue
@@ -349,6 +352,19 @@ class Stepping:
             del rows[paid:], sessions[paid:], ids[paid:]
         return bool(rows)
 
+    async def _lookups(
+        self, session_ids: Sequence[str], owner: str
+    ) -> list[Session | ServiceError]:
+        """Every step's session from the shared store: the records this replica has no
+        copy of are loaded together (SLICE_ROWS a group, all groups in one go)."""
+        parts = await asyncio.gather(
+            *(
+                self.core.store.lookup_many(session_ids[at : at + SLICE_ROWS], owner)
+                for at in range(0, len(session_ids), SLICE_ROWS)
+            )
+        )
+        return [found for part in parts for found in part]
+
     async def _step_rows(
         self,
         model: Model,
@@ -361,25 +377,35 @@ class Stepping:
         single: dict[int, StepOutput | ServiceError],
     ) -> StepRows:
         """Single-token steps of distinct sessions of one model (their locks held), as
-        one group."""
+        one group; with a shared store their records loaded before and saved after, all
+        together (a step whose load or save fails fails alone)."""
+        store = self.core.store
+        failed = await store.load_many(sessions)
+        for i, session in enumerate(sessions):
+            if failed[i] is None:
+                try:
+                    session.ensure_room(1)  # by the record's step count
+                except ServiceError as error:
+                    failed[i] = error
+        rows, sessions, ids = _without(failed, rows, single, rows, sessions, ids)
         tokens = np.asarray(ids, dtype=np.int64)
         answer = await self.core.batcher(model).step_rows(sessions, tokens, k)
         now = time.monotonic()
         for session, row in zip(sessions, rows, strict=True):
             session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
             session.touch(now)
+        closed: list[ServiceError | None] = [None] * len(rows)
+        for i in answer.closed:  # closed while waiting: not applied
+            closed[i] = NotFound(f"session {sessions[i].id} was closed")
         steps = [session.steps for session in sessions]
+        kept = list(range(len(rows)))
+        rows, sessions, steps, kept = _without(closed, rows, single, rows, sessions, steps, kept)
+        saved = await store.save_many(sessions)
+        rows, steps, kept = _without(saved, rows, single, rows, steps, kept)
         ids_out, probabilities = answer.ids, answer.probabilities
-        if answer.closed:  # closed while waiting: not applied
-            for i in answer.closed:
-                single[rows[i]] = NotFound(f"session {sessions[i].id} was closed")
-            gone = set(answer.closed)
-            kept = [i for i in range(len(rows)) if i not in gone]
-            rows = [rows[i] for i in kept]
-            steps = [steps[i] for i in kept]
+        if len(kept) < len(ids_out):
             ids_out, probabilities = ids_out[kept], probabilities[kept]
-        names = outputs.names(model)
-        return StepRows(rows, steps, ids_out, probabilities, names)
+        return StepRows(rows, steps, ids_out, probabilities, outputs.names(model))
 
 
 async def _every(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
@@ -390,3 +416,20 @@ async def _every(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
         if isinstance(result, BaseException):
             raise result
     return results  # type: ignore[return-value]
+
+
+def _without(
+    errors: Sequence[ServiceError | None],
+    rows: list[int],
+    single: dict[int, StepOutput | ServiceError],
+    *columns: list[Any],
+) -> list[list[Any]]:
+    """``columns`` without the entries whose ``errors`` entry is set; each such row of
+    the message is answered by its error (in ``single``)."""
+    if not any(errors):
+        return list(columns)
+    for row, error in zip(rows, errors, strict=True):
+        if error is not None:
+            single[row] = error
+    kept = [i for i, error in enumerate(errors) if error is None]
+    return [[column[i] for i in kept] for column in columns]
