@@ -218,6 +218,10 @@ async def create_server(config: ServerConfig) -> RunningServer:
 
 async def serve(config: ServerConfig) -> None:
     running = await create_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before "serving": from then on, a drain
+        loop.add_signal_handler(sig, stop.set)
     log.info(
         "serving %s on %s:%d (%d models, %d refused)",
         SERVICE_NAME,
@@ -226,10 +230,6 @@ async def serve(config: ServerConfig) -> None:
         len(running.engine.repository.models),
         len(running.engine.repository.broken),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     stop.clear()  # a second signal ends the grace period at once
     log.info(

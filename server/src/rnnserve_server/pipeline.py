@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-MAX_COMMANDS = 512
+MAX_COMMANDS = 128
 
 Call = tuple[Sequence[Any], Sequence[Any]]  # a script's KEYS and ARGV
 Queued = tuple[Any, Sequence[Call], "asyncio.Future[list[Any]]"]  # script, calls, answer

@@ -11,6 +11,7 @@ store (``sessions.SessionStore``), kept apart as the concern it is.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +33,7 @@ from rnnserve_server.statecodec import RngState, StateCodec
 from rnnserve_server.statepool import StatePool
 
 T = TypeVar("T")
+SEAL_SLICE = 64  # records signed between two turns of the event loop
 
 
 class SharedCopies:
@@ -213,10 +215,15 @@ class SharedCopies:
         session None, or the error that call fails with."""
         if self.records is None:
             return [None] * len(sessions)
+        sealed = []
+        for at in range(0, len(sessions), SEAL_SLICE):  # ~35 us each: others' turn between
+            if at:
+                await asyncio.sleep(0)
+            sealed += [
+                (s.id, s.owner, s.revision, self._sealed(s)) for s in sessions[at : at + SEAL_SLICE]
+            ]
         try:
-            saved = await self.records.save_many(
-                [(s.id, s.owner, s.revision, self._sealed(s)) for s in sessions]
-            )
+            saved = await self.records.save_many(sealed)
         except Unavailable as error:
             saved = [error] * len(sessions)
         errors: list[ServiceError | None] = []
