@@ -307,3 +307,25 @@ def test_a_sessions_limit_says_what_frees_room(models_dir: Path, model_name: str
             assert raised.value.retry_after_s is None
         with pytest.raises(InvalidArgument):
             client.create_session(model_name, idle_timeout_s=10**9)
+
+
+def test_a_long_input_runs_in_chunks_exactly_as_in_one_run(
+    server: ServerThread, model_name: str
+) -> None:
+    """A prompt runs FEED_CHUNK tokens at a time (others' work between the runs): the
+    outcome is that of one run of the whole sequence."""
+    import numpy as np
+
+    from rnnserve_server.core import FEED_CHUNK
+    from rnnserve_server.outputs import probabilities
+
+    tokens = [4 + (i * 7) % 90 for i in range(2 * FEED_CHUNK + 276)]
+    assert server.running is not None
+    model = server.running.engine.repository.get(model_name)
+    initial = model.runtime.initial_state[:, None, :]
+    logits, _ = model.runtime.run_tokens(np.asarray(tokens, dtype=np.int64), initial)
+    expected = probabilities(model, logits[0])
+    with Client(server.address) as client, client.create_session(model_name) as session:
+        result = session.step(tokens=tokens, return_distribution=True)
+    assert result.steps == len(tokens)
+    np.testing.assert_allclose(result.distribution, expected, rtol=0, atol=1e-6)

@@ -55,7 +55,11 @@ class ServerConfig:
     intra_op_spinning: bool = setting(
         False, "let idle onnxruntime threads spin for work (only with cores to spare)"
     )
-    workers: int = setting(2, "threads that run inference beside the event loop")
+    workers: int = setting(
+        2,
+        "threads that run inference beside the event loop: as many for whole inputs "
+        "(prompts, sources) and as many again for the batcher's runs of the step graph",
+    )
     max_batch: int = setting(256, "most sessions' steps one run of the step graph takes")
     batch_window_us: int = setting(
         0, "microseconds to wait for more steps before a run; 0: batch what is queued"

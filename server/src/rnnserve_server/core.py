@@ -32,6 +32,8 @@ from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
+FEED_CHUNK = 512  # tokens of a long input per run of the sequence graph
+
 
 class Core:
     def __init__(self, config: ServerConfig, repository: Repository) -> None:
@@ -62,14 +64,19 @@ class Core:
         )
         self._input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
         self.stats = EngineStats()
+        # Two sets of threads: the batcher's runs of the step graph never queue behind a
+        # long prompt or source (a sequence graph run, as long as its tokens), so one
+        # caller's 4096-token prompts cannot hold up everybody's batched steps.
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
+        self._step_executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-step")
         self.batchers: dict[Model, StepBatcher] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._step_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
         if self.store.records is not None:
             await self.store.records.close()
 
@@ -89,7 +96,7 @@ class Core:
             batcher = self.batchers[model] = StepBatcher(
                 model.runtime,
                 lambda: self.store.pool(model),
-                self._executor,
+                self._step_executor,
                 max_batch=self.config.max_batch,
                 window_s=self.config.batch_window_us / 1e6,
                 inline_s=self.config.inline_run_us / 1e6,
@@ -136,17 +143,21 @@ class Core:
     async def feed(self, session: Session, ids: IntArray) -> FloatArray:
         """Feed tokens to a session (its lock held); the logits after the last, [K].
 
-        One token joins the cross-session batch; several run as one call on a worker
-        thread (the sequence graph where the package has one). Either way the state
-        changes only when every token has been applied, so a cancelled or failed call
-        leaves the session as it was.
+        One token joins the cross-session batch; several run on a worker thread (the
+        sequence graph where the package has one), FEED_CHUNK tokens per run, the state
+        carried from run to run: other callers' prompts queued meanwhile take their turns
+        between the runs of a long one. Either way the state changes only when every
+        token has been applied, so a cancelled or failed call leaves the session as it
+        was.
         """
         session.ensure_open()
         if len(ids) == 1:
             return await self.batcher(session.model).feed(session, int(ids[0]))
         pool = self.store.pool(session.model)
         state = pool.gather([session.slot])
-        logits, state = await self.infer(session.model.runtime.run_tokens, ids, state)
+        run_tokens = session.model.runtime.run_tokens
+        for start in range(0, len(ids), FEED_CHUNK):
+            logits, state = await self.infer(run_tokens, ids[start : start + FEED_CHUNK], state)
         session.ensure_open()
         pool.scatter([session.slot], state)
         session.steps += len(ids)

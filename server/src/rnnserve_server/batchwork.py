@@ -1,0 +1,60 @@
+"""The work the batcher (batcher.py) queues and runs: single steps, groups of steps,
+and the runs of the step graph that take them (generations are ``generation.Generation``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from rnnserve_server.generation import Generation
+from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.session import Session
+from rnnserve_server.statepool import StatePool
+
+
+@dataclass(eq=False, slots=True)
+class PendingStep:
+    """One session's single-token step, waiting for a run."""
+
+    session: Session
+    token: int
+    future: asyncio.Future[Any]
+    queued_at: float
+    k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
+    full: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class StepGroup:
+    """Single-token steps of distinct sessions whose locks the caller holds, answered
+    together: the top k of each row, and the rows whose session was closed meanwhile."""
+
+    sessions: list[Session]
+    tokens: IntArray
+    k: int
+    future: asyncio.Future[RowsAnswer]
+    queued_at: float
+    passed: bool = False  # a run went without it: it goes first in the next
+
+
+class RowsAnswer(NamedTuple):
+    """A group's answer: ids and probabilities [n, k] (most probable first); the rows
+    whose session was closed while they waited (not applied, their outputs not valid)."""
+
+    ids: IntArray
+    probabilities: FloatArray
+    closed: list[int]
+
+
+@dataclass(eq=False, slots=True)
+class Run:
+    """One run of the step graph: who is in it, where their states live. Rows are the
+    batch's steps, then the groups' rows, then the jobs."""
+
+    pool: StatePool
+    batch: list[PendingStep]
+    groups: list[StepGroup]
+    jobs: list[Generation]
+    slots: list[int]
+    started: float
