@@ -144,14 +144,14 @@ class Accounted:
         return 0.0 if began is None else time.perf_counter() - began
 
     async def end_calls(self, wait_s: float) -> None:
-        """The server stops: every call still in flight ends now with UNAVAILABLE (its
-        caller retries elsewhere), never with the OK of a stream cut short, which is
-        what gRPC would answer for a cancelled streaming handler."""
+        """The server stops: every call still in flight ends now, its handler unwound
+        (a generation's session saved), with UNAVAILABLE saying why (its caller retries
+        elsewhere) and counted as such, before the transport closes under it."""
         self._stopping = True
         calls = list(self._calls)
         for task in calls:
-            # A stream's task cancelled while gRPC sends one of its responses would end
-            # with OK (gRPC swallows the cancel there): that one stops after the send.
+            # gRPC swallows a cancel that lands while it sends a stream's response (no
+            # status goes out): such a stream stops after that send instead.
             if task not in self._writing:
                 task.cancel()
         if calls:
