@@ -8,10 +8,14 @@ BIN       := $(VENV)/bin
 MODELS    ?= models
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
+HTTP_PORT ?= 8000
 
 STAMP := $(VENV)/.installed
-PROTO := proto/rnnserve/v1/rnnserve.proto
+# tritonclient needs protobuf<7, rnnserve protobuf 7: it gets a virtual environment of its own.
+TRITON_VENV ?= .venv-tritonclient
+TRITON_STAMP := $(TRITON_VENV)/.installed
 STUBS := client/src/rnnserve/v1
+SERVER_STUBS := server/src/rnnserve_server/kserve/pb
 
 .PHONY: help
 help: ## List the targets
@@ -28,14 +32,24 @@ $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml re
 .PHONY: dev
 dev: $(STAMP) ## Install everything for development into $(VENV) (editable)
 
+$(TRITON_STAMP): requirements-tritonclient.txt
+	test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -r requirements-tritonclient.txt
+	touch $@
+
+.PHONY: tritonclient
+tritonclient: $(TRITON_STAMP) ## tritonclient[grpc] from PyPI into $(TRITON_VENV) (protobuf<7): the KServe tests drive it
+
 .PHONY: proto
-proto: $(STAMP) ## Regenerate the Python stubs from proto/
-	bash scripts/gen-proto.sh $(PY) $(STUBS)
+proto: $(STAMP) ## Regenerate the Python stubs from proto/ (client: rnnserve.v1; server: KServe v2)
+	bash scripts/gen-proto.sh $(PY) $(STUBS) $(SERVER_STUBS)
 
 .PHONY: check-proto
 check-proto: $(STAMP) ## Fail if the committed stubs differ from what proto/ generates
-	tmp=$$(mktemp -d) && bash scripts/gen-proto.sh $(PY) $$tmp \
-	  && diff -r -x __pycache__ -x __init__.py $$tmp $(STUBS) && rm -rf $$tmp \
+	tmp=$$(mktemp -d) && bash scripts/gen-proto.sh $(PY) $$tmp/client $$tmp/server \
+	  && diff -r -x __pycache__ -x __init__.py $$tmp/client $(STUBS) \
+	  && diff -r -x __pycache__ -x __init__.py $$tmp/server $(SERVER_STUBS) && rm -rf $$tmp \
 	  && echo "stubs are current"
 
 .PHONY: lint
@@ -59,8 +73,8 @@ system-deps: ## Install redis-server and nginx (Debian packages) if missing: the
 	bash scripts/system-deps.sh
 
 .PHONY: test
-test: $(STAMP) system-deps ## Run the whole test suite (the Docker end-to-end test: make test-docker)
-	$(BIN)/pytest
+test: $(STAMP) $(TRITON_STAMP) system-deps ## Run the whole test suite (the Docker end-to-end test: make test-docker)
+	RNNSERVE_TRITONCLIENT_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(BIN)/pytest
 
 .PHONY: test-docker
 test-docker: $(STAMP) ## Build the images and run the compose stack end to end (needs root or a Docker engine)
@@ -75,8 +89,8 @@ models: $(STAMP) ## Train every demo-zoo model the repository lacks (docs/models
 	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
 .PHONY: run
-run: models ## Serve the model repository on $(HOST):$(PORT), training the zoo first if needed
-	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT)
+run: models ## Serve the models: gRPC (rnnserve.v1, KServe v2) on $(HOST):$(PORT), OpenAI HTTP on $(HTTP_PORT); trains the zoo first if needed
+	$(BIN)/rnnserve-server --models=$(MODELS) --host=$(HOST) --port=$(PORT) --openai-port=$(HTTP_PORT)
 
 .PHONY: clean
 clean: ## Remove caches (keeps $(VENV) and $(MODELS))

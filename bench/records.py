@@ -16,6 +16,7 @@ SERVERS = (ECHO, BASELINE, RNNSERVE)
 
 # scenarios
 LOCKSTEP = "lockstep"  # N sessions, each its own StepStream, one token per message
+LOCKSTEP_REDIS = "lockstep-redis"  # the same, rnnserve's sessions in a Redis store
 MULTIPLEXED = "multiplexed"  # N sessions' steps in each StepMany message, one stream
 RAW_STEP = "raw-step"  # the step graph in-process at batch B, state fed back
 GENERATE = "generate"  # N concurrent Generate calls, tokens/s aggregate
@@ -42,6 +43,7 @@ def vocabulary_scenario(words: int) -> str:
 
 SCENARIOS = (
     LOCKSTEP,
+    LOCKSTEP_REDIS,
     MULTIPLEXED,
     RAW_STEP,
     GENERATE,

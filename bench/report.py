@@ -197,7 +197,7 @@ def _targets(records: Sequence[Record], docs: Path) -> list[str]:
     passed = sum(v.status == targets.PASS for v in verdicts)
     missed = sum(v.status == targets.MISS for v in verdicts)
     lines = [
-        "## Targets (issue 6)",
+        "## Targets (issues 6 and 16)",
         "",
         f"{passed} PASS, {missed} MISS, {len(verdicts) - passed - missed} not measurable yet.",
         "",

@@ -19,9 +19,11 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plot, report
+from bench.cluster import MissingProgram, RedisServer
 from bench.machine import cpu_seconds, load_average, machine_info, peak_rss_bytes, rss_bytes
 from bench.package import DEFAULT_CACHE, ModelSpec, ensure_package
 from bench.procs import REPO_ROOT, ProcessFailed, ServerProcess, python_module, run_worker, serving
@@ -39,6 +42,7 @@ from bench.records import (
     GENERATE_GROUPED,
     IDLE_MEMORY,
     LOCKSTEP,
+    LOCKSTEP_REDIS,
     MULTIPLEXED,
     PROMPT_ONE_CALL,
     PROMPT_RAW_SEQUENCE,
@@ -75,6 +79,7 @@ class Plan:
     duration_s: float = 5.0
     concurrencies: tuple[int, ...] = (1, 8, 64, 256)
     multiplexed_sessions: int = 256  # over one StepMany stream
+    redis_sessions: int = 64  # lockstep, rnnserve's sessions in a Redis store
     generate_concurrencies: tuple[int, ...] = (1, 64)
     raw_batches: tuple[int, ...] = (1, 8, 64, 256)
     sampling_batches: tuple[int, ...] = (1, 64)
@@ -577,6 +582,48 @@ def measure_servers(
     return systems
 
 
+def measure_redis_store(
+    package: Path, spec: ModelSpec, plan: Plan, extra_args: Sequence[str], recorder: Recorder
+) -> dict[str, list[str]]:
+    """rnnserve with its sessions in a real redis-server (Debian's, on a Unix socket),
+    stepped in lockstep as the in-memory figures are; skipped where Redis is missing."""
+    n = plan.redis_sessions
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rnnserve-redis-")))
+        try:
+            redis = stack.enter_context(RedisServer(scratch))
+        except MissingProgram as exc:
+            skipped = Record(RNNSERVE, LOCKSTEP_REDIS, concurrency=n, skipped=str(exc))
+            recorder.records.append(skipped)
+            return {}
+        keys = scratch / "state.keys"  # a shared store's records are signed (issue 17)
+        keys.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+        command = rnnserve_command(
+            package.parent.parent,
+            rnnserve_flags(),
+            [*extra_args, "--session-store", redis.url, "--state-keys-file", str(keys)],
+            DEFAULT_SESSION_LIMIT,
+        )
+        try:
+            server = stack.enter_context(serving(RNNSERVE, command))
+        except ProcessFailed as exc:
+            error = str(exc)[-2000:]
+            recorder.records.append(Record(RNNSERVE, LOCKSTEP_REDIS, concurrency=n, error=error))
+            return {f"{RNNSERVE} (redis store)": command}
+        for _ in range(plan.rounds):
+            recorder.measure(
+                RNNSERVE,
+                LOCKSTEP_REDIS,
+                functools.partial(
+                    _measure_steps, server, spec.name, n, plan,
+                    mode="lockstep", scenario=LOCKSTEP_REDIS, extra={"store": "redis"},
+                ),
+                server=server,
+                concurrency=n,
+            )  # fmt: skip
+    return {f"{RNNSERVE} (redis store)": command}
+
+
 def measure_vocabularies(
     cache: Path, plan: Plan, extra_args: Sequence[str], recorder: Recorder
 ) -> dict[str, list[str]]:
@@ -649,6 +696,7 @@ def run(plan: Plan, cache: Path, extra_args: Sequence[str], quick: bool) -> dict
     # (the servers' figures are taken in rounds for the same reason).
     recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
     systems = measure_servers(package, spec, plan, extra_args, recorder)
+    systems.commands.update(measure_redis_store(package, spec, plan, extra_args, recorder))
     recorder.measure(RAW, RAW_STEP, functools.partial(measure_raw, package, plan))
     systems.commands.update(measure_vocabularies(cache, plan, extra_args, recorder))
     recorder.records = best_runs(recorder.records)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
-from support import SHARED_STATE_KEYS, ServerThread, server_config
+from support import SHARED_STATE_KEYS, ServerThread, build_zoo, server_config
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +61,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 # makes real gRPC calls, whose latency varies with the machine's load).
 settings.register_profile("rnnserve", derandomize=True, database=None, deadline=None)
 settings.load_profile("rnnserve")
+
+
+@pytest.fixture(scope="session")
+def tritonclient_python() -> Path:
+    """The Python of tritonclient's own virtual environment (make tritonclient, which
+    make test runs first); where it is missing the test is skipped, except in CI."""
+    default = Path(__file__).parent.parent / ".venv-tritonclient" / "bin" / "python"
+    python = Path(os.environ.get("RNNSERVE_TRITONCLIENT_PYTHON", default))
+    if not python.exists():
+        message = f"{python} is missing: make tritonclient"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+@pytest.fixture(scope="module")
+def zoo(
+    tiny_package: Path, model_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    """A real server holding one model of each kind (support.build_zoo)."""
+    root = build_zoo(tiny_package, tmp_path_factory.mktemp("zoo"), model_name)
+    with ServerThread(server_config(root)) as running:
+        assert not running.running.engine.repository.broken  # type: ignore[union-attr]
+        yield running

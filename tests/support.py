@@ -55,6 +55,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         if self.running is not None:
             self.call(self.running.stop(0))
+        self.call(_cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
@@ -78,6 +79,15 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+async def _cancel_the_rest() -> None:
+    """What asyncio.run does at its end: tasks still pending (sse-starlette's shutdown
+    watcher of the HTTP front runs until the loop ends) are cancelled, not left behind."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 def server_config(models: Path, **overrides: Any) -> ServerConfig:
@@ -199,6 +209,111 @@ def started(program: P) -> Iterator[P]:
         yield program
     finally:
         program.__exit__(None, None, None)
+
+
+# A repository with one model of each kind besides the tiny language model, made from the
+# tiny package (build_zoo): a classifier, an encoder-decoder, a conditional generator.
+CLASSIFIER = "labelled"
+ENCODER_DECODER = "encdec"
+CONDITIONAL = "moods"
+CONDITIONS = ["calm", "wild"]
+
+
+def add_initial_state_graph(package: Path, kind: str, table: np.ndarray) -> None:
+    """Give a package an `encoder` or `condition` graph whose state is a row lookup in
+    `table` (the sum of the source tokens' rows, squashed; or the condition's row)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if kind == "encoder":
+        inputs = [
+            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "time"]),
+            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]),
+        ]
+        nodes = [
+            helper.make_node("Gather", ["table", "tokens"], ["rows"]),
+            helper.make_node("ReduceSum", ["rows", "one"], ["summed"], keepdims=0),
+            helper.make_node("Tanh", ["summed"], ["picked"]),
+        ]
+    else:
+        inputs = [helper.make_tensor_value_info("condition", TensorProto.INT64, ["batch"])]
+        nodes = [helper.make_node("Gather", ["table", "condition"], ["picked"])]
+    nodes.append(helper.make_node("Unsqueeze", ["picked", "zero"], ["state"]))  # one layer
+    constants = {"table": table, "zero": np.array([0]), "one": np.array([1])}
+    graph = helper.make_graph(
+        nodes,
+        kind,
+        inputs,
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "batch", table.shape[1]])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what the installed onnxruntime reads
+    onnx.checker.check_model(model)
+    onnx.save(model, package / f"{kind}.onnx")
+
+    def declare(manifest: dict[str, object]) -> None:
+        graphs = manifest["graphs"]
+        assert isinstance(graphs, dict)
+        graphs[kind] = {
+            "file": f"{kind}.onnx",
+            "inputs": [i.name for i in inputs],
+            "outputs": ["state"],
+        }
+        manifest["initial_state"] = {"kind": kind, "token": "bos"}
+        manifest["shape"] = "seq2seq" if kind == "encoder" else "one-to-many"
+        if kind == "condition":
+            manifest["conditions"] = CONDITIONS
+
+    edit_manifest(package, declare)
+
+
+def build_zoo(tiny_package: Path, root: Path, model_name: str) -> Path:
+    manifest = json.loads((tiny_package / "manifest.json").read_text())
+    size, hidden = manifest["tokenizer"]["size"], manifest["hidden_size"]
+    assert manifest["layers"] == 1
+    copy_package(tiny_package, root, model_name)
+    labelled = copy_package(tiny_package, root, CLASSIFIER)
+    labels = [f"class-{i}" for i in range(size)]
+    edit_manifest(labelled, lambda m: m.update(output={"kind": "labels", "labels": labels}))
+    table = np.random.default_rng(0).normal(0, 0.5, (size, hidden)).astype(np.float32)
+    add_initial_state_graph(copy_package(tiny_package, root, ENCODER_DECODER), "encoder", table)
+    conditional = copy_package(tiny_package, root, CONDITIONAL)
+    add_initial_state_graph(conditional, "condition", table[: len(CONDITIONS)])
+    return root
+
+
+TRITONCLIENT_DRIVER = Path(__file__).parent / "integration" / "tritonclient_driver.py"
+
+
+class TritonClient:
+    """tritonclient[grpc] from PyPI, in its own virtual environment (make tritonclient),
+    as a subprocess: ``run`` hands it a plan of calls (see tritonclient_driver.py) and
+    returns what each call returned."""
+
+    def __init__(self, python: Path, address: str, headers: dict[str, str] | None = None) -> None:
+        self.python, self.address, self.headers = python, address, headers or {}
+
+    def run(self, *calls: dict[str, Any]) -> list[Any]:
+        plan = {"address": self.address, "headers": self.headers, "calls": list(calls)}
+        done = subprocess.run(
+            [str(self.python), str(TRITONCLIENT_DRIVER)],
+            input=json.dumps(plan),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    def infer(self, **request: Any) -> Any:
+        (result,) = self.run({"call": "infer", "request": request})
+        return result
+
+    def stream(self, *requests: dict[str, Any]) -> list[Any]:
+        (results,) = self.run({"call": "stream", "requests": list(requests)})
+        return results  # type: ignore[no-any-return]
 
 
 def assert_top_close(got: Any, expected: Any, atol: float = 2e-6) -> None:

@@ -205,7 +205,11 @@ class ToyServicer(rnnserve_pb2_grpc.RnnServeServicer):
                 finished.set()
             yield pb.GenerateResponse(
                 session_id=request.session_id,
-                tokens=[pb.GeneratedToken(id=token, text=_text(token), probability=0.5)],
+                tokens=[
+                    pb.GeneratedToken(
+                        id=token, text=_text(token), piece=_text(token), probability=0.5
+                    )
+                ],
                 steps=len(tokens),
                 finish_reason=reason,
                 matched_stop=matched,

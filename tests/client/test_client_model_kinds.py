@@ -13,9 +13,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import pytest
-from support import ServerThread, copy_package, edit_manifest, server_config
+from support import (
+    CLASSIFIER,
+    CONDITIONAL,
+    CONDITIONS,
+    ENCODER_DECODER,
+    ServerThread,
+    copy_package,
+    server_config,
+)
 
 from rnnserve import (
     AsyncClient,
@@ -29,84 +36,6 @@ from rnnserve import (
 from rnnserve.cli import main
 
 T = TypeVar("T")
-CLASSIFIER = "labelled"
-ENCODER_DECODER = "encdec"
-CONDITIONAL = "moods"
-CONDITIONS = ["calm", "wild"]
-
-
-def add_initial_state_graph(package: Path, kind: str, table: np.ndarray) -> None:
-    """Give a package an `encoder` or `condition` graph whose state is a row lookup in
-    `table` (the sum of the source tokens' rows, squashed; or the condition's row)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    if kind == "encoder":
-        inputs = [
-            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "time"]),
-            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]),
-        ]
-        nodes = [
-            helper.make_node("Gather", ["table", "tokens"], ["rows"]),
-            helper.make_node("ReduceSum", ["rows", "one"], ["summed"], keepdims=0),
-            helper.make_node("Tanh", ["summed"], ["picked"]),
-        ]
-    else:
-        inputs = [helper.make_tensor_value_info("condition", TensorProto.INT64, ["batch"])]
-        nodes = [helper.make_node("Gather", ["table", "condition"], ["picked"])]
-    nodes.append(helper.make_node("Unsqueeze", ["picked", "zero"], ["state"]))  # one layer
-    constants = {"table": table, "zero": np.array([0]), "one": np.array([1])}
-    graph = helper.make_graph(
-        nodes,
-        kind,
-        inputs,
-        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "batch", table.shape[1]])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what the installed onnxruntime reads
-    onnx.checker.check_model(model)
-    onnx.save(model, package / f"{kind}.onnx")
-
-    def declare(manifest: dict[str, object]) -> None:
-        graphs = manifest["graphs"]
-        assert isinstance(graphs, dict)
-        graphs[kind] = {
-            "file": f"{kind}.onnx",
-            "inputs": [i.name for i in inputs],
-            "outputs": ["state"],
-        }
-        manifest["initial_state"] = {"kind": kind, "token": "bos"}
-        manifest["shape"] = "seq2seq" if kind == "encoder" else "one-to-many"
-        if kind == "condition":
-            manifest["conditions"] = CONDITIONS
-
-    edit_manifest(package, declare)
-
-
-def build_zoo(tiny_package: Path, root: Path, model_name: str) -> Path:
-    manifest = json.loads((tiny_package / "manifest.json").read_text())
-    size, hidden = manifest["tokenizer"]["size"], manifest["hidden_size"]
-    assert manifest["layers"] == 1
-    copy_package(tiny_package, root, model_name)
-    labelled = copy_package(tiny_package, root, CLASSIFIER)
-    labels = [f"class-{i}" for i in range(size)]
-    edit_manifest(labelled, lambda m: m.update(output={"kind": "labels", "labels": labels}))
-    table = np.random.default_rng(0).normal(0, 0.5, (size, hidden)).astype(np.float32)
-    add_initial_state_graph(copy_package(tiny_package, root, ENCODER_DECODER), "encoder", table)
-    conditional = copy_package(tiny_package, root, CONDITIONAL)
-    add_initial_state_graph(conditional, "condition", table[: len(CONDITIONS)])
-    return root
-
-
-@pytest.fixture(scope="module")
-def zoo(
-    tiny_package: Path, model_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerThread]:
-    root = build_zoo(tiny_package, tmp_path_factory.mktemp("zoo"), model_name)
-    with ServerThread(server_config(root)) as server:
-        assert not server.running.engine.repository.broken  # type: ignore[union-attr]
-        yield server
 
 
 @pytest.fixture

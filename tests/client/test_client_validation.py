@@ -193,10 +193,16 @@ def test_model_info_enums_become_short_labels() -> None:
 def test_generated_chunks_name_why_they_ended() -> None:
     running = generated_chunk(
         pb.GenerateResponse(
-            tokens=[pb.GeneratedToken(id=1, text="a"), pb.GeneratedToken(id=2, text="b")], steps=4
+            tokens=[
+                pb.GeneratedToken(id=1, text="a", piece="a"),
+                pb.GeneratedToken(id=2, text="b", piece=" b"),
+            ],
+            steps=4,
         )
     )
-    assert (running.text, running.steps, running.finish_reason) == ("ab", 4, None)
+    # the text is the pieces (what each token adds), not the tokens as written
+    assert (running.text, running.steps, running.finish_reason) == ("a b", 4, None)
+    assert [t.text for t in running.tokens] == ["a", "b"]
     assert running.matched_stop is None
     stopped = generated_chunk(
         pb.GenerateResponse(finish_reason=pb.FINISH_REASON_STOP_STRING, matched_stop="\n")

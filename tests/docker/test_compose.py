@@ -181,6 +181,7 @@ def stack(docker_env: dict[str, str]) -> Iterator[Stack]:
         "RNNSERVE_TRAIN_PRESET": "tiny",
         "RNNSERVE_PUBLISH_PORT": str(free_port()),
         "RNNSERVE_SCALE_PORT": str(free_port()),
+        "RNNSERVE_HTTP_PUBLISH_PORT": str(free_port()),
     }
     stack = Stack(env, f"rnnserve-e2e-{uuid.uuid4().hex[:8]}", int(env["RNNSERVE_PUBLISH_PORT"]))
     try:
@@ -234,6 +235,26 @@ def test_host_client_generates_and_steps(stack: Stack) -> None:
             assert step.session_id == session.id and step.consumed >= 1
             assert step.top and all(0 <= t.probability <= 1 for t in step.top)
             assert step.top == sorted(step.top, key=lambda t: -t.probability)
+
+
+def test_host_reaches_the_openai_http_front(stack: Stack) -> None:
+    import json
+    import urllib.request
+
+    from rnnserve import Client
+
+    url = f"http://127.0.0.1:{stack.env['RNNSERVE_HTTP_PUBLISH_PORT']}/v1"
+    with urllib.request.urlopen(f"{url}/models", timeout=30) as reply:
+        assert [m["id"] for m in json.loads(reply.read())["data"]] == [TINY_MODEL]
+    body = {"model": TINY_MODEL, "prompt": "The ", "max_tokens": 12, "temperature": 0}
+    request = urllib.request.Request(f"{url}/completions", json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        text = json.loads(reply.read())["choices"][0]["text"]
+    with (
+        Client(f"127.0.0.1:{stack.port}", timeout=60) as client,
+        client.create_session(TINY_MODEL) as session,
+    ):
+        assert text == client.generate_text(session.id, "The ", max_tokens=12, temperature=0)
 
 
 def test_server_image_has_no_torch(stack: Stack) -> None:

@@ -91,3 +91,13 @@ def test_a_shared_store_takes_keys_from_the_setting_or_a_file() -> None:
     store = ["--session-store", "redis://r:6379/0"]
     assert load_config([*store, "--state-keys", KEY], environ={}).state_keys == KEY
     assert load_config([*store, "--state-keys-file", "/run/keys"], environ={}).state_keys == ""
+
+
+def test_the_http_front_is_off_unless_a_port_is_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config([], environ={}).openai_port == -1
+    assert load_config([], environ={"RNNSERVE_OPENAI_PORT": "8000"}).openai_port == 8000
+    config = load_config(["--openai-port", "0", "--openai-host", "::1"], environ={})
+    assert (config.openai_port, config.openai_host) == (0, "::1")
+    with pytest.raises(SystemExit):
+        load_config(["--openai-port", "-2"], environ={})
+    assert "openai_port = -2 is invalid; allowed: -1 (off) .. 65535" in capsys.readouterr().err

@@ -33,8 +33,8 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     ),
     "manifest missing": (lambda p: (p / MANIFEST_FILE).unlink(), "manifest.json: missing"),
     "unknown cell": (
-        lambda p: edit_manifest(p, lambda m: m.update(cell="lstm")),
-        "manifest.cell = 'lstm': expected one of",
+        lambda p: edit_manifest(p, lambda m: m.update(cell="lstm-peephole")),
+        "manifest.cell = 'lstm-peephole': expected one of",
     ),
     "negative layers": (
         lambda p: edit_manifest(p, lambda m: m.update(layers=-1)),
@@ -55,8 +55,18 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
         ),
         "but manifest.tokenizer.size",
     ),
-    "hidden size mismatch": (
+    "hidden size differs from the state": (
         lambda p: edit_manifest(p, lambda m: m.update(hidden_size=m["hidden_size"] + 1)),
+        "has width 33, parts [('h', 1, 1.0)]",
+    ),
+    "hidden size differs from the graphs": (
+        lambda p: edit_manifest(
+            p,
+            lambda m: (
+                m.update(hidden_size=m["hidden_size"] + 1),
+                m["state"].update(width=m["hidden_size"]),
+            ),
+        ),
         "state is tensor(float)",
     ),
     "corrupt graph": (

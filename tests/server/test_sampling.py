@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rnnserve_server import sampling
-from rnnserve_server.errors import InvalidArgument
+from rnnserve_server.errors import FailedPrecondition, InvalidArgument
 from rnnserve_server.sampling import (
     ARGMAX_PASSES,
     ROW_BY_ROW_WIDTH,
@@ -51,6 +51,8 @@ def test_top_k_rows_equal_a_sort_by_value_then_id(
             expected = sorted(range(width), key=lambda i, row=row: (-row[i], i))[:k]
             assert ids[r].tolist() == expected, (k, r)
             assert chosen[r].tolist() == [row[i] for i in expected]
+            alone_ids, alone = top_k_rows(values[r : r + 1], k)  # a lone row: sorted whole
+            assert alone_ids[0].tolist() == expected and alone[0].tolist() == chosen[r].tolist()
 
 
 @pytest.mark.parametrize("width", [7, 1000, ROW_BY_ROW_WIDTH + 1])
@@ -70,6 +72,10 @@ def test_top_outputs_equal_a_full_float64_softmax_and_sort(width: int) -> None:
                 expected = sorted(range(width), key=lambda i, r=r: (-reference[r, i], i))
                 assert ids[r].tolist() == expected[: min(k, width)]
                 np.testing.assert_allclose(values[r], reference[r, ids[r]], rtol=1e-6, atol=1e-12)
+                # a row alone (the lone session's path) gives the batch's bits exactly
+                alone_ids, alone = top_outputs(logits[r : r + 1], k, sigmoid_head=head == "sigmoid")
+                assert alone_ids[0].tolist() == ids[r].tolist()
+                assert alone[0].tolist() == values[r].tolist()
 
 
 def test_greedy_is_the_argmax() -> None:
@@ -143,7 +149,17 @@ def test_sampling_rows_raises_like_sample_for_a_nan_row() -> None:
     logits = np.zeros((2, 4), dtype=np.float32)
     logits[1, 2] = np.nan
     params = SamplingParams.checked(temperature=1.0, top_k=0, top_p=None, vocabulary=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(FailedPrecondition, match="not finite"):
         params.sample(logits[1], np.random.default_rng(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(FailedPrecondition, match="not finite"):
         sample_rows(params, logits, [np.random.default_rng(0), np.random.default_rng(1)])
+
+
+def test_top_outputs_of_a_model_without_logits_is_empty() -> None:
+    """A regression model's rows have no logits: its top k is empty, for one row (the
+    lone session's path) as for many."""
+    from rnnserve_server.sampling import top_outputs
+
+    for rows in (1, 3):
+        ids, probabilities = top_outputs(np.zeros((rows, 0), np.float32), 5, sigmoid_head=False)
+        assert ids.shape == (rows, 0) and probabilities.shape == (rows, 0)

@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 
 from rnnserve_server.config import ServerConfig
-from rnnserve_server.modelpackage import CELLS
-from rnnserve_server.statecodec import BOUNDED_CELLS, UNBOUNDED_CELLS
 from rnnserve_server.statekeys import StateKeys
 
 KEY = "a-state-key-of-forty-characters-0123456"
@@ -58,9 +56,3 @@ def test_without_keys_a_random_key_of_this_process(caplog: pytest.LogCaptureFixt
         one, two = StateKeys.from_config(ServerConfig()), StateKeys.from_config(ServerConfig())
     assert not one.configured and one.keys != two.keys and len(one.keys[0]) == 32
     assert "imports only into this process" in caplog.text
-
-
-def test_every_cell_has_a_state_bound() -> None:
-    """A new cell must say what its state can hold before its exports can be imported."""
-    assert set(CELLS) == BOUNDED_CELLS | UNBOUNDED_CELLS
-    assert not BOUNDED_CELLS & UNBOUNDED_CELLS

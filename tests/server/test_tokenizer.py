@@ -1,5 +1,6 @@
 """The vocabulary and tokenizer shared by training and the server."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,22 @@ def test_rejects_inconsistent_vocabularies() -> None:
         Tokenizer(kind="char", tokens=("a",), special_tokens={"eos": 3})
     with pytest.raises(ValueError, match="kind"):
         Tokenizer(kind="bytes", tokens=("a",))
+
+
+def test_an_unencodable_piece_is_named_by_its_code_point_offset() -> None:
+    """Offsets count code points of the normalised text (what GetVocabulary states)."""
+    words = Tokenizer(kind="word", tokens=("the", "cat", "."), lowercase=True)
+    with pytest.raises(TokenizeError, match=r"text\[8\] = 'dog' is not in the vocabulary"):
+        words.encode("The cat dog.")
+    chars = Tokenizer(kind="char", tokens=("a", "é"), normalize="NFC")
+    with pytest.raises(TokenizeError, match=r"text\[2\] = 'b'.*code points of the normalised"):
+        chars.encode("ae\u0301b")  # e + combining acute: one code point after NFC
+
+
+def test_the_rules_state_how_to_encode_and_decode() -> None:
+    words = Tokenizer(kind="word", tokens=("<unk>", "the", "cat"), special_tokens={"unk": 0})
+    rules = words.rules()
+    assert (rules.kind, rules.separator, rules.unknown_text) == ("word", " ", UNKNOWN_TEXT)
+    assert re.findall(rules.word_pattern, "the cat's, hat") == words.split("the cat's, hat")
+    chars = Tokenizer(kind="char", tokens=("a",)).rules()
+    assert (chars.word_pattern, chars.separator) == ("", "")

@@ -1,7 +1,7 @@
 """Every cell of docs/MODELS.md against an independent implementation:
 
 * ``rnn-tanh``/``rnn-relu`` against PyTorch's ``nn.RNN`` (its two biases folded into b_a);
-* ``gru-torch`` against PyTorch's ``nn.GRU``;
+* ``gru-torch`` against PyTorch's ``nn.GRU``, ``lstm`` against ``nn.LSTM``;
 * every cell against the numpy transcription of the equations (``reference.py``);
 * every cell's exported graphs against its torch module (the export parity gate, which
   feeds the state back for 200 steps and runs the sequence graph on ragged prompts).
@@ -21,7 +21,7 @@ from rnnserve_server.modelpackage import load_package
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train.config import make_config
 from rnnserve_train.export import Layout, export_model
-from rnnserve_train.model import CELLS, RNNLanguageModel, TorchGRUCell, valid_mask
+from rnnserve_train.model import CELLS, LSTMCell, RNNLanguageModel, TorchGRUCell, valid_mask
 from rnnserve_train.reference import ReferenceModel
 
 VOCAB = 19
@@ -100,6 +100,28 @@ def test_gru_torch_equals_torch_gru(layers: int, fused: bool) -> None:
     assert torch.allclose(expected[:, -1], expected_state[-1])
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_equals_torch_lstm(layers: int) -> None:
+    """The state [2L, B, H] is nn.LSTM's (h_n, c_n) stacked: h rows, then c rows."""
+    torch.manual_seed(layers)
+    reference = nn.LSTM(VOCAB, 10, layers, batch_first=True).eval()
+    model = RNNLanguageModel("lstm", VOCAB, 10, layers).eval()
+    for i, cell in enumerate(model.stack):
+        assert isinstance(cell, LSTMCell)
+        cell.load_torch_lstm(reference, i)
+    tokens = torch.randint(0, VOCAB, (3, 15), generator=torch.Generator().manual_seed(2))
+    h0, c0 = torch.randn(layers, 3, 10) * 0.5, torch.randn(layers, 3, 10)
+    with torch.no_grad():
+        expected, (h_n, c_n) = reference(one_hot(tokens), (h0, c0))
+        state = torch.cat([h0, c0])
+        for t in range(tokens.shape[1]):
+            _, state = model.step(tokens[:, t], state)
+        _, chunked = model(tokens, torch.cat([h0, c0]))
+    torch.testing.assert_close(state, torch.cat([h_n, c_n]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked, torch.cat([h_n, c_n]), atol=1e-6, rtol=0)
+    assert torch.allclose(expected[:, -1], h_n[-1])
+
+
 @pytest.mark.parametrize("cell", ALL_CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
 def test_every_cell_equals_the_numpy_equations(cell: str, layers: int) -> None:
@@ -107,7 +129,7 @@ def test_every_cell_equals_the_numpy_equations(cell: str, layers: int) -> None:
     reference = ReferenceModel(cell, model.to_seed_weights())
     rng = np.random.default_rng(layers)
     batch = 3
-    state = np.zeros((layers, batch, model.hidden_size), dtype=np.float32)
+    state = model.zero_state(batch).numpy()
     ref_state = reference.zero_state(batch)
     for _ in range(40):
         tokens = rng.integers(0, VOCAB, batch)
@@ -205,7 +227,7 @@ def test_a_sigmoid_head_exports_and_serves(tmp_path: Path) -> None:
     package = load_package(path)
     assert package.manifest.output.kind == "sigmoid"
     runtime = ModelRuntime(package, ProviderChoice.resolve("cpu", allow_cpu_fallback=False))
-    logits, _ = runtime.run_tokens(np.array([4, 5, 6]), runtime.zeros(1))
+    logits, _ = runtime.run_inputs(np.array([4, 5, 6]), runtime.zeros(1))
     with torch.no_grad():
         expected, _ = model.sequence(
             torch.tensor([[4, 5, 6]]), torch.tensor([3]), model.zero_state(1)

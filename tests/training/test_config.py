@@ -24,7 +24,7 @@ def test_unknown_keys_are_rejected_with_the_valid_keys() -> None:
     with pytest.raises(ConfigError, match="unknown preset"):
         make_config("huge")
     with pytest.raises(ConfigError, match="cell"):
-        make_config("tiny", {"cell": "lstm"})
+        make_config("tiny", {"cell": "lstm-peephole"})
 
 
 def test_checkpoint_configs_round_trip() -> None:

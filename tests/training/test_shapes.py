@@ -62,7 +62,7 @@ def test_many_to_many_word_language_model(tmp_path: Path) -> None:
     assert set(manifest.graphs) == {"step", "head", "sequence"}
     assert manifest.initial_state.token == "bos" and manifest.output.kind == "vocabulary"
     prompt = load_package(path).tokenizer.encode("In the beginning God created")
-    logits, state = runtime.run_tokens(np.array(prompt), runtime.initial_state[:, None, :])
+    logits, state = runtime.run_inputs(np.array(prompt), runtime.initial_state[:, None, :])
     stepped = runtime.initial_state[:, None, :]
     for token in prompt:
         step_logits, stepped = runtime.step(np.array([token]), stepped)
@@ -77,7 +77,7 @@ def test_many_to_one_classifier_has_labels_after_every_step(tmp_path: Path) -> N
     assert len(manifest.output.labels) == 16 and "de_DE" in manifest.output.labels
     assert "test_accuracy" in manifest.metrics and "test_per_class" in manifest.training
     tokens = np.array(load_package(path).tokenizer.encode("Schmidt"))
-    logits, _ = runtime.run_tokens(tokens, runtime.initial_state[:, None, :])
+    logits, _ = runtime.run_inputs(tokens, runtime.initial_state[:, None, :])
     assert logits.shape == (1, 16)
 
 

@@ -38,11 +38,14 @@ from rnnserve.types import (
     RefusedPackage,
     ReloadResult,
     SessionInfo,
+    StatePart,
     StepInput,
     StepResult,
+    TokenizerRules,
     TokenProb,
     TranslateResult,
     Vocabulary,
+    VocabularyListing,
 )
 
 __all__ = [
@@ -69,13 +72,16 @@ __all__ = [
     "RnnServeError",
     "Session",
     "SessionInfo",
+    "StatePart",
     "StepInput",
     "StepResult",
     "TLSConfig",
     "TokenProb",
+    "TokenizerRules",
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",
     "Vocabulary",
+    "VocabularyListing",
     "__version__",
 ]

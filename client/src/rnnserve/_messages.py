@@ -22,8 +22,10 @@ from rnnserve.types import (
     RefusedPackage,
     ReloadResult,
     SessionInfo,
+    StatePart,
     StepInput,
     StepResult,
+    TokenizerRules,
     TokenProb,
     TranslateResult,
     Vocabulary,
@@ -119,7 +121,10 @@ def step_request(step: StepInput) -> pb.StepRequest:
     request = pb.StepRequest(
         session_id=step.session_id, return_distribution=bool(step.return_distribution)
     )
-    if step.text is not None:
+    if step.vectors is not None:
+        request.vectors.steps = len(step.vectors)
+        request.vectors.values.extend(v for vector in step.vectors for v in vector)
+    elif step.text is not None:
         request.text = step.text
     else:
         request.tokens.ids.extend(step.tokens or ())
@@ -150,10 +155,15 @@ def step_many_request(steps: Sequence[StepInput]) -> pb.StepManyRequest:
             + ", ".join(sorted(map(str, top_ks)))
         )
     request = pb.StepManyRequest(session_ids=[step.session_id for step in steps])
-    if any(step.text is not None or len(step.tokens or ()) != 1 for step in steps):
+    token_steps = [step for step in steps if step.vectors is None]
+    if any(step.text is not None or len(step.tokens or ()) != 1 for step in token_steps):
         request.lengths.extend(len(step.tokens or ()) for step in steps)
         if any(step.text is not None for step in steps):
             request.texts.extend(step.text or "" for step in steps)
+    if len(token_steps) < len(steps):
+        request.value_counts.extend(sum(map(len, step.vectors or ())) for step in steps)
+        for step in steps:
+            request.vectors.extend(v for vector in step.vectors or () for v in vector)
     for step in steps:
         request.tokens.extend(step.tokens or ())
     (top_k,) = top_ks or {None}
@@ -170,10 +180,19 @@ def step_outcomes(
     errors = {e.index: from_code_number(e.code, e.message) for e in message.errors}
     ids, texts = list(message.top_ids), list(message.top_texts)
     probabilities = list(message.top_probabilities)
+    values = list(message.values)
+    value_counts = list(message.value_counts) or [0] * len(session_ids)
     results: list[StepResult | RnnServeError] = []
-    at = 0
-    for index, (session_id, steps, consumed, count) in enumerate(
-        zip(session_ids, message.steps, message.consumed, message.top_counts, strict=True)
+    at = value_at = 0
+    for index, (session_id, steps, consumed, count, value_count) in enumerate(
+        zip(
+            session_ids,
+            message.steps,
+            message.consumed,
+            message.top_counts,
+            value_counts,
+            strict=True,
+        )
     ):
         error = errors.get(index)
         if error is not None:
@@ -181,7 +200,9 @@ def step_outcomes(
             continue
         top = [TokenProb(ids[j], texts[j], probabilities[j]) for j in range(at, at + count)]
         at += count
-        results.append(StepResult(session_id, steps, consumed, top, None))
+        own = values[value_at : value_at + value_count] or None
+        value_at += value_count
+        results.append(StepResult(session_id, steps, consumed, top, None, own))
     return results
 
 
@@ -261,16 +282,23 @@ def classify_request(
     version: int,
     top_k: int | None,
     every_step: bool,
+    vectors: Sequence[Sequence[float]] | None = None,
 ) -> pb.ClassifyRequest:
-    """Classify; exactly one of `text` and `tokens`; `top_k` None leaves the default (5)."""
+    """Classify; exactly one of `text`, `tokens` and `vectors`; `top_k` None leaves the
+    default (5)."""
     _validate.string("model", model)
-    ids = _validate.one_input(tokens, text, names=("tokens", "text"))
     request = pb.ClassifyRequest(
         model=model,
         version=_validate.unsigned("version", version, bits=32),
         every_step=bool(every_step),
     )
-    if ids is None:
+    if vectors is not None:
+        if text is not None or tokens is not None:
+            raise ValueError("pass exactly one of text=, tokens= and vectors=")
+        checked = _validate.vectors("vectors", vectors)
+        request.vectors.steps = len(checked)
+        request.vectors.values.extend(v for vector in checked for v in vector)
+    elif (ids := _validate.one_input(tokens, text, names=("tokens", "text"))) is None:
         request.text = text or ""
     else:
         request.tokens.ids.extend(ids)
@@ -327,7 +355,9 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
             kind=message.vocabulary.kind,
             size=message.vocabulary.size,
             special_tokens=dict(message.vocabulary.special_tokens),
-        ),
+        )
+        if message.HasField("vocabulary")
+        else None,
         output=_enum_label(pb.OutputKind, message.output, "OUTPUT_KIND_"),
         labels=list(message.labels),
         description=message.description,
@@ -335,6 +365,37 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         metrics=dict(message.metrics),
         initial_state=message.initial_state,
         conditions=list(message.conditions),
+        input=_enum_label(pb.InputKind, message.input, "INPUT_KIND_"),
+        input_size=message.input_size,
+        values=message.values,
+        state_parts=[
+            StatePart(p.name, p.rows, p.bound if p.HasField("bound") else None)
+            for p in message.state_parts
+        ],
+        state_width=message.state_width,
+        output_before_input=message.output_before_input,
+    )
+
+
+def vocabulary_request(model: str, version: int, start: int) -> pb.GetVocabularyRequest:
+    """One page of GetVocabulary, from token id `start` (the server's page size)."""
+    _validate.string("model", model)
+    return pb.GetVocabularyRequest(
+        model=model, version=_validate.unsigned("version", version, bits=32), start=start
+    )
+
+
+def tokenizer_rules(message: pb.TokenizerRules) -> TokenizerRules:
+    return TokenizerRules(
+        kind=message.kind,
+        normalization=message.normalization,
+        lowercase=message.lowercase,
+        word_pattern=message.word_pattern,
+        offsets=message.offsets,
+        separator=message.separator,
+        unknown_text=message.unknown_text,
+        attached=list(message.attached),
+        attached_categories=list(message.attached_categories),
     )
 
 
@@ -355,6 +416,7 @@ def step_result(message: pb.StepResponse) -> StepResult:
         consumed=message.consumed,
         top=_token_probs(message.top),
         distribution=list(message.distribution) or None,
+        values=list(message.values) or None,
     )
 
 
@@ -363,7 +425,7 @@ def _token_probs(messages: Sequence[pb.TokenProbability]) -> list[TokenProb]:
 
 
 def _generated_tokens(messages: Sequence[pb.GeneratedToken]) -> list[GeneratedToken]:
-    return [GeneratedToken(t.id, t.text, t.probability) for t in messages]
+    return [GeneratedToken(t.id, t.text, t.probability, t.piece) for t in messages]
 
 
 def _finish_reason(value: int) -> str | None:
@@ -378,7 +440,7 @@ def generated_chunk(message: pb.GenerateResponse) -> GeneratedChunk:
     tokens = _generated_tokens(message.tokens)
     return GeneratedChunk(
         tokens=tokens,
-        text="".join(token.text for token in tokens),
+        text="".join(token.piece for token in tokens),
         steps=message.steps,
         finish_reason=_finish_reason(message.finish_reason),
         matched_stop=message.matched_stop or None,

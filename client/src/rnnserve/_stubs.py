@@ -22,6 +22,7 @@ class RnnServeStub(Protocol):
 
     ListModels: grpc.UnaryUnaryMultiCallable[pb.ListModelsRequest, pb.ListModelsResponse]
     GetModel: grpc.UnaryUnaryMultiCallable[pb.GetModelRequest, pb.ModelInfo]
+    GetVocabulary: grpc.UnaryUnaryMultiCallable[pb.GetVocabularyRequest, pb.GetVocabularyResponse]
     CreateSession: grpc.UnaryUnaryMultiCallable[pb.CreateSessionRequest, pb.Session]
     ForkSession: grpc.UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.Session]
     ExportSession: grpc.UnaryUnaryMultiCallable[pb.ExportSessionRequest, pb.ExportSessionResponse]
@@ -40,6 +41,9 @@ class AsyncRnnServeStub(Protocol):
 
     ListModels: grpc.aio.UnaryUnaryMultiCallable[pb.ListModelsRequest, pb.ListModelsResponse]
     GetModel: grpc.aio.UnaryUnaryMultiCallable[pb.GetModelRequest, pb.ModelInfo]
+    GetVocabulary: grpc.aio.UnaryUnaryMultiCallable[
+        pb.GetVocabularyRequest, pb.GetVocabularyResponse
+    ]
     CreateSession: grpc.aio.UnaryUnaryMultiCallable[pb.CreateSessionRequest, pb.Session]
     ForkSession: grpc.aio.UnaryUnaryMultiCallable[pb.ForkSessionRequest, pb.Session]
     ExportSession: grpc.aio.UnaryUnaryMultiCallable[

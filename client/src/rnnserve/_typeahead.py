@@ -110,10 +110,11 @@ class TypeAhead:
 
 def check_model(model: ModelInfo) -> None:
     """Type-ahead needs one token per character and a next-token output."""
-    if model.vocabulary.kind != "char" or model.output != "vocabulary":
+    kind = model.vocabulary.kind if model.vocabulary is not None else "no"
+    if kind != "char" or model.output != "vocabulary":
         raise ValueError(
-            f"interactive needs a character-level language model; {model.name} has a "
-            f"{model.vocabulary.kind} vocabulary and a {model.output} output"
+            f"interactive needs a character-level language model; {model.name} has {kind} "
+            f"vocabulary and a {model.output} output"
         )
 
 

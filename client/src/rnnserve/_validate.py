@@ -68,6 +68,31 @@ def one_input(
     return token_ids(tokens_name, tokens)
 
 
+def vectors(name: str, value: object) -> tuple[tuple[float, ...], ...]:
+    """A non-empty sequence of float vectors of one size, every value finite (the server
+    refuses NaN and infinity too, naming the step and index)."""
+    if isinstance(value, str | bytes):
+        raise ValueError(f"{name} must be a sequence of float vectors, got {type(value).__name__}")
+    try:
+        rows = [tuple(row) for row in value]  # type: ignore[attr-defined]
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a sequence of float vectors (sequences of floats)"
+        ) from None
+    if not rows or not rows[0]:
+        raise ValueError(f"{name} must hold at least one non-empty vector")
+    checked = []
+    for t, row in enumerate(rows):
+        if len(row) != len(rows[0]):
+            raise ValueError(f"{name}[{t}] has {len(row)} values; {name}[0] has {len(rows[0])}")
+        values = tuple(real(f"{name}[{t}][{i}]", v) for i, v in enumerate(row))
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"{name}[{t}][{bad[0]}] = {values[bad[0]]}: not finite")
+        checked.append(values)
+    return tuple(checked)
+
+
 def token_ids(name: str, value: object) -> tuple[int, ...]:
     """A sequence of token ids, each in the uint32 range; a str is text, not ids."""
     if isinstance(value, str | bytes):

@@ -24,6 +24,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TranslateResult,
+    VocabularyListing,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -129,6 +130,30 @@ class AsyncClient:
         )
         return _messages.reload_result(response)
 
+    async def get_vocabulary(
+        self, model: str, version: int = 0, *, timeout: float | None = None
+    ) -> VocabularyListing:
+        """A token model's whole vocabulary (fetched a page at a time) and its
+        tokenizer's rules; `FailedPrecondition` for a model of vector inputs."""
+        first = await self._call(
+            self._stub.GetVocabulary,
+            _messages.vocabulary_request(model, version, 0),
+            timeout,
+            retry=True,
+        )
+        tokens = list(first.tokens)
+        while len(tokens) < first.size:
+            request = _messages.vocabulary_request(model, first.version, len(tokens))
+            page = await self._call(self._stub.GetVocabulary, request, timeout, retry=True)
+            tokens += page.tokens
+        return VocabularyListing(
+            model=first.model,
+            version=first.version,
+            tokens=tokens,
+            special_tokens=dict(first.special_tokens),
+            rules=_messages.tokenizer_rules(first.tokenizer),
+        )
+
     # ------------------------------------------------------------ sessions
 
     async def create_session(
@@ -184,10 +209,11 @@ class AsyncClient:
         top_k: int | None = None,
         return_distribution: bool = False,
         *,
+        vectors: Sequence[Sequence[float]] | None = None,
         timeout: float | None = None,
     ) -> StepResult:
         """Feed token ids or text (exactly one) and return the next-token distribution."""
-        step = StepInput(session_id, tokens, text, top_k, return_distribution)
+        step = StepInput(session_id, tokens, text, top_k, return_distribution, vectors)
         request = _messages.step_request(step)
         request.request_id = request_id()
         response = await self._call(self._stub.Step, request, timeout, retry=True)
@@ -335,6 +361,7 @@ class AsyncClient:
         text: str | None = None,
         *,
         tokens: Sequence[int] | None = None,
+        vectors: Sequence[Sequence[float]] | None = None,
         version: int = 0,
         top_k: int | None = None,
         every_step: bool = False,
@@ -342,7 +369,13 @@ class AsyncClient:
     ) -> ClassifyResult:
         """Classify a whole sequence with a label or sigmoid model (see `Client.classify`)."""
         request = _messages.classify_request(
-            model, text, tokens, version=version, top_k=top_k, every_step=every_step
+            model,
+            text,
+            tokens,
+            version=version,
+            top_k=top_k,
+            every_step=every_step,
+            vectors=vectors,
         )
         return _messages.classify_result(
             await self._call(self._stub.Classify, request, timeout, retry=True)

@@ -8,6 +8,7 @@ error, 130 interrupted by Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,7 @@ from rnnserve._channel import TLSConfig
 from rnnserve._version import __version__
 from rnnserve.client import Client
 from rnnserve.errors import RnnServeError
-from rnnserve.types import ModelInfo
+from rnnserve.types import ModelInfo, StepInput
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 EXIT_FAILED = 1
@@ -51,7 +52,9 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
             m.cell,
             str(m.layers),
             str(m.hidden_size),
-            f"{m.vocabulary.kind}/{m.vocabulary.size}",
+            f"{m.vocabulary.kind}/{m.vocabulary.size}"
+            if m.vocabulary is not None
+            else f"vectors/{m.input_size}",
             m.output,
         ]
         for m in models
@@ -113,6 +116,48 @@ def cmd_step(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(client: Client, args: argparse.Namespace) -> int:
+    """Stream float vectors (one a line) into a fresh session, one step each, and show
+    the model's output after every step as it comes."""
+    model = _pick_model(client, args.model, _VECTOR_MODELS)
+    rows = _read_vectors(args.file, model.input_size)
+    with client.create_session(model.name, model.version) as session:
+        steps = (StepInput(session.id, vectors=[row], top_k=args.top_k) for row in rows)
+        for number, result in enumerate(client.step_stream(steps), start=1):
+            top = result.top[0] if result.top else None
+            if args.json:
+                print(json.dumps({"step": number, **dataclasses.asdict(result)}), flush=True)
+                continue
+            shown = [str(number)]
+            if top is not None:
+                shown += [top.text, f"{top.probability:.4f}"]
+            if result.values:
+                shown.append(" ".join(f"{v:.6g}" for v in result.values))
+            print("\t".join(shown), flush=True)
+    return 0
+
+
+def _read_vectors(path: str, size: int) -> list[list[float]]:
+    """The vectors of a file ("-": standard input): one a line, its floats separated by
+    commas or whitespace; blank lines and lines starting with # are skipped."""
+    with open(path, encoding="utf-8") if path != "-" else contextlib.nullcontext(sys.stdin) as f:
+        lines = [(n, line.strip()) for n, line in enumerate(f, start=1)]
+    rows = []
+    for number, line in lines:
+        if not line or line.startswith("#"):
+            continue
+        try:
+            row = [float(value) for value in line.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not a line of numbers: {line[:40]!r}") from None
+        if len(row) != size:
+            raise ValueError(f"{path}:{number}: {len(row)} values; the model reads {size}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no vectors")
+    return rows
+
+
 def cmd_classify(client: Client, args: argparse.Namespace) -> int:
     """The most probable labels of a text; with --every-step, the leading label per token."""
     model = _pick_model(client, args.model, _CLASSIFIERS)
@@ -132,7 +177,11 @@ def cmd_classify(client: Client, args: argparse.Namespace) -> int:
     _print_table(["PROB", "LABEL"], [[f"{t.probability:.4f}", t.text] for t in result.top])
     if result.steps:
         # Character models take one token per character: show which one each row follows.
-        by_char = model.vocabulary.kind == "char" and len(result.steps) == len(args.text)
+        by_char = (
+            model.vocabulary is not None
+            and model.vocabulary.kind == "char"
+            and len(result.steps) == len(args.text)
+        )
         rows = []
         for position, row in enumerate(result.steps):
             best = max(range(len(row)), key=row.__getitem__)
@@ -225,7 +274,10 @@ _LANGUAGE_MODELS = _Kind("language models (vocabulary output)", lambda m: m.outp
 _CONDITIONAL_GENERATORS = _Kind(
     "conditional generators (initial state 'condition')", lambda m: m.initial_state == "condition"
 )
-_CLASSIFIERS = _Kind("classifiers (label or sigmoid output)", lambda m: m.output != "vocabulary")
+_CLASSIFIERS = _Kind(
+    "classifiers (label or sigmoid output)", lambda m: m.output in ("labels", "sigmoid")
+)
+_VECTOR_MODELS = _Kind("models of float-vector inputs", lambda m: m.input == "vectors")
 _ENCODER_DECODERS = _Kind(
     "encoder-decoder models (initial state 'encoder')", lambda m: m.initial_state == "encoder"
 )
@@ -382,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(step, "the first model")
     step.add_argument("--top-k", metavar="K", type=int, default=5, help="candidates (5)")
     step.add_argument("--json", action="store_true", help="print JSON")
+
+    stream = command(
+        "stream",
+        cmd_stream,
+        "stream float vectors into a model, one step each, printing every step's output",
+        "Each line of FILE is one vector (floats separated by commas or spaces; blank lines "
+        "and # comments skipped). Prints per step: its number, the most probable label and "
+        "its probability, and the real values, tab-separated.",
+    )
+    stream.add_argument("file", metavar="FILE", help="the vectors, one a line ('-': stdin)")
+    model_option(stream, "the first model of vector inputs")
+    stream.add_argument("--top-k", metavar="K", type=int, default=1, help="labels kept (1)")
+    stream.add_argument("--json", action="store_true", help="print one JSON object per step")
 
     classify = command(
         "classify", cmd_classify, "classify a text with a label or sigmoid model (no session kept)"

@@ -22,6 +22,7 @@ from rnnserve.types import (
     StepInput,
     StepResult,
     TranslateResult,
+    VocabularyListing,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
 
@@ -136,6 +137,30 @@ class Client:
         )
         return _messages.reload_result(response)
 
+    def get_vocabulary(
+        self, model: str, version: int = 0, *, timeout: float | None = None
+    ) -> VocabularyListing:
+        """A token model's whole vocabulary (fetched a page at a time) and its
+        tokenizer's rules; `FailedPrecondition` for a model of vector inputs."""
+        first = self._call(
+            self._stub.GetVocabulary,
+            _messages.vocabulary_request(model, version, 0),
+            timeout,
+            retry=True,
+        )
+        tokens = list(first.tokens)
+        while len(tokens) < first.size:
+            request = _messages.vocabulary_request(model, first.version, len(tokens))
+            page = self._call(self._stub.GetVocabulary, request, timeout, retry=True)
+            tokens += page.tokens
+        return VocabularyListing(
+            model=first.model,
+            version=first.version,
+            tokens=tokens,
+            special_tokens=dict(first.special_tokens),
+            rules=_messages.tokenizer_rules(first.tokenizer),
+        )
+
     # ------------------------------------------------------------ sessions
 
     def create_session(
@@ -208,6 +233,7 @@ class Client:
         top_k: int | None = None,
         return_distribution: bool = False,
         *,
+        vectors: Sequence[Sequence[float]] | None = None,
         timeout: float | None = None,
     ) -> StepResult:
         """Feed token ids or text (exactly one) and return the next-token distribution.
@@ -215,7 +241,7 @@ class Client:
         `top_k` None gives the server's default of 5 candidates; `return_distribution` adds
         the full distribution (large for big vocabularies).
         """
-        step = StepInput(session_id, tokens, text, top_k, return_distribution)
+        step = StepInput(session_id, tokens, text, top_k, return_distribution, vectors)
         request = _messages.step_request(step)
         request.request_id = request_id()
         response = self._call(self._stub.Step, request, timeout, retry=True)
@@ -374,6 +400,7 @@ class Client:
         text: str | None = None,
         *,
         tokens: Sequence[int] | None = None,
+        vectors: Sequence[Sequence[float]] | None = None,
         version: int = 0,
         top_k: int | None = None,
         every_step: bool = False,
@@ -387,7 +414,13 @@ class Client:
         gives `FailedPrecondition`.
         """
         request = _messages.classify_request(
-            model, text, tokens, version=version, top_k=top_k, every_step=every_step
+            model,
+            text,
+            tokens,
+            version=version,
+            top_k=top_k,
+            every_step=every_step,
+            vectors=vectors,
         )
         return _messages.classify_result(
             self._call(self._stub.Classify, request, timeout, retry=True)

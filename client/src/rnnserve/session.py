@@ -73,10 +73,13 @@ class Session(_SessionBase):
         top_k: int | None = None,
         return_distribution: bool = False,
         *,
+        vectors: Sequence[Sequence[float]] | None = None,
         timeout: float | None = None,
     ) -> StepResult:
         """`Client.step` on this session."""
-        return self._client.step(self.id, tokens, text, top_k, return_distribution, timeout=timeout)
+        return self._client.step(
+            self.id, tokens, text, top_k, return_distribution, vectors=vectors, timeout=timeout
+        )
 
     def generate(
         self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]
@@ -140,11 +143,12 @@ class AsyncSession(_SessionBase):
         top_k: int | None = None,
         return_distribution: bool = False,
         *,
+        vectors: Sequence[Sequence[float]] | None = None,
         timeout: float | None = None,
     ) -> StepResult:
         """`AsyncClient.step` on this session."""
         return await self._client.step(
-            self.id, tokens, text, top_k, return_distribution, timeout=timeout
+            self.id, tokens, text, top_k, return_distribution, vectors=vectors, timeout=timeout
         )
 
     def generate(

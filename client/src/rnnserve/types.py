@@ -22,13 +22,28 @@ class Vocabulary:
 
 
 @dataclass(frozen=True)
+class StatePart:
+    """Consecutive rows of a session's state: `h`, `c` (an LSTM's) or a custom model's
+    own; `bound` None: no bound of its own (the server's `max_unbounded_state` holds)."""
+
+    name: str
+    rows: int
+    bound: float | None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Metadata of one servable model version.
 
     `shape` is the task shape ("many-to-many", "seq2seq", ...), `output` what the head
-    produces ("vocabulary", "labels" or "sigmoid"; `labels` names the outputs of the latter
-    two). `initial_state` says how a session starts: "zeros", "after_token", "encoder" (pass
-    `source=` to `create_session`) or "condition" (pass `condition=`, one of `conditions`).
+    produces ("vocabulary", "labels", "sigmoid" or "regression"; `labels` names the outputs
+    of labels and sigmoid heads; `values` is the size of the real output vector a step
+    returns, 0 for none). `input` is "tokens" (`vocabulary` says which) or "vectors" of
+    `input_size` floats (`vocabulary` None). `initial_state` says how a session starts:
+    "zeros", "after_token", "constant", "encoder" (pass `source=` to `create_session`) or
+    "condition" (pass `condition=`, one of `conditions`). A session's state is
+    `state_parts` rows of `state_width` floats; `output_before_input` says whether the
+    model has an output before its first input (generation without a prompt needs it).
     """
 
     name: str
@@ -37,7 +52,7 @@ class ModelInfo:
     cell: str
     layers: int
     hidden_size: int
-    vocabulary: Vocabulary
+    vocabulary: Vocabulary | None
     output: str
     labels: list[str]
     description: str
@@ -45,6 +60,40 @@ class ModelInfo:
     metrics: dict[str, float]
     initial_state: str
     conditions: list[str]
+    input: str = "tokens"
+    input_size: int = 0
+    values: int = 0
+    state_parts: list[StatePart] = field(default_factory=list)
+    state_width: int = 0
+    output_before_input: bool = True
+
+
+@dataclass(frozen=True)
+class TokenizerRules:
+    """How a model's tokenizer encodes and decodes text (the proto's TokenizerRules
+    states how the rules combine); `VocabularyListing.encode` and `.decode` apply them."""
+
+    kind: str
+    normalization: str
+    lowercase: bool
+    word_pattern: str
+    offsets: str
+    separator: str
+    unknown_text: str
+    attached: list[str]
+    attached_categories: list[str]
+
+
+@dataclass(frozen=True)
+class VocabularyListing:
+    """A model's whole vocabulary (`get_vocabulary`): `tokens[i]` is token i as the
+    vocabulary writes it; the special tokens by role; the tokenizer's rules."""
+
+    model: str
+    version: int
+    tokens: list[str]
+    special_tokens: dict[str, int]
+    rules: TokenizerRules
 
 
 @dataclass(frozen=True)
@@ -69,9 +118,10 @@ class TokenProb:
 class StepResult:
     """The answer to one step.
 
-    `steps` counts the tokens the session has consumed in total, `consumed` those of this
-    step; `top` lists the most probable next tokens, highest first; `distribution` is the
-    full distribution indexed by token id when it was asked for, else None.
+    `steps` counts the inputs (tokens or vectors) the session has consumed in total,
+    `consumed` those of this step; `top` lists the most probable next tokens (or labels),
+    highest first; `distribution` is the full distribution indexed by token id when it was
+    asked for, else None; `values` the model's real output vector (regression), else None.
     """
 
     session_id: str
@@ -79,15 +129,19 @@ class StepResult:
     consumed: int
     top: list[TokenProb]
     distribution: list[float] | None
+    values: list[float] | None = None
 
 
 @dataclass(frozen=True)
 class GeneratedToken:
-    """One sampled token and its probability under the distribution that drew it."""
+    """One sampled token and its probability under the distribution that drew it: `text`
+    is the token as the vocabulary writes it (as in `TokenProb.text`), `piece` what it adds
+    to the generated text (for word vocabularies, with the space before it)."""
 
     id: int
     text: str
     probability: float
+    piece: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +163,8 @@ class GeneratedChunk:
 @dataclass(frozen=True)
 class StepInput:
     """One request of `step_stream` (or one step of a `step_many` batch): exactly one of
-    `tokens` and `text`, validated here.
+    `tokens`, `text` and `vectors` (for a model of vector inputs: one vector of the model's
+    `input_size` floats per step), validated here.
 
     `top_k` None means the server's default (5); `return_distribution` asks for the full
     distribution as well.
@@ -120,12 +175,18 @@ class StepInput:
     text: str | None = None
     top_k: int | None = None
     return_distribution: bool = False
+    vectors: Sequence[Sequence[float]] | None = None
 
     def __post_init__(self) -> None:
         _validate.string("session_id", self.session_id)
-        tokens = _validate.one_input(self.tokens, self.text, names=("tokens", "text"))
-        # A tuple keeps the frozen value immutable even if the caller's list changes later.
-        object.__setattr__(self, "tokens", tokens)
+        if self.vectors is not None:
+            if self.tokens is not None or self.text is not None:
+                raise ValueError("pass exactly one of tokens=, text= and vectors=")
+            # Tuples keep the frozen value immutable even if the caller's lists change later.
+            object.__setattr__(self, "vectors", _validate.vectors("vectors", self.vectors))
+        else:
+            tokens = _validate.one_input(self.tokens, self.text, names=("tokens", "text"))
+            object.__setattr__(self, "tokens", tokens)
         if self.top_k is not None:
             _validate.unsigned("top_k", self.top_k, bits=32)
 

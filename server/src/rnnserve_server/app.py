@@ -22,12 +22,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from rnnserve.v1 import rnnserve_pb2
-from rnnserve_server.auth import BearerTokenInterceptor, load_tokens
+from rnnserve_server.auth import BearerTokenInterceptor, Refusals, load_tokens
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import Unavailable
+from rnnserve_server.kserve.service import SERVICE_NAME as KSERVE_SERVICE_NAME
+from rnnserve_server.kserve.service import KServeServicer
+from rnnserve_server.kserve.service import add_to_server as add_kserve_to_server
 from rnnserve_server.metrics import Metrics
+from rnnserve_server.openai_http.app import HttpFront
 from rnnserve_server.repository import Repository
+from rnnserve_server.rpc import Accounted
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer, add_to_server
 
@@ -79,7 +84,8 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
-    servicer: RnnServeServicer
+    servicers: list[Accounted]  # the gRPC fronts: rnnserve.v1, KServe v2
+    http: HttpFront | None = None  # the OpenAI-compatible front, where openai_port is set
 
     async def stop(self, grace: float, interrupt: asyncio.Event | None = None) -> None:
         """Drain, then stop. For ``grace`` seconds (or until ``interrupt`` is set) the
@@ -95,8 +101,11 @@ class RunningServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.servicer.end_calls(STOP_FLUSH_S)
-        await self.server.stop(STOP_FLUSH_S)
+        fronts: list[Accounted | HttpFront] = [*self.servicers, *([self.http] if self.http else [])]
+        await asyncio.gather(*(front.end_calls(STOP_FLUSH_S) for front in fronts))
+        await asyncio.gather(
+            self.server.stop(STOP_FLUSH_S), *([self.http.stop()] if self.http else [])
+        )
         await self.engine.close()
         self.metrics.stop()
 
@@ -148,23 +157,24 @@ async def create_server(config: ServerConfig) -> RunningServer:
     metrics.watch(engine)
 
     tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
+    refusals = Refusals(metrics.refused_authentication)  # every front's refused calls
     server = grpc.aio.server(
-        interceptors=(
-            [BearerTokenInterceptor(tokens, metrics.refused_authentication)] if tokens else []
-        ),
+        interceptors=([BearerTokenInterceptor(tokens, refusals)] if tokens else []),
         options=[
             ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = RnnServeServicer(engine, metrics)
+    servicer, kserve = RnnServeServicer(engine, metrics), KServeServicer(engine, metrics)
     add_to_server(servicer, server)
+    add_kserve_to_server(kserve, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            KSERVE_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -211,9 +221,22 @@ async def create_server(config: ServerConfig) -> RunningServer:
     if config.metrics_port >= 0:
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
-    return RunningServer(
-        server, port, engine, health_servicer, metrics, metrics_port, background, servicer
+    running = RunningServer(
+        server, port, engine, health_servicer, metrics, metrics_port, background, [servicer, kserve]
     )
+    if config.openai_port >= 0:
+        try:
+            running.http = await HttpFront.start(config, engine, metrics, tokens, refusals)
+        except RuntimeError:
+            await running.stop(0)
+            raise
+        log.info(
+            "OpenAI-compatible HTTP front on %s://%s:%d/v1",
+            "https" if config.tls_cert else "http",
+            config.openai_host or config.host,
+            running.http.port,
+        )
+    return running
 
 
 async def serve(config: ServerConfig) -> None:
@@ -230,6 +253,7 @@ async def serve(config: ServerConfig) -> None:
         len(running.engine.repository.models),
         len(running.engine.repository.broken),
     )
+    log.info("serving %s beside it on the same port (KServe v2 / Triton)", KSERVE_SERVICE_NAME)
     await stop.wait()
     stop.clear()  # a second signal ends the grace period at once
     log.info(

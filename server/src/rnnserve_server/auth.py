@@ -60,29 +60,49 @@ NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN = "no token", "not a bearer token", "unknown
 REFUSAL_REASONS = (NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without a valid token; each refusal is counted (``on_refused``,
-    with its reason) and logged, at most a few lines per reason every 10 s, with the
-    method and the peer but never what the caller presented."""
+def authenticated(tokens: dict[str, str], authorization: str) -> tuple[str | None, str]:
+    """The caller an ``authorization`` value ("Bearer <token>") names, or None and why
+    not (one of REFUSAL_REASONS). Every front (gRPC metadata, HTTP headers)
+    authenticates through this one check."""
+    if not authorization:
+        return None, NO_TOKEN
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None, NOT_BEARER
+    found = None
+    for token, name in tokens.items():  # compare every one: constant time
+        if hmac.compare_digest(token.encode(), presented.strip().encode()):
+            found = name
+    return (found, "") if found is not None else (None, UNKNOWN_TOKEN)
 
-    def __init__(
-        self, tokens: dict[str, str], on_refused: Callable[[str], None] | None = None
-    ) -> None:
-        self._tokens = tokens
+
+class Refusals:
+    """What a front does with a refused call: counts it (``on_refused``, with its
+    reason) and logs it, at most a few lines per reason every 10 s, with the call and
+    the peer but never what the caller presented."""
+
+    def __init__(self, on_refused: Callable[[str], None] | None = None) -> None:
         self._on_refused = on_refused
         self._log = ThrottledLog(log)
+
+    def __call__(self, call: str, peer: str, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        self._log.log(logging.WARNING, reason, "refused a call to %s from %s: %s", call, peer, reason)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls without a valid token (each one told to ``refusals``)."""
+
+    def __init__(self, tokens: dict[str, str], refusals: Refusals | None = None) -> None:
+        self._tokens = tokens
+        self._refusals = refusals or Refusals()
 
     def _caller(self, metadata: Any) -> tuple[str | None, str]:
         """The caller's name, or None and why not."""
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
-                scheme, _, presented = value.partition(" ")
-                if scheme.lower() != "bearer":
-                    return None, NOT_BEARER
-                for token, name in self._tokens.items():  # compare every one: constant time
-                    if hmac.compare_digest(token.encode(), presented.strip().encode()):
-                        return name, ""
-                return None, UNKNOWN_TOKEN
+                return authenticated(self._tokens, value)
         return None, NO_TOKEN
 
     async def intercept_service(
@@ -95,15 +115,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             return handler
         caller, reason = self._caller(details.invocation_metadata)
         if caller is None:
-            return _refusal(handler, functools.partial(self._refused, details.method, reason))
+            refused = functools.partial(self._refusals, details.method, reason=reason)
+            return _refusal(handler, refused)
         return _with_caller(handler, caller)
-
-    def _refused(self, method: str, reason: str, peer: str) -> None:
-        if self._on_refused is not None:
-            self._on_refused(reason)
-        self._log.log(
-            logging.WARNING, reason, "refused a call to %s from %s: %s", method, peer, reason
-        )
 
 
 def _refusal(handler: Handler, refused: Callable[[str], None]) -> Handler:

@@ -1,7 +1,8 @@
 """Batching across sessions: many sessions' single-token steps, one run of the step graph.
 
-Callers ``await feed(session, token)`` (or ``step``, which also describes the output)
-while holding the session's lock, so a session has at most one step in flight and its
+Callers ``await feed(session, x)`` (or ``step``, which also describes the output)
+while holding the session's lock, ``x`` a token id or (a model of vector inputs) one
+input vector, so a session has at most one step in flight and its
 steps stay in order. ``step_rows`` queues the single-token steps of many distinct
 sessions (a StepMany message) as one group: arrays in, arrays out, one future per group
 rather than per step. Generations join as jobs (``advance``): every generating session
@@ -37,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from rnnserve_server.batchwork import PendingStep, RowsAnswer, Run, StepGroup
+from rnnserve_server.batchwork import PendingStep, RowsAnswer, Run, StepGroup, StepInput
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
-from rnnserve_server.runtime import FloatArray, IntArray, ModelRuntime
+from rnnserve_server.runtime import FloatArray, Inputs, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
 from rnnserve_server.session import Session
 from rnnserve_server.statepool import StatePool
@@ -48,8 +49,11 @@ from rnnserve_server.stats import BatchStats
 
 log = logging.getLogger(__name__)
 
+# A session whose steps no other session's came between for this long steps alone.
+ALONE_S = 0.005
+
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
-TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray]]
+TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray, FloatArray]]
 
 
 class StepBatcher:
@@ -81,6 +85,9 @@ class StepBatcher:
         self._group_rows = 0  # rows of the queued groups
         # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
         self._generating: dict[Generation, None] = {}
+        self._callers = 0  # step() calls waiting for their answers
+        self._last_session: Session | None = None  # of the latest step() call, and when
+        self._last_step = 0.0
         self._scheduled = False  # a flush is due on the event loop
         self._running = False  # a run is in flight on a worker thread
         self._closed = False
@@ -88,19 +95,61 @@ class StepBatcher:
 
     # ------------------------------------------------------------------ callers
 
-    async def feed(self, session: Session, token: int) -> FloatArray:
-        """Feed one token to the session; return the logits after it, shape [K]."""
+    async def feed(self, session: Session, token: StepInput) -> FloatArray:
+        """Feed one input to the session; return the output row after it, [K + R]."""
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
         self._pending.append(PendingStep(session, token, future, time.perf_counter()))
         self._schedule()
         return await future
 
-    async def step(self, session: Session, token: int, k: int, full: bool) -> Described:
+    async def step(self, session: Session, token: StepInput, k: int, full: bool) -> Described:
         """Feed one token; return the top k of the output after it (and the whole
-        distribution if ``full``), computed for the whole batch at once."""
-        return await self.submit(session, token, k, full)
+        distribution if ``full``), computed for the whole batch at once; at once, on the
+        event loop, where nobody else's step could join it (the lone session)."""
+        now = time.perf_counter()
+        alone = self._alone(session, now)
+        self._last_session, self._last_step = session, now
+        if alone:
+            return self._step_alone(session, token, k, full)
+        self._callers += 1
+        try:
+            return await self.submit(session, token, k, full)
+        finally:
+            self._callers -= 1
 
-    def submit(self, session: Session, token: int, k: int, full: bool) -> asyncio.Future[Described]:
+    def _alone(self, session: Session, now: float) -> bool:
+        """No other session stepped lately, nothing is queued, running or waiting for
+        its answer, no window is asked for, and the model is short: a step now has
+        nobody to be batched with. (Many sessions' steps arrive one handler at a time:
+        running each at once because none waited would make every run a batch of one,
+        so a session is alone only once no other's step came for ALONE_S.)"""
+        busy = (
+            (self._last_session is not session and now - self._last_step < ALONE_S)
+            or self.window_s
+            or self._callers
+            or self._pending
+            or self._groups
+            or self._generating
+            or self._scheduled
+            or self._running
+            or self._closed
+        )
+        return not busy and self._runtime.step_seconds(1) <= self.inline_s
+
+    def _step_alone(self, session: Session, token: StepInput, k: int, full: bool) -> Described:
+        """The lone session's step: the run through the runtime's bound buffers, the
+        state written back, the one row described; no future, no hand-off."""
+        assert self._describe_rows is not None
+        states = self._pool_of().states
+        logits, state = self._runtime.step_one(token, states[:, session.slot, :])
+        states[:, session.slot, :] = state[:, 0, :]
+        session.steps += 1
+        self.stats.record(1, [0.0], [])
+        return self._describe_rows(logits, [k], [full])[0]
+
+    def submit(
+        self, session: Session, token: StepInput, k: int, full: bool
+    ) -> asyncio.Future[Described]:
         """``step`` without the await: queue the step, return the future of its answer
         (so that a caller can queue many sessions' steps in one go)."""
         if self._describe_rows is None:
@@ -110,9 +159,10 @@ class StepBatcher:
         self._schedule()
         return future
 
-    async def step_rows(self, sessions: list[Session], tokens: IntArray, k: int) -> RowsAnswer:
-        """Feed one token to each of these distinct sessions (their locks held); the top
-        k of each output. Queued as groups of up to max_batch rows, each one future."""
+    async def step_rows(self, sessions: list[Session], tokens: Inputs, k: int) -> RowsAnswer:
+        """Feed one input (ids [n] or vectors [n, n_x]) to each of these distinct
+        sessions (their locks held); the top k of each output and its values. Queued as
+        groups of up to max_batch rows, each one future."""
         if self._top_rows is None:
             raise RuntimeError("this batcher was made without top_rows")
         loop = asyncio.get_running_loop()
@@ -141,6 +191,7 @@ class StepBatcher:
         return RowsAnswer(
             np.concatenate([a.ids for a in answers]),
             np.concatenate([a.probabilities for a in answers]),
+            np.concatenate([a.values for a in answers]),
             closed,
         )
 
@@ -218,18 +269,21 @@ class StepBatcher:
                 slots += [session.slot for session in group.sessions]
             slots += [job.session.slot for job in jobs]
             size = len(slots)
-            batch_tokens = [item.token for item in batch]
-            job_tokens = [job.token for job in jobs]
-            if groups:  # rows in the run's order: the batch, the groups, the jobs
+            if self._runtime.input_size:  # vectors [n_x] each (such a model generates nothing)
+                vectors = [np.stack([item.token for item in batch])] if batch else []
+                tokens = np.concatenate(vectors + [group.tokens for group in groups])
+            elif groups:  # rows in the run's order: the batch, the groups, the jobs
                 tokens = np.concatenate(
                     [
-                        np.asarray(batch_tokens, dtype=np.int64),
+                        np.asarray([item.token for item in batch], dtype=np.int64),
                         *(group.tokens for group in groups),
-                        np.asarray(job_tokens, dtype=np.int64),
+                        np.asarray([job.token for job in jobs], dtype=np.int64),
                     ]
                 )
             else:
-                tokens = np.fromiter(batch_tokens + job_tokens, np.int64, size)
+                tokens = np.fromiter(
+                    [item.token for item in batch] + [job.token for job in jobs], np.int64, size
+                )
             state = pool.gather(slots)
             run = Run(pool, batch, groups, jobs, slots, time.perf_counter())
             if self._runtime.step_seconds(size) > self.inline_s:
@@ -439,12 +493,12 @@ class StepBatcher:
                 session.steps += 1
         assert self._top_rows is not None
         try:
-            ids, probabilities = self._top_rows(logits, group.k)
+            ids, probabilities, values = self._top_rows(logits, group.k)
         except Exception as exc:  # fails this group, not the loop
             log.exception("describing the outputs of a group of steps failed")
             group.future.set_exception(exc)
         else:
-            group.future.set_result(RowsAnswer(ids, probabilities, closed))
+            group.future.set_result(RowsAnswer(ids, probabilities, values, closed))
 
     def _advance_generations(
         self, live_jobs: list[tuple[int, Generation]], logits: FloatArray

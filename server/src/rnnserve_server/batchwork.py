@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from rnnserve_server.generation import Generation
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs, IntArray
 from rnnserve_server.session import Session
 from rnnserve_server.statepool import StatePool
+
+# One step's input x<t>: a token id, or a vector [n_x] of a model of vector inputs.
+StepInput = int | FloatArray
 
 
 @dataclass(eq=False, slots=True)
@@ -18,7 +21,7 @@ class PendingStep:
     """One session's single-token step, waiting for a run."""
 
     session: Session
-    token: int
+    token: StepInput
     future: asyncio.Future[Any]
     queued_at: float
     k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
@@ -31,7 +34,7 @@ class StepGroup:
     together: the top k of each row, and the rows whose session was closed meanwhile."""
 
     sessions: list[Session]
-    tokens: IntArray
+    tokens: Inputs  # ids [n] or vectors [n, n_x]
     k: int
     future: asyncio.Future[RowsAnswer]
     queued_at: float
@@ -39,11 +42,13 @@ class StepGroup:
 
 
 class RowsAnswer(NamedTuple):
-    """A group's answer: ids and probabilities [n, k] (most probable first); the rows
-    whose session was closed while they waited (not applied, their outputs not valid)."""
+    """A group's answer: ids and probabilities [n, k] (most probable first), the values
+    [n, R]; the rows whose session was closed while they waited (not applied, their
+    outputs not valid)."""
 
     ids: IntArray
     probabilities: FloatArray
+    values: FloatArray
     closed: list[int]
 
 

@@ -100,6 +100,10 @@ class ServerConfig:
     )
     metrics_port: int = setting(-1, "port of the Prometheus /metrics endpoint; -1: off, 0: any")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
+    openai_port: int = setting(
+        -1, "port of the OpenAI-compatible HTTP front (/v1/completions); -1: off, 0: any"
+    )
+    openai_host: str = setting("", "address the HTTP front listens on; empty: the same as host")
     session_store: str = setting(
         "",
         "where sessions live: empty for this process's memory, or a redis:// URL "
@@ -122,6 +126,12 @@ class ServerConfig:
         "costs the event loop about 0.1 us per code point)",
     )
     max_generate_tokens: int = setting(4096, "largest max_tokens a Generate call may ask")
+    generate_chunk_tokens: int = setting(
+        16,
+        "tokens a Generate advances per run of the generation graph (the step graph "
+        "unrolled with sampling inside onnxruntime); 0: one step-graph run per token, "
+        "sampled in numpy (the reference path)",
+    )
     max_request_bytes: int = setting(
         512 * 1024,
         "largest gRPC message the server accepts (decoding one holds the event loop: about "
@@ -185,6 +195,7 @@ class ServerConfig:
             ("max_tokens_per_message", self.max_tokens_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
+            ("openai_port", -1 <= self.openai_port <= 65535, "-1 (off) .. 65535"),
             (
                 "session_store",
                 not self.session_store
@@ -219,6 +230,7 @@ class ServerConfig:
             ("max_text_chars", self.max_text_chars >= 1, ">= 1"),
             ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
             ("max_request_bytes", self.max_request_bytes >= 1024, ">= 1024"),
+            ("generate_chunk_tokens", 0 <= self.generate_chunk_tokens <= 256, "0..256"),
             ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
             ("shutdown_grace_s", self.shutdown_grace_s >= 0, ">= 0"),
             (

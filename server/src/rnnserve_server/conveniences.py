@@ -16,7 +16,7 @@ from rnnserve_server.generation import GeneratedToken
 from rnnserve_server.inputs import NO_INPUT, TokenInput, check_top_k
 from rnnserve_server.lifecycle import Lifecycle
 from rnnserve_server.repository import Model
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs
 from rnnserve_server.sampling import Top
 
 
@@ -36,23 +36,27 @@ class Conveniences:
     async def classify(
         self, model: Model, given: TokenInput, *, k: int | None, every_step: bool
     ) -> Classification:
-        """Label probabilities for a whole sequence from the model's initial state."""
-        if model.package.manifest.output.kind == "vocabulary":
+        """Label probabilities for a whole sequence (tokens, text or float vectors) from
+        the model's initial state."""
+        kind = model.package.manifest.output.kind
+        if kind in ("vocabulary", "regression"):
             raise FailedPrecondition(
-                f"model {model.name} outputs a vocabulary, not labels: Classify needs a "
-                "label or sigmoid head; use Step or Generate"
+                f"model {model.name} outputs a {kind}, not labels: Classify needs a "
+                "label or sigmoid head; use Step" + (" or Generate" if kind == "vocabulary" else "")
             )
         k = check_top_k(k)
-        ids = self.core.encode(model, given, field="input")
+        inputs = self.core.encode(model, given, field="input")
         initial = model.runtime.initial_state[:, None, :]
         if every_step:
-            rows: list[FloatArray] = await self.core.infer(_logits_per_step, model, ids, initial)
+            rows: list[FloatArray] = await self.core.infer(
+                _outputs_per_step, model, inputs, initial
+            )
             per_step = [outputs.probabilities(model, r).astype(np.float32).tolist() for r in rows]
             last = rows[-1]
         else:
-            logits, _ = await self.core.infer(model.runtime.run_tokens, ids, initial)
+            logits, _ = await self.core.infer(model.runtime.run_inputs, inputs, initial)
             last, per_step = logits[0], []
-        top, final = outputs.describe(model, last, k, True)
+        top, final, _ = outputs.describe(model, last, k, True)
         assert final is not None
         return Classification(top=top, final=final, steps=per_step)
 
@@ -81,10 +85,10 @@ class Conveniences:
         return tokens, finish
 
 
-def _logits_per_step(model: Model, ids: IntArray, state: FloatArray) -> list[FloatArray]:
-    """The logits after every token of one sequence (worker thread)."""
+def _outputs_per_step(model: Model, inputs: Inputs, state: FloatArray) -> list[FloatArray]:
+    """The output row after every input of one sequence (worker thread)."""
     rows = []
-    for token in ids:
-        logits, state = model.runtime.step(token.reshape(1), state)
-        rows.append(logits[0])
+    for x in inputs:
+        row, state = model.runtime.step(x[None], state)
+        rows.append(row[0])
     return rows

@@ -19,12 +19,13 @@ from typing import Any
 
 from rnnserve_server import limits, outputs
 from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.chunks import ChunkBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.inputs import InputLimits, TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs
 from rnnserve_server.session import Session
 from rnnserve_server.sessions import SessionStore
 from rnnserve_server.statecodec import StateCodec
@@ -32,7 +33,9 @@ from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
-FEED_CHUNK = 512  # tokens of a long input per run of the sequence graph
+FEED_CHUNK = 512  # inputs of a long sequence per run of the sequence graph
+# Step graphs up to this size get their generation graph when their first session opens.
+EAGER_GENERATION_BYTES = 32 << 20
 
 
 class Core:
@@ -64,21 +67,33 @@ class Core:
         )
         self._input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
         self.stats = EngineStats()
-        # Two sets of threads: the batcher's runs of the step graph never queue behind a
-        # long prompt or source (a sequence graph run, as long as its tokens), so one
-        # caller's 4096-token prompts cannot hold up everybody's batched steps.
+        # Two sets of threads: the batchers' runs (steps, chunks of generations) never
+        # queue behind a long prompt or source (a sequence graph run, as long as its
+        # tokens), so one caller's 4096-token prompts cannot hold up everybody's steps.
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
         self._step_executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-step")
         self.batchers: dict[Model, StepBatcher] = {}
+        self.chunkers: dict[Model, asyncio.Future[ChunkBatcher | None]] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
+        for task in self.chunkers.values():
+            await self._close_chunker(task)
         for executor in (self._executor, self._step_executor):
             executor.shutdown(wait=False, cancel_futures=True)
         if self.store.records is not None:
             await self.store.records.close()
+
+    @staticmethod
+    async def _close_chunker(task: asyncio.Future[ChunkBatcher | None]) -> None:
+        if not task.done():
+            task.cancel()  # its graph, if still being built, is never used
+        elif not task.cancelled() and task.exception() is None:
+            chunker = task.result()
+            if chunker is not None:
+                await chunker.close()
 
     def _model_of_record(self, name: str, version: int) -> Model:
         """The loaded model a shared session record names (another replica made it)."""
@@ -105,16 +120,52 @@ class Core:
             )
         return batcher
 
+    async def chunker(self, model: Model) -> ChunkBatcher | None:
+        """The model's chunked generation; None with generate_chunk_tokens 0 or where
+        the model has no generation graph (Generate then feeds token by token through
+        ``batcher``). Its graph is built once, on a worker thread."""
+        task = self.chunkers.get(model)
+        if task is None:
+            task = self.chunkers[model] = asyncio.ensure_future(self._chunker(model))
+        # shielded: a caller that goes away does not cancel the build others wait for
+        return await asyncio.shield(task)
+
+    def prepare(self, model: Model) -> None:
+        """When a session is created: start building the model's generation graph (if
+        its step graph is small: a fraction of a second, a few copies of its weights),
+        so that the first Generate rarely waits; a large model's waits for its first
+        Generate."""
+        if model not in self.chunkers and (
+            model.package.graph_path("step").stat().st_size <= EAGER_GENERATION_BYTES
+        ):
+            self.chunkers[model] = asyncio.ensure_future(self._chunker(model))
+
+    async def _chunker(self, model: Model) -> ChunkBatcher | None:
+        steps = self.config.generate_chunk_tokens
+        if not steps or model.package.manifest.output.kind != "vocabulary":
+            return None
+        graph = await self.infer(model.runtime.generation_graph, steps)
+        if graph is None:
+            return None
+        return ChunkBatcher(
+            model.runtime,
+            graph,
+            lambda: self.store.pool(model),
+            self._step_executor,
+            max_batch=self.config.max_batch,
+            inline_s=self.config.inline_run_us / 1e6,
+        )
+
     async def infer(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on an inference thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def encode(self, model: Model, given: TokenInput, *, field: str) -> IntArray:
-        """``inputs.encode_input`` under this server's limits; the tokens are taken from
+    def encode(self, model: Model, given: TokenInput, *, field: str) -> Inputs:
+        """``inputs.encode_input`` under this server's limits; its steps are taken from
         the caller's budget (RESOURCE_EXHAUSTED if it lacks them)."""
-        ids = encode_input(model, given, field=field, limits=self._input_limits)
-        limits.current().spend(len(ids))
-        return ids
+        inputs = encode_input(model, given, field=field, limits=self._input_limits)
+        limits.current().spend(len(inputs))
+        return inputs
 
     # ------------------------------------------------------------------ repository
 
@@ -126,6 +177,9 @@ class Core:
             for model in stale:
                 if not any(s.model is model for s in self.store.open_sessions()):
                     await self.batchers.pop(model).close()
+                    task = self.chunkers.pop(model, None)
+                    if task is not None:
+                        await self._close_chunker(task)
         if self.on_models_changed is not None:
             self.on_models_changed(result)
         return result
@@ -140,33 +194,41 @@ class Core:
 
     # ------------------------------------------------------------------ feeding
 
-    async def feed(self, session: Session, ids: IntArray) -> FloatArray:
-        """Feed tokens to a session (its lock held); the logits after the last, [K].
+    async def feed(self, session: Session, inputs: Inputs) -> FloatArray:
+        """Feed inputs (ids [T] or vectors [T, n_x]) to a session (its lock held); the
+        output row after the last, [K + R] (``runtime.ModelRuntime``).
 
-        One token joins the cross-session batch; several run on a worker thread (the
-        sequence graph where the package has one), FEED_CHUNK tokens per run, the state
+        One input joins the cross-session batch; several run on a worker thread (the
+        sequence graph where the package has one), FEED_CHUNK inputs per run, the state
         carried from run to run: other callers' prompts queued meanwhile take their turns
         between the runs of a long one. Either way the state changes only when every
-        token has been applied, so a cancelled or failed call leaves the session as it
+        input has been applied, so a cancelled or failed call leaves the session as it
         was.
         """
         session.ensure_open()
-        if len(ids) == 1:
-            return await self.batcher(session.model).feed(session, int(ids[0]))
+        if len(inputs) == 1:
+            x = inputs[0] if inputs.ndim > 1 else int(inputs[0])
+            return await self.batcher(session.model).feed(session, x)
         pool = self.store.pool(session.model)
         state = pool.gather([session.slot])
-        run_tokens = session.model.runtime.run_tokens
-        for start in range(0, len(ids), FEED_CHUNK):
-            logits, state = await self.infer(run_tokens, ids[start : start + FEED_CHUNK], state)
+        run_inputs = session.model.runtime.run_inputs
+        for start in range(0, len(inputs), FEED_CHUNK):
+            rows, state = await self.infer(run_inputs, inputs[start : start + FEED_CHUNK], state)
         session.ensure_open()
         pool.scatter([session.slot], state)
-        session.steps += len(ids)
-        return logits[0]  # type: ignore[no-any-return]
+        session.steps += len(inputs)
+        return rows[0]  # type: ignore[no-any-return]
 
     async def current_logits(self, session: Session) -> FloatArray:
-        """The output for the session's current state, without feeding anything, [K]."""
+        """The output row for the session's current state, without feeding anything,
+        [K + R]; FAILED_PRECONDITION for a model without a head graph."""
         session.ensure_open()
+        runtime = session.model.runtime
         state = self.store.pool(session.model).gather([session.slot])
-        logits = await self.infer(session.model.runtime.head, state)
+        if runtime.step_seconds(1) <= self.config.inline_run_us / 1e6:
+            # As short as a step (the head is the step graph's last part): on the loop,
+            # which a hand-off to a worker thread and back would cost more than the run.
+            return runtime.head(state)[0]  # type: ignore[no-any-return]
+        logits = await self.infer(runtime.head, state)
         session.ensure_open()
         return logits[0]  # type: ignore[no-any-return]

@@ -1,8 +1,11 @@
 """Generation: sample tokens one by one from a session, feeding each back (Generate).
 
 A call validates its options, feeds the prompt, samples the first token, and then hands
-itself to the model's batcher as a job (``generation.Generation``): every generating
-session advances one token per run of the step graph, sampled together.
+itself to the model's chunked generation as a job (``generation.Generation``,
+``chunks``): every generating session advances K tokens per run of the generation graph,
+fed and sampled inside onnxruntime. Where a model has no generation graph (or
+generate_chunk_tokens is 0) the job goes to the step batcher instead, one token per run
+of the step graph, sampled together in numpy: the reference the chunks must equal.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Generating:
         limit = self.core.config.max_generate_tokens
         if max_tokens > limit:
             raise over_limit("max_tokens", max_tokens, limit, "max_generate_tokens")
-        size = model.package.tokenizer.size
+        size = model.package.vocabulary.size
         params = SamplingParams.checked(
             temperature=options.temperature,
             top_k=options.top_k,
@@ -99,8 +102,10 @@ class Generating:
         model = session.model
         max_tokens, params = self.checked(model, options)
         check_request_id(request_id)
-        tokenizer = model.package.tokenizer
+        tokenizer = model.package.vocabulary
         batcher = self.core.batcher(model)
+        chunker = await self.core.chunker(model)
+        advance = batcher.advance if chunker is None else chunker.advance
         budget = limits.current()
         budget.spend(max_tokens)  # the tokens not generated are given back at the end
         fed = 0
@@ -159,13 +164,16 @@ class Generating:
                         session.touch()
                         yield GenerateEvent(None, session.steps, "end_token")
                         return
-                    # From here the batcher advances this generation together with every other
-                    # one: one token per run, the next tokens sampled for all of them at once.
+                    # From here this generation advances together with every other one: K
+                    # tokens per run (or one), the next tokens sampled for all of them at once.
                     generation.start(token, probability, before_draw)
+                    stats = self.core.stats
                     while not generation.finished:
-                        events = await batcher.advance(generation)
-                        produced = sum(1 for e in events if e.token is not None)
-                        self.core.stats.generated_tokens += produced
+                        # what a run left is taken without a coroutine (once per token)
+                        buffered = generation.buffered
+                        events = generation.take(1) if buffered else await advance(generation)
+                        produced = len(events) - (events[-1].token is None)
+                        stats.generated_tokens += produced
                         fed += produced
                         for out in events:
                             reply["finish"] = out.finish_reason
@@ -174,9 +182,11 @@ class Generating:
                     gone = True  # the caller went away: nobody to tell how the save went
                     raise
                 finally:
-                    # Cut off with a token sampled but not fed: as if it was never drawn.
-                    if generation.pending and generation.before_draw is not None:
-                        rng.bit_generator.state = generation.before_draw
+                    # The state after the last token delivered; cut off with a token sampled
+                    # but not fed: as if it was never drawn.
+                    generation.settle(self.core.store.pool(model).states)
+                    if chunker is not None:
+                        chunker.leave(generation)
                     # What a retry needs: the tokens fed and, with a seed of the call's own,
                     # where its generator stands; then the session as it now is.
                     seeded = options.seed is not None

@@ -1,21 +1,32 @@
-"""One Generate call as a job the batcher advances with every other generating session.
+"""One Generate call as a job advanced together with every other generating session.
 
 The job holds what decides, token by token, what a generation yields and when it ends
-(the end token, stop strings, stop tokens, max_tokens); the batcher feeds its token,
-calls ``fed`` and, where another token is wanted, samples it (for all jobs together)
-and calls ``sampled``. The caller collects ``events`` a message's worth at a time.
+(the end token, stop strings, stop tokens, max_tokens). Two ways to advance it:
+
+- by chunks (``chunks.ChunkBatcher``): one run of the generation graph feeds and samples
+  K tokens for every job; ``begin_chunk`` draws the chunk's uniforms from the job's
+  generator, ``load_chunk`` hands it the run's row, and ``take`` turns the row into
+  events as the caller collects them, so that only tokens delivered count as fed;
+  ``settle`` then leaves the session's state and the generator exactly where the last
+  delivered token leaves them;
+- token by token (the reference, ``generate_chunk_tokens`` 0 or no generation graph):
+  the step batcher feeds its token, calls ``fed`` and, where another token is wanted,
+  samples it (for all jobs together) and calls ``sampled``; the caller collects
+  ``events`` a message's worth at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rnnserve_server.sampling import SamplingParams
+from rnnserve_server.runtime import FloatArray
+from rnnserve_server.sampling import SamplingParams, not_finite
 from rnnserve_server.session import Session
 from rnnserve_server.tokenizer import Tokenizer
 
@@ -33,6 +44,27 @@ class GenerateEvent:
     steps: int
     finish_reason: str | None = None  # "length", "end_token", "stop_string", "stop_token"
     matched_stop: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class Chunk:
+    """A run of the generation graph, as one generation sees it: the tokens it sampled
+    after each token fed, their probabilities, the states after each feed; how far the
+    caller has taken it."""
+
+    # The generator's state before the chunk's uniforms were drawn (None: nothing drawn,
+    # greedy), and (state, n) for where it stood before the draw of the token pending
+    # when the chunk began: that state advanced by n draws.
+    rng_before: Mapping[str, Any] | None
+    before_pending: tuple[Mapping[str, Any], int] | None
+    tokens: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    states: FloatArray | None = None  # [K, L, H]
+    usable: int = 0  # steps that can be taken: all, or up to the first non-finite one
+    void: int = -1  # the step whose draw was void (its output was not finite), if any
+    drawn: int = 0  # uniforms drawn for the chunk
+    cursor: int = 0  # steps taken (their tokens fed and delivered)
+    used: int = 0  # sampled tokens taken (fed next, or the end token)
 
 
 class Generation:
@@ -84,6 +116,10 @@ class Generation:
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[list[GenerateEvent]] | None = None
         self.queued_at = 0.0
+        # By chunks: the current one, and the state after the last token taken ([L, H],
+        # None until a chunk has been taken from).
+        self.chunk: Chunk | None = None
+        self.state: FloatArray | None = None
 
     def _event(self, token: int, probability: float, steps: int) -> GenerateEvent:
         """The event of a token fed when the session reached ``steps``; ends the
@@ -140,3 +176,106 @@ class Generation:
             self.finished = True
             return
         self.token, self.probability, self.pending = token, probability, True
+
+    # ------------------------------------------------------------------ by chunks
+
+    @property
+    def buffered(self) -> bool:
+        """Whether the current chunk has tokens the caller has not taken yet."""
+        chunk = self.chunk
+        return chunk is not None and chunk.cursor < chunk.usable
+
+    def begin_chunk(self, steps: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The uniforms of a chunk of ``steps`` tokens (drawn from the generator; none
+        for greedy sampling), remembering where the generator stood."""
+        previous = self.chunk
+        if previous is None:  # the pending token is the call's first, drawn by its caller
+            pending = None if self.before_draw is None else (self.before_draw, 0)
+        elif previous.rng_before is not None:  # drawn by the previous chunk's last step
+            pending = (previous.rng_before, len(previous.tokens) - 1)
+        else:
+            pending = None
+        if self.params.temperature == 0.0:
+            self.chunk = Chunk(None, None)
+            return np.zeros(steps)
+        self.chunk = Chunk(
+            self.rng.bit_generator.state, pending if self.keep_draws else None, drawn=steps
+        )
+        return self.rng.random(steps)
+
+    def load_chunk(
+        self,
+        tokens: np.ndarray[Any, Any],
+        probabilities: np.ndarray[Any, Any],
+        states: FloatArray,
+        totals: np.ndarray[Any, Any],
+    ) -> None:
+        """This generation's row of the run begun with ``begin_chunk``."""
+        chunk = self.chunk
+        assert chunk is not None
+        chunk.tokens = tokens.tolist()
+        chunk.probabilities = probabilities.tolist()
+        chunk.states = states
+        finite = [math.isfinite(t) for t in totals.tolist()]
+        # A step whose output was not finite: its token was fed, its draw is void.
+        if all(finite):
+            chunk.usable = len(finite)
+        else:
+            chunk.void = finite.index(False)
+            chunk.usable = chunk.void + 1
+
+    def take(self, limit: int) -> list[GenerateEvent]:
+        """Up to ``limit`` events from the current chunk (and the end token's after the
+        last, where it follows): their tokens count as fed from here on."""
+        chunk = self.chunk
+        assert chunk is not None and chunk.states is not None
+        events: list[GenerateEvent] = []
+        session = self.session
+        while chunk.cursor < chunk.usable and len(events) < limit:
+            at = chunk.cursor
+            chunk.cursor += 1
+            session.steps += 1
+            if self.record is not None:
+                self.record.append((self.token, self.probability))
+            events.append(self._event(self.token, self.probability, session.steps))
+            self.pending = False
+            self.state = chunk.states[at]
+            if self.finished:
+                break
+            if at == chunk.void:
+                self.error = not_finite()
+                break
+            token = chunk.tokens[at]
+            chunk.used = at + 1
+            if token == self.end_token:  # the draw belongs to the call: it ended it
+                events.append(GenerateEvent(None, session.steps, "end_token"))
+                self.finished = True
+                break
+            self.token, self.probability, self.pending = token, chunk.probabilities[at], True
+        session.touch()
+        return events
+
+    def settle(self, states: FloatArray) -> None:
+        """At the end of the call: the session's state (in the pool's ``states``
+        [L, capacity, H]) after the last token taken, and the generator where that
+        token left it (before the pending token's draw, with ``keep_draws``)."""
+        chunk = self.chunk
+        if chunk is None:  # token by token (or no chunk yet): the reference's rule
+            if self.pending and self.before_draw is not None:
+                self.rng.bit_generator.state = self.before_draw
+            return
+        if self.state is not None:
+            states[:, self.session.slot, :] = self.state
+        if chunk.rng_before is None:  # greedy: nothing was drawn
+            return
+        drawn = chunk.used
+        start: tuple[Mapping[str, Any], int] | None = (chunk.rng_before, 0)
+        if self.pending and self.keep_draws:
+            drawn -= 1
+            if drawn < 0:  # the token pending when the chunk began
+                start, drawn = chunk.before_pending, 0
+        if start is None or (start[0] is chunk.rng_before and drawn == chunk.drawn):
+            return  # the generator stands where the chunk left it
+        self.rng.bit_generator.state = start[0]
+        if start[1] + drawn:
+            self.rng.random(start[1] + drawn)

@@ -35,9 +35,11 @@ class Lifecycle:
         state: bytes = b"",
         source: TokenInput = NO_INPUT,
         condition: str = "",
+        session_id: str = "",
     ) -> Session:
         """A new session: from the model's initial state, an encoded source, a
-        condition, or imported state bytes (exactly what the model's kind needs)."""
+        condition, or imported state bytes (exactly what the model's kind needs).
+        ``session_id``: an id of the caller's choosing (ABORTED while it is open)."""
         core = self.core
         manifest = model.package.manifest
         kind = manifest.initial_state.kind
@@ -78,6 +80,7 @@ class Lifecycle:
         core.store.check_capacity(owner)
         if build is not None:
             initial = await core.infer(build)
+        core.prepare(model)  # its generation graph, built while the caller gets going
         return await core.store.open(
             model,
             idle_timeout_s=idle_timeout_s,
@@ -85,6 +88,7 @@ class Lifecycle:
             initial=initial,
             steps=steps,
             rng=rng,
+            session_id=session_id,
         )
 
     async def fork(

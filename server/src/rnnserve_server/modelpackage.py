@@ -3,14 +3,20 @@
 A package is a directory ``<repository>/<name>/<version>/`` holding::
 
     manifest.json     this module's Manifest, as JSON (docs/model-package.md)
-    vocab.json        the vocabulary, {"tokens": [...]} in id order
-    step.onnx         (tokens [B] int64, state [L,B,H] f32) -> (logits [B,K], state_out [L,B,H])
-    head.onnx         (state [L,B,H] f32) -> (logits [B,K]): the output for the current state
-    sequence.onnx     optional: a whole prompt per row in one run (see GRAPH_SIGNATURES)
+    vocab.json        the vocabulary, {"tokens": [...]} in id order (token inputs only)
+    step.onnx         (tokens [B] int64 | inputs [B,n_x] f32, state [S,B,W] f32)
+                        -> (logits [B,K], values [B,R], state_out [S,B,W])
+    head.onnx         optional: (state) -> (logits, values): the output for the current state
+    sequence.onnx     optional: a whole prompt per row in one run (see graph_signature)
     encoder.onnx      optional: source tokens -> initial state (seq2seq)
     condition.onnx    optional: condition index -> initial state (one-to-many)
+    initial_state.npy optional: a constant initial state [S, W] (initial_state.kind constant)
     weights.npz       the weights in the notation of docs/MODELS.md (W_ax, W_aa, b_a, ...)
     MODEL_CARD.md     what the model is, its data, its metrics, a sample
+
+A session's state is one float32 array [S, W] whose rows the manifest's ``state`` names
+(an LSTM's: the h rows of every layer, then the c rows), so the slot pool, the batcher's
+gather/scatter, the exported bytes and the shared store handle every model alike.
 
 This module parses and checks everything that needs no inference engine; the runtime
 checks the graphs' signatures against the manifest when it loads them.
@@ -19,29 +25,49 @@ checks the graphs' signatures against the manifest when it loads them.
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from rnnserve_server.errors import FailedPrecondition
 from rnnserve_server.tokenizer import NORMALIZATIONS, SPECIAL_ROLES, TOKENIZER_KINDS, Tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # format 1 (no input, state or output.values) still loads
 MANIFEST_FILE = "manifest.json"
 SHAPES = ("one-to-one", "one-to-many", "many-to-one", "many-to-many", "seq2seq")
-CELLS = ("rnn-tanh", "rnn-relu", "gru-simple", "gru", "gru-torch")
-OUTPUT_KINDS = ("vocabulary", "labels", "sigmoid")
-INITIAL_STATE_KINDS = ("zeros", "after_token", "encoder", "condition")
+# ``custom``: a step graph whose equations are the package's own (a user's step() module).
+CELLS = ("rnn-tanh", "rnn-relu", "gru-simple", "gru", "gru-torch", "lstm", "custom")
+INPUT_KINDS = ("tokens", "vectors")
+OUTPUT_KINDS = ("vocabulary", "labels", "sigmoid", "regression")
+INITIAL_STATE_KINDS = ("zeros", "after_token", "encoder", "condition", "constant")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A state part's name: also the name of its tensor in exported state (statecodec).
+STATE_PART_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # matched whole (fullmatch)
+# Cells whose activation stays in [-1, 1] from a state in [-1, 1]: |h| <= 1. A ReLU's
+# activations and an LSTM's c (which grows by up to 1 a step: |f| <= 1, |i * g| <= 1)
+# have no bound of their own: theirs is the server's setting max_unbounded_state.
+_BOUNDED_CELLS = ("rnn-tanh", "gru-simple", "gru", "gru-torch", "lstm")
+# A blend computed in float32 may land an ulp or so past its bound: values are checked
+# against bound * (1 + ROUNDING_MARGIN).
+ROUNDING_MARGIN = 2**-20
 
-# Input and output names of each graph kind, in order. They are part of the format.
-#   step:      tokens int64 [B], state f32 [L,B,H] -> logits f32 [B,K], state_out [L,B,H]
-#   head:      state [L,B,H] -> logits [B,K]
-#   sequence:  tokens int64 [B,T], lengths int64 [B] (1..T), state [L,B,H]
-#                -> logits [B,K] after each row's last token, state_out after it
-#   encoder:   tokens int64 [B,T], lengths int64 [B] -> state [L,B,H] (a decoder's start)
-#   condition: condition int64 [B] (index into manifest.conditions) -> state [L,B,H]
+# Input and output names of each graph kind, in order (``graph_signature``); part of the
+# format. X is ``tokens`` (int64 [B], [B,T] in sequence graphs) or ``inputs`` (float32
+# [B,n_x], [B,T,n_x]); the outputs are ``logits`` [B,K] unless output.kind is
+# ``regression``, then ``values`` [B,R] if output.values > 0.
+#   step:      X, state f32 [S,B,W] -> outputs, state_out [S,B,W]
+#   head:      state [S,B,W] -> outputs (for the current state, nothing fed)
+#   sequence:  X [B,T], lengths int64 [B] (1..T), state [S,B,W]
+#                -> outputs after each row's last step, state_out after it
+#   encoder:   tokens int64 [B,T], lengths int64 [B] -> state [S,B,W] (a decoder's start)
+#   condition: condition int64 [B] (index into manifest.conditions) -> state [S,B,W]
+GRAPH_KINDS = ("step", "head", "sequence", "encoder", "condition")
+# Format 1's signatures (token inputs, logits): still what most packages have.
 GRAPH_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "step": (("tokens", "state"), ("logits", "state_out")),
     "head": (("state",), ("logits",)),
@@ -49,7 +75,7 @@ GRAPH_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "encoder": (("tokens", "lengths"), ("state",)),
     "condition": (("condition",), ("state",)),
 }
-REQUIRED_GRAPHS = ("step", "head")
+REQUIRED_GRAPHS = ("step",)
 
 
 class PackageError(ValueError):
@@ -67,11 +93,59 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """What a step reads: a token id (``tokens``, the tokenizer's vocabulary) or a
+    vector of ``size`` floats (``vectors``: sensor readings, audio frames, ...)."""
+
+    kind: str = "tokens"
+    size: int = 0  # n_x of a vectors input; 0 for tokens
+
+
+@dataclass(frozen=True)
 class OutputSpec:
-    """The output head: softmax over the vocabulary or over labels, or sigmoids."""
+    """The output head: softmax over the vocabulary or over labels, sigmoids, or a
+    real vector alone (``regression``); ``values`` > 0 adds (or, for ``regression``,
+    is) a real output vector of that size beside the labels' logits."""
 
     kind: str
     labels: tuple[str, ...] = ()
+    values: int = 0
+
+
+@dataclass(frozen=True)
+class StatePart:
+    """Consecutive rows of the state array: their name (``h``, ``c``, a custom
+    module's own), how many, and the bound |x| <= bound every value meets (None: none
+    of its own, so the server's setting max_unbounded_state bounds it). Imported states
+    and shared-store records are checked against it (``state_violation``)."""
+
+    name: str
+    rows: int
+    bound: float | None
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A session's state: one float32 array [rows, width], ``parts`` naming its rows in
+    order (for the known cells: ``h`` of every layer, first layer first; for ``lstm``
+    then ``c`` of every layer). A part narrower than ``width`` is zero-padded."""
+
+    width: int
+    parts: tuple[StatePart, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(part.rows for part in self.parts)
+
+
+def cell_state(
+    cell: str, layers: int, hidden_size: int, *, cell_bound: float | None = None
+) -> StateSpec:
+    """The state layout of a known cell: [layers, hidden] of ``h`` (and for ``lstm`` as
+    many rows of ``c`` after them, bounded by ``cell_bound`` if the package states one)."""
+    h = StatePart("h", layers, 1.0 if cell in _BOUNDED_CELLS else None)
+    parts = (h, StatePart("c", layers, cell_bound)) if cell == "lstm" else (h,)
+    return StateSpec(width=hidden_size, parts=parts)
 
 
 @dataclass(frozen=True)
@@ -83,11 +157,14 @@ class InitialStateSpec:
     start with it) to a zero state. ``encoder``: the encoder graph's state for the
     source the caller gives, then ``token`` (if set, e.g. ``bos``) fed to it.
     ``condition``: the condition graph's state for the condition the caller names, then
-    ``token`` (if set). The step count starts at 0 in every case.
+    ``token`` (if set). ``constant``: the state stored in ``file`` (a float32 .npy
+    [S, W]; e.g. a custom module's learned initial state). The step count starts at 0
+    in every case.
     """
 
     kind: str = "zeros"
     token: str | None = None
+    file: str | None = None  # kind constant: the .npy of the state [S, W]
 
 
 @dataclass(frozen=True)
@@ -106,10 +183,12 @@ class Manifest:
     cell: str
     layers: int
     hidden_size: int
-    tokenizer: TokenizerSpec
+    tokenizer: TokenizerSpec | None  # None for a vectors input
     output: OutputSpec
     graphs: dict[str, GraphSpec]
     initial_state: InitialStateSpec = field(default_factory=InitialStateSpec)
+    input: InputSpec = field(default_factory=InputSpec)
+    state: StateSpec | None = None  # None: cell_state(cell, layers, hidden_size)
     conditions: tuple[str, ...] = ()
     weights_file: str = "weights.npz"
     card_file: str = "MODEL_CARD.md"
@@ -117,17 +196,32 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if self.state is None:
+            object.__setattr__(self, "state", cell_state(self.cell, self.layers, self.hidden_size))
+
+    @property
+    def state_layout(self) -> StateSpec:
+        assert self.state is not None  # set by __post_init__
+        return self.state
+
     @property
     def output_size(self) -> int:
-        """K, the width of the logits: the vocabulary size or the number of labels."""
+        """K, the width of the logits: the vocabulary size, the number of labels, or 0
+        (a regression output has no logits)."""
         if self.output.kind == "vocabulary":
+            assert self.tokenizer is not None
             return self.tokenizer.size
         return len(self.output.labels)
 
     @property
     def state_shape(self) -> tuple[int, int]:
-        """(layers, hidden size): the state of one session."""
-        return self.layers, self.hidden_size
+        """(S, W), the state array of one session: its rows and width."""
+        return self.state_layout.rows, self.state_layout.width
+
+    def signature(self, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The input and output names of graph ``kind`` for this manifest."""
+        return graph_signature(kind, self.input, self.output)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -140,19 +234,41 @@ class Manifest:
         """Parse and check a manifest; raise PackageError naming the first bad field."""
         r = _Reader(data, "manifest")
         fmt = r.integer("format_version", 1, FORMAT_VERSION)
+        later = fmt >= 2  # the fields format 2 added: absent from format 1 manifests
+        cell = r.choice("cell", CELLS)
+        layers = r.integer("layers", 1, 64)
+        hidden_size = r.integer("hidden_size", 1, 1 << 16)
+        if later:  # optional in format 2; unknown (an error) in format 1
+            r.seen.update(("input", "state"))
+        input_spec = _input_spec(r.child("input")) if later and "input" in r.data else InputSpec()
+        output = _output_spec(r.child("output"), values=later)
+        tokenizer = None if input_spec.kind == "vectors" else _tokenizer_spec(r.child("tokenizer"))
+        if input_spec.kind == "vectors" and r.data.get("tokenizer") is not None:
+            raise PackageError("manifest.tokenizer must be null for a 'vectors' input")
+        r.seen.add("tokenizer")
+        if input_spec.kind == "vectors" and output.kind == "vocabulary":
+            raise PackageError(
+                "manifest.output.kind = 'vocabulary' needs a 'tokens' input (a vocabulary "
+                "to feed generated tokens back); a vectors model outputs labels, sigmoid "
+                "or regression"
+            )
         manifest = cls(
             format_version=fmt,
             name=r.string("name", pattern=NAME_PATTERN),
             version=r.integer("version", 1, 2**31 - 1),
             description=r.string("description", allow_empty=True),
             shape=r.choice("shape", SHAPES),
-            cell=r.choice("cell", CELLS),
-            layers=r.integer("layers", 1, 64),
-            hidden_size=r.integer("hidden_size", 1, 1 << 16),
-            tokenizer=_tokenizer_spec(r.child("tokenizer")),
-            output=_output_spec(r.child("output")),
-            graphs=_graph_specs(r.child("graphs")),
+            cell=cell,
+            layers=layers,
+            hidden_size=hidden_size,
+            tokenizer=tokenizer,
+            output=output,
+            graphs=_graph_specs(r.child("graphs"), input_spec, output),
             initial_state=_initial_state_spec(r.child("initial_state")),
+            input=input_spec,
+            state=_state_spec(r.child("state"), cell, layers, hidden_size)
+            if later and "state" in r.data
+            else None,
             conditions=tuple(r.string_list("conditions", required=False)),
             weights_file=r.string("weights_file"),
             card_file=r.string("card_file"),
@@ -160,24 +276,40 @@ class Manifest:
             metrics={k: float(v) for k, v in r.mapping("metrics", value_type=float).items()},
         )
         r.no_extra()
-        kind = manifest.initial_state.kind
-        if kind in ("encoder", "condition") and kind not in manifest.graphs:
+        manifest.check_consistency()
+        return manifest
+
+    def check_consistency(self) -> None:
+        """What no single field shows: the fields that depend on one another."""
+        kind = self.initial_state.kind
+        if kind in ("encoder", "condition") and kind not in self.graphs:
             raise PackageError(
                 f"manifest.initial_state.kind = {kind!r} needs a {kind!r} graph in manifest.graphs"
             )
-        if (kind == "condition") != bool(manifest.conditions):
+        if (kind == "condition") != bool(self.conditions):
             raise PackageError(
                 "manifest.conditions must name the conditions of a 'condition' initial state "
                 "and be empty otherwise"
             )
-        if manifest.initial_state.token is not None and (
-            manifest.initial_state.token not in manifest.tokenizer.special_tokens
-        ):
+        token = self.initial_state.token
+        specials = self.tokenizer.special_tokens if self.tokenizer is not None else {}
+        if token is not None and token not in specials:
             raise PackageError(
-                f"manifest.initial_state.token = {manifest.initial_state.token!r} is not one "
-                f"of the special tokens {sorted(manifest.tokenizer.special_tokens)}"
+                f"manifest.initial_state.token = {token!r} is not one "
+                f"of the special tokens {sorted(specials)}"
             )
-        return manifest
+        if self.input.kind == "vectors" and "encoder" in self.graphs:
+            raise PackageError("manifest.graphs.encoder: an encoder reads tokens")
+        if self.output.kind == "vocabulary" and "head" not in self.graphs:
+            raise PackageError(
+                "manifest.graphs: a 'vocabulary' output needs the 'head' graph (generation "
+                "starts from the output of the current state)"
+            )
+        if self.cell == "custom" and (self.layers, self.hidden_size) != self.state_shape:
+            raise PackageError(
+                f"manifest.layers, hidden_size = {self.layers}, {self.hidden_size}: for a "
+                f"'custom' cell they are the state's rows and width {self.state_shape}"
+            )
 
 
 @dataclass(frozen=True)
@@ -186,10 +318,21 @@ class ModelPackage:
 
     path: Path
     manifest: Manifest
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None for a vectors input
+    initial_state: np.ndarray[Any, np.dtype[np.float32]] | None = None  # kind constant: [S, W]
 
     def graph_path(self, kind: str) -> Path:
         return self.path / self.manifest.graphs[kind].file
+
+    @property
+    def vocabulary(self) -> Tokenizer:
+        """The tokenizer of a token model; FAILED_PRECONDITION for a vectors model."""
+        if self.tokenizer is None:
+            raise FailedPrecondition(
+                f"model {self.manifest.name} reads vectors of {self.manifest.input.size} "
+                "floats, not tokens or text: it has no vocabulary"
+            )
+        return self.tokenizer
 
     @property
     def key(self) -> tuple[str, int]:
@@ -212,12 +355,29 @@ def load_package(path: Path) -> ModelPackage:
             f"{path}: manifest says {manifest.name}/{manifest.version}, "
             f"but the package lies in {path.parent.name}/{path.name}"
         )
-    files = [manifest.tokenizer.vocabulary_file, manifest.weights_file, manifest.card_file]
+    files = [manifest.weights_file, manifest.card_file]
     files += [g.file for g in manifest.graphs.values()]
+    if manifest.tokenizer is not None:
+        files.append(manifest.tokenizer.vocabulary_file)
+    if manifest.initial_state.file is not None:
+        files.append(manifest.initial_state.file)
     for name in files:
         _check_inside(path, name)
 
-    spec = manifest.tokenizer
+    tokenizer = None if manifest.tokenizer is None else _load_tokenizer(path, manifest.tokenizer)
+    try:
+        with zipfile.ZipFile(path / manifest.weights_file) as archive:
+            if not any(n.endswith(".npy") for n in archive.namelist()):
+                raise PackageError(f"{path / manifest.weights_file}: holds no arrays")
+    except zipfile.BadZipFile as exc:
+        raise PackageError(f"{path / manifest.weights_file}: not an .npz archive: {exc}") from None
+    initial = None
+    if manifest.initial_state.file is not None:
+        initial = _load_initial_state(path / manifest.initial_state.file, manifest)
+    return ModelPackage(path=path, manifest=manifest, tokenizer=tokenizer, initial_state=initial)
+
+
+def _load_tokenizer(path: Path, spec: TokenizerSpec) -> Tokenizer:
     try:
         tokens = Tokenizer.load_tokens(path / spec.vocabulary_file)
         tokenizer = Tokenizer(
@@ -234,13 +394,81 @@ def load_package(path: Path) -> ModelPackage:
             f"{path / spec.vocabulary_file}: {tokenizer.size} tokens, "
             f"but manifest.tokenizer.size = {spec.size}"
         )
+    return tokenizer
+
+
+def _load_initial_state(path: Path, manifest: Manifest) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """A constant initial state: float32 [S, W], finite, within every part's bound."""
     try:
-        with zipfile.ZipFile(path / manifest.weights_file) as archive:
-            if not any(n.endswith(".npy") for n in archive.namelist()):
-                raise PackageError(f"{path / manifest.weights_file}: holds no arrays")
-    except zipfile.BadZipFile as exc:
-        raise PackageError(f"{path / manifest.weights_file}: not an .npz archive: {exc}") from None
-    return ModelPackage(path=path, manifest=manifest, tokenizer=tokenizer)
+        state: np.ndarray[Any, Any] = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"{path}: not a .npy array: {exc}") from None
+    if state.dtype != np.float32 or state.shape != manifest.state_shape:
+        raise PackageError(
+            f"{path}: {state.dtype}{list(state.shape)}, expected float32"
+            f"{list(manifest.state_shape)} (the manifest's state rows and width)"
+        )
+    # The server's max_unbounded_state is not known here: unbounded parts need only be
+    # finite (an import of such a session is checked against the setting).
+    violation = state_violation(manifest, state)
+    if violation is not None:
+        raise PackageError(f"{path}: {violation.describe('state')}")
+    return state
+
+
+@dataclass(frozen=True)
+class StateViolation:
+    """The first value of a state that its part's bound does not allow: where it is
+    (the part, and the row and column within the part), what it is, and why not."""
+
+    part: str
+    row: int
+    column: int
+    value: float
+    bound: float
+    reason: str
+
+    def describe(self, prefix: str) -> str:
+        position = f"{prefix}.{self.part}[{self.row}, {self.column}]"
+        if not math.isfinite(self.value):
+            return f"{position} = {self.value}: not finite"
+        return (
+            f"{position} = {self.value!r} is out of range; allowed: "
+            f"|{self.part}| <= {self.bound:g} ({self.reason})"
+        )
+
+
+def part_bound(
+    manifest: Manifest, part: StatePart, max_unbounded_state: float
+) -> tuple[float, str]:
+    """The bound of one state part and why it is that: the cell's own (|h| <= 1), the
+    one the package states, or (none stated) the server's max_unbounded_state."""
+    if part.bound is None:
+        return max_unbounded_state, (
+            f"the setting max_unbounded_state: the {manifest.cell} cell's {part.name} has no "
+            "bound of its own"
+        )
+    if manifest.cell in _BOUNDED_CELLS and part.name == "h":
+        return part.bound, f"the {manifest.cell} cell's h lies in [-1, 1]"
+    return part.bound, f"the bound of {part.name} in the model's manifest.state"
+
+
+def state_violation(
+    manifest: Manifest, state: np.ndarray[Any, Any], max_unbounded_state: float = math.inf
+) -> StateViolation | None:
+    """The first value of ``state`` [S, W] that is not finite or lies beyond its part's
+    bound (``part_bound``), or None: the one check of every state the server takes in
+    (imports, shared-store records, a package's constant initial state)."""
+    start = 0
+    for part in manifest.state_layout.parts:
+        rows = state[start : start + part.rows]
+        start += part.rows
+        bound, reason = part_bound(manifest, part, max_unbounded_state)
+        bad = ~(np.abs(rows) <= bound * (1 + ROUNDING_MARGIN))  # NaN compares False
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            return StateViolation(part.name, row, column, float(rows[row, column]), bound, reason)
+    return None
 
 
 def _check_inside(package: Path, name: str) -> None:
@@ -272,34 +500,102 @@ def _tokenizer_spec(r: _Reader) -> TokenizerSpec:
     return spec
 
 
-def _output_spec(r: _Reader) -> OutputSpec:
+def _input_spec(r: _Reader) -> InputSpec:
+    kind = r.choice("kind", INPUT_KINDS)
+    size = r.integer("size", 1, 1 << 20) if kind == "vectors" else r.integer("size", 0, 0)
+    r.no_extra()
+    return InputSpec(kind=kind, size=size)
+
+
+def _output_spec(r: _Reader, *, values: bool) -> OutputSpec:
     kind = r.choice("kind", OUTPUT_KINDS)
     labels = tuple(r.string_list("labels"))
-    if kind == "vocabulary" and labels:
-        raise PackageError("manifest.output.labels must be empty for a vocabulary output")
-    if kind != "vocabulary" and not labels:
+    size = r.integer("values", 0, 1 << 20) if values and "values" in r.data else 0
+    if kind in ("vocabulary", "regression") and labels:
+        raise PackageError(f"manifest.output.labels must be empty for a {kind} output")
+    if kind in ("labels", "sigmoid") and not labels:
         raise PackageError(f"manifest.output.labels must name every output of a {kind} head")
+    if kind == "regression" and not size:
+        raise PackageError("manifest.output.values = 0: a regression output needs its size")
+    if kind == "vocabulary" and size:
+        raise PackageError("manifest.output.values must be 0 for a vocabulary output")
     r.no_extra()
-    return OutputSpec(kind=kind, labels=labels)
+    return OutputSpec(kind=kind, labels=labels, values=size)
 
 
 def _initial_state_spec(r: _Reader) -> InitialStateSpec:
     kind = r.choice("kind", INITIAL_STATE_KINDS)
     token = r.optional_string("token")
+    file = r.optional_string("file")
     if kind == "after_token" and token is None:
         raise PackageError("manifest.initial_state.token is required for kind 'after_token'")
-    if kind == "zeros" and token is not None:
-        raise PackageError("manifest.initial_state.token must be null for kind 'zeros'")
+    if kind in ("zeros", "constant") and token is not None:
+        raise PackageError(f"manifest.initial_state.token must be null for kind {kind!r}")
+    if (kind == "constant") != (file is not None):
+        raise PackageError(
+            "manifest.initial_state.file names the .npy state of kind 'constant' "
+            "and must be null otherwise"
+        )
     r.no_extra()
-    return InitialStateSpec(kind=kind, token=token)
+    return InitialStateSpec(kind=kind, token=token, file=file)
 
 
-def _graph_specs(r: _Reader) -> dict[str, GraphSpec]:
+def _state_spec(r: _Reader, cell: str, layers: int, hidden_size: int) -> StateSpec:
+    width = r.integer("width", 1, 1 << 20)
+    parts: list[StatePart] = []
+    raw = r.array("parts")
+    for index, item in enumerate(raw):
+        p = _Reader(item, f"{r.where}.parts[{index}]")
+        part = StatePart(
+            name=p.string("name", pattern=STATE_PART_NAME),
+            rows=p.integer("rows", 1, 1 << 16),
+            bound=p.optional_number("bound", low=0.0),
+        )
+        p.no_extra()
+        parts.append(part)
+    r.no_extra()
+    if not parts:
+        raise PackageError(f"{r.where}.parts: at least one part is required")
+    names = [part.name for part in parts]
+    if len(set(names)) != len(names):
+        raise PackageError(f"{r.where}.parts: duplicate names {names}")
+    spec = StateSpec(width=width, parts=tuple(parts))
+    if cell != "custom":
+        # A known cell's layout is fixed by its equations; only c's bound is the package's.
+        known = cell_state(cell, layers, hidden_size, cell_bound=parts[-1].bound)
+        fixed = [(p.name, p.rows, p.bound if p.name == "h" else "any") for p in known.parts]
+        given = [(p.name, p.rows, p.bound if p.name == "h" else "any") for p in spec.parts]
+        if (width, given) != (known.width, fixed):
+            raise PackageError(
+                f"{r.where}: width {width}, parts {given}; cell {cell!r} with {layers} layer(s) "
+                f"of {hidden_size} has width {known.width}, parts {fixed}"
+            )
+    return spec
+
+
+def graph_signature(
+    kind: str, input: InputSpec, output: OutputSpec
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The input and output names of a graph kind, in order (the table at the top)."""
+    x = "tokens" if input.kind == "tokens" else "inputs"
+    outputs: tuple[str, ...] = ("logits",) if output.kind != "regression" else ()
+    outputs += ("values",) if output.values else ()
+    signatures = {
+        "step": ((x, "state"), (*outputs, "state_out")),
+        "head": (("state",), outputs),
+        "sequence": ((x, "lengths", "state"), (*outputs, "state_out")),
+        "encoder": (("tokens", "lengths"), ("state",)),
+        "condition": (("condition",), ("state",)),
+    }
+    return signatures[kind]
+
+
+def _graph_specs(r: _Reader, input: InputSpec, output: OutputSpec) -> dict[str, GraphSpec]:
     graphs: dict[str, GraphSpec] = {}
     for kind in r.data:
-        if kind not in GRAPH_SIGNATURES:
+        if kind not in GRAPH_KINDS:
             raise PackageError(
-                f"manifest.graphs: unknown graph {kind!r} (known: {sorted(GRAPH_SIGNATURES)})"
+                f"manifest.graphs: unknown graph {kind!r} (known: {sorted(GRAPH_KINDS)})"
             )
         g = r.child(kind)
         spec = GraphSpec(
@@ -308,10 +604,12 @@ def _graph_specs(r: _Reader) -> dict[str, GraphSpec]:
             outputs=tuple(g.string_list("outputs")),
         )
         g.no_extra()
-        if (spec.inputs, spec.outputs) != GRAPH_SIGNATURES[kind]:
+        inputs, outputs = graph_signature(kind, input, output)
+        if (spec.inputs, spec.outputs) != (inputs, outputs):
             raise PackageError(
                 f"manifest.graphs.{kind}: inputs/outputs {spec.inputs}/{spec.outputs}, "
-                f"the format requires {GRAPH_SIGNATURES[kind][0]}/{GRAPH_SIGNATURES[kind][1]}"
+                f"the format requires {inputs}/{outputs} for a {input.kind} input and a "
+                f"{output.kind} output" + (f" with {output.values} values" if output.values else "")
             )
         graphs[kind] = spec
     for kind in REQUIRED_GRAPHS:
@@ -320,9 +618,14 @@ def _graph_specs(r: _Reader) -> dict[str, GraphSpec]:
     return graphs
 
 
-def standard_graph(kind: str, file: str) -> GraphSpec:
-    """The GraphSpec of a graph kind with the format's input and output names."""
-    inputs, outputs = GRAPH_SIGNATURES[kind]
+def standard_graph(
+    kind: str, file: str, input: InputSpec | None = None, output: OutputSpec | None = None
+) -> GraphSpec:
+    """The GraphSpec of a graph kind with the format's input and output names (by
+    default those of a token model with logits)."""
+    inputs, outputs = graph_signature(
+        kind, input or InputSpec(), output or OutputSpec(kind="vocabulary")
+    )
     return GraphSpec(file=file, inputs=inputs, outputs=outputs)
 
 
@@ -351,8 +654,24 @@ class _Reader:
         value = self._get(key)
         if not isinstance(value, str) or (not value and not allow_empty):
             raise PackageError(f"{self.where}.{key} = {value!r}: expected a non-empty string")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise PackageError(f"{self.where}.{key} = {value!r}: must match {pattern.pattern}")
+        return value
+
+    def optional_number(self, key: str, *, low: float) -> float | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise PackageError(
+                f"{self.where}.{key} = {value!r}: expected null or a number >= {low:g}"
+            )
+        return float(value)
+
+    def array(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise PackageError(f"{self.where}.{key}: expected a list")
         return value
 
     def optional_string(self, key: str) -> str | None:

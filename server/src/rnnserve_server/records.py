@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rnnserve_server.errors import DataLoss, Unavailable, too_many_sessions
+from rnnserve_server.errors import Aborted, DataLoss, Unavailable, shown, too_many_sessions
 from rnnserve_server.pipeline import Call, ScriptPipeline
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
@@ -230,10 +230,12 @@ class RedisRecords:
         idle_timeout_s: float,
         session: bytes,
         *,
+        revision: int,
         max_sessions: int,
         max_per_owner: int,
     ) -> None:
-        """Store a new session; RESOURCE_EXHAUSTED past a limit (counted across replicas)."""
+        """Store a new session at its first ``revision``; RESOURCE_EXHAUSTED past a limit
+        (counted across replicas); ABORTED if the id is taken."""
         idle_ms = round(idle_timeout_s * 1000)
         fields: list[str | int | bytes] = [
             "owner",
@@ -241,7 +243,7 @@ class RedisRecords:
             "idle_ms",
             idle_ms,
             "rev",
-            0,
+            revision,
             "session",
             session,
         ]
@@ -252,8 +254,8 @@ class RedisRecords:
             raise too_many_sessions(count + 1, max_sessions, per_caller=False)
         if status == -2:
             raise too_many_sessions(count + 1, max_per_owner, per_caller=True)
-        if status == -3:  # 128 random bits collided: never expected
-            raise RuntimeError(f"session id {session_id} exists already")
+        if status == -3:  # a chosen id that is open (random ones never collide)
+            raise Aborted(f"session {shown(session_id)} exists already")
 
     async def load(self, session_id: str, owner: str, revision: int) -> Record | object:
         """The record, or UNCHANGED if its revision is still ``revision``; refreshes the

@@ -102,14 +102,18 @@ class Repository:
             added.append(f"{model.name}/{model.version}")
             manifest = package.manifest
             log.info(
-                "loaded model %s version %d (%s, %s, %d x %d, vocabulary %d) on %s",
+                "loaded model %s version %d (%s, %s, %d x %d, %s) on %s",
                 model.name,
                 model.version,
                 manifest.shape,
                 manifest.cell,
                 manifest.layers,
                 manifest.hidden_size,
-                package.tokenizer.size,
+                (
+                    f"vocabulary {package.tokenizer.size}"
+                    if package.tokenizer is not None
+                    else f"vectors of {manifest.input.size}"
+                ),
                 ",".join(model.runtime.providers),
                 extra={"model": f"{model.name}/{model.version}"},
             )

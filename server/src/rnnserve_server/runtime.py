@@ -8,6 +8,7 @@ output, and the session store owns it between calls.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +16,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve_server.errors import FailedPrecondition
+from rnnserve_server.gengraph import GenerationGraph, Unsupported, verify
 from rnnserve_server.modelpackage import ModelPackage, PackageError
 
 log = logging.getLogger(__name__)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
+# What the graphs read: token ids (int64 [B], [T]) or vectors (float32 [B, n_x], [T, n_x]).
+Inputs = np.ndarray[Any, Any]
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # TF32 off: on an H100 onnxruntime's default (TF32 matrix products) moved logits by up to
@@ -79,9 +84,10 @@ class ProviderChoice:
         log.warning("%s; falling back to the CPU (allow_cpu_fallback is set)", message)
         return cls((cpu,), intra_op_threads, spinning, sequence_threads=sequence_threads)
 
-    def session(self, path: str, *, whole_sequence: bool = False) -> ort.InferenceSession:
-        """An onnxruntime session for one graph; ``whole_sequence`` graphs (one long run
-        per call) get ``sequence_threads``, the others ``intra_op_threads``."""
+    def session(self, path: str | bytes, *, whole_sequence: bool = False) -> ort.InferenceSession:
+        """An onnxruntime session for one graph (a file, or a serialized model);
+        ``whole_sequence`` graphs (one long run per call) get ``sequence_threads``, the
+        others ``intra_op_threads``."""
         options = ort.SessionOptions()
         threads = self.sequence_threads if whole_sequence else self.intra_op_threads
         if threads:
@@ -122,13 +128,24 @@ def preload_cuda_libraries() -> None:
 
 
 class ModelRuntime:
-    """The graphs of one package, each checked against the manifest when loaded."""
+    """The graphs of one package, each checked against the manifest when loaded.
+
+    A graph's outputs (``logits`` [B, K] and/or ``values`` [B, R]) come back as one
+    *output row* per session, [B, K + R] (the logits, then the values): what the
+    batcher scatters and ``outputs`` splits again, whatever the model's output kind.
+    """
 
     def __init__(self, package: ModelPackage, providers: ProviderChoice) -> None:
         self.package = package
+        self._provider_choice = providers
         manifest = package.manifest
+        # The state array of one session: its rows (every part's, e.g. an LSTM's h then c
+        # rows) and width; "layers" and "hidden" in the pool's and the codec's terms.
         self.layers, self.hidden = manifest.state_shape
         self.output_size = manifest.output_size
+        self.values_size = manifest.output.values
+        self.input_name = manifest.signature("step")[0][0]  # tokens or inputs
+        self.input_size = manifest.input.size  # n_x of a vectors input, 0 for tokens
         self._graphs: dict[str, ort.InferenceSession] = {}
         for kind in manifest.graphs:
             try:
@@ -145,22 +162,30 @@ class ModelRuntime:
         self._start_token = (
             None
             if manifest.initial_state.token is None
-            else package.tokenizer.special_tokens[manifest.initial_state.token]
+            else package.vocabulary.special_tokens[manifest.initial_state.token]
         )
-        self.initial_state = self._after_start_token(self.zeros(1))[:, 0, :]
-        self._run_seconds, self._row_seconds = self._measure_step()
+        start = self.zeros(1) if package.initial_state is None else package.initial_state[:, None]
+        self.initial_state = self._after_start_token(start)[:, 0, :]
+        self._run_seconds, self._row_seconds = self._measure(
+            lambda rows: self.step(self.blank_inputs(rows), self.zeros(rows))
+        )
+        # The lone session's step: the binding, its input and state, its outputs.
+        self._lone: tuple[Any, Inputs, FloatArray, list[FloatArray], FloatArray] | None = None
+        self._generation: dict[int, GenerationGraph | None] = {}
+        self._generation_lock = threading.Lock()
+        self._chunk_seconds: dict[int, tuple[float, float]] = {}
 
-    def _measure_step(self) -> tuple[float, float]:
-        """A step-graph run's fixed cost and its cost per row, in seconds, from the
-        best of three runs at batch 1 and at batch 8 (after one to warm up)."""
+    @staticmethod
+    def _measure(run: Any) -> tuple[float, float]:
+        """A graph run's fixed cost and its cost per row, in seconds, from the best of
+        three runs (``run(rows)``) at batch 1 and at batch 8 (after one to warm up)."""
         times = {}
         for rows in (1, 8):
-            tokens, state = np.zeros(rows, dtype=np.int64), self.zeros(rows)
-            self.step(tokens, state)
+            run(rows)
             best = float("inf")
             for _ in range(3):
                 started = time.perf_counter()
-                self.step(tokens, state)
+                run(rows)
                 best = min(best, time.perf_counter() - started)
             times[rows] = best
         per_row = max(0.0, (times[8] - times[1]) / 7)
@@ -170,31 +195,78 @@ class ModelRuntime:
         """The expected time of a step-graph run of ``rows`` rows (on an idle machine)."""
         return self._run_seconds + rows * self._row_seconds
 
+    def chunk_seconds(self, steps: int, rows: int) -> float:
+        """The expected time of a generation-graph run (``generation_graph(steps)``)."""
+        fixed, per_row = self._chunk_seconds.get(steps, (0.0, 0.0))
+        return fixed + rows * per_row
+
+    def generation_graph(self, steps: int) -> GenerationGraph | None:
+        """The package's generation graph of ``steps`` steps (gengraph), built and
+        checked on first use (seconds: call it off the event loop); None where the step
+        graph cannot be unrolled or the unrolled graph disagrees with it (logged), and
+        for a model whose output is not a vocabulary."""
+        with self._generation_lock:
+            if steps not in self._generation:
+                self._generation[steps] = self._build_generation(steps)
+            return self._generation[steps]
+
+    def _build_generation(self, steps: int) -> GenerationGraph | None:
+        if self.package.manifest.output.kind != "vocabulary":
+            return None
+        where = self.package.graph_path("step")
+        try:
+            graph = GenerationGraph.build(
+                str(where), steps, self.output_size, self._provider_choice.session
+            )
+            verify(graph, self.step, self.layers, self.hidden)
+        except Exception as exc:  # onnx and onnxruntime raise their own types
+            reason = str(exc) if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "%s: no generation graph (Generate feeds token by token): %s", where, reason
+            )
+            return None
+        self._chunk_seconds[steps] = self._measure(
+            lambda rows: graph.run(
+                np.zeros(rows, dtype=np.int64), self.zeros(rows), np.zeros((rows, steps)),
+                np.ones(rows),
+            )
+        )  # fmt: skip
+        return graph
+
     def has(self, kind: str) -> bool:
         return kind in self._graphs
+
+    def blank_inputs(self, rows: int) -> np.ndarray[Any, Any]:
+        """Inputs for ``rows`` rows (token 0, or zero vectors), to warm a graph up."""
+        size = self.package.manifest.input.size
+        if size:
+            return np.zeros((rows, size), dtype=np.float32)
+        return np.zeros(rows, dtype=np.int64)
 
     # ------------------------------------------------------------------ checks
 
     def _check_signature(self, kind: str, session: ort.InferenceSession) -> None:
         """Every input and output has the name, type and shape the manifest implies."""
+        manifest = self.package.manifest
         L, H, K = self.layers, self.hidden, self.output_size
+        R, X = manifest.output.values, manifest.input.size
+        whole = kind in ("sequence", "encoder")  # a [B, T] sequence per row
+        steps: tuple[None, ...] = (None,) if whole else ()
         state = ("tensor(float)", (L, None, H))
         int_batch = ("tensor(int64)", (None,))
         expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
-            "tokens": ("tensor(int64)", (None, None))
-            if kind in ("sequence", "encoder")
-            else int_batch,
+            "tokens": ("tensor(int64)", (None, *steps)),
+            "inputs": ("tensor(float)", (None, *steps, X)),
             "lengths": int_batch,
             "condition": int_batch,
             "state": state,
             "state_out": state,
             "logits": ("tensor(float)", (None, K)),
+            "values": ("tensor(float)", (None, R)),
         }
-        spec = self.package.manifest.graphs[kind]
         where = f"{self.package.graph_path(kind)}"
-        for declared, actual in (
-            (spec.inputs, session.get_inputs()),
-            (spec.outputs, session.get_outputs()),
+        for declared, actual in zip(
+            manifest.signature(kind), (session.get_inputs(), session.get_outputs()), strict=True
         ):
             names = tuple(a.name for a in actual)
             if names != declared:
@@ -206,7 +278,8 @@ class ModelRuntime:
                     raise PackageError(
                         f"{where}: {arg.name} is {arg.type}{list(arg.shape)}, expected "
                         f"{dtype}{['dynamic' if d is None else d for d in shape]} "
-                        f"(layers={L}, hidden_size={H}, outputs={K} from the manifest)"
+                        f"(state rows={L}, width={H}, outputs={K}, values={R}, input size={X} "
+                        "from the manifest)"
                     )
 
     # ------------------------------------------------------------------ initial states
@@ -237,35 +310,81 @@ class ModelRuntime:
 
     # ------------------------------------------------------------------ inference
 
-    def step(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """One step for a batch: tokens [B], state [L,B,H] -> logits [B,K], state [L,B,H]."""
-        logits, new_state = self._graphs["step"].run(None, {"tokens": tokens, "state": state})
-        return logits, new_state
+    @staticmethod
+    def _rows(outputs: list[FloatArray]) -> FloatArray:
+        """A graph's logits and/or values as one output row per session, [B, K + R]."""
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
-    def run_tokens(self, tokens: IntArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Feed a sequence [T] to one session's state [L,1,H]; the last logits and state.
+    def step(self, inputs: Inputs, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step for a batch: inputs [B] (ids) or [B, n_x] (vectors), state [S,B,W]
+        -> output rows [B, K+R], state [S,B,W]."""
+        *outputs, new_state = self._graphs["step"].run(
+            None, {self.input_name: inputs, "state": state}
+        )
+        return self._rows(outputs), new_state
+
+    def step_one(self, given: Any, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One step of one session's state [S, W] for one input (a token id or a
+        vector): its output row [1, K+R] and state_out [S, 1, W], in buffers bound to the
+        graph once (no feed dictionary, no allocation but where logits and values are
+        joined), valid until the next call; for the event loop thread alone (the lone
+        session's path)."""
+        graph = self._graphs["step"]
+        if self._lone is None:
+            binding = graph.io_binding()
+            inputs = self.blank_inputs(1)
+            state_in, state_out = self.zeros(1), self.zeros(1)
+            binding.bind_cpu_input(self.input_name, inputs)
+            binding.bind_cpu_input("state", state_in)
+            outputs: list[FloatArray] = []
+            for arg in graph.get_outputs():
+                if arg.name == "state_out":
+                    array = state_out
+                else:
+                    width = self.output_size if arg.name == "logits" else self.values_size
+                    array = np.zeros((1, width), dtype=np.float32)
+                    outputs.append(array)
+                binding.bind_output(
+                    arg.name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data
+                )
+            self._lone = binding, inputs, state_in, outputs, state_out
+        binding, inputs, state_in, outputs, state_out = self._lone
+        inputs[0] = given
+        state_in[:, 0, :] = state
+        graph.run_with_iobinding(binding)
+        return self._rows(outputs), state_out
+
+    def run_inputs(self, inputs: Inputs, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Feed a sequence (ids [T] or vectors [T, n_x]) to one session's state [S,1,W];
+        the output row after the last input, [1, K+R], and the state.
 
         One run of the sequence graph where the package has one, else the step graph
-        token by token (in this one call, so the caller pays one thread hop).
+        input by input (in this one call, so the caller pays one thread hop).
         """
         sequence = self._graphs.get("sequence")
         if sequence is not None:
-            last, state = sequence.run(
+            *outputs, state = sequence.run(
                 None,
                 {
-                    "tokens": tokens.reshape(1, -1),
-                    "lengths": np.array([len(tokens)], dtype=np.int64),
+                    self.input_name: inputs[None],
+                    "lengths": np.array([len(inputs)], dtype=np.int64),
                     "state": state,
                 },
             )
-            return last, state
-        logits: FloatArray | None = None
-        for token in tokens:
-            logits, state = self.step(token.reshape(1), state)
-        assert logits is not None, "run_tokens needs at least one token"
-        return logits, state
+            return self._rows(outputs), state
+        rows: FloatArray | None = None
+        for x in inputs:
+            rows, state = self.step(x[None], state)
+        assert rows is not None, "run_inputs needs at least one input"
+        return rows, state
 
     def head(self, state: FloatArray) -> FloatArray:
-        """The output for the current state, without feeding a token: [L,B,H] -> [B,K]."""
-        (logits,) = self._graphs["head"].run(None, {"state": state})
-        return logits  # type: ignore[no-any-return]
+        """The output row for the current state, without feeding anything: [S,B,W] ->
+        [B, K+R]. FAILED_PRECONDITION for a package without a head graph."""
+        graph = self._graphs.get("head")
+        if graph is None:
+            raise FailedPrecondition(
+                f"model {self.package.manifest.name} has no head graph: its output exists "
+                "only after an input (give one)"
+            )
+        return self._rows(graph.run(None, {"state": state}))

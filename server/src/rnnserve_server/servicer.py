@@ -24,11 +24,13 @@ from rnnserve_server.wire import (
     MessageLimits,
     generate_options,
     generate_response,
+    generated_tokens,
     model_info,
     step_columns,
     step_many_response,
     step_response,
     token_input,
+    vocabulary_page,
 )
 
 MAX_TOKENS_PER_MESSAGE = 256
@@ -55,6 +57,13 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
     @guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
         return model_info(self.engine.repository.get(request.name, request.version))
+
+    @guarded
+    async def GetVocabulary(
+        self, request: pb.GetVocabularyRequest, context: Any
+    ) -> pb.GetVocabularyResponse:
+        model = self.engine.repository.get(request.model, request.version)
+        return vocabulary_page(model, request.start, request.limit)
 
     @guarded
     async def ReloadModels(
@@ -181,7 +190,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             async for event in events:
                 pending.append(event)
                 if len(pending) >= per_message or event.finish_reason is not None:
-                    yield generate_response(session.id, pending)
+                    yield generate_response(session.model, session.id, pending)
                     pending = []
 
     # ------------------------------------------------------------------ one-call conveniences
@@ -213,9 +222,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             model, source, generate_options(request), owner=caller_of(context)
         )
         return pb.TranslateResponse(
-            tokens=[
-                pb.GeneratedToken(id=t.id, text=t.text, probability=t.probability) for t in tokens
-            ],
+            tokens=generated_tokens(model, tokens),
             text="".join(t.text for t in tokens),
             finish_reason=FINISH[finish],
         )

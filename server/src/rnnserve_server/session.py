@@ -13,6 +13,7 @@ import numpy as np
 
 from rnnserve_server.errors import FailedPrecondition, NotFound
 from rnnserve_server.repository import Model
+from rnnserve_server.runtime import FloatArray
 from rnnserve_server.statecodec import MAX_STEPS
 
 
@@ -22,11 +23,13 @@ class LastCall:
 
     ``reply`` is what a Generate produced (tokens and probabilities, how it ended, the
     step count before its first token, the sampling state it would continue from);
-    None for a Step, whose answer follows from the state.
+    None for a Step, whose answer follows from the state, except for a model without a
+    head graph: then ``output`` keeps the output row the Step answered with.
     """
 
     request_id: str
     reply: dict[str, Any] | None = None
+    output: FloatArray | None = None
 
 
 @dataclass(eq=False, slots=True)

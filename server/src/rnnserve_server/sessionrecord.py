@@ -13,7 +13,10 @@ Payload, after the format's prefix (integers little-endian)::
     last call       u16 length and UTF-8 request id (empty: none); u8 reply (0 or 1),
                     and with 1: i64 base step (-1 .. MAX_STEPS), u8 finish reason
                     (0 none, then FINISH_REASONS in order), u8 generator (0 or 1) and
-                    the generator, u32 token count n, n x (u32 token id, f64 probability)
+                    the generator, u32 token count n, n x (u32 token id, f64 probability);
+                    u8 output (0 or 1), and with 1: u32 count n (the model's K + R),
+                    n x f32: the output row of a Step on a model without a head graph
+                    (which a retry answers with: it cannot be computed from the state)
 
 Redis keeps three plain fields beside it for its Lua scripts (owner, idle_ms, rev).
 """
@@ -27,6 +30,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from rnnserve_server.errors import DataLoss
 from rnnserve_server.repository import Model
@@ -59,6 +64,7 @@ class RecordContent:
     state: FloatArray
     last_request: str = ""
     last_reply: dict[str, Any] | None = None  # a Generate's reply (engine.generate)
+    last_output: FloatArray | None = None  # a Step's output row (a model without a head)
 
 
 def seal_record(
@@ -85,6 +91,11 @@ def seal_record(
         out.pack("I", len(tokens))
         for token, probability in tokens:
             out.out += _TOKEN.pack(token, probability)
+    output = content.last_output
+    out.pack("B", output is not None)
+    if output is not None:
+        out.pack("I", len(output))
+        out.out += np.ascontiguousarray(output, dtype="<f4").tobytes()
     return codec.seal(KIND_RECORD, out.out)
 
 
@@ -105,9 +116,11 @@ def open_record(
         model = model_for(name, version)
         state = codec.read_state(reader, model.package.manifest)
         request = reader.text("record.last_request", _ANY_TEXT, "H")
-        reply = _read_reply(reader, model.package.tokenizer.size)
+        tokenizer = model.package.tokenizer  # a vectors model generates nothing
+        reply = _read_reply(reader, 0 if tokenizer is None else tokenizer.size)
+        output = _read_output(reader, model.runtime.output_size + model.runtime.values_size)
         reader.end("record")
-    return model, RecordContent(idle_ms / 1000, steps, rng, state, request, reply)
+    return model, RecordContent(idle_ms / 1000, steps, rng, state, request, reply, output)
 
 
 def record_steps(codec: StateCodec, data: bytes, *, session_id: str, owner: str) -> int:
@@ -138,6 +151,18 @@ def _read_identity(reader: Reader, session_id: str, owner: str) -> int:
     if (stored_id, stored_owner) != (session_id, owner):
         raise StateError("record: written for another session or caller")
     return reader.integer("Q", "record.idle_timeout_ms", 1, MAX_IDLE_MS)
+
+
+def _read_output(reader: Reader, size: int) -> FloatArray | None:
+    if not reader.integer("B", "record.output", 0, 1):
+        return None
+    reader.integer("I", "record.output.count", size, size)
+    raw = reader.take(4 * size, "record.output values")
+    output = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(output).all():
+        at = int(np.argmin(np.isfinite(output)))
+        raise StateError(f"record.output[{at}] = {float(output[at])}: not finite")
+    return output
 
 
 def _read_reply(reader: Reader, vocabulary: int) -> dict[str, Any] | None:

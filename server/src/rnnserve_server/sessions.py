@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SESSION_ID_HEX = 32  # 128 random bits
 SWEEP_SLICE = 1000  # sessions the expiry sweep looks at between two turns of the event loop
+# First revisions of shared records are drawn below this: Redis's Lua numbers are doubles
+# and are written back as integers exactly while they stay under 2**53.
+FIRST_REVISIONS = 1 << 40
 
 
 class SessionStore(SharedCopies):
@@ -122,11 +125,18 @@ class SessionStore(SharedCopies):
         initial: FloatArray | None = None,
         steps: int = 0,
         rng: np.random.Generator | None = None,
+        session_id: str = "",
     ) -> Session:
-        """A new session from the model's initial state, or from ``initial`` [L, H]."""
+        """A new session from the model's initial state, or from ``initial`` [L, H].
+
+        Its id is random, unless the caller gives one (a front whose protocol names its
+        sessions itself, e.g. KServe's sequence ids): ABORTED while that id is open.
+        """
         self.check_idle_timeout(idle_timeout_s)
+        if session_id:
+            self._make_room_for(session_id)
         self.check_capacity(owner)
-        session_id = secrets.token_hex(SESSION_ID_HEX // 2)
+        session_id = session_id or secrets.token_hex(SESSION_ID_HEX // 2)
         slot = self.pool(model).allocate(
             model.runtime.initial_state if initial is None else initial
         )
@@ -149,6 +159,18 @@ class SessionStore(SharedCopies):
         )
         return session
 
+    def _make_room_for(self, session_id: str) -> None:
+        """Before a session is created under an id its caller chose: an idle-expired
+        session of that id is closed, and with a shared store this replica's copy goes
+        (the record decides whether the id is taken); an open one: ABORTED."""
+        existing = self._sessions.get(session_id)
+        if existing is None:
+            return
+        if self.records is None and not self._idle_past_timeout(existing, self._clock()):
+            raise Aborted(f"session {shown(session_id)} exists already")
+        self._detach(existing, "expired" if self.records is None else "evicted")
+        asyncio.get_running_loop().create_task(self._release(existing))
+
     async def open(
         self,
         model: Model,
@@ -158,19 +180,30 @@ class SessionStore(SharedCopies):
         initial: FloatArray | None = None,
         steps: int = 0,
         rng: np.random.Generator | None = None,
+        session_id: str = "",
     ) -> Session:
         """``create``, and with a shared store the record there (limits counted there)."""
         session = self.create(
-            model, idle_timeout_s=idle_timeout_s, owner=owner, initial=initial, steps=steps, rng=rng
+            model,
+            idle_timeout_s=idle_timeout_s,
+            owner=owner,
+            initial=initial,
+            steps=steps,
+            rng=rng,
+            session_id=session_id,
         )
         if self.records is None:
             return session
+        # A record's first revision is random, not 0: where an id is used again (a chosen
+        # one), a replica's copy of the earlier session never passes for the new one.
+        session.revision = secrets.randbelow(FIRST_REVISIONS)
         try:
             await self.records.create(
                 session.id,
                 owner,
                 session.idle_timeout_s,
                 self._sealed(session),
+                revision=session.revision,
                 max_sessions=self.max_sessions,
                 max_per_owner=self.max_sessions_per_owner,
             )

@@ -112,6 +112,7 @@ class SharedCopies:
             state=self.state(session),
             last_request=last.request_id,
             last_reply=last.reply,
+            last_output=last.output,
         )
         return seal_record(self._codec, session.id, session.owner, session.model, content)
 
@@ -159,7 +160,9 @@ class SharedCopies:
         session.rng = content.rng.generator()
         session.revision = revision
         session.last = (
-            LastCall(content.last_request, content.last_reply) if content.last_request else None
+            LastCall(content.last_request, content.last_reply, content.last_output)
+            if content.last_request
+            else None
         )
 
     async def load(self, session: Session) -> None:

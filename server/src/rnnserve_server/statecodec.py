@@ -12,13 +12,16 @@ Layout, integers little-endian (docs/api.md, "Exported state")::
       rng            u8 bit generator (1: PCG64), u128 state, u128 increment (odd),
                      u8 has_uint32 (0 or 1), u32 uinteger
       tensors        u8 count, then each: u8 length and ASCII name, u8 dtype
-                     (1: float32), u8 dimension count d (1..4), d x u32 sizes, the values
+                     (1: float32), u8 dimension count d (1..4), d x u32 sizes, the values:
+                     one tensor [rows, width] per part of the model's manifest.state, in
+                     order (h; an LSTM's h then c; a custom model's own parts)
     mac              32 bytes  HMAC-SHA256 of everything before it, under a state key
 
 The MAC is checked before any field is read, so bytes that no holder of a key made are
 refused whole. Every field is then checked anyway (a leaked key must not crash or
 mislead the server): type and range, the tensors' names, dtype and shape exactly as the
-model's, their values finite and within what the model's cell can produce. Each
+model's, their values finite and within their part's bound (``modelpackage.
+state_violation``: the one check of every state the server takes in). Each
 refusal names the field. Nothing in the payload is nested; strings are length-prefixed;
 tensor sizes are compared with the model's before any value is read.
 """
@@ -35,7 +38,7 @@ import numpy as np
 
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import InvalidArgument
-from rnnserve_server.modelpackage import CELLS, NAME_PATTERN, Manifest
+from rnnserve_server.modelpackage import NAME_PATTERN, STATE_PART_NAME, Manifest, state_violation
 from rnnserve_server.runtime import FloatArray
 from rnnserve_server.statekeys import MAC_BYTES, StateKeys
 
@@ -52,15 +55,6 @@ MAX_STEPS = 2**63 - 1
 PCG64 = 1
 MAX_DIMENSIONS = 4
 FLOAT32 = 1
-_TENSOR_NAME = re.compile(r"[a-z][a-z0-9_]{0,15}")  # matched whole (fullmatch)
-
-# What each cell's state can hold. tanh and the GRUs' blends of tanh values stay in
-# [-1, 1]; a ReLU's activations (and an LSTM's cell state) have no bound of their own,
-# so theirs is the setting max_unbounded_state. Checked with a margin of float32
-# rounding (a blend computed in float32 may land an ulp or so past 1).
-BOUNDED_CELLS = frozenset({"rnn-tanh", "gru-simple", "gru", "gru-torch"})
-UNBOUNDED_CELLS = frozenset({"rnn-relu"})
-ROUNDING_MARGIN = 2**-20
 
 
 class StateError(ValueError):
@@ -73,31 +67,17 @@ def _out_of_range(field: str, value: Any, allowed: str) -> StateError:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor of a session's state: its shape and the bound of its values."""
+    """One named tensor of a session's state: a part of the manifest's state, its
+    rows of the pool's [S, W] array."""
 
     name: str
-    shape: tuple[int, ...]
-    bound: float
-    bound_reason: str  # why the bound is what it is, for messages
+    shape: tuple[int, int]
 
 
-def state_layout(manifest: Manifest, max_unbounded_state: float) -> tuple[TensorSpec, ...]:
-    """The tensors a session of this model holds. Every cell served today keeps one
-    tensor, ``h`` [layers, hidden]: the array the state pool holds per session."""
-    shape = (manifest.layers, manifest.hidden_size)
-    if manifest.cell in BOUNDED_CELLS:
-        return (TensorSpec("h", shape, 1.0, f"the {manifest.cell} cell's state lies in [-1, 1]"),)
-    if manifest.cell in UNBOUNDED_CELLS:
-        return (
-            TensorSpec(
-                "h",
-                shape,
-                max_unbounded_state,
-                f"the setting max_unbounded_state: the {manifest.cell} cell's state has "
-                "no bound of its own",
-            ),
-        )
-    raise AssertionError(f"no state layout for cell {manifest.cell!r} (known: {CELLS})")
+def state_layout(manifest: Manifest) -> tuple[TensorSpec, ...]:
+    """The tensors a session of this model holds: one [rows, width] per state part."""
+    width = manifest.state_layout.width
+    return tuple(TensorSpec(p.name, (p.rows, width)) for p in manifest.state_layout.parts)
 
 
 @dataclass(frozen=True)
@@ -143,7 +123,7 @@ class RngState:
 @dataclass(frozen=True)
 class Snapshot:
     """What an export carries: the model it belongs to, the step count, the sampling
-    generator and the state (the pool's array, [layers, hidden])."""
+    generator and the state (the pool's array, [S, W]: every part's rows)."""
 
     model: str
     version: int
@@ -275,12 +255,16 @@ class StateCodec:
         out.text(snapshot.model)
         out.pack("IQ", snapshot.version, snapshot.steps)
         out.rng(snapshot.rng)
-        layout = state_layout(manifest, self.max_unbounded_state)
+        layout = state_layout(manifest)
         out.pack("B", len(layout))
-        for spec, values in zip(layout, (snapshot.state,), strict=True):
+        start = 0
+        for spec in layout:
+            rows = spec.shape[0]
             out.text(spec.name)
             out.pack(f"BB{len(spec.shape)}I", FLOAT32, len(spec.shape), *spec.shape)
+            values = snapshot.state[start : start + rows]
             out.out += np.ascontiguousarray(values, dtype="<f4").tobytes()
+            start += rows
 
     @staticmethod
     def read_header(reader: Reader) -> tuple[str, int, int, RngState]:
@@ -292,22 +276,27 @@ class StateCodec:
         return name, version, steps, reader.rng("state.rng")
 
     def read_state(self, reader: Reader, manifest: Manifest) -> FloatArray:
-        """The snapshot's tensors, exactly as the model's layout has them."""
-        layout = state_layout(manifest, self.max_unbounded_state)
+        """The snapshot's tensors, exactly as the model's layout has them, as the pool's
+        [S, W] array; every value finite and within its part's bound."""
+        layout = state_layout(manifest)
         count = reader.number("B", "state.tensors")
         if count != len(layout):
             names = ", ".join(spec.name for spec in layout)
             raise StateError(
                 f"state.tensors = {count}: the model's state is {len(layout)} tensor(s) ({names})"
             )
-        (state,) = [
+        tensors = [
             self._tensor(reader, spec, f"state.tensors[{i}]") for i, spec in enumerate(layout)
         ]
+        state = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
+        violation = state_violation(manifest, state, self.max_unbounded_state)
+        if violation is not None:
+            raise StateError(violation.describe("state"))
         return state
 
     @staticmethod
     def _tensor(reader: Reader, spec: TensorSpec, field: str) -> FloatArray:
-        name = reader.text(field + ".name", _TENSOR_NAME)
+        name = reader.text(field + ".name", STATE_PART_NAME)
         if name != spec.name:
             raise StateError(f"{field}.name = {name!r}; the model's state holds {spec.name!r}")
         dtype = reader.number("B", f"state.{name}.dtype")
@@ -320,19 +309,7 @@ class StateCodec:
                 f"state.{name}: shape {list(shape)} does not match the model's {list(spec.shape)}"
             )
         raw = reader.take(4 * int(np.prod(shape)), f"state.{name} values")
-        values = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
-        magnitude = np.abs(values)
-        bad = ~(magnitude <= spec.bound * (1 + ROUNDING_MARGIN))  # NaN compares False
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            value = float(values[where])
-            position = f"state.{name}[{', '.join(map(str, where))}]"
-            if not np.isfinite(value):
-                raise StateError(f"{position} = {value}: not finite")
-            raise _out_of_range(
-                position, value, f"|{name}| <= {spec.bound:g} ({spec.bound_reason})"
-            )
-        return values
+        return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
 
     # ------------------------------------------------------------------ exports
 

@@ -1,5 +1,6 @@
-"""Stepping: feed tokens to sessions and answer with the next-token (or label)
-distribution, one session at a time (Step, StepStream) or many at once (StepMany)."""
+"""Stepping: feed tokens (or float vectors) to sessions and answer with the model's
+output after the last: the next-token (or label) distribution and the real values, one
+session at a time (Step, StepStream) or many at once (StepMany)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ import numpy as np
 from rnnserve_server import limits, outputs
 from rnnserve_server.core import Core
 from rnnserve_server.errors import NotFound, ServiceError, out_of_range
-from rnnserve_server.inputs import TokenInput, check_request_id, check_top_k, one_token
+from rnnserve_server.inputs import (
+    TokenInput,
+    VectorInput,
+    check_request_id,
+    check_top_k,
+    one_input,
+    vectors_of,
+)
 from rnnserve_server.repository import Model
-from rnnserve_server.runtime import FloatArray, IntArray
+from rnnserve_server.runtime import FloatArray, Inputs, IntArray
 from rnnserve_server.sampling import Top
 from rnnserve_server.session import LastCall, Session
 from rnnserve_server.statecodec import MAX_STEPS
@@ -34,12 +42,15 @@ class StepOutput:
     consumed: int
     top: Top
     distribution: list[float] | None
+    values: list[float] | None = None  # the model's real outputs (regression), if any
+    logits: FloatArray | None = None  # the logits row itself, [K] (on request)
 
 
 @dataclass(frozen=True)
 class StepColumns:
     """The steps of a StepMany message, as the message carries them: columns, checked
-    against each other by the transport. Step i is ``session_ids[i]`` fed
+    against each other by the transport. Step i is ``session_ids[i]`` fed the next
+    ``value_counts[i]`` floats of ``vectors`` where that count is above 0, else
     ``lengths[i]`` tokens from ``tokens`` (one each where ``lengths`` is None), or
     ``texts[i]`` where its length is 0."""
 
@@ -49,12 +60,23 @@ class StepColumns:
     texts: Sequence[str] | None = None
     request_ids: Sequence[str] | None = None
     k: int | None = None
+    vectors: Sequence[float] = ()
+    value_counts: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return len(self.session_ids)
 
-    def given(self, index: int, start: int) -> TokenInput:
-        """Step ``index``'s input, its tokens starting at ``start``."""
+    def value_count(self, index: int) -> int:
+        return self.value_counts[index] if self.value_counts else 0
+
+    def given(self, index: int, start: int, vector_start: int) -> TokenInput:
+        """Step ``index``'s input, its tokens starting at ``start`` (its vectors' values
+        at ``vector_start``)."""
+        count = self.value_count(index)
+        if count:
+            return TokenInput(
+                vectors=VectorInput(self.vectors[vector_start : vector_start + count])
+            )
         length = 1 if self.lengths is None else self.lengths[index]
         if length:
             return TokenInput(ids=self.tokens[start : start + length])
@@ -63,21 +85,29 @@ class StepColumns:
 
 @dataclass(slots=True)
 class StepRows:
-    """Single-token steps of one model answered together: the message's row numbers
-    (ascending), each session's step count after it, and the top k as arrays [n, k]."""
+    """Single-input steps of one model answered together: the message's row numbers
+    (ascending), each session's step count after it, the top k as arrays [n, k] and
+    the values [n, R]."""
 
     rows: list[int]
     steps: list[int]
     ids: IntArray
     probabilities: FloatArray
     names: Sequence[str]
+    values: FloatArray
 
     def outputs(self) -> Iterator[tuple[int, StepOutput]]:
         names = self.names
-        for row, steps, ids, probabilities in zip(
-            self.rows, self.steps, self.ids.tolist(), self.probabilities.tolist(), strict=True
+        values = self.values.tolist() if self.values.shape[1] else [None] * len(self.rows)
+        for row, steps, ids, probabilities, row_values in zip(
+            self.rows,
+            self.steps,
+            self.ids.tolist(),
+            self.probabilities.tolist(),
+            values,
+            strict=True,
         ):
-            yield row, StepOutput(steps, 1, Top(ids, probabilities, names), None)
+            yield row, StepOutput(steps, 1, Top(ids, probabilities, names), None, row_values)
 
 
 @dataclass
@@ -97,8 +127,11 @@ class StepManyAnswer:
         first = blocks[0]
         if len(blocks) == 1:
             return first if len(first.rows) == self.size else None
-        width = first.ids.shape[1]
-        if any(b.names is not first.names or b.ids.shape[1] != width for b in blocks):
+        widths = first.ids.shape[1], first.values.shape[1]
+        if any(
+            b.names is not first.names or (b.ids.shape[1], b.values.shape[1]) != widths
+            for b in blocks
+        ):
             return None
         rows = [row for block in blocks for row in block.rows]
         if rows != list(range(self.size)):
@@ -109,6 +142,7 @@ class StepManyAnswer:
             np.concatenate([block.ids for block in blocks]),
             np.concatenate([block.probabilities for block in blocks]),
             first.names,
+            np.concatenate([block.values for block in blocks]),
         )
 
     def in_order(self) -> list[StepOutput | ServiceError]:
@@ -131,58 +165,74 @@ class Stepping:
         k: int | None,
         full: bool,
         request_id: str = "",
+        with_logits: bool = False,
     ) -> StepOutput:
-        """Feed tokens; return the next-token (or label) distribution. All or nothing.
+        """Feed inputs; return the model's output after the last: the next-token (or
+        label) distribution and its values, and the logits row too if ``with_logits``.
+        All or nothing.
 
         A retry (``request_id`` of the session's last call) is answered from the state
-        that call left, without feeding anything again.
+        that call left, without feeding anything again (for a model without a head
+        graph, from the output that call kept).
         """
         k = check_top_k(k)
         model = session.model
-        token = one_token(model, given)
-        if token is not None and not request_id and self.core.store.records is None:
-            # The common case, kept short (it runs for every streamed token): one token,
+        token = one_input(model, given)
+        short = not request_id and not with_logits
+        if token is not None and short and self.core.store.records is None:
+            # The common case, kept short (it runs for every streamed token): one input,
             # no retry to recognise, the session in this process (nothing to load or save).
             limits.current().spend(1)
             async with session.lock:
                 session.ensure_open()
                 session.ensure_room(1)
-                top, distribution = await self.core.batcher(model).step(session, token, k, full)
+                described = await self.core.batcher(model).step(session, token, k, full)
                 session.last = None
                 session.touch()
-                return StepOutput(session.steps, 1, top, distribution)
-        ids = self.core.encode(model, given, field="input")
+                return StepOutput(session.steps, 1, *described)
+        inputs = self.core.encode(model, given, field="input")
         check_request_id(request_id)
+        # The output a retry of this call is answered with cannot be computed again from
+        # the state without a head graph: the call keeps it.
+        keep_output = bool(request_id) and not model.runtime.has("head")
         async with session.lock:
             await self.core.store.load(session)
-            if not session.answered(request_id):
-                session.ensure_room(len(ids))
-            if session.answered(request_id):
-                logits = await self.core.current_logits(session)
-            elif len(ids) == 1:  # joins the batch, which describes every output at once
-                batcher = self.core.batcher(model)
-                top, distribution = await batcher.step(session, int(ids[0]), k, full)
-                session.last = LastCall(request_id) if request_id else None
-                await self.core.store.save(session)
-                session.touch()
-                return StepOutput(session.steps, 1, top, distribution)
+            last = session.last
+            if last is not None and session.answered(request_id):
+                row = last.output
+                if row is None:
+                    row = await self.core.current_logits(session)
             else:
-                logits = await self.core.feed(session, ids)
-                session.last = LastCall(request_id) if request_id else None
+                session.ensure_room(len(inputs))
+                if len(inputs) == 1 and not keep_output and not with_logits:
+                    # joins the batch, which describes every output at once
+                    x = inputs[0] if inputs.ndim > 1 else int(inputs[0])
+                    described = await self.core.batcher(model).step(session, x, k, full)
+                    session.last = LastCall(request_id) if request_id else None
+                    await self.core.store.save(session)
+                    session.touch()
+                    return StepOutput(session.steps, 1, *described)
+                row = await self.core.feed(session, inputs)
+                session.last = (
+                    LastCall(request_id, output=row if keep_output else None)
+                    if request_id
+                    else None
+                )
                 await self.core.store.save(session)
             session.touch()
             steps = session.steps
-        top, distribution = outputs.describe(model, logits, k, full)
-        return StepOutput(steps=steps, consumed=len(ids), top=top, distribution=distribution)
+        logits = outputs.split(model, row)[0] if with_logits else None
+        return StepOutput(steps, len(inputs), *outputs.describe(model, row, k, full), logits)
 
     async def many(self, message: StepColumns, *, owner: str = "") -> StepManyAnswer:
         """Many sessions' steps, each answered alone (an error fails only its step).
 
         Single-token steps of sessions that appear once and have no call in flight go to
         their model's batcher as one group (arrays in, arrays out: one run for up to
-        max_batch of them); the rest (several tokens or text, a session named twice, a
-        busy session, a retry, and every step where sessions live in a shared store)
-        take the ordinary path, in message order per session.
+        max_batch of them), with a shared store their records loaded and saved
+        together; the rest (several tokens or text, a session named twice, a busy
+        session, a retry, and where sessions live in a shared store every step with a
+        request id) take the ordinary path, in message order per session.
         """
         answer = StepManyAnswer(len(message))
         single = answer.single
@@ -192,20 +242,26 @@ class Stepping:
             single.update(dict.fromkeys(range(len(message)), exc))
             return answer
         lengths, request_ids, tokens = message.lengths, message.request_ids, message.tokens
+        vectors = message.vectors
         mentions = Counter(message.session_ids)
         store = self.core.store
         shared = store.records is not None
         found = await self._lookups(message.session_ids, owner) if shared else None
-        groups: dict[Model, tuple[list[int], list[Session], list[int]]] = {}
-        ordinary: list[tuple[int, Session, int]] = []  # (row, session, where its tokens start)
-        start = 0
-        starts: list[int] = []  # where each row's tokens start
+        groups: dict[Model, tuple[list[int], list[Session], list[Any]]] = {}
+        # (row, session, where its tokens start, where its vectors' values start)
+        ordinary: list[tuple[int, Session, int, int]] = []
+        starts: list[tuple[int, int]] = []  # where each row's tokens and values start
+        start = vector_start = 0
         for row, session_id in enumerate(message.session_ids):
             if row and not row % SLICE_ROWS:
                 await asyncio.sleep(0)  # other callers' turn between slices of a long message
-            at = start
-            starts.append(at)
-            start += 1 if lengths is None else lengths[row]
+            at, vector_at = start, vector_start
+            starts.append((at, vector_at))
+            count = message.value_count(row)
+            if count:
+                vector_start += count
+            else:
+                start += 1 if lengths is None else lengths[row]
             try:  # in message order, so a session named twice keeps its order
                 if request_ids:
                     check_request_id(request_ids[row])
@@ -216,29 +272,33 @@ class Stepping:
             except ServiceError as exc:
                 single[row] = exc
                 continue
+            runtime = session.model.runtime
             if (
-                start - at != 1
+                # one input of the kind the model reads
+                (count != runtime.input_size if count else runtime.input_size or start - at != 1)
                 or mentions[session_id] > 1
                 or session.busy
                 or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
-                # a retry is recognised by the session's last call: in a shared store, the
-                # record says what it was
-                or (request_ids and (shared or session.answered(request_ids[row])))
+                or (
+                    request_ids
+                    and (shared or session.answered(request_ids[row]) or not runtime.has("head"))
+                )  # a retry (in a shared store only the record says), or a call whose output
+                # a retry needs kept (no head graph)
             ):
-                ordinary.append((row, session, at))
+                ordinary.append((row, session, at, vector_at))
                 continue
             group = groups.get(session.model)
             if group is None:
                 group = groups[session.model] = ([], [], [])
             group[0].append(row)
             group[1].append(session)
-            group[2].append(tokens[at])
+            group[2].append(vectors[vector_at : vector_at + count] if count else tokens[at])
 
-        async def one(row: int, session: Session, at: int) -> None:
+        async def one(row: int, session: Session, at: int, vector_at: int) -> None:
             try:
                 single[row] = await self.step(
                     session,
-                    message.given(row, at),
+                    message.given(row, at, vector_at),
                     k=k,
                     full=False,
                     request_id=request_ids[row] if request_ids else "",
@@ -246,14 +306,16 @@ class Stepping:
             except ServiceError as exc:
                 single[row] = exc
 
-        for model, group in list(groups.items()):  # bad ids fail their steps alone
+        arrays: dict[Model, Inputs] = {}
+        for model, group in list(groups.items()):  # bad inputs fail their steps alone
             ordinary += self._busy_meanwhile(group, starts)
-            if (
-                not group[0]
-                or not self._drop_bad_tokens(model, group, single)
-                or not self._within_budget(group, single)
-            ):
+            checked = self._drop_bad_inputs(model, group, single) if group[0] else None
+            if checked is not None:
+                checked = self._within_budget(group, checked, single)
+            if checked is None:
                 del groups[model]
+            else:
+                arrays[model] = checked
         held: dict[int, Session] = {}  # the group sessions whose locks this call holds
         tasks: list[asyncio.Future[Any]] = []
         try:
@@ -267,13 +329,13 @@ class Stepping:
             tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
 
             async def chunk(model: Model, part: slice) -> StepRows:
-                rows, sessions, ids = groups[model]
+                rows, sessions, _ = groups[model]
                 try:
                     return await self._step_rows(
                         model,
                         rows[part],
                         sessions[part],
-                        ids[part],
+                        arrays[model][part],
                         k=k,
                         request_ids=request_ids,
                         single=single,
@@ -301,56 +363,68 @@ class Stepping:
         return answer
 
     @staticmethod
-    def _drop_bad_tokens(
+    def _drop_bad_inputs(
         model: Model,
-        group: tuple[list[int], list[Session], list[int]],
+        group: tuple[list[int], list[Session], list[Any]],
         single: dict[int, StepOutput | ServiceError],
-    ) -> bool:
-        """Fail the group's steps whose token id is out of range (each alone) and take
-        them out of the group; False if none is left."""
-        rows, sessions, ids = group
-        size = model.package.tokenizer.size
-        bad = np.flatnonzero(
-            (np.asarray(ids, dtype=np.int64) < 0) | (np.asarray(ids, dtype=np.int64) >= size)
-        ).tolist()
+    ) -> Inputs | None:
+        """The group's inputs as one array (ids [n] or vectors [n, n_x]), without the
+        steps whose token id is out of range or whose vector is not finite: those fail
+        alone and leave the group; None if none is left."""
+        rows, sessions, given = group
+        if model.runtime.input_size:
+            inputs: Inputs = np.asarray(given, dtype=np.float32)
+            bad = np.flatnonzero(~np.isfinite(inputs).all(axis=1)).tolist()
+        else:
+            inputs = np.asarray(given, dtype=np.int64)
+            size = model.package.vocabulary.size
+            bad = np.flatnonzero((inputs < 0) | (inputs >= size)).tolist()
         if not bad:
-            return True
+            return inputs
         for i in reversed(bad):
-            single[rows[i]] = out_of_range("input.ids[0]", ids[i], f"0 .. {size - 1}")
-            del rows[i], sessions[i], ids[i]
-        return bool(rows)
+            if model.runtime.input_size:
+                try:
+                    vectors_of(model, VectorInput(given[i]), field="input.vectors", limit=1)
+                except ServiceError as exc:
+                    single[rows[i]] = exc
+            else:
+                single[rows[i]] = out_of_range("input.ids[0]", given[i], f"0 .. {size - 1}")
+            del rows[i], sessions[i], given[i]
+        return np.delete(inputs, bad, axis=0) if rows else None
 
     @staticmethod
     def _busy_meanwhile(
-        group: tuple[list[int], list[Session], list[int]], starts: list[int]
-    ) -> list[tuple[int, Session, int]]:
+        group: tuple[list[int], list[Session], list[Any]], starts: list[tuple[int, int]]
+    ) -> list[tuple[int, Session, int, int]]:
         """Take out of the group the sessions another call took up while the message was
         being read (between its slices); they go the ordinary way, which waits for them,
         so that the group's locks are all free and taken at once. ``starts``: where each
-        row's tokens start."""
-        rows, sessions, ids = group
+        row's tokens and vector values start."""
+        rows, sessions, given = group
         moved = []
         for i in reversed(range(len(rows))):
             if sessions[i].busy:
-                moved.append((rows[i], sessions[i], starts[rows[i]]))
-                del rows[i], sessions[i], ids[i]
+                moved.append((rows[i], sessions[i], *starts[rows[i]]))
+                del rows[i], sessions[i], given[i]
         return moved[::-1]
 
     @staticmethod
     def _within_budget(
-        group: tuple[list[int], list[Session], list[int]],
+        group: tuple[list[int], list[Session], list[Any]],
+        inputs: Inputs,
         single: dict[int, StepOutput | ServiceError],
-    ) -> bool:
+    ) -> Inputs | None:
         """Take the group's tokens from the caller's budget; the steps it cannot pay for
-        (the last ones) fail alone, RESOURCE_EXHAUSTED. False if none is left."""
-        rows, sessions, ids = group
+        (the last ones) fail alone, RESOURCE_EXHAUSTED. Their inputs; None if none is
+        left."""
+        rows, sessions, given = group
         budget = limits.current()
         paid = budget.spend_up_to(len(rows))
         if paid < len(rows):
             refusal = budget.refusal(len(rows) - paid)
             single.update(dict.fromkeys(rows[paid:], refusal))
-            del rows[paid:], sessions[paid:], ids[paid:]
-        return bool(rows)
+            del rows[paid:], sessions[paid:], given[paid:]
+        return inputs[:paid] if rows else None
 
     async def _lookups(
         self, session_ids: Sequence[str], owner: str
@@ -370,13 +444,13 @@ class Stepping:
         model: Model,
         rows: list[int],
         sessions: list[Session],
-        ids: list[int],
+        inputs: Inputs,
         *,
         k: int,
         request_ids: Sequence[str] | None,
         single: dict[int, StepOutput | ServiceError],
     ) -> StepRows:
-        """Single-token steps of distinct sessions of one model (their locks held), as
+        """Single-input steps of distinct sessions of one model (their locks held), as
         one group; with a shared store their records loaded before and saved after, all
         together (a step whose load or save fails fails alone)."""
         store = self.core.store
@@ -387,9 +461,10 @@ class Stepping:
                     session.ensure_room(1)  # by the record's step count
                 except ServiceError as error:
                     failed[i] = error
-        rows, sessions, ids = _without(failed, rows, single, rows, sessions, ids)
-        tokens = np.asarray(ids, dtype=np.int64)
-        answer = await self.core.batcher(model).step_rows(sessions, tokens, k)
+        if any(failed):
+            inputs = inputs[[i for i, error in enumerate(failed) if error is None]]
+        rows, sessions = _without(failed, rows, single, rows, sessions)
+        answer = await self.core.batcher(model).step_rows(sessions, inputs, k)
         now = time.monotonic()
         for session, row in zip(sessions, rows, strict=True):
             session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
@@ -402,10 +477,10 @@ class Stepping:
         rows, sessions, steps, kept = _without(closed, rows, single, rows, sessions, steps, kept)
         saved = await store.save_many(sessions)
         rows, steps, kept = _without(saved, rows, single, rows, steps, kept)
-        ids_out, probabilities = answer.ids, answer.probabilities
+        ids_out, probabilities, values = answer.ids, answer.probabilities, answer.values
         if len(kept) < len(ids_out):
-            ids_out, probabilities = ids_out[kept], probabilities[kept]
-        return StepRows(rows, steps, ids_out, probabilities, outputs.names(model))
+            ids_out, probabilities, values = ids_out[kept], probabilities[kept], values[kept]
+        return StepRows(rows, steps, ids_out, probabilities, outputs.names(model), values)
 
 
 async def _every(tasks: Sequence[asyncio.Future[T]]) -> list[T]:

@@ -28,8 +28,28 @@ NORMALIZATIONS = ("NFC", "NFKC", "none")
 _WORD_PATTERN = re.compile(r"\w+(?:'\w+)*|[^\w\s]", re.UNICODE)
 
 
+# How offsets into a text count, in messages (TokenizeError) and in GetVocabulary.
+OFFSETS = "code points of the normalised text"
+
+
 class TokenizeError(ValueError):
     """Text that the vocabulary cannot represent (no unknown token to fall back on)."""
+
+
+@dataclass(frozen=True)
+class TokenizerRules:
+    """Everything a client needs to encode and decode exactly as ``Tokenizer`` does
+    (GetVocabulary; the proto's TokenizerRules says how they combine)."""
+
+    kind: str
+    normalization: str
+    lowercase: bool
+    word_pattern: str  # "" for char
+    offsets: str
+    separator: str
+    unknown_text: str
+    attached: tuple[str, ...]  # word tokens written without the separator before them
+    attached_categories: tuple[str, ...]  # ... and those of these Unicode categories
 
 
 @dataclass(frozen=True)
@@ -113,27 +133,46 @@ class Tokenizer:
 
     def split(self, text: str) -> list[str]:
         """The token strings of ``text`` (before lookup)."""
+        return [piece for _, piece in self._pieces(text)]
+
+    def _pieces(self, text: str) -> list[tuple[int, str]]:
+        """``split``, each piece with its offset (OFFSETS)."""
         text = self.normalized(text)
         if self.kind == "char":
-            return list(text)
-        return _WORD_PATTERN.findall(text)
+            return list(enumerate(text))
+        return [(match.start(), match.group()) for match in _WORD_PATTERN.finditer(text)]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; unknown pieces map to ``unk`` or raise TokenizeError."""
         index = self._index
         unk = self.special_tokens.get("unk")
         ids: list[int] = []
-        for position, piece in enumerate(self.split(text)):
+        for offset, piece in self._pieces(text):
             token_id = index.get(piece)
             if token_id is None or token_id in self._special_ids:
                 if unk is None:
                     raise TokenizeError(
-                        f"text[{position}] = {piece!r} is not in the vocabulary "
-                        "and the model has no unknown token"
+                        f"text[{offset}] = {piece!r} is not in the vocabulary and the model "
+                        f"has no unknown token (offsets count {OFFSETS})"
                     )
                 token_id = unk
             ids.append(token_id)
         return ids
+
+    def rules(self) -> TokenizerRules:
+        """How this tokenizer encodes and decodes, for clients that do it themselves."""
+        word = self.kind == "word"
+        return TokenizerRules(
+            kind=self.kind,
+            normalization=self.normalize,
+            lowercase=self.lowercase,
+            word_pattern=_WORD_PATTERN.pattern if word else "",
+            offsets=OFFSETS,
+            separator=" " if word else "",
+            unknown_text=UNKNOWN_TEXT,
+            attached=(),
+            attached_categories=(),
+        )
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids

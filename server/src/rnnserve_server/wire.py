@@ -1,5 +1,5 @@
 """rnnserve.v1 messages to and from the engine's types: model descriptions, inputs,
-step and generation answers, StepMany columns."""
+step and generation answers, StepMany columns, vocabularies."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve_server.errors import ServiceError, out_of_range
 from rnnserve_server.generating import GenerateOptions
-from rnnserve_server.generation import GenerateEvent
-from rnnserve_server.inputs import DEFAULT_TOP_K, TokenInput
+from rnnserve_server.generation import GeneratedToken, GenerateEvent
+from rnnserve_server.inputs import DEFAULT_TOP_K, TokenInput, VectorInput
 from rnnserve_server.repository import Model
 from rnnserve_server.rpc import bounded_details
 from rnnserve_server.stepping import StepColumns, StepManyAnswer, StepOutput
@@ -26,10 +26,14 @@ OUTPUTS = {
     "vocabulary": pb.OUTPUT_KIND_VOCABULARY,
     "labels": pb.OUTPUT_KIND_LABELS,
     "sigmoid": pb.OUTPUT_KIND_SIGMOID,
+    "regression": pb.OUTPUT_KIND_REGRESSION,
 }
 # The top entries one StepMany answer may carry (steps x top_k): building them costs the
 # event loop about 0.25 us each (4096 steps x the default 5: 3 ms).
 MAX_TOP_PER_MESSAGE = 32_768
+INPUTS = {"tokens": pb.INPUT_KIND_TOKENS, "vectors": pb.INPUT_KIND_VECTORS}
+DEFAULT_VOCABULARY_PAGE = 10_000
+MAX_VOCABULARY_PAGE = 100_000
 FINISH = {
     None: pb.FINISH_REASON_UNSPECIFIED,
     "length": pb.FINISH_REASON_LENGTH,
@@ -42,6 +46,7 @@ FINISH = {
 def model_info(model: Model) -> pb.ModelInfo:
     manifest = model.package.manifest
     tokenizer = model.package.tokenizer
+    rows, width = manifest.state_shape
     return pb.ModelInfo(
         name=manifest.name,
         version=manifest.version,
@@ -49,16 +54,60 @@ def model_info(model: Model) -> pb.ModelInfo:
         cell=manifest.cell,
         layers=manifest.layers,
         hidden_size=manifest.hidden_size,
-        vocabulary=pb.Vocabulary(
+        vocabulary=None
+        if tokenizer is None
+        else pb.Vocabulary(
             kind=tokenizer.kind, size=tokenizer.size, special_tokens=tokenizer.special_tokens
         ),
         output=OUTPUTS[manifest.output.kind],
         labels=list(manifest.output.labels),
         description=manifest.description,
-        state_bytes=manifest.layers * manifest.hidden_size * 4,
+        state_bytes=rows * width * 4,
         metrics=manifest.metrics,
         initial_state=manifest.initial_state.kind,
         conditions=list(manifest.conditions),
+        input=INPUTS[manifest.input.kind],
+        input_size=manifest.input.size,
+        values=manifest.output.values,
+        state_parts=[
+            pb.StatePart(name=part.name, rows=part.rows, bound=part.bound)
+            for part in manifest.state_layout.parts
+        ],
+        state_width=width,
+        output_before_input=model.runtime.has("head"),
+    )
+
+
+def vocabulary_page(model: Model, start: int, limit: int) -> pb.GetVocabularyResponse:
+    """One page of a model's vocabulary (GetVocabulary), with its tokenizer's rules."""
+    tokenizer = model.package.vocabulary  # FAILED_PRECONDITION for a vectors model
+    if not 0 <= limit <= MAX_VOCABULARY_PAGE:
+        raise out_of_range(
+            "limit", limit, f"0 (the default, {DEFAULT_VOCABULARY_PAGE}) .. {MAX_VOCABULARY_PAGE}"
+        )
+    if not 0 <= start <= tokenizer.size:
+        raise out_of_range("start", start, f"0 .. {tokenizer.size} (the vocabulary's size)")
+    end = min(tokenizer.size, start + (limit or DEFAULT_VOCABULARY_PAGE))
+    rules = tokenizer.rules()
+    return pb.GetVocabularyResponse(
+        model=model.name,
+        version=model.version,
+        size=tokenizer.size,
+        start=start,
+        tokens=tokenizer.tokens[start:end],
+        next_start=end,
+        special_tokens=tokenizer.special_tokens,
+        tokenizer=pb.TokenizerRules(
+            kind=rules.kind,
+            normalization=rules.normalization,
+            lowercase=rules.lowercase,
+            word_pattern=rules.word_pattern,
+            offsets=rules.offsets,
+            separator=rules.separator,
+            unknown_text=rules.unknown_text,
+            attached=rules.attached,
+            attached_categories=rules.attached_categories,
+        ),
     )
 
 
@@ -70,6 +119,9 @@ def token_input(request: Any, ids_field: str, text_field: str, oneof: str) -> To
         return TokenInput(ids=getattr(request, ids_field).ids)
     if which == text_field:
         return TokenInput(text=getattr(request, text_field))
+    if which == "vectors":
+        vectors = request.vectors
+        return TokenInput(vectors=VectorInput(vectors.values, vectors.steps))
     return TokenInput()
 
 
@@ -91,9 +143,23 @@ def _fillstep_response(response: pb.StepResponse, session_id: str, out: StepOutp
         add(id=i, text=names[i], probability=p)
     if out.distribution:
         response.distribution.extend(out.distribution)
+    if out.values:
+        response.values.extend(out.values)
 
 
-def generate_response(session_id: str, events: list[GenerateEvent]) -> pb.GenerateResponse:
+def generated_tokens(model: Model, tokens: list[GeneratedToken]) -> list[pb.GeneratedToken]:
+    """GeneratedToken messages: ``text`` the token as the vocabulary writes it,
+    ``piece`` what it adds to the output (the engine's ``text``)."""
+    written = model.package.vocabulary.tokens
+    return [
+        pb.GeneratedToken(id=t.id, text=written[t.id], piece=t.text, probability=t.probability)
+        for t in tokens
+    ]
+
+
+def generate_response(
+    model: Model, session_id: str, events: list[GenerateEvent]
+) -> pb.GenerateResponse:
     """One response message for one or more consecutive events (the last one's status)."""
     last = events[-1]
     response = pb.GenerateResponse(
@@ -102,11 +168,9 @@ def generate_response(session_id: str, events: list[GenerateEvent]) -> pb.Genera
         finish_reason=FINISH[last.finish_reason],
         matched_stop=last.matched_stop,
     )
-    add = response.tokens.add
-    for event in events:
-        token = event.token
-        if token is not None:
-            add(id=token.id, text=token.text, probability=token.probability)
+    response.tokens.extend(
+        generated_tokens(model, [e.token for e in events if e.token is not None])
+    )
     return response
 
 
@@ -139,7 +203,7 @@ def step_columns(request: pb.StepManyRequest, limits: MessageLimits) -> StepColu
         raise out_of_range(
             "session_ids", count, f"0 .. {limits.steps} steps per message (max_steps_per_message)"
         )
-    for name in ("texts", "request_ids", "lengths"):
+    for name in ("texts", "request_ids", "lengths", "value_counts"):
         if len(getattr(request, name)) not in (0, count):
             raise out_of_range(
                 name, f"{len(getattr(request, name))} entries", f"0 or {count} (one per step)"
@@ -161,11 +225,34 @@ def step_columns(request: pb.StepManyRequest, limits: MessageLimits) -> StepColu
             f"(top_k x steps <= {MAX_TOP_PER_MESSAGE} per message)",
         )
     lengths = list(request.lengths) or None
-    expected = count if lengths is None else sum(lengths)
+    value_counts = list(request.value_counts) or None
+    token_steps = range(count) if value_counts is None else [
+        i for i, n in enumerate(value_counts) if not n
+    ]  # fmt: skip
+    expected = len(token_steps) if lengths is None else sum(lengths[i] for i in token_steps)
     if len(request.tokens) != expected:
         raise out_of_range(
-            "tokens", f"{len(request.tokens)} entries", f"{expected} (the sum of lengths)"
+            "tokens",
+            f"{len(request.tokens)} entries",
+            f"{expected} (the sum of lengths of the steps that take tokens)",
         )
+    if value_counts is not None:
+        if lengths is not None:
+            both = [i for i, n in enumerate(value_counts) if n and lengths[i]]
+            if both:
+                raise out_of_range(
+                    f"lengths[{both[0]}]",
+                    lengths[both[0]],
+                    "0 (the step takes vectors: value_counts is above 0)",
+                )
+        if len(request.vectors) != sum(value_counts):
+            raise out_of_range(
+                "vectors",
+                f"{len(request.vectors)} entries",
+                f"{sum(value_counts)} (the sum of value_counts)",
+            )
+    elif request.vectors:
+        raise out_of_range("vectors", f"{len(request.vectors)} entries", "0 without value_counts")
     return StepColumns(
         session_ids=list(request.session_ids),
         tokens=list(request.tokens),
@@ -173,6 +260,8 @@ def step_columns(request: pb.StepManyRequest, limits: MessageLimits) -> StepColu
         texts=list(request.texts) or None,
         request_ids=list(request.request_ids) or None,
         k=k,
+        vectors=request.vectors,
+        value_counts=value_counts,
     )
 
 
@@ -190,17 +279,23 @@ def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
         response.top_ids.extend(top_ids)
         response.top_texts.extend([names[i] for i in top_ids])
         response.top_probabilities.extend(block.probabilities.ravel().tolist())
+        width = block.values.shape[1]
+        if width:
+            response.value_counts.extend([width] * count)
+            response.values.extend(block.values.ravel().tolist())
         return response
-    steps, consumed, counts = [], [], []
+    steps, consumed, counts, value_counts = [], [], [], []
     ids: list[int] = []
     texts: list[str] = []
     probabilities: list[float] = []
+    values: list[float] = []
     add_error = response.errors.add
     for index, out in enumerate(answer.in_order()):
         if isinstance(out, ServiceError):
             steps.append(0)
             consumed.append(0)
             counts.append(0)
+            value_counts.append(0)
             add_error(index=index, code=out.code.value[0], message=bounded_details(out.message))
         else:
             top = out.top
@@ -210,10 +305,15 @@ def step_many_response(answer: StepManyAnswer) -> pb.StepManyResponse:
             ids += top.ids
             texts += map(top.names.__getitem__, top.ids)
             probabilities += top.probabilities
+            value_counts.append(len(out.values or ()))
+            values += out.values or ()
     response.steps.extend(steps)
     response.consumed.extend(consumed)
     response.top_counts.extend(counts)
     response.top_ids.extend(ids)
     response.top_texts.extend(texts)
     response.top_probabilities.extend(probabilities)
+    if values:
+        response.value_counts.extend(value_counts)
+        response.values.extend(values)
     return response

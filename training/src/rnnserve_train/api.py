@@ -7,23 +7,28 @@ from pathlib import Path
 
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train import checkpoint as _checkpoint
+from rnnserve_train import vowels
 from rnnserve_train.config import PRESETS, TrainConfig, make_config
 from rnnserve_train.export import export_checkpoint, export_model
 from rnnserve_train.generate import greedy_tokens, sample_tokens
 from rnnserve_train.model import RNNLanguageModel
+from rnnserve_train.package import PackagingError, UnsupportedModule, package_torch
 from rnnserve_train.parity import ParityError
 from rnnserve_train.train import TrainResult, train
 
 __all__ = [
+    "PackagingError",
     "ParityError",
     "TrainConfig",
     "TrainResult",
+    "UnsupportedModule",
     "build_tiny_package",
     "export_checkpoint",
     "export_model",
     "greedy_tokens",
     "load_checkpoint",
     "make_config",
+    "package_torch",
     "sample_tokens",
     "tiny_checkpoint",
     "tiny_runs_dir",
@@ -36,7 +41,11 @@ def train_and_export(config: TrainConfig) -> Path | None:
     """Train, then export; return the package directory ``<out>/<name>/<version>``.
 
     Under torchrun only rank 0 exports; the other ranks (and ``export=False``) return None.
+    The float-vector data set (``japanese-vowels``) trains and packages its own module
+    (``vowels``).
     """
+    if config.data == vowels.DATA:
+        return vowels.train_and_package(config)
     result = train(config)
     if int(os.environ.get("RANK", "0")) != 0 or not config.export:
         return None

@@ -5,7 +5,10 @@
   token/character over the same held-out predictions (every token and the end);
 * the classifier: scikit-learn's multinomial naive Bayes over character n-grams
   (``CountVectorizer(analyzer="char_wb")``), its smoothing and n-gram order chosen on the
-  validation split; accuracy and a per-class table on the test split.
+  validation split; accuracy and a per-class table on the test split;
+* the float-vector classifier (``vowels``): sktime's 1-nearest-neighbour classifier
+  (Euclidean distance, every utterance zero-padded to the longest), the usual first
+  baseline of the UEA archive; accuracy on the test split.
 
 nltk computes a Kneser–Ney lower-order probability by scanning every higher-order n-gram
 on each call, which takes hours on these corpora; ``fast_continuation_counts`` computes
@@ -168,6 +171,32 @@ def naive_bayes_baseline(name: str = "name-language") -> dict[str, Any]:
     }
 
 
+def nearest_neighbour_baseline() -> dict[str, Any]:
+    """sktime's 1-NN (Euclidean, zero-padded) on JapaneseVowels' own split."""
+    from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
+    from sktime.datasets import load_japanese_vowels
+    from sktime.transformations.panel.padder import PaddingTransformer
+
+    from rnnserve_train.vowels import SOURCE, load_split
+
+    lengths = [len(s) for split in ("train", "test") for s in load_split(split)[0]]
+    train_x, train_y = load_japanese_vowels(split="train", return_type="nested_univ")
+    test_x, test_y = load_japanese_vowels(split="test", return_type="nested_univ")
+    classifier = PaddingTransformer(pad_length=max(lengths)) * KNeighborsTimeSeriesClassifier(
+        n_neighbors=1, distance="euclidean"
+    )
+    classifier.fit(train_x, train_y)
+    return {
+        "data": SOURCE["data"],
+        "split_sizes": {"train": len(train_x), "test": len(test_x)},
+        "baseline": (
+            f"sktime PaddingTransformer(pad_length={max(lengths)}) * "
+            "KNeighborsTimeSeriesClassifier(n_neighbors=1, distance='euclidean')"
+        ),
+        "test_accuracy": float((classifier.predict(test_x) == test_y).mean()),
+    }
+
+
 def _fingerprint(facts: dict[str, Any]) -> dict[str, Any]:
     return {"data": facts["data"], "split_sizes": facts["split_sizes"]}
 
@@ -177,6 +206,7 @@ BASELINES: dict[str, Callable[[], dict[str, Any]]] = {
     "word-gru": lambda: language_model_baseline("word-gru"),
     "one-step": lambda: language_model_baseline("one-step"),
     "name-language": naive_bayes_baseline,
+    "vowels": nearest_neighbour_baseline,
 }
 
 

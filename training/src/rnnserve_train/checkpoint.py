@@ -43,6 +43,8 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             "output_size": checkpoint.model.output_size,
             "encoder": checkpoint.model.encoder is not None,
             "conditions": checkpoint.model.conditions,
+            "input_size": checkpoint.model.input_size,
+            "embedding_size": checkpoint.model.embedding_size,
         },
         "step": checkpoint.step,
         "training": checkpoint.training,
@@ -67,14 +69,17 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
         lowercase=spec["lowercase"],
     )
     architecture = payload["architecture"]
+    input_size = int(architecture.get("input_size", 0))  # older checkpoints: tokens
     model = RNNLanguageModel(
         config.cell,
-        tokenizer.size,
+        0 if input_size else tokenizer.size,
         config.hidden_size,
         config.layers,
         output_size=int(architecture["output_size"]),
         encoder=bool(architecture["encoder"]),
         conditions=int(architecture["conditions"]),
+        input_size=input_size,
+        embedding_size=int(architecture.get("embedding_size", 0)),
     )
     model.load_state_dict(payload["model"])
     model.to(device).eval()

@@ -5,6 +5,10 @@ export an existing checkpoint, train the demo zoo, or compute the baselines.
     rnnserve-train export --checkpoint=runs/char-gru/checkpoint.pt [--out=models] [--version=N]
     rnnserve-train zoo [--out=models] [--runs=runs] [--only=a,b] [--jobs=2]
     rnnserve-train baselines [--only=a,b]
+    rnnserve-train package --module=file.py:factory --checkpoint=model.pt --name=NAME
+        [--out=models] [--version=1] (--vocabulary=vocab.json | --input-size=N)
+        [--labels=a,b,c] [--output=vocabulary|labels|sigmoid|regression]
+        [--tokenizer=word|char] [--start-token=bos] [--description=...]
     torchrun --standalone --nproc_per_node=2 -m rnnserve_train.cli --preset=NAME ...  (DDP)
 """
 
@@ -38,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _zoo(args[1:])
         if args and args[0] == "baselines":
             return _baselines(args[1:])
+        if args and args[0] == "package":
+            return _package(args[1:])
         return _train(args)
     except ConfigError as exc:
         print(f"rnnserve-train: {exc}", file=sys.stderr)
@@ -133,6 +139,77 @@ def _export(args: list[str]) -> int:
     package = export_checkpoint(Path(options["checkpoint"]), out, version)
     print(f"package: {package}")
     return 0
+
+
+PACKAGE_KEYS = (
+    "module", "checkpoint", "name", "out", "version", "vocabulary", "input-size", "labels",
+    "output", "tokenizer", "start-token", "description",
+)  # fmt: skip
+
+
+def _package(args: list[str]) -> int:
+    """A module of yours (``factory()`` in a file, weights in a checkpoint) as a package."""
+    options = _options("package", args, PACKAGE_KEYS)
+    for required in ("module", "checkpoint", "name"):
+        if required not in options:
+            raise ConfigError(f"package: --{required}=... is required")
+    file, _, factory = options["module"].rpartition(":")
+    if not file or not factory:
+        raise ConfigError(f"package: --module={options['module']}: expected FILE.py:FACTORY")
+    try:
+        version = int(options.get("version", "1"))
+        input_size = int(options["input-size"]) if "input-size" in options else None
+    except ValueError as exc:
+        raise ConfigError(f"package: {exc}") from None
+    import importlib.util
+
+    import torch
+
+    from rnnserve_train.package import package_torch
+
+    spec = importlib.util.spec_from_file_location("rnnserve_user_module", file)
+    if spec is None or spec.loader is None or not Path(file).is_file():
+        raise ConfigError(f"package: --module: {file} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, factory, None)
+    if not callable(model):
+        raise ConfigError(f"package: {file} has no function {factory}()")
+    network = model()
+    state = torch.load(options["checkpoint"], map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    vocabulary = None
+    if "vocabulary" in options:
+        vocabulary = _read_vocabulary(Path(options["vocabulary"]))
+    path = package_torch(
+        network,
+        Path(options.get("out", "models")),
+        name=options["name"],
+        version=version,
+        vocabulary=vocabulary,
+        input_size=input_size,
+        labels=options["labels"].split(",") if "labels" in options else None,
+        output=options.get("output"),
+        tokenizer=options.get("tokenizer", "word"),
+        start_token=options.get("start-token"),
+        description=options.get("description", ""),
+    )
+    print(f"package: {path}")
+    return 0
+
+
+def _read_vocabulary(path: Path) -> list[str]:
+    """A vocabulary file: JSON (a list of tokens, or {"tokens": [...]}) or one token a line."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        tokens = data.get("tokens") if isinstance(data, dict) else data
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ConfigError(f"package: {path}: expected a list of tokens or {{'tokens': [...]}}")
+        return tokens
+    return text.splitlines()
 
 
 if __name__ == "__main__":

@@ -179,6 +179,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_batch_size": 512,
         "sample_chars": 12,
     },
+    "vowels": {
+        "name": "vowels",
+        "description": (
+            "Many-to-one over float vectors: the speaker (of 9) of a Japanese vowel, "
+            "read frame by frame (12 LPC cepstrum coefficients each)"
+        ),
+        "shape": "many-to-one",
+        "data": "japanese-vowels",
+        "cell": "lstm",
+        "layers": 1,
+        "hidden_size": 48,
+        "batch_size": 32,
+        "lr": 1e-2,
+        "max_steps": 400,
+        "eval_every": 100,
+    },
     "tiny": {
         "name": "char-gru-tiny",
         "description": "Tiny character-level GRU (tests only) on a slice of FreeBSD fortunes",
@@ -203,7 +219,7 @@ DATA_SHAPES: dict[str, tuple[str, ...]] = {
     "many-to-many": ("fortunes", "kjv"),
     "one-to-one": ("fortunes", "kjv"),
     "one-to-many": ("names",),
-    "many-to-one": ("names",),
+    "many-to-one": ("names", "japanese-vowels"),
     "seq2seq": ("dates",),
 }
 NAMED_DATA = frozenset(name for names in DATA_SHAPES.values() for name in names)

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ import numpy as np
 from rnnserve_server.modelpackage import (
     InitialStateSpec,
     Manifest,
-    ModelPackage,
     OutputSpec,
     TokenizerSpec,
     load_package,
@@ -210,19 +209,9 @@ def export_model(
     ``bos``.
     """
     model = model.cpu().eval()
-    root = Path(out if out is not None else config.out) / config.name
-    version = version or config.version or next_free_version(root)
-    final = root / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} exists; pick another --version")
-    created_root = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    # Staged as <root>/.partial-*/<name>/<version>, so load_package can check it before
-    # the rename that publishes it.
-    scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    staging = scratch / config.name / str(version)
-    try:
-        staging.mkdir(parents=True)
+    root = Path(out if out is not None else config.out)
+    with staged_package(root, config.name, version or config.version) as staged:
+        staging = staged.path
         layout = layout or Layout.of(task, model, tokenizer, config)
         tokenizer.save(staging / VOCAB_FILE)
         np.savez(staging / WEIGHTS_FILE, **model.to_seed_weights())  # type: ignore[arg-type]
@@ -243,20 +232,13 @@ def export_model(
         )
         manifest = Manifest(
             name=config.name,
-            version=version,
+            version=int(staging.name),
             description=config.description,
             shape=layout.shape,
             cell=config.cell,
             layers=model.layers,
             hidden_size=model.hidden_size,
-            tokenizer=TokenizerSpec(
-                kind=tokenizer.kind,
-                vocabulary_file=VOCAB_FILE,
-                size=tokenizer.size,
-                special_tokens=dict(tokenizer.special_tokens),
-                normalize=tokenizer.normalize,
-                lowercase=tokenizer.lowercase,
-            ),
+            tokenizer=tokenizer_spec(tokenizer),
             output=layout.output,
             graphs={kind: standard_graph(kind, path.name) for kind, path in paths.items()},
             initial_state=layout.initial_state,
@@ -280,18 +262,59 @@ def export_model(
             parity=parity,
             layout=layout,
         )
-        load_package(staging)
-        os.rename(staging, final)
+    log.info("exported %s (parity max abs diff %s)", staged.final, parity.max_abs_diff)
+    return staged.final
+
+
+def tokenizer_spec(tokenizer: Tokenizer) -> TokenizerSpec:
+    """The manifest's description of ``tokenizer``, saved as VOCAB_FILE."""
+    return TokenizerSpec(
+        kind=tokenizer.kind,
+        vocabulary_file=VOCAB_FILE,
+        size=tokenizer.size,
+        special_tokens=dict(tokenizer.special_tokens),
+        normalize=tokenizer.normalize,
+        lowercase=tokenizer.lowercase,
+    )
+
+
+@dataclass(frozen=True)
+class Staging:
+    """The directory a package is written to (``path``), and where it is published."""
+
+    path: Path
+    final: Path
+
+
+@contextlib.contextmanager
+def staged_package(root: Path, name: str, version: int = 0) -> Iterator[Staging]:
+    """A directory to write ``<root>/<name>/<version>`` into (version 0: the next free
+    one), published by one rename when the block ends, and only if ``load_package``
+    accepts it; a failure (an exception in the block) leaves nothing behind."""
+    model_root = root / name
+    version = version or next_free_version(model_root)
+    final = model_root / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; pick another --version")
+    created_root = not model_root.exists()
+    model_root.mkdir(parents=True, exist_ok=True)
+    # Staged as <root>/<name>/.partial-*/<name>/<version>, so load_package can check it
+    # before the rename that publishes it (the server skips dot-names meanwhile).
+    scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=model_root))
+    staging = Staging(scratch / name / str(version), final)
+    try:
+        staging.path.mkdir(parents=True)
+        yield staging
+        load_package(staging.path)
+        os.rename(staging.path, final)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         if created_root:
             with contextlib.suppress(OSError):
-                root.rmdir()
+                model_root.rmdir()
         raise
     shutil.rmtree(scratch, ignore_errors=True)  # the now empty <name> directory
-    package: ModelPackage = load_package(final)
-    log.info("exported %s (parity max abs diff %s)", final, parity.max_abs_diff)
-    return package.path
+    load_package(final)
 
 
 def export_checkpoint(checkpoint: Path, out: Path | None = None, version: int = 0) -> Path:

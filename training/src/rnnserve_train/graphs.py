@@ -32,11 +32,14 @@ from torch import Tensor, nn
 from rnnserve_train.model import (
     Cell,
     GRUCell,
+    LSTMCell,
     RNNLanguageModel,
     RNNReluCell,
     RNNTanhCell,
     SimpleGRUCell,
     TorchGRUCell,
+    layer_states,
+    stack_states,
 )
 
 OPSET = 17
@@ -86,15 +89,21 @@ class _ScanBody(nn.Module):
     def forward(self, state: Tensor, projected: Tensor, valid: Tensor) -> Tensor:
         inputs = projected
         states = []
-        for layer, cell in enumerate(cast("list[Cell]", list(self.cells))):
+        stack = cast("list[Cell]", list(self.cells))
+        parts = len(stack[0].state_parts)
+        for layer, (cell, layer_state) in enumerate(
+            zip(stack, layer_states(state, len(stack), parts), strict=True)
+        ):
             if layer:
                 inputs = cell.project(inputs)
-            inputs = cell.step(inputs, state[layer])
-            states.append(inputs)
-        return torch.where(valid.view(1, -1, 1), torch.stack(states), state)
+            new = cell.step(inputs, layer_state)
+            inputs = cell.output(new)
+            states.append(new)
+        new_state = stack_states(states, parts)
+        return torch.where(valid.view(1, -1, 1), new_state, state)
 
 
-def _trace(
+def trace(
     module: nn.Module,
     args: tuple[Tensor, ...],
     path: Path,
@@ -108,6 +117,9 @@ def _trace(
         warnings.filterwarnings(
             "ignore", "You are using the legacy TorchScript", DeprecationWarning
         )
+        # A user's step module may slice with a stride; the exporter only says it did
+        # not fold those slices into constants.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
             module,
             args,
@@ -124,20 +136,32 @@ def _trace(
 _TRACE_BATCH = 2
 
 
+def input_name(model: RNNLanguageModel) -> str:
+    """The graphs' name of the model's input: ``tokens`` or ``inputs`` (vectors)."""
+    return "inputs" if model.input_size else "tokens"
+
+
+def example_inputs(model: RNNLanguageModel, *steps: int) -> Tensor:
+    """Zero inputs of the model's kind for ``_TRACE_BATCH`` rows (and ``steps``)."""
+    if model.input_size:
+        return torch.zeros(_TRACE_BATCH, *steps, model.input_size)
+    return torch.zeros(_TRACE_BATCH, *steps, dtype=torch.int64)
+
+
 def export_step(model: RNNLanguageModel, path: Path) -> None:
-    tokens = torch.zeros(_TRACE_BATCH, dtype=torch.int64)
-    _trace(
+    name = input_name(model)
+    trace(
         _StepGraph(model),
-        (tokens, model.zero_state(_TRACE_BATCH)),
+        (example_inputs(model), model.zero_state(_TRACE_BATCH)),
         path,
-        inputs=["tokens", "state"],
+        inputs=[name, "state"],
         outputs=["logits", "state_out"],
-        batch_dims={"tokens": 0, "state": 1, "logits": 0, "state_out": 1},
+        batch_dims={name: 0, "state": 1, "logits": 0, "state_out": 1},
     )
 
 
 def export_head(model: RNNLanguageModel, path: Path) -> None:
-    _trace(
+    trace(
         _HeadGraph(model),
         (model.zero_state(_TRACE_BATCH),),
         path,
@@ -148,7 +172,7 @@ def export_head(model: RNNLanguageModel, path: Path) -> None:
 
 
 def export_condition(model: RNNLanguageModel, path: Path) -> None:
-    _trace(
+    trace(
         _ConditionGraph(model),
         (torch.zeros(_TRACE_BATCH, dtype=torch.int64),),
         path,
@@ -158,15 +182,15 @@ def export_condition(model: RNNLanguageModel, path: Path) -> None:
     )
 
 
-def _scan_body(cells: nn.ModuleList, layers: int, hidden: int, scratch: Path) -> onnx.GraphProto:
+def _scan_body(cells: nn.ModuleList, rows: int, hidden: int, scratch: Path) -> onnx.GraphProto:
     """The traced body, every name prefixed so nothing shadows the outer graph."""
     first = cast(Cell, cells[0])
     width = first.bias.shape[0]
     path = scratch / "scan-body.onnx"
-    _trace(
+    trace(
         _ScanBody(cells),
         (
-            torch.zeros(layers, _TRACE_BATCH, hidden),
+            torch.zeros(rows, _TRACE_BATCH, hidden),
             torch.zeros(_TRACE_BATCH, width),
             torch.ones(_TRACE_BATCH, dtype=torch.bool),
         ),
@@ -222,19 +246,27 @@ def export_sequence(
     cells = model.encoder if encoder else model.cells
     if cells is None:
         raise GraphShapeError("the model has no encoder")
-    L, H = model.layers, model.hidden_size
+    S, H = model.state_rows, model.hidden_size
+    x = "tokens" if encoder else input_name(model)
     inits = [
         _constant("zero", np.array(0, dtype=np.int64)),
         _constant("one", np.array(1, dtype=np.int64)),
         _constant("axis0", np.array([0], dtype=np.int64)),
         _constant("axis1", np.array([1], dtype=np.int64)),
     ]
-    nodes = [helper.make_node("Shape", ["tokens"], ["tokens_shape"])]
-    tokens = helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH_AXIS, STEPS_AXIS])
+    nodes = [helper.make_node("Shape", [x], ["tokens_shape"])]
+    tokens = (
+        helper.make_tensor_value_info(
+            x, TensorProto.FLOAT, [BATCH_AXIS, STEPS_AXIS, model.input_size]
+        )
+        if x == "inputs"
+        else helper.make_tensor_value_info(x, TensorProto.INT64, [BATCH_AXIS, STEPS_AXIS])
+    )
     lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, [BATCH_AXIS])
-    state_type: list[str | int] = [L, BATCH_AXIS, H]
+    state_type: list[str | int] = [S, BATCH_AXIS, H]
+    first_inputs = _first_layer_inputs(model, x, nodes, inits, encoder=encoder)
     if encoder:
-        inits.append(_constant("layers_1d", np.array([L], dtype=np.int64)))
+        inits.append(_constant("layers_1d", np.array([S], dtype=np.int64)))
         inits.append(_constant("hidden_1d", np.array([H], dtype=np.int64)))
         nodes += [
             helper.make_node("Gather", ["tokens_shape", "zero"], ["batch_size"], axis=0),
@@ -257,17 +289,17 @@ def export_sequence(
         start_state = "state"
     if form == "native":
         nodes.append(helper.make_node("Cast", ["lengths"], ["seq_lens"], to=TensorProto.INT32))
-        final = _native_stack(cells, nodes, inits, start_state)
+        final = _native_stack(cells, nodes, inits, start_state, first_inputs)
     else:
         final = _scan_stack(
-            cells, nodes, inits, start_state, layers=L, hidden=H, scratch=path.parent
+            cells, nodes, inits, start_state, first_inputs, rows=S, hidden=H, scratch=path.parent
         )
     state_name = "state" if encoder else "state_out"
     nodes.append(helper.make_node("Identity", [final], [state_name]))
     outputs = [helper.make_tensor_value_info(state_name, TensorProto.FLOAT, state_type)]
     if not encoder:
         inits += [
-            _constant("last_layer", np.array(L - 1, dtype=np.int64)),
+            _constant("last_layer", np.array(model.layers - 1, dtype=np.int64)),
             _constant("W_ya_T", model.output.weight.detach().cpu().numpy().T),
             _constant("b_y", model.output.bias.detach().cpu().numpy()),
         ]
@@ -289,25 +321,49 @@ def export_sequence(
     onnx.save(onnx_model, str(path))
 
 
+def _first_layer_inputs(
+    model: RNNLanguageModel,
+    x: str,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    *,
+    encoder: bool,
+) -> str | None:
+    """Nodes making what the first layer reads from the sequence input ``x``, [B, T, n]:
+    the embedded tokens, or the input vectors; None for tokens the first layer gathers
+    itself (its projection is a row of its input weight)."""
+    if encoder or model.embedding is None:
+        return None if x == "tokens" else x
+    inits.append(_constant("embedding_rows", model.embedding.weight.detach().cpu().numpy()))
+    nodes.append(helper.make_node("Gather", ["embedding_rows", x], ["embedded"], axis=0))
+    return "embedded"
+
+
 def _scan_stack(
     cells: nn.ModuleList,
     nodes: list[onnx.NodeProto],
     inits: list[onnx.TensorProto],
     state: str,
+    first_inputs: str | None,
     *,
-    layers: int,
+    rows: int,
     hidden: int,
     scratch: Path,
 ) -> str:
-    """Nodes running every layer over ``tokens``/``lengths`` as one Scan of the traced
-    step; returns the name of the final state [L, B, H]."""
+    """Nodes running every layer over the input and ``lengths`` as one Scan of the
+    traced step; returns the name of the final state [S, B, H]."""
     first = cast(Cell, cells[0])
     inits += [
         _constant("first_input_weight", first.input_weight.detach().cpu().numpy()),
         _constant("first_bias", first.bias.detach().cpu().numpy()),
     ]
+    if first_inputs is None:  # the one-hot product: a row of the input weight
+        nodes.append(
+            helper.make_node("Gather", ["first_input_weight", "tokens"], ["gathered"], axis=0)
+        )
+    else:
+        nodes.append(helper.make_node("MatMul", [first_inputs, "first_input_weight"], ["gathered"]))
     nodes += [
-        helper.make_node("Gather", ["first_input_weight", "tokens"], ["gathered"], axis=0),
         helper.make_node("Add", ["gathered", "first_bias"], ["projected"]),
         helper.make_node("Gather", ["tokens_shape", "one"], ["steps"], axis=0),
         helper.make_node("Range", ["zero", "steps", "one"], ["positions"]),
@@ -318,7 +374,7 @@ def _scan_stack(
             "Scan",
             [state, "projected", "valid"],
             ["scan_state"],
-            body=_scan_body(cells, layers, hidden, scratch),
+            body=_scan_body(cells, rows, hidden, scratch),
             num_scan_inputs=2,
             scan_input_axes=[1, 1],
         ),
@@ -353,7 +409,8 @@ def native_layer(cell: Cell) -> NativeLayer:
     * ``gru``: ``GRU`` with ``linear_before_reset=0`` (the course form); its gate order is
       z, r, h and its z weights the *old* state, so ``z = 1 - Γ_u``: W_z = -W_u, b_z = -b_u;
     * ``gru-simple``: the same with the reset gate held open (zero weights, bias 100);
-    * ``gru-torch``: ``GRU`` with ``linear_before_reset=1`` (PyTorch's form), b_hn as Rb_h.
+    * ``gru-torch``: ``GRU`` with ``linear_before_reset=1`` (PyTorch's form), b_hn as Rb_h;
+    * ``lstm``: ``LSTM`` (PyTorch's equations), its gates reordered i, o, f, c.
     """
     H = cell.hidden_size
     weights = {k: v.astype(np.float32) for k, v in cell.seed_weights().items()}
@@ -387,6 +444,16 @@ def native_layer(cell: Cell) -> NativeLayer:
         gate_b = [-weights["b_u"], open_gate, weights["b_c"]]
         recurrent_b = [zero_b, zero_b, zero_b]
         before_reset = 0
+    elif isinstance(cell, LSTMCell):
+        # ONNX's LSTM stacks its gates i, o, f, c (c: the candidate, our g).
+        order = ("i", "o", "f", "g")
+        return NativeLayer(
+            "LSTM",
+            {},
+            np.concatenate([split(g)[0] for g in order]),
+            np.concatenate([split(g)[1] for g in order]),
+            np.concatenate([weights[f"b_{g}"] for g in order] + [zero_b] * 4),
+        )
     elif isinstance(cell, TorchGRUCell):
         (z_x, z_h), (r_x, r_h), (n_x, n_h) = split("z"), split("r"), split("n")
         gates_x, gates_h = [z_x, r_x, n_x], [z_h, r_h, n_h]
@@ -405,76 +472,95 @@ def native_layer(cell: Cell) -> NativeLayer:
 
 
 def _native_stack(
-    cells: nn.ModuleList, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], state: str
+    cells: nn.ModuleList,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    state: str,
+    first_inputs: str | None,
 ) -> str:
-    """Nodes running every layer over ``tokens``/``seq_lens`` from ``state`` [L, B, H];
-    returns the name of the final state [L, B, H]."""
-    H = cast(Cell, cells[0]).hidden_size
-    finals = []
+    """Nodes running every layer over the input and ``seq_lens`` from ``state`` [S, B, H];
+    returns the name of the final state [S, B, H] (h of every layer, then an LSTM's c)."""
+    stack = cast("list[Cell]", list(cells))
+    H, L = stack[0].hidden_size, len(stack)
+    finals: dict[str, list[str]] = {part: [] for part in stack[0].state_parts}
     layer_input = ""
-    for layer, module in enumerate(cast("list[Cell]", list(cells))):
+    for layer, module in enumerate(stack):
         spec = native_layer(module)
         W = spec.W
         if layer == 0:
-            vocab, width = module.input_size, W.shape[0]
-            if vocab <= width:
-                # The one-hot input itself: the product with W picks one column, exactly.
-                inits.append(_constant("vocabulary_depth", np.array(vocab, dtype=np.int64)))
-                inits.append(_constant("one_hot_values", np.array([0.0, 1.0], np.float32)))
+            if first_inputs is not None:  # embedded tokens or input vectors, [B, T, n]
                 nodes.append(
-                    helper.make_node(
-                        "OneHot",
-                        ["tokens", "vocabulary_depth", "one_hot_values"],
-                        ["token_inputs"],
-                        axis=-1,
-                    )
+                    helper.make_node("Transpose", [first_inputs], ["layer0_inputs"], perm=[1, 0, 2])
                 )
             else:
-                # A vocabulary wider than the gates: gather each token's column of W
-                # (the embedding lookup) and let the operator multiply by the identity.
-                inits.append(_constant("input_columns", np.ascontiguousarray(W.T)))
-                nodes.append(
-                    helper.make_node("Gather", ["input_columns", "tokens"], ["token_inputs"])
-                )
-                W = np.eye(width, dtype=np.float32)
-            nodes.append(
-                helper.make_node("Transpose", ["token_inputs"], ["layer0_inputs"], perm=[1, 0, 2])
-            )
+                W = _one_hot_inputs(module, W, nodes, inits)
             layer_input = "layer0_inputs"
         prefix = f"layer{layer}_"
         inits += [
             _constant(prefix + "W", W[None]),
             _constant(prefix + "R", spec.R[None]),
             _constant(prefix + "B", spec.B[None]),
-            _constant(prefix + "range_start", np.array([layer], dtype=np.int64)),
-            _constant(prefix + "range_end", np.array([layer + 1], dtype=np.int64)),
         ]
+        initial = []
+        for p, part in enumerate(module.state_parts):  # the rows of this layer's h (and c)
+            row = p * L + layer
+            inits += [
+                _constant(f"{prefix}{part}_start", np.array([row], dtype=np.int64)),
+                _constant(f"{prefix}{part}_end", np.array([row + 1], dtype=np.int64)),
+            ]
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [state, f"{prefix}{part}_start", f"{prefix}{part}_end"],
+                    [f"{prefix}initial_{part}"],
+                )
+            )
+            initial.append(f"{prefix}initial_{part}")
+        outputs = [f"{prefix}final_{part}" for part in module.state_parts]
         nodes += [
             helper.make_node(
-                "Slice",
-                [state, prefix + "range_start", prefix + "range_end"],
-                [prefix + "initial"],
-            ),
-            helper.make_node(
                 spec.op_type,
-                [
-                    layer_input,
-                    prefix + "W",
-                    prefix + "R",
-                    prefix + "B",
-                    "seq_lens",
-                    prefix + "initial",
-                ],
-                [prefix + "Y", prefix + "final"],
+                [layer_input, prefix + "W", prefix + "R", prefix + "B", "seq_lens", *initial],
+                [prefix + "Y", *outputs],
                 hidden_size=H,
                 **spec.attributes,
             ),
             helper.make_node("Squeeze", [prefix + "Y", "axis1"], [prefix + "outputs"]),
         ]
         layer_input = prefix + "outputs"
-        finals.append(prefix + "final")
-    nodes.append(helper.make_node("Concat", finals, ["final_state"], axis=0))
+        for part, output in zip(module.state_parts, outputs, strict=True):
+            finals[part].append(output)
+    rows = [name for part in stack[0].state_parts for name in finals[part]]
+    nodes.append(helper.make_node("Concat", rows, ["final_state"], axis=0))
     return "final_state"
+
+
+def _one_hot_inputs(
+    cell: Cell, weight: np.ndarray, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]
+) -> np.ndarray:
+    """Nodes making ``layer0_inputs`` [T, B, n] from ``tokens`` for a first layer that
+    reads one-hot tokens; returns the W its operator multiplies them by."""
+    vocab, width = cell.input_size, weight.shape[0]
+    if vocab <= width:
+        # The one-hot input itself: the product with W picks one column, exactly.
+        inits.append(_constant("vocabulary_depth", np.array(vocab, dtype=np.int64)))
+        inits.append(_constant("one_hot_values", np.array([0.0, 1.0], np.float32)))
+        nodes.append(
+            helper.make_node(
+                "OneHot",
+                ["tokens", "vocabulary_depth", "one_hot_values"],
+                ["token_inputs"],
+                axis=-1,
+            )
+        )
+    else:
+        # A vocabulary wider than the gates: gather each token's column of W (the
+        # embedding lookup) and let the operator multiply by the identity.
+        inits.append(_constant("input_columns", np.ascontiguousarray(weight.T)))
+        nodes.append(helper.make_node("Gather", ["input_columns", "tokens"], ["token_inputs"]))
+        weight = np.eye(width, dtype=np.float32)
+    nodes.append(helper.make_node("Transpose", ["token_inputs"], ["layer0_inputs"], perm=[1, 0, 2]))
+    return weight
 
 
 def check_graph_shapes(path: Path, expected: Mapping[str, tuple[int | str, ...]]) -> None:
@@ -494,19 +580,19 @@ def check_graph_shapes(path: Path, expected: Mapping[str, tuple[int | str, ...]]
 
 def expected_shapes(model: RNNLanguageModel) -> dict[str, tuple[int | str, ...]]:
     """The dims of every graph input/output name, as the package format requires."""
-    L, H, K = model.layers, model.hidden_size, model.output_size
+    S, H, K = model.state_rows, model.hidden_size, model.output_size
     return {
         "condition": (BATCH_AXIS,),
         "lengths": (BATCH_AXIS,),
-        "state": (L, BATCH_AXIS, H),
-        "state_out": (L, BATCH_AXIS, H),
+        "state": (S, BATCH_AXIS, H),
+        "state_out": (S, BATCH_AXIS, H),
         "logits": (BATCH_AXIS, K),
     }
 
 
 def expected_for(kind: str, model: RNNLanguageModel) -> dict[str, tuple[int | str, ...]]:
     shapes = expected_shapes(model)
-    shapes["tokens"] = (
-        (BATCH_AXIS, STEPS_AXIS) if kind in ("sequence", "encoder") else (BATCH_AXIS,)
-    )
+    steps: tuple[str, ...] = (STEPS_AXIS,) if kind in ("sequence", "encoder") else ()
+    shapes["tokens"] = (BATCH_AXIS, *steps)
+    shapes["inputs"] = (BATCH_AXIS, *steps, model.input_size)
     return shapes

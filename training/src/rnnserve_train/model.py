@@ -2,8 +2,13 @@
 
 A model is a stack of cells and an output layer ``ŷ<t> = W_ya a<t> + b_y`` (logits; the
 softmax or sigmoid lives in the loss and in the server). The first layer's input is a
-token, whose one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight``;
-deeper layers read the activation of the layer below.
+token, whose one-hot product ``W_ax x<t>`` is a gather of rows of ``input_weight`` (or,
+with an embedding ``W_ex``, the product with the embedded token ``W_ex x<t>``), or a
+float vector (``input_size``); deeper layers read the activation of the layer below.
+
+The state is one tensor ``[S, B, H]``: ``h`` of every layer, first layer first, and for
+the LSTM then ``c`` of every layer (``S = parts * layers``), as the package stores it.
+Inside the stack a layer's state is ``[B, parts * H]`` (``h`` then ``c``).
 
 Each cell splits its work in two: ``project`` computes the input half of every gate for a
 whole chunk in one product (no recurrence there), and ``step`` does the recurrent half of
@@ -63,6 +68,8 @@ class Cell(nn.Module):
     """
 
     gates: ClassVar[tuple[str, ...]]
+    # The state tensors of one layer: ``h`` (the activation), and for the LSTM ``c``.
+    state_parts: ClassVar[tuple[str, ...]] = ("h",)
     # The gates whose recurrent block is in ``recurrent`` (in order); the rest (the GRU's
     # candidate, which reads Γ_r * c<t-1>) have their own parameter.
     recurrent_gates: ClassVar[tuple[str, ...]]
@@ -95,8 +102,13 @@ class Cell(nn.Module):
         return inputs @ self.input_weight + self.bias
 
     def step(self, projected: Tensor, state: Tensor) -> Tensor:
-        """One time step: ``projected`` [B, gates*H], ``state`` [B, H] -> new state."""
+        """One time step: ``projected`` [B, gates*H], ``state`` [B, parts*H] -> new state."""
         raise NotImplementedError
+
+    def output(self, state: Tensor) -> Tensor:
+        """The activation ``a<t>`` (what the next layer and the head read) of a layer's
+        state [..., parts*H]: its ``h``."""
+        return state if len(self.state_parts) == 1 else state[..., : self.hidden_size]
 
     def scan(
         self,
@@ -105,7 +117,7 @@ class Cell(nn.Module):
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Every step of a chunk: [B, T, gates*H] -> (activations [B, T, H], last state).
+        """Every step of a chunk: [B, T, gates*H] -> (states [B, T, parts*H], last state).
 
         ``keep`` [B, T] (float) zeroes the state before the steps where it is 0 (document
         starts in a packed stream). ``valid`` [B, T] (bool) marks real tokens: at a padded
@@ -342,12 +354,61 @@ class TorchGRUCell(Cell):
         H = self.hidden_size
         w_ih = getattr(gru, f"weight_ih_l{layer}")
         w_hh = getattr(gru, f"weight_hh_l{layer}")
-        b_ih = getattr(gru, f"bias_ih_l{layer}")
-        b_hh = getattr(gru, f"bias_hh_l{layer}")
+        zeros = torch.zeros(3 * H)
+        b_ih = getattr(gru, f"bias_ih_l{layer}") if gru.bias else zeros
+        b_hh = getattr(gru, f"bias_hh_l{layer}") if gru.bias else zeros
         self.input_weight.copy_(w_ih.T)
         self.recurrent.copy_(w_hh.T)
         self.bias.copy_(torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]]))
         self.recurrent_bias_n.copy_(b_hh[2 * H :])
+
+
+class LSTMCell(Cell):
+    """The LSTM (``lstm``) as PyTorch's ``nn.LSTM`` defines it (docs/MODELS.md), without
+    peepholes or projection; its state is ``(a, c)``, here ``[B, 2H]`` = ``[a | c]``.
+
+        i<t> = σ(W_i [a<t-1>, x<t>] + b_i)     f<t> = σ(W_f [a<t-1>, x<t>] + b_f)
+        g<t> = tanh(W_g [a<t-1>, x<t>] + b_g)  o<t> = σ(W_o [a<t-1>, x<t>] + b_o)
+        c<t> = f<t> * c<t-1> + i<t> * g<t>     a<t> = o<t> * tanh(c<t>)
+
+    The gates are stacked i, f, g, o, as in ``weight_ih_l{k}``; ``b_g = b_ih + b_hh``.
+    """
+
+    gates = ("i", "f", "g", "o")
+    recurrent_gates = ("i", "f", "g", "o")
+    state_parts = ("h", "c")
+
+    def __init__(self, input_size: int, hidden_size: int, *, embed: bool) -> None:
+        super().__init__(input_size, hidden_size, embed=embed)
+        self.reset_parameters()
+
+    def step(self, projected: Tensor, state: Tensor) -> Tensor:
+        H = self.hidden_size
+        h, c = state[:, :H], state[:, H:]
+        z = torch.addmm(projected, h, self.recurrent)
+        i, f, o = (
+            torch.sigmoid(z[:, :H]),
+            torch.sigmoid(z[:, H : 2 * H]),
+            torch.sigmoid(z[:, 3 * H :]),
+        )
+        g = torch.tanh(z[:, 2 * H : 3 * H])
+        c = f * c + i * g
+        return torch.cat([o * torch.tanh(c), c], dim=1)
+
+    @torch.no_grad()
+    def load_torch_lstm(self, lstm: nn.LSTM, layer: int = 0) -> None:
+        """Copy layer ``layer`` of an ``nn.LSTM`` (gates i, f, g, o), folding the biases."""
+        self.input_weight.copy_(getattr(lstm, f"weight_ih_l{layer}").T)
+        self.recurrent.copy_(getattr(lstm, f"weight_hh_l{layer}").T)
+        self.bias.copy_(_torch_bias(lstm, layer, 4 * self.hidden_size))
+
+
+def _torch_bias(module: nn.RNNBase, layer: int, width: int) -> Tensor:
+    """``b_ih + b_hh`` of one layer of a torch recurrent module (zeros without biases)."""
+    if not module.bias:
+        return torch.zeros(width)
+    total: Tensor = getattr(module, f"bias_ih_l{layer}") + getattr(module, f"bias_hh_l{layer}")
+    return total
 
 
 # Manifest cell name -> implementation.
@@ -357,33 +418,58 @@ CELLS: dict[str, type[Cell]] = {
     "gru-simple": SimpleGRUCell,
     "gru": GRUCell,
     "gru-torch": TorchGRUCell,
+    "lstm": LSTMCell,
 }
 
 ENCODER_PREFIX = "encoder."
 CONDITION_KEY = "condition.A0"
+EMBEDDING_KEY = "W_ex"
 
 
-def _stack(cell: str, vocab_size: int, hidden_size: int, layers: int) -> nn.ModuleList:
+def _stack(
+    cell: str, first_input: int, hidden_size: int, layers: int, *, embed: bool
+) -> nn.ModuleList:
     return nn.ModuleList(
-        CELLS[cell](vocab_size if i == 0 else hidden_size, hidden_size, embed=i == 0)
+        CELLS[cell](first_input if i == 0 else hidden_size, hidden_size, embed=embed and i == 0)
         for i in range(layers)
     )
 
 
+def layer_states(state: Tensor, layers: int, parts: int) -> list[Tensor]:
+    """The package's state [S, B, H] as each layer's state [B, parts * H] (h, then c)."""
+    if parts == 1:
+        return list(state.unbind(0))
+    return [
+        torch.cat([state[p * layers + layer] for p in range(parts)], -1) for layer in range(layers)
+    ]
+
+
+def stack_states(states: list[Tensor], parts: int) -> Tensor:
+    """Each layer's state [B, parts * H] as the package's state [S, B, H]."""
+    if parts == 1:
+        return torch.stack(states)
+    # unflatten, not slices: the traced graph then keeps H a fixed dimension.
+    split = [torch.unflatten(s, -1, (parts, -1)) for s in states]
+    return torch.stack([s[:, p] for p in range(parts) for s in split])
+
+
 def _run_stack(
     cells: nn.ModuleList,
-    tokens: Tensor,
+    inputs: Tensor,
     state: Tensor,
     keep: Tensor | None = None,
     valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """tokens [B, T] through every layer -> (top activations [B, T, H], state [L, B, H])."""
-    inputs: Tensor = tokens
+    """Inputs [B, T] (tokens) or [B, T, n_x] through every layer -> (top activations
+    [B, T, H], state [S, B, H])."""
+    stack = cast("list[Cell]", list(cells))
     states = []
-    for layer, cell in enumerate(cast("list[Cell]", list(cells))):
-        inputs, last = cell.scan(cell.project(inputs), state[layer], keep, valid)
+    parts = len(stack[0].state_parts)
+    for cell, layer_state in zip(stack, layer_states(state, len(stack), parts), strict=True):
+        outputs, last = cell.scan(cell.project(inputs), layer_state, keep, valid)
+        inputs = cell.output(outputs)
         states.append(last)
-    return inputs, torch.stack(states)
+    return inputs, stack_states(states, parts)
 
 
 def valid_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -392,11 +478,14 @@ def valid_mask(lengths: Tensor, steps: int) -> Tensor:
 
 
 class RNNLanguageModel(nn.Module):
-    """Stacked cells over a vocabulary; the state is [layers, batch, hidden].
+    """Stacked cells over a vocabulary or over float vectors; the state is [S, batch,
+    hidden] (S = layers, or 2 * layers for the LSTM: h rows, then c rows).
 
     ``output_size`` (default: the vocabulary) is K, the width of the logits;
     ``encoder=True`` adds an encoder stack for seq2seq; ``conditions=C`` adds the
-    table of C initial states of a conditional generator.
+    table of C initial states of a conditional generator. ``input_size`` > 0 makes the
+    input a vector of that many floats (``vocab_size`` is then 0); ``embedding_size`` > 0
+    puts an embedding ``W_ex`` of that width before the first layer.
     """
 
     def __init__(
@@ -409,17 +498,31 @@ class RNNLanguageModel(nn.Module):
         output_size: int | None = None,
         encoder: bool = False,
         conditions: int = 0,
+        input_size: int = 0,
+        embedding_size: int = 0,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; known: {sorted(CELLS)}")
+        if bool(input_size) == bool(vocab_size):
+            raise ValueError("give a vocabulary size (token inputs) or an input size (vectors)")
+        if input_size and (embedding_size or encoder):
+            raise ValueError("a vector input has no embedding and no encoder")
         self.cell_name, self.vocab_size = cell, vocab_size
+        self.input_size, self.embedding_size = input_size, embedding_size
         self.hidden_size, self.layers = hidden_size, layers
         self.output_size = output_size or vocab_size
-        self.cells = _stack(cell, vocab_size, hidden_size, layers)
-        self.encoder = _stack(cell, vocab_size, hidden_size, layers) if encoder else None
+        self.embedding = nn.Embedding(vocab_size, embedding_size) if embedding_size else None
+        first = input_size or embedding_size or vocab_size
+        self.cells = _stack(cell, first, hidden_size, layers, embed=first == vocab_size)
+        self.encoder = (
+            _stack(cell, vocab_size, hidden_size, layers, embed=True) if encoder else None
+        )
+        self.state_rows = layers * len(CELLS[cell].state_parts)
         self.condition_table = (
-            nn.Parameter(torch.randn(conditions, layers, hidden_size) * 0.1) if conditions else None
+            nn.Parameter(torch.randn(conditions, self.state_rows, hidden_size) * 0.1)
+            if conditions
+            else None
         )
         self.output = nn.Linear(hidden_size, self.output_size)  # W_ya, b_y
 
@@ -429,17 +532,26 @@ class RNNLanguageModel(nn.Module):
         return cast("list[Cell]", list(self.cells))
 
     @property
+    def input_kind(self) -> str:
+        return "vectors" if self.input_size else "tokens"
+
+    @property
     def conditions(self) -> int:
         return 0 if self.condition_table is None else int(self.condition_table.shape[0])
 
     def zero_state(self, batch: int) -> Tensor:
         parameter = self.output.weight
-        return parameter.new_zeros(self.layers, batch, self.hidden_size)
+        return parameter.new_zeros(self.state_rows, batch, self.hidden_size)
 
     def initial_state(self, token: int, batch: int = 1) -> Tensor:
-        """The state after feeding ``token`` (e.g. bos) to a zero state: [L, batch, H]."""
+        """The state after feeding ``token`` (e.g. bos) to a zero state: [S, batch, H]."""
         tokens = torch.full((batch,), token, dtype=torch.int64, device=self.output.weight.device)
         return self.step(tokens, self.zero_state(batch))[1]
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        """What the first layer reads: the tokens (whose projection is a gather), their
+        embeddings ``W_ex x<t>``, or the input vectors as they are."""
+        return inputs if self.embedding is None else self.embedding(inputs)
 
     def forward(
         self,
@@ -448,40 +560,45 @@ class RNNLanguageModel(nn.Module):
         keep: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """tokens [B, T], state [L, B, H] -> (logits [B, T, K], state [L, B, H]).
+        """inputs [B, T] (or [B, T, n_x]), state [S, B, H] -> (logits [B, T, K], state).
 
         ``keep`` and ``valid`` as in ``Cell.scan``; with ``valid`` the returned state is
-        each row's state after its last valid token.
+        each row's state after its last valid input.
         """
-        top, new_state = _run_stack(self.cells, tokens, state, keep, valid)
+        top, new_state = _run_stack(self.cells, self.embed(tokens), state, keep, valid)
         logits: Tensor = self.output(top)
         return logits, new_state
 
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens [B], state [L, B, H] -> (logits [B, K], state [L, B, H])."""
-        inputs: Tensor = tokens
+        """inputs [B] (or [B, n_x]), state [S, B, H] -> (logits [B, K], state [S, B, H])."""
+        inputs: Tensor = self.embed(tokens)
         states = []
-        for layer, cell in enumerate(self.stack):
-            inputs = cell.step(cell.project(inputs), state[layer])
-            states.append(inputs)
+        parts = len(self.stack[0].state_parts)
+        for cell, layer_state in zip(
+            self.stack, layer_states(state, self.layers, parts), strict=True
+        ):
+            new = cell.step(cell.project(inputs), layer_state)
+            inputs = cell.output(new)
+            states.append(new)
         logits: Tensor = self.output(inputs)
-        return logits, torch.stack(states)
+        return logits, stack_states(states, parts)
 
     def head(self, state: Tensor) -> Tensor:
-        """The output for the current state, [L, B, H] -> logits [B, K]."""
-        logits: Tensor = self.output(state[-1])
+        """The output for the current state, [S, B, H] -> logits [B, K]: the last
+        layer's h (row layers - 1)."""
+        logits: Tensor = self.output(state[self.layers - 1])
         return logits
 
     def sequence(self, tokens: Tensor, lengths: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """The sequence graph: tokens [B, T], lengths [B] (1..T), state [L, B, H] ->
-        (logits [B, K] after each row's last token, state [L, B, H] after it)."""
+        """The sequence graph: inputs [B, T] (or [B, T, n_x]), lengths [B] (1..T), state
+        [S, B, H] -> (logits [B, K] after each row's last input, state [S, B, H] after it)."""
         _, new_state = _run_stack(
-            self.cells, tokens, state, valid=valid_mask(lengths, tokens.shape[1])
+            self.cells, self.embed(tokens), state, valid=valid_mask(lengths, tokens.shape[1])
         )
         return self.head(new_state), new_state
 
     def encode(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """The encoder graph: source tokens [B, T], lengths [B] -> decoder state [L, B, H]."""
+        """The encoder graph: source tokens [B, T], lengths [B] -> decoder state [S, B, H]."""
         if self.encoder is None:
             raise ValueError("this model has no encoder")
         state = self.zero_state(tokens.shape[0])
@@ -491,7 +608,7 @@ class RNNLanguageModel(nn.Module):
         return final
 
     def condition_state(self, condition: Tensor) -> Tensor:
-        """The condition graph: condition indices [B] -> initial state [L, B, H]."""
+        """The condition graph: condition indices [B] -> initial state [S, B, H]."""
         if self.condition_table is None:
             raise ValueError("this model has no conditions")
         return torch.tanh(self.condition_table[condition]).transpose(0, 1)
@@ -500,9 +617,11 @@ class RNNLanguageModel(nn.Module):
 
     def to_seed_weights(self) -> dict[str, np.ndarray]:
         """Weights in the notation of docs/MODELS.md: ``layer1.W_r`` ... ``W_ya``, ``b_y``;
-        ``encoder.layer1.W_r`` ... for an encoder, ``condition.A0`` [C, L, H] for
-        conditions (``a<0> = tanh(A0[c])``)."""
+        ``W_ex`` (n_e, n_x) for an embedding; ``encoder.layer1.W_r`` ... for an encoder,
+        ``condition.A0`` [C, S, H] for conditions (``a<0> = tanh(A0[c])``)."""
         weights: dict[str, np.ndarray] = {}
+        if self.embedding is not None:
+            weights[EMBEDDING_KEY] = _numpy(self.embedding.weight.T)
         for prefix, cell in self._seed_layers():
             for key, value in cell.seed_weights().items():
                 weights[prefix + key] = value
@@ -514,6 +633,8 @@ class RNNLanguageModel(nn.Module):
 
     @torch.no_grad()
     def load_seed_weights(self, weights: dict[str, np.ndarray]) -> None:
+        if self.embedding is not None:
+            self.embedding.weight.copy_(torch.as_tensor(weights[EMBEDDING_KEY]).T)
         for prefix, cell in self._seed_layers():
             cell.load_seed_weights(
                 {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -534,21 +655,27 @@ class RNNLanguageModel(nn.Module):
                 yield f"{stack_prefix}layer{i}.", cell
 
     @classmethod
-    def from_seed_weights(cls, cell: str, weights: dict[str, np.ndarray]) -> RNNLanguageModel:
-        """Rebuild a model from seed-notation weights alone (shapes give the sizes)."""
+    def from_seed_weights(
+        cls, cell: str, weights: dict[str, np.ndarray], *, vectors: bool = False
+    ) -> RNNLanguageModel:
+        """Rebuild a model from seed-notation weights alone (shapes give the sizes;
+        ``vectors``: the first layer reads float vectors, not tokens)."""
         layers = len({k.split(".")[0] for k in weights if k.startswith("layer")})
         output_size, hidden_size = weights["W_ya"].shape
         first_gate = CELLS[cell].gates[0]
-        vocab_size = weights[f"layer1.W_{first_gate}"].shape[1] - hidden_size
+        first_input = weights[f"layer1.W_{first_gate}"].shape[1] - hidden_size
+        embedding = weights.get(EMBEDDING_KEY)
         conditions = weights[CONDITION_KEY].shape[0] if CONDITION_KEY in weights else 0
         model = cls(
             cell,
-            vocab_size,
+            0 if vectors else (first_input if embedding is None else embedding.shape[1]),
             hidden_size,
             layers,
             output_size=output_size,
             encoder=any(k.startswith(ENCODER_PREFIX) for k in weights),
             conditions=conditions,
+            input_size=first_input if vectors else 0,
+            embedding_size=0 if embedding is None else first_input,
         )
         model.load_seed_weights(weights)
         return model

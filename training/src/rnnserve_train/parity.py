@@ -7,7 +7,9 @@ Each implementation runs on its own, with its own graphs:
    then the start token;
 2. it decodes greedily for ``steps`` steps, feeding back its own state and its own
    argmax. Row 0 starts from the head's output; the other rows are forced to a different
-   first token so the batch holds different sequences;
+   first token so the batch holds different sequences. A model whose output is not the
+   next token (a classifier, a model of float vectors) is fed the same seeded random
+   inputs by every implementation instead (its state is still its own, fed back);
 3. it consumes a batch of random prompts of different lengths in one call of its
    sequence graph, from the initial state (as a session's first prompt).
 
@@ -109,27 +111,30 @@ class OnnxImplementation:
             for kind, path in graphs.items()
         }
 
-    def _run(self, kind: str, **feed: np.ndarray) -> list[np.ndarray]:
-        return list(self.sessions[kind].run(None, feed))
+    def _run(self, kind: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Run a graph on its inputs in order (its first is ``tokens`` or ``inputs``)."""
+        session = self.sessions[kind]
+        names = [arg.name for arg in session.get_inputs()]
+        return list(session.run(None, dict(zip(names, inputs, strict=True))))
 
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, new = self._run("step", tokens=tokens, state=state)
+        logits, new = self._run("step", tokens, state)
         return logits, new
 
     def head(self, state: np.ndarray) -> np.ndarray:
-        return self._run("head", state=state)[0]
+        return self._run("head", state)[0]
 
     def sequence(
         self, tokens: np.ndarray, lengths: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        logits, new = self._run("sequence", tokens=tokens, lengths=lengths, state=state)
+        logits, new = self._run("sequence", tokens, lengths, state)
         return logits, new
 
     def encode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self._run("encoder", tokens=tokens, lengths=lengths)[0]
+        return self._run("encoder", tokens, lengths)[0]
 
     def condition(self, indices: np.ndarray) -> np.ndarray:
-        return self._run("condition", condition=indices)[0]
+        return self._run("condition", indices)[0]
 
 
 @dataclass(frozen=True)
@@ -144,12 +149,12 @@ class Start:
 
 @dataclass(frozen=True)
 class Trajectory:
-    start: np.ndarray  # [L, B, H] the encoder's or condition's state (zeros otherwise)
-    tokens: np.ndarray  # [steps, B] the token fed at each step
+    start: np.ndarray  # [S, B, H] the encoder's or condition's state (zeros otherwise)
+    tokens: np.ndarray  # [steps, B] the token fed at each step ([steps, B, n_x] vectors)
     logits: np.ndarray  # [steps + 1, B, K] head of the initial state, then each step's
-    states: np.ndarray  # [steps + 1, L, B, H] initial state, then each step's
+    states: np.ndarray  # [steps + 1, S, B, H] initial state, then each step's
     prompt_logits: np.ndarray  # [B, K] the sequence graph's output for the prompts
-    prompt_state: np.ndarray  # [L, B, H]
+    prompt_state: np.ndarray  # [S, B, H]
 
 
 @dataclass(frozen=True)
@@ -173,33 +178,64 @@ class ParityReport:
 
 @dataclass(frozen=True)
 class Probe:
-    """The inputs every implementation gets: forced first tokens, a source or conditions
-    for the start, and prompts for the sequence graph."""
+    """The inputs every implementation gets: forced first tokens (or, for a model of
+    float vectors, the vectors of every step), a source or conditions for the start, and
+    prompts for the sequence graph."""
 
     forced: np.ndarray  # [B]: the first token of each row, -1 for the greedy choice
     source: np.ndarray  # [B, S]
     source_lengths: np.ndarray  # [B]
     conditions: np.ndarray  # [B]
-    prompts: np.ndarray  # [B, PROMPT_STEPS]
+    prompts: np.ndarray  # [B, PROMPT_STEPS] (tokens) or [B, PROMPT_STEPS, n_x] (vectors)
     prompt_lengths: np.ndarray  # [B]
+    # [steps, B] tokens or [steps, B, n_x] vectors: every step's inputs, for a model whose
+    # output is not fed back as its next input (None: greedy decoding)
+    inputs: np.ndarray | None = None
 
 
-def make_probe(vocab: int, batch: int, conditions: int) -> Probe:
+def make_probe(
+    vocab: int,
+    batch: int,
+    conditions: int,
+    *,
+    input_size: int = 0,
+    steps: int = 0,
+    greedy: bool = True,
+) -> Probe:
+    """The probe of a token model (``vocab``) or, with ``input_size``, of a model reading
+    float vectors (standard normal, as standardised features are); ``greedy``: a token
+    model feeds back its own choices, else seeded random tokens."""
     rng = np.random.default_rng(20261127)
     lengths = np.array([PROMPT_STEPS, 1, *rng.integers(2, PROMPT_STEPS, batch)])[:batch]
     source_lengths = np.array([12, 1, *rng.integers(2, 12, batch)])[:batch]
+    vocab = max(vocab, 1)
+    inputs: np.ndarray | None = None
+    if input_size:
+        prompts = rng.standard_normal((batch, PROMPT_STEPS, input_size)).astype(np.float32)
+        inputs = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+    else:
+        prompts = rng.integers(0, vocab, (batch, PROMPT_STEPS)).astype(np.int64)
+        if not greedy:
+            inputs = rng.integers(0, vocab, (steps, batch)).astype(np.int64)
     return Probe(
         forced=np.array([-1, *((7 * np.arange(1, batch) + 3) % vocab)], dtype=np.int64),
         source=rng.integers(0, vocab, (batch, 12)).astype(np.int64),
         source_lengths=source_lengths.astype(np.int64),
         conditions=(np.arange(batch) % max(conditions, 1)).astype(np.int64),
-        prompts=rng.integers(0, vocab, (batch, PROMPT_STEPS)).astype(np.int64),
+        prompts=prompts,
         prompt_lengths=lengths.astype(np.int64),
+        inputs=inputs,
     )
 
 
 def run(
-    impl: Implementation, start: Start, probe: Probe, *, layers: int, hidden: int, steps: int
+    impl: Implementation,
+    start: Start,
+    probe: Probe,
+    *,
+    rows: int,
+    hidden: int,
+    steps: int,
 ) -> Trajectory:
     batch = len(probe.forced)
     if start.kind == "encoder":
@@ -207,7 +243,7 @@ def run(
     elif start.kind == "condition":
         state = impl.condition(probe.conditions)
     else:
-        state = np.zeros((layers, batch, hidden))
+        state = np.zeros((rows, batch, hidden))
     state = state.astype(np.float32)  # the served state is float32 between steps
     begin = state
     if start.token is not None:
@@ -216,9 +252,12 @@ def run(
     logits = impl.head(state)
     tokens, all_logits, all_states = [], [logits], [state]
     for t in range(steps):
-        chosen = np.argmax(logits, axis=-1).astype(np.int64)
-        if t == 0:
-            chosen = np.where(probe.forced >= 0, probe.forced, chosen)
+        if probe.inputs is not None:
+            chosen = probe.inputs[t]
+        else:
+            chosen = np.argmax(logits, axis=-1).astype(np.int64)
+            if t == 0:
+                chosen = np.where(probe.forced >= 0, probe.forced, chosen)
         logits, state = impl.step(chosen, state)
         state = state.astype(np.float32)
         tokens.append(chosen)
@@ -258,8 +297,8 @@ class Stepwise:
     """An implementation's outputs when fed the reference's own state and token."""
 
     logits: np.ndarray  # [steps, B, K]
-    states: np.ndarray  # [steps, L, B, H]
-    sequence_states: np.ndarray  # [steps, L, B, H]: the sequence graph, one token each
+    states: np.ndarray  # [steps, S, B, H]
+    sequence_states: np.ndarray  # [steps, S, B, H]: the sequence graph, one token each
 
 
 def stepwise(impl: Implementation, reference: Trajectory) -> Stepwise:
@@ -285,12 +324,26 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ParityReport:
     """Raise ParityError unless reference, torch and onnxruntime agree (see module doc)."""
-    probe = make_probe(model.vocab_size, batch, start.conditions)
+    probe = make_probe(
+        model.vocab_size,
+        batch,
+        start.conditions,
+        input_size=model.input_size,
+        steps=steps,
+        greedy=model.output_size == model.vocab_size,
+    )
 
     def trajectory(impl: Implementation) -> Trajectory:
-        return run(impl, start, probe, layers=model.layers, hidden=model.hidden_size, steps=steps)
+        return run(
+            impl,
+            start,
+            probe,
+            rows=model.state_rows,
+            hidden=model.hidden_size,
+            steps=steps,
+        )
 
-    reference = trajectory(ReferenceModel(model.cell_name, weights))
+    reference = trajectory(ReferenceModel(model.cell_name, weights, vectors=bool(model.input_size)))
     implementations: dict[str, Implementation] = {
         "torch": TorchImplementation(model),
         "onnxruntime": OnnxImplementation(graphs),

@@ -68,13 +68,39 @@ def gru_torch(w: Weights, h_prev: Array, x: Array) -> Array:
     return h
 
 
-REFERENCE_CELLS: dict[str, Callable[[Weights, Array, Array], Array]] = {
-    "rnn-tanh": rnn_tanh,
-    "rnn-relu": rnn_relu,
-    "gru-simple": gru_simple,
-    "gru": gru,
-    "gru-torch": gru_torch,
+def lstm(w: Weights, a_prev: Array, c_prev: Array, x: Array) -> tuple[Array, Array]:
+    """PyTorch's nn.LSTM (docs/MODELS.md): input, forget and output gates, candidate g."""
+    i = sigmoid(w["W_i"] @ np.concatenate([a_prev, x]) + w["b_i"])
+    f = sigmoid(w["W_f"] @ np.concatenate([a_prev, x]) + w["b_f"])
+    g = np.tanh(w["W_g"] @ np.concatenate([a_prev, x]) + w["b_g"])
+    o = sigmoid(w["W_o"] @ np.concatenate([a_prev, x]) + w["b_o"])
+    c: Array = f * c_prev + i * g
+    a: Array = o * np.tanh(c)
+    return a, c
+
+
+# A cell of the reference: (weights, the layer's state [parts, n_a], input) -> new state.
+ReferenceCell = Callable[[Weights, Array, Array], Array]
+
+
+def _one_part(cell: Callable[[Weights, Array, Array], Array]) -> ReferenceCell:
+    return lambda w, state, x: cell(w, state[0], x)[None]
+
+
+def _lstm_cell(w: Weights, state: Array, x: Array) -> Array:
+    return np.stack(lstm(w, state[0], state[1], x))
+
+
+REFERENCE_CELLS: dict[str, ReferenceCell] = {
+    "rnn-tanh": _one_part(rnn_tanh),
+    "rnn-relu": _one_part(rnn_relu),
+    "gru-simple": _one_part(gru_simple),
+    "gru": _one_part(gru),
+    "gru-torch": _one_part(gru_torch),
+    "lstm": _lstm_cell,
 }
+# The state of a layer: a<t> alone, or for the LSTM (a<t>, c<t>).
+STATE_PARTS = {name: 2 if name == "lstm" else 1 for name in REFERENCE_CELLS}
 
 
 def _layers(weights: Mapping[str, np.ndarray], prefix: str) -> list[dict[str, Array]]:
@@ -93,10 +119,17 @@ def _layers(weights: Mapping[str, np.ndarray], prefix: str) -> list[dict[str, Ar
 
 class ReferenceModel:
     """The model of a weights.npz: ``step``, ``head``, ``sequence``, ``encode`` and
-    ``condition`` as the graphs of the same names."""
+    ``condition`` as the graphs of the same names. The state is [S, B, n_a]: a<t> of
+    every layer, then (LSTM) c<t> of every layer. Inputs are token ids (one-hot, or
+    embedded by ``W_ex``), or float vectors with ``vectors``."""
 
-    def __init__(self, cell: str, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, cell: str, weights: Mapping[str, np.ndarray], *, vectors: bool = False
+    ) -> None:
         self.cell = REFERENCE_CELLS[cell]
+        self.parts = STATE_PARTS[cell]
+        self.vectors = vectors
+        self.W_ex = weights["W_ex"].astype(np.float64) if "W_ex" in weights else None
         self.layers = _layers(weights, "")
         self.encoder_layers = _layers(weights, "encoder.")
         self.A0 = weights["condition.A0"].astype(np.float64) if "condition.A0" in weights else None
@@ -107,27 +140,41 @@ class ReferenceModel:
         self.n_x = first.shape[1] - self.n_a
 
     def zero_state(self, batch: int) -> Array:
-        return np.zeros((len(self.layers), batch, self.n_a))
+        return np.zeros((self.parts * len(self.layers), batch, self.n_a))
 
-    def _advance(self, layers: list[dict[str, Array]], token: int, state: Array) -> Array:
-        """One token through a stack: state [L, n_a] -> [L, n_a]."""
-        x = one_hot(int(token), self.n_x)
+    def _input(self, value: Any, *, encoder: bool = False) -> Array:
+        """x<t> as the first layer reads it: the vector, the embedded token ``W_ex x<t>``
+        or the one-hot token."""
+        if self.vectors:
+            return np.asarray(value, dtype=np.float64)
+        if self.W_ex is not None and not encoder:
+            return self.W_ex @ one_hot(int(value), self.W_ex.shape[1])
+        return one_hot(int(value), self.n_x)
+
+    def _advance(
+        self, layers: list[dict[str, Array]], value: Any, state: Array, *, encoder: bool = False
+    ) -> Array:
+        """One input through a stack: state [S, n_a] -> [S, n_a]."""
+        x = self._input(value, encoder=encoder)
+        L = len(layers)
         new = np.zeros_like(state)
         for layer, w in enumerate(layers):
-            x = self.cell(w, state[layer], x)
-            new[layer] = x
+            rows = [p * L + layer for p in range(self.parts)]
+            new[rows] = self.cell(w, state[rows], x)
+            x = new[layer]
         return new
 
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[Array, Array]:
-        """tokens [B] int, state [L, B, n_a] -> (logits [B, n_y], state [L, B, n_a])."""
-        new_state = np.zeros((len(self.layers), len(tokens), self.n_a))
+        """inputs [B] (or [B, n_x]), state [S, B, n_a] -> (logits [B, n_y], state)."""
+        new_state = np.zeros((state.shape[0], len(tokens), self.n_a))
         for b, token in enumerate(tokens):
             new_state[:, b] = self._advance(self.layers, token, state[:, b].astype(np.float64))
         return self.head(new_state), new_state
 
     def head(self, state: np.ndarray) -> Array:
-        """ŷ = W_ya a<t> + b_y on the last layer: [L, B, n_a] -> [B, n_y]."""
-        return np.stack([self.W_ya @ a + self.b_y for a in state[-1].astype(np.float64)])
+        """ŷ = W_ya a<t> + b_y on the last layer: [S, B, n_a] -> [B, n_y]."""
+        top = state[len(self.layers) - 1].astype(np.float64)
+        return np.stack([self.W_ya @ a + self.b_y for a in top])
 
     def sequence(
         self, tokens: np.ndarray, lengths: np.ndarray, state: np.ndarray
@@ -141,15 +188,15 @@ class ReferenceModel:
         return self.head(new_state), new_state
 
     def encode(self, tokens: np.ndarray, lengths: np.ndarray) -> Array:
-        """The encoder's state after each row's source: [L, B, n_a] from zeros."""
-        state = np.zeros((len(self.encoder_layers), tokens.shape[0], self.n_a))
+        """The encoder's state after each row's source: [S, B, n_a] from zeros."""
+        state = np.zeros((self.parts * len(self.encoder_layers), tokens.shape[0], self.n_a))
         for b in range(tokens.shape[0]):
             for token in tokens[b, : lengths[b]]:
-                state[:, b] = self._advance(self.encoder_layers, token, state[:, b])
+                state[:, b] = self._advance(self.encoder_layers, token, state[:, b], encoder=True)
         return state
 
     def condition(self, indices: np.ndarray) -> Array:
-        """a<0> = tanh(A0[c]) for each condition index: [L, B, n_a]."""
+        """a<0> = tanh(A0[c]) for each condition index: [S, B, n_a]."""
         assert self.A0 is not None, "the weights hold no condition.A0"
         state: Array = np.tanh(self.A0[indices]).transpose(1, 0, 2)
         return state

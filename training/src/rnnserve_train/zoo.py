@@ -27,6 +27,7 @@ ZOO: dict[str, tuple[str, int]] = {
     "one-step": ("one-to-one", 85),
     "name-language": ("many-to-one", 55),
     "name-generator": ("one-to-many", 45),
+    "vowels": ("many-to-one over float vectors", 40),
 }
 
 

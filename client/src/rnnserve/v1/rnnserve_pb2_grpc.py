@@ -44,6 +44,11 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetVocabulary = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/GetVocabulary',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyResponse.FromString,
+                _registered_method=True)
         self.CreateSession = channel.unary_unary(
                 '/rnnserve.v1.RnnServe/CreateSession',
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.CreateSessionRequest.SerializeToString,
@@ -118,6 +123,17 @@ class RnnServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVocabulary(self, request, context):
+        """A model's vocabulary, a page at a time (vocabularies run to millions of tokens):
+        the tokens by id, the special tokens and the tokenizer's rules, so that a client
+        can encode and decode text itself. Errors: NOT_FOUND (model), INVALID_ARGUMENT
+        (start or limit out of range), FAILED_PRECONDITION (the model reads float vectors:
+        it has no vocabulary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSession(self, request, context):
         """Opens a session on a model version. Its state starts at the model's initial
         state: zeros, the state after a start token, the encoding of `source` (seq2seq) or
@@ -163,11 +179,14 @@ class RnnServeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Step(self, request, context):
-        """Feeds tokens into a session and returns the distribution over the next token
-        (after the last token fed). Errors: NOT_FOUND (session), INVALID_ARGUMENT
-        (empty input, token id out of range, top_k out of range, text with characters
-        the vocabulary maps to nothing and no unknown token), RESOURCE_EXHAUSTED
-        (more tokens than the server's per-request limit), FAILED_PRECONDITION (the
+        """Feeds tokens (or, to a model of vector inputs, float vectors) into a session and
+        returns the model's output after the last one: the distribution over the next
+        token or the labels, and its real values (regression). Errors: NOT_FOUND (session),
+        INVALID_ARGUMENT (empty input, token id out of range, top_k out of range, text with
+        characters the vocabulary maps to nothing and no unknown token, an input of the
+        other kind than the model reads, vectors of the wrong size or with NaN or
+        infinite values), RESOURCE_EXHAUSTED
+        (more inputs than the server's per-request limit), FAILED_PRECONDITION (the
         tokens would take the session past the most steps a session may take, 2^63 - 1).
         Calls on one session run one at a time, in the order received (docs/api.md).
         With a shared session store (session_store): ABORTED (another replica changed
@@ -225,7 +244,7 @@ class RnnServeServicer:
         """One call for classifiers: feeds the input to a fresh state and returns the label
         probabilities after the last token (and after every token on request); no session
         is kept. Errors: NOT_FOUND (model), INVALID_ARGUMENT (input, top_k),
-        FAILED_PRECONDITION (the model's output is a vocabulary, not labels).
+        FAILED_PRECONDITION (the model's output is a vocabulary or a regression, not labels).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +281,11 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetModelRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetVocabulary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVocabulary,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyResponse.SerializeToString,
             ),
             'CreateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSession,
@@ -373,6 +397,33 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/GetModel',
             rnnserve_dot_v1_dot_rnnserve__pb2.GetModelRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVocabulary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/GetVocabulary',
+            rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.GetVocabularyResponse.FromString,
             options,
             channel_credentials,
             insecure,
