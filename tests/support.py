@@ -150,6 +150,7 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self.port = 0
+        self.http_port = 0  # the OpenAI-compatible front's, where --openai-port is given
         assert self.process.stderr is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -157,6 +158,9 @@ class ServerProcess:
             if not line:
                 break
             self.lines.append(line)
+            http = re.search(r"OpenAI-compatible HTTP front on \S+:(\d+)/v1", line)
+            if http:
+                self.http_port = int(http.group(1))
             found = re.search(r"serving rnnserve\.v1\.RnnServe on [\d.]+:(\d+)", line)
             if found:
                 self.port = int(found.group(1))

@@ -1,11 +1,15 @@
 """What a server tells its callers and its balancer as it goes away, in real processes:
-health NOT_SERVING through the whole shutdown grace period while calls are still served,
-UNAVAILABLE for calls cut off (directly, and through nginx when a replica dies), and no
-unretrieved-task tracebacks in a storm of cancelled generations with Redis."""
+health NOT_SERVING through the whole shutdown grace period while calls are still served
+(on every front), UNAVAILABLE for calls cut off (directly, and through nginx when a
+replica dies; an HTTP stream's error event), and no unretrieved-task tracebacks in a
+storm of cancelled generations with Redis."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,8 @@ from support import SHARED_STATE_KEYS, Nginx, RedisServer, ServerProcess, starte
 from rnnserve import Client, StepInput, Unavailable
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
+from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
+from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
 
 GRACE_S = 3.0
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -102,6 +108,85 @@ def test_health_is_not_serving_for_the_whole_grace_period(
     error = outcome[-1]
     assert isinstance(error, Unavailable), outcome  # cut off at the end: UNAVAILABLE, not OK
     assert "shutting down" in error.details
+
+
+def test_every_front_is_served_through_the_grace_period_then_says_why_it_ends(
+    models_dir: Path, model_name: str
+) -> None:
+    """The KServe v2 and OpenAI HTTP fronts drain as rnnserve.v1 does: served for the
+    whole grace period, then a KServe stream still open ends UNAVAILABLE and an HTTP
+    stream still running ends with an error event (503's), not a cut connection."""
+    tokens = 100_000  # greedy, so no end token by chance: a stream that runs past the grace
+    server = ServerProcess(
+        "--models", str(models_dir), "--shutdown-grace-s", str(GRACE_S), "--openai-port", "0",
+        "--max-generate-tokens", str(tokens), "--caller-tokens-per-s", "0",
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+            release = threading.Event()
+
+            def held() -> Iterator[kpb.ModelInferRequest]:
+                yield infer_request(model_name, 1, start=True)
+                release.wait(60)
+
+            kserve_stream = kserve.ModelStreamInfer(held(), timeout=60)
+            assert not next(kserve_stream).error_message
+            completion = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            body = {"model": model_name, "prompt": "a", "max_tokens": tokens, "temperature": 0}
+            completion.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
+            events = completion.getresponse()
+            assert events.status == 200
+            events.readline()
+            began = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            served = []
+            while time.monotonic() - began < GRACE_S + 1.5:  # read slowly past the grace
+                line = events.readline()
+                if not line:
+                    break
+                if time.monotonic() - began > 1.0 and len(served) < 2:  # new calls still served
+                    late = infer_request(model_name, 2, start=True)
+                    served.append(bool(kserve.ModelInfer(late, timeout=10).outputs))
+                    whole = http_json(server.http_port, {**body, "max_tokens": 3})
+                    served.append(whole["choices"][0]["finish_reason"] == "length")
+                time.sleep(0.01)
+            rest = events.read().decode().split("\n")  # the last events, read at once
+            completion.close()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(kserve_stream)
+            release.set()
+        assert server.process.wait(30) == 0
+    finally:
+        end(server)
+    assert served == [True, True]
+    data = [line.removeprefix("data: ") for line in rest if line.startswith("data: ")]
+    error = json.loads(data[-1])["error"]
+    assert error["type"] == "server_error" and "shutting down" in error["message"]
+    assert "[DONE]" not in data
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (ended.value.details() or "")
+
+
+def infer_request(model: str, sequence: int, *, start: bool = False) -> kpb.ModelInferRequest:
+    """One KServe step of token 5 in sequence ``sequence``."""
+    message = kpb.ModelInferRequest(model_name=model)
+    message.parameters["sequence_id"].uint64_param = sequence
+    message.parameters["sequence_start"].bool_param = start
+    message.inputs.add(name="INPUT_IDS", datatype="INT64", shape=[1])
+    message.raw_input_contents.append(struct.pack("<q", 5))
+    return message
+
+
+def http_json(port: int, body: dict[str, Any]) -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/v1/completions", json.dumps(body))
+        reply = connection.getresponse()
+        assert reply.status == 200
+        return json.loads(reply.read())
+    finally:
+        connection.close()
 
 
 def test_a_second_signal_stops_at_once(models_dir: Path, model_name: str) -> None:

@@ -323,7 +323,7 @@ def test_a_long_input_runs_in_chunks_exactly_as_in_one_run(
     assert server.running is not None
     model = server.running.engine.repository.get(model_name)
     initial = model.runtime.initial_state[:, None, :]
-    logits, _ = model.runtime.run_tokens(np.asarray(tokens, dtype=np.int64), initial)
+    logits, _ = model.runtime.run_inputs(np.asarray(tokens, dtype=np.int64), initial)
     expected = probabilities(model, logits[0])
     with Client(server.address) as client, client.create_session(model_name) as session:
         result = session.step(tokens=tokens, return_distribution=True)

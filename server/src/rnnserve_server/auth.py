@@ -88,7 +88,9 @@ class Refusals:
     def __call__(self, call: str, peer: str, reason: str) -> None:
         if self._on_refused is not None:
             self._on_refused(reason)
-        self._log.log(logging.WARNING, reason, "refused a call to %s from %s: %s", call, peer, reason)
+        self._log.log(
+            logging.WARNING, reason, "refused a call to %s from %s: %s", call, peer, reason
+        )
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -92,8 +92,8 @@ class ServerConfig:
     max_steps_per_message: int = setting(4096, "steps one StepMany message may carry")
     max_tokens_per_message: int = setting(
         16_384,
-        "tokens one StepMany message may carry in all, a text counted as its code points "
-        "(checked before anything is tokenized or run)",
+        "inputs one StepMany message may carry in all: tokens, a text counted as its code "
+        "points, vectors one each (checked before anything is tokenized or run)",
     )
     repository_poll_s: float = setting(
         0.0, "seconds between rescans of the model repository; 0: only on ReloadModels"
@@ -134,9 +134,9 @@ class ServerConfig:
     )
     max_request_bytes: int = setting(
         512 * 1024,
-        "largest gRPC message the server accepts (decoding one holds the event loop: about "
-        "8 ms per MiB of packed token ids; 4096 steps of StepMany with request ids take "
-        "~250 KiB)",
+        "largest gRPC message (and HTTP request body) the server accepts (decoding one "
+        "holds the event loop: about 8 ms per MiB of packed token ids; 4096 steps of "
+        "StepMany with request ids take ~250 KiB)",
     )
     max_message_bytes: int = setting(
         16 * 1024 * 1024,

@@ -65,7 +65,7 @@ class Core:
             tokens_per_s=config.caller_tokens_per_s,
             burst=config.caller_token_burst,
         )
-        self._input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
+        self.input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
         self.stats = EngineStats()
         # Two sets of threads: the batchers' runs (steps, chunks of generations) never
         # queue behind a long prompt or source (a sequence graph run, as long as its
@@ -163,7 +163,7 @@ class Core:
     def encode(self, model: Model, given: TokenInput, *, field: str) -> Inputs:
         """``inputs.encode_input`` under this server's limits; its steps are taken from
         the caller's budget (RESOURCE_EXHAUSTED if it lacks them)."""
-        inputs = encode_input(model, given, field=field, limits=self._input_limits)
+        inputs = encode_input(model, given, field=field, limits=self.input_limits)
         limits.current().spend(len(inputs))
         return inputs
 

@@ -107,26 +107,28 @@ def _check_kind(model: Model, given: TokenInput, field: str) -> None:
 
 def vectors_of(model: Model, given: VectorInput, *, field: str, limit: int) -> FloatArray:
     """Float vectors [T, n_x], checked: 1 .. ``limit`` steps, exactly steps * n_x
-    values, every one finite (INVALID_ARGUMENT naming the step and index otherwise)."""
+    values, every one finite (INVALID_ARGUMENT naming the step and index otherwise).
+    The counts are checked before the values are copied out of the request."""
     size = model.package.manifest.input.size
-    values = np.asarray(given.values, dtype=np.float32)
+    count = len(given.values)
     steps = given.steps
     if steps is None:
-        if len(values) % size:
+        if count % size:
             raise InvalidArgument(
-                f"{field}: {len(values)} values are not whole vectors of {size} floats "
+                f"{field}: {count} values are not whole vectors of {size} floats "
                 "(the model's input size)"
             )
-        steps = len(values) // size
+        steps = count // size
     if steps < 1:
         raise InvalidArgument(f"{field} is empty; at least one vector is required")
     if steps > limit:
         raise over_limit(f"{field} steps", steps, limit, "max_tokens_per_request")
-    if len(values) != steps * size:
+    if count != steps * size:
         raise InvalidArgument(
-            f"{field}.values holds {len(values)} floats; expected steps x input size = "
+            f"{field}.values holds {count} floats; expected steps x input size = "
             f"{steps} x {size} = {steps * size}"
         )
+    values = np.asarray(given.values, dtype=np.float32)
     finite = np.isfinite(values)
     if not finite.all():
         at = int(np.argmin(finite))

@@ -26,6 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from rnnserve_server.errors import (
+    Aborted,
     DataLoss,
     InvalidArgument,
     NotFound,

@@ -252,6 +252,7 @@ class Stepping:
         ordinary: list[tuple[int, Session, int, int]] = []
         starts: list[tuple[int, int]] = []  # where each row's tokens and values start
         start = vector_start = 0
+        vector_steps = 0  # the message's vectors, counted by their sessions' input sizes
         for row, session_id in enumerate(message.session_ids):
             if row and not row % SLICE_ROWS:
                 await asyncio.sleep(0)  # other callers' turn between slices of a long message
@@ -273,6 +274,8 @@ class Stepping:
                 single[row] = exc
                 continue
             runtime = session.model.runtime
+            if count and runtime.input_size:
+                vector_steps += count // runtime.input_size
             if (
                 # one input of the kind the model reads
                 (count != runtime.input_size if count else runtime.input_size or start - at != 1)
@@ -293,6 +296,9 @@ class Stepping:
             group[0].append(row)
             group[1].append(session)
             group[2].append(vectors[vector_at : vector_at + count] if count else tokens[at])
+
+        if vector_steps:
+            self._check_message_size(message, vector_steps)
 
         async def one(row: int, session: Session, at: int, vector_at: int) -> None:
             try:
@@ -361,6 +367,19 @@ class Stepping:
             for task in tasks:
                 task.cancel()
         return answer
+
+    def _check_message_size(self, message: StepColumns, vector_steps: int) -> None:
+        """INVALID_ARGUMENT for the stream past max_tokens_per_message inputs in all, a
+        step's vectors counted one each (known once its session's model is: the wire
+        counted the tokens and texts before reading them)."""
+        limit = self.core.config.max_tokens_per_message
+        tokens = len(message.tokens) + sum(map(len, message.texts or ()))
+        if tokens + vector_steps > limit:
+            raise out_of_range(
+                "vectors",
+                f"{vector_steps} vectors beside {tokens} tokens",
+                f"at most {limit} inputs in all per message (max_tokens_per_message)",
+            )
 
     @staticmethod
     def _drop_bad_inputs(
