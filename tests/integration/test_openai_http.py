@@ -240,33 +240,33 @@ def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Pat
             assert "max_request_bytes" in json.loads(error.read())["error"]["message"]
 
 
-def test_a_stream_the_client_leaves_ends_its_generation(
-    http_server: ServerThread, sdk: openai.OpenAI, model_name: str
-) -> None:
-    def sessions() -> int:
-        return http_server.run(lambda: len(http_server.running.engine.store))  # type: ignore[union-attr]
+def test_a_stream_the_client_leaves_ends_its_generation(models_dir: Path, model_name: str) -> None:
+    """A client that leaves mid-stream cancels the generation and frees its session.
 
-    # A seed whose generation runs its 200 tokens: an early end token would close the
-    # session before the client leaves.
-    seed = next(
-        seed
-        for seed in range(50)
-        if sdk.completions.create(model=model_name, prompt="a", max_tokens=200, seed=seed)
-        .choices[0]
-        .finish_reason
-        == "length"
-    )
-    before = sessions()
-    stream = sdk.completions.create(
-        model=model_name, prompt="a", max_tokens=200, seed=seed, stream=True
-    )
-    chunks = iter(stream)
-    next(chunks), next(chunks)
-    assert sessions() == before + 1
-    stream.close()
-    deadline = time.monotonic() + 10
-    while sessions() != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sessions() == before  # its session closed, its generation stopped
-    cancelled = http_server.running.engine.stats.cancelled  # type: ignore[union-attr]
-    assert cancelled.get("/v1/completions", 0) >= 1
+    The stream must outlast the socket buffers (otherwise the server may have sent every
+    token before the client leaves and the call ends normally): a long greedy generation
+    (greedy, so no end token is drawn by chance; checked first without streaming)."""
+    tokens = 20_000  # ~3 MB of events: far more than loopback's socket buffers hold
+    config = server_config(models_dir, openai_port=0, max_generate_tokens=tokens)
+    with ServerThread(config) as server:
+        port = server.running.http.port  # type: ignore[union-attr]
+        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        request = {"model": model_name, "prompt": "a", "max_tokens": tokens, "temperature": 0}
+        whole = sdk.completions.create(**request)
+        assert whole.choices[0].finish_reason == "length"
+
+        def sessions() -> int:
+            return server.run(lambda: len(server.running.engine.store))  # type: ignore[union-attr]
+
+        before = sessions()
+        stream = sdk.completions.create(**request, stream=True)
+        chunks = iter(stream)
+        next(chunks), next(chunks)
+        assert sessions() == before + 1
+        stream.close()
+        deadline = time.monotonic() + 10
+        while sessions() != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sessions() == before  # its session closed, its generation stopped
+        cancelled = server.running.engine.stats.cancelled  # type: ignore[union-attr]
+        assert cancelled.get("/v1/completions", 0) >= 1
