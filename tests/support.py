@@ -345,3 +345,29 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def hold_streams(
+    client: Any, session_id: str, count: int, release: threading.Event
+) -> list[threading.Thread]:
+    """``count`` StepStreams, each answered once and then held open until ``release``."""
+    from rnnserve import StepInput  # the client library: only where a test streams
+
+    answered = threading.Semaphore(0)
+
+    def held() -> None:
+        def inputs() -> Iterator[Any]:
+            yield StepInput(session_id, [5])
+            release.wait(30)
+
+        results = client.step_stream(inputs())
+        next(results)  # the server has answered: the call is in flight there
+        answered.release()
+        list(results)
+
+    threads = [threading.Thread(target=held) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert answered.acquire(timeout=30)
+    return threads

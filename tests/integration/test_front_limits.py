@@ -21,9 +21,9 @@ import grpc
 import numpy as np
 import openai
 import pytest
-from support import ServerThread, scrape, server_config
+from support import ServerThread, hold_streams, scrape, server_config
 
-from rnnserve import Client, StepInput
+from rnnserve import Client
 from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
 from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
 
@@ -166,26 +166,10 @@ def test_kserve_calls_take_from_the_callers_budget(
 
 def held_streams(fronts: ServerThread, name: str, session_id: str, count: int) -> Any:
     """``count`` rnnserve.v1 StepStreams of ``name``, answered once each and held open
-    until the returned event is set (then the threads end)."""
+    until the returned function is called (then the threads end)."""
     release = threading.Event()
-    answered = threading.Semaphore(0)
     client = Client(fronts.address, token=CALLERS[name])
-
-    def held() -> None:
-        def inputs() -> Iterator[StepInput]:
-            yield StepInput(session_id, [5])
-            release.wait(30)
-
-        results = client.step_stream(inputs())
-        next(results)
-        answered.release()
-        list(results)
-
-    threads = [threading.Thread(target=held) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for _ in threads:
-        assert answered.acquire(timeout=30)
+    threads = hold_streams(client, session_id, count, release)
 
     def done() -> None:
         release.set()

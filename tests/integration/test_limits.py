@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import ServerThread, copy_package, edit_manifest, server_config
+from support import ServerThread, copy_package, edit_manifest, hold_streams, server_config
 
 from rnnserve import Client, InvalidArgument, ResourceExhausted, StepInput
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -235,30 +235,6 @@ def test_a_caller_has_so_many_calls_in_flight(metered: ServerThread, model_name:
                 stream.join(30)
         assert erin.list_models()  # the streams ended: their places are free
         session.close()
-
-
-def hold_streams(
-    client: Client, session_id: str, count: int, release: threading.Event
-) -> list[threading.Thread]:
-    """``count`` StepStreams, each answered once and then held open until ``release``."""
-    answered = threading.Semaphore(0)
-
-    def held() -> None:
-        def inputs() -> Iterator[StepInput]:
-            yield StepInput(session_id, [5])
-            release.wait(30)
-
-        results = client.step_stream(inputs())
-        next(results)  # the server has answered: the call is in flight there
-        answered.release()
-        list(results)
-
-    threads = [threading.Thread(target=held) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for _ in threads:
-        assert answered.acquire(timeout=30)
-    return threads
 
 
 def test_without_tokens_the_caller_is_the_peer_address(models_dir: Path, model_name: str) -> None:
