@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -268,9 +269,11 @@ class Front:
                 head["session_id"] = completion.session.id
             if body.stream:  # counted when the stream ends
                 usage = body.stream_options is not None and body.stream_options.include_usage
+                left = asyncio.Event()
                 return EventSourceResponse(
-                    self.chunks(completion, head, usage, began),
+                    self.chunks(completion, head, usage, began, left),
                     sep="\n",
+                    client_close_handler_callable=functools.partial(self.client_left, left),
                     background=BackgroundTask(completion.close),  # also if it never began
                 )
             async with contextlib.aclosing(self.until_stopped(completion.pieces())) as generated:
@@ -282,16 +285,32 @@ class Front:
         choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": pieces[-1][1]}
         return JSONResponse({**head, "choices": [choice], "usage": completion.usage})
 
+    @staticmethod
+    async def client_left(left: asyncio.Event, _message: object) -> None:
+        left.set()
+
     async def chunks(
-        self, completion: Completion, head: dict[str, Any], usage: bool, began: float
+        self,
+        completion: Completion,
+        head: dict[str, Any],
+        usage: bool,
+        began: float,
+        left: asyncio.Event,
     ) -> AsyncIterator[dict[str, str]]:
         """The server-sent events of a streamed completion, ``data: [DONE]`` last; an error
-        after the first event is sent as an event of its own (as OpenAI does)."""
+        after the first event is sent as an event of its own (as OpenAI does).
+
+        It ends at the first piece after ``left`` is set (sse-starlette saw the client
+        disconnect), not only when that cancels it: the cancellation of sse-starlette's
+        task group is delivered only while this task waits on a pending future, which a
+        generation whose chunks run inline can miss all the way to its last token."""
         extra = {"usage": None} if usage else {}
         code = "OK"
         try:
             async with contextlib.aclosing(self.until_stopped(completion.pieces())) as pieces:
                 async for text, finish in pieces:
+                    if left.is_set():
+                        raise ClientLeft
                     choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
                     yield {"data": json.dumps({**head, "choices": [choice], **extra})}
             if usage:
@@ -300,12 +319,17 @@ class Front:
         except ServiceError as exc:
             code = exc.code.name
             yield {"data": json.dumps(from_service_error(exc).body())}
-        except (asyncio.CancelledError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit, ClientLeft) as exc:
             code = "CANCELLED"
             self.engine.stats.cancel(COMPLETIONS)
-            raise
+            if not isinstance(exc, ClientLeft):
+                raise
         finally:
             self.observe(COMPLETIONS, code, began)
+
+
+class ClientLeft(Exception):
+    """The client of a streamed completion disconnected."""
 
 
 class _OnTheRunningLoop(uvicorn.Server):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
+import anyio
+
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import NotFound, ServiceError
 from rnnserve_server.generating import GenerateOptions
@@ -218,9 +220,12 @@ class Completion:
         if self._closed:
             return
         self._closed = True
-        await self._events.aclose()
-        if self.temporary:
-            await self._close(self.engine, self.session)
+        # Shielded: a stream the client left is cancelled by sse-starlette's anyio task
+        # group, whose cancellation would otherwise strike every await here again.
+        with anyio.CancelScope(shield=True):
+            await self._events.aclose()
+            if self.temporary:
+                await self._close(self.engine, self.session)
 
     async def pieces(self) -> AsyncGenerator[tuple[str, str | None], None]:
         """(text, None) while it generates, then (the rest, finish reason)."""
