@@ -31,9 +31,22 @@ GRACE_S = 3.0
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# A greedy generation that outlasts a 1 s grace period: the generation graph makes ~20,000
+# tokens a second here, so the 4,096 a server allows by default could end within it.
+LONG_TOKENS = 200_000
+LONG_GENERATIONS = (  # a caller's token burst must hold a whole call
+    "--max-generate-tokens",
+    str(LONG_TOKENS),
+    "--caller-token-burst",
+    str(2 * LONG_TOKENS),
+)
+
+
 @pytest.fixture
 def replica(models_dir: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess("--models", str(models_dir), "--shutdown-grace-s", str(GRACE_S))
+    server = ServerProcess(
+        "--models", str(models_dir), "--shutdown-grace-s", str(GRACE_S), *LONG_GENERATIONS
+    )
     try:
         yield server
     finally:
@@ -205,7 +218,9 @@ def test_a_second_signal_stops_at_once(models_dir: Path, model_name: str) -> Non
 @pytest.fixture
 def balanced(models_dir: Path, tmp_path: Path) -> Iterator[tuple[Nginx, ServerProcess]]:
     """One replica behind nginx (as docker/balancer/nginx.conf)."""
-    server = ServerProcess("--models", str(models_dir), "--shutdown-grace-s", "1")
+    server = ServerProcess(
+        "--models", str(models_dir), "--shutdown-grace-s", "1", *LONG_GENERATIONS
+    )
     try:
         with started(Nginx(tmp_path, [server.address])) as balancer:
             yield balancer, server
@@ -219,7 +234,7 @@ def generation_cut_off(address: str, model: str, cut: Any) -> grpc.RpcError:
     with grpc.insecure_channel(address) as channel:
         stub = rnnserve_pb2_grpc.RnnServeStub(channel)
         session = stub.CreateSession(pb.CreateSessionRequest(model=model)).session_id
-        request = pb.GenerateRequest(session_id=session, max_tokens=4000, temperature=0.0)
+        request = pb.GenerateRequest(session_id=session, max_tokens=LONG_TOKENS, temperature=0.0)
         stream = stub.Generate(request, timeout=60)
         next(stream)
         cut()

@@ -352,14 +352,19 @@ class Stepping:
                         session.lock.release()
 
             # In chunks of SLICE_ROWS, each answered in a turn of the event loop of its
-            # own (the batcher still runs up to max_batch rows at once).
-            chunks = [
-                asyncio.ensure_future(chunk(model, slice(start, start + SLICE_ROWS)))
+            # own (the batcher still runs up to max_batch rows at once). The first goes
+            # to its batcher in this turn, as a single step queued beside it does, so
+            # that the two share a run.
+            parts = [
+                (model, slice(start, start + SLICE_ROWS))
                 for model, (rows, _, _) in groups.items()
                 for start in range(0, len(rows), SLICE_ROWS)
             ]
-            tasks += chunks
-            answer.blocks += await _every(chunks)
+            later = [asyncio.ensure_future(chunk(*part)) for part in parts[1:]]
+            tasks += later
+            if parts:
+                answer.blocks.append(await chunk(*parts[0]))
+            answer.blocks += await _every(later)
             await _every(tasks)
         finally:
             for session in held.values():
