@@ -76,25 +76,19 @@ def deployment(name: str, models: Path, scratch: Path) -> Iterator[str]:
         yield stack.enter_context(Nginx(directory, [s.address for s in servers])).address
 
 
-def lockstep(address: str, model: str, concurrency: int, warmup: float, duration: float) -> Any:
+def drive(
+    address: str, model: str, mode: str, sessions: int, *, warmup: float, duration: float
+) -> Any:
+    """bench.load_client in ``mode`` (lockstep: a StepStream per session; multiplexed: one
+    StepMany stream for all of them), in a process of its own."""
+    slack_s = 120 if mode == "lockstep" else 300
     return run_worker(
         "bench.load_client",
         [
-            "--address", address, "--model", model, "--mode=lockstep",
-            f"--concurrency={concurrency}", f"--warmup={warmup}", f"--duration={duration}",
-        ],
-        timeout_s=warmup + duration + 120,
-    )  # fmt: skip
-
-
-def multiplexed(address: str, model: str, sessions: int, warmup: float, duration: float) -> Any:
-    return run_worker(
-        "bench.load_client",
-        [
-            "--address", address, "--model", model, "--mode=multiplexed",
+            "--address", address, "--model", model, f"--mode={mode}",
             f"--concurrency={sessions}", f"--warmup={warmup}", f"--duration={duration}",
         ],
-        timeout_s=warmup + duration + 300,
+        timeout_s=warmup + duration + slack_s,
     )  # fmt: skip
 
 
@@ -152,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
             with deployment(name, models, Path(scratch)) as address:
                 for concurrency in map(int, args.concurrency.split(",")):
                     load = load_average()
-                    result = lockstep(address, model, concurrency, args.warmup, args.duration)
+                    result = drive(
+                        address,
+                        model,
+                        "lockstep",
+                        concurrency,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                    )
                     if result["errors"]:
                         raise RuntimeError(f"{name} at {concurrency}: {result['errors'][:3]}")
                     records.append(
@@ -169,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # one stream reaches one replica: as "redis", behind nginx
                 for sessions in map(int, filter(None, args.multiplexed.split(","))):
                     load = load_average()
-                    result = multiplexed(address, model, sessions, args.warmup, args.duration)
+                    result = drive(
+                        address,
+                        model,
+                        "multiplexed",
+                        sessions,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                    )
                     if result["errors"]:
                         raise RuntimeError(
                             f"{name}, StepMany of {sessions}: {result['errors'][:3]}"
