@@ -152,6 +152,7 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self.port = 0
+        self.http_port = 0  # the OpenAI-compatible front's, where --openai-port is given
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -159,6 +160,9 @@ class ServerProcess:
             if not line:
                 break
             self.lines.append(line)
+            http = re.search(r"OpenAI-compatible HTTP front on \S+:(\d+)/v1", line)
+            if http:
+                self.http_port = int(http.group(1))
             found = re.search(r"serving rnnserve\.v1\.RnnServe on [\d.]+:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
@@ -380,3 +384,44 @@ def exported_metrics(models: Path, model_name: str) -> list[Any]:
             assert time.monotonic() < deadline, "the cancellation was never counted"
             time.sleep(0.05)
         return scrape()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a server's metrics endpoint, by name and labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def hold_streams(
+    client: Any, session_id: str, count: int, release: threading.Event
+) -> list[threading.Thread]:
+    """``count`` StepStreams, each answered once and then held open until ``release``."""
+    from rnnserve import StepInput  # the client library: only where a test streams
+
+    answered = threading.Semaphore(0)
+
+    def held() -> None:
+        def inputs() -> Iterator[Any]:
+            yield StepInput(session_id, [5])
+            release.wait(30)
+
+        results = client.step_stream(inputs())
+        next(results)  # the server has answered: the call is in flight there
+        answered.release()
+        list(results)
+
+    threads = [threading.Thread(target=held) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert answered.acquire(timeout=30)
+    return threads

@@ -174,8 +174,9 @@ def test_json_logs_of_the_kserve_and_http_fronts_carry_the_request_id(
             data=json.dumps({"model": model_name, "temperature": -1}).encode(),
             headers={"content-type": "application/json", "x-request-id": "http-1"},
         )
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(urllib.error.HTTPError) as failed:
             urllib.request.urlopen(completion, timeout=30)
+        failed.value.close()  # its socket, which the error holds
         server.stop()
     records = [json.loads(line) for line in server.lines if line.startswith("{")]
     (restarted,) = [r for r in records if r.get("request_id") == "infer-1"]

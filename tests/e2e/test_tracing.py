@@ -209,6 +209,7 @@ def test_the_kserve_and_http_fronts_calls_are_traced_as_theirs(
         )
         with pytest.raises(urllib.error.HTTPError) as failed:
             urllib.request.urlopen(refused, timeout=30)
+        failed.value.close()  # its socket, which the error holds
         assert failed.value.code == 404
         wait_for(lambda: len(received.named("POST /v1/completions")) == 2)
         server.stop()

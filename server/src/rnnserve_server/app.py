@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 
 from rnnserve.v1 import rnnserve_pb2
 from rnnserve_server import reflection, tracing
-from rnnserve_server.auth import BearerTokenInterceptor, admins_of, load_tokens
+from rnnserve_server.auth import BearerTokenInterceptor, Refusals, admins_of, load_tokens
 from rnnserve_server.calls import CallFilter
 from rnnserve_server.config import ServerConfig, load_config
 from rnnserve_server.engine import Engine
@@ -34,6 +34,7 @@ from rnnserve_server.metrics import Metrics
 from rnnserve_server.modelconfig import ModelLimits
 from rnnserve_server.openai_http.app import HttpFront
 from rnnserve_server.repository import Repository
+from rnnserve_server.rpc import Accounted
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.servicer import RnnServeServicer, add_to_server
 
@@ -41,6 +42,7 @@ log = logging.getLogger("rnnserve_server")
 
 SERVICE_NAME = rnnserve_pb2.DESCRIPTOR.services_by_name["RnnServe"].full_name
 EXPIRY_SWEEP_S = 1.0
+STOP_FLUSH_S = 1.0  # at the end of a shutdown: for the last statuses to go out
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,16 +88,28 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     _background: list[asyncio.Task[None]]
+    servicers: list[Accounted]  # the gRPC fronts: rnnserve.v1, KServe v2
     http: HttpFront | None = None  # the OpenAI-compatible front, where openai_port is set
 
-    async def stop(self, grace: float | None) -> None:
-        """Stop accepting calls, let in-flight calls finish within ``grace`` seconds."""
+    async def stop(self, grace: float, interrupt: asyncio.Event | None = None) -> None:
+        """Drain, then stop. For ``grace`` seconds (or until ``interrupt`` is set) the
+        health service is served and reports NOT_SERVING (and /readyz fails), so that
+        load balancers see it and send new calls elsewhere, while every call is still
+        served; then the calls still in flight end with UNAVAILABLE (their callers retry
+        elsewhere) and the server stops."""
         await self.health.shutdown()
+        if grace > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for((interrupt or asyncio.Event()).wait(), grace)
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
+        fronts: list[Accounted | HttpFront] = [*self.servicers, *([self.http] if self.http else [])]
+        await asyncio.gather(*(front.end_calls(STOP_FLUSH_S) for front in fronts))
+        await asyncio.gather(
+            self.server.stop(STOP_FLUSH_S), *([self.http.stop()] if self.http else [])
+        )
         await self.engine.close()
         self.metrics.stop()
 
@@ -163,16 +177,20 @@ async def create_server(config: ServerConfig) -> RunningServer:
 
     tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
     admins = admins_of(config.auth_admins, tokens)
+    refusals = Refusals(metrics.refused_authentication)  # every front's refused calls
     server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(tokens, admins, metrics.refused)] if tokens else [],
+        interceptors=(
+            [BearerTokenInterceptor(tokens, admins, refusals, metrics.refused)] if tokens else []
+        ),
         options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    add_to_server(RnnServeServicer(engine, metrics), server)
-    add_kserve_to_server(KServeServicer(engine, metrics), server)
+    servicer, kserve = RnnServeServicer(engine, metrics), KServeServicer(engine, metrics)
+    add_to_server(servicer, server)
+    add_kserve_to_server(kserve, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(
@@ -232,10 +250,12 @@ async def create_server(config: ServerConfig) -> RunningServer:
             config.metrics_host,
             metrics_port,
         )
-    running = RunningServer(server, port, engine, updater, metrics, metrics_port, background)
+    running = RunningServer(
+        server, port, engine, updater, metrics, metrics_port, background, [servicer, kserve]
+    )
     if config.openai_port >= 0:
         try:
-            running.http = await HttpFront.start(config, engine, metrics, tokens)
+            running.http = await HttpFront.start(config, engine, metrics, tokens, refusals)
         except RuntimeError:
             await running.stop(0)
             raise
@@ -250,6 +270,10 @@ async def create_server(config: ServerConfig) -> RunningServer:
 
 async def serve(config: ServerConfig) -> None:
     running = await create_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before "serving": from then on, a drain
+        loop.add_signal_handler(sig, stop.set)
     log.info(
         "serving %s on %s:%d (%d models, %d refused)",
         SERVICE_NAME,
@@ -259,13 +283,14 @@ async def serve(config: ServerConfig) -> None:
         len(running.engine.repository.broken),
     )
     log.info("serving %s beside it on the same port (KServe v2 / Triton)", KSERVE_SERVICE_NAME)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.shutdown_grace_s)
-    await running.stop(config.shutdown_grace_s)
+    stop.clear()  # a second signal ends the grace period at once
+    log.info(
+        "shutting down: health NOT_SERVING and calls still served for %.1f s (grace), then "
+        "calls in flight end with UNAVAILABLE; a second signal stops at once",
+        config.shutdown_grace_s,
+    )
+    await running.stop(config.shutdown_grace_s, stop)
     log.info("stopped")
 
 

@@ -6,8 +6,9 @@ e.g. from the variable RNNSERVE_AUTH_TOKENS) and/or the file ``auth_tokens_file`
 ``authorization: Bearer <token>``; its caller is then that token's name, which owns the
 sessions it creates: another caller's session id answers NOT_FOUND, exactly like an
 unknown one. Every method except the health service answers UNAUTHENTICATED without a
-valid token. With no tokens configured, authentication is off and the caller is the
-peer's IP address.
+valid token; each refusal is counted (rnnserve_auth_failures_total{reason}) and logged,
+rate-limited, without what was presented. With no tokens configured, authentication is
+off and the caller is the peer's IP address.
 
 The calls that change what the server serves (ReloadModels, LoadModel, UnloadModel, and
 the KServe front's RepositoryModelLoad and RepositoryModelUnload) need more: with
@@ -18,6 +19,7 @@ other caller gets PERMISSION_DENIED.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-log = logging.getLogger(__name__)
+from rnnserve_server.throttledlog import ThrottledLog
 
+log = logging.getLogger(__name__)
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rnnserve_caller", default=None
 )
@@ -102,47 +105,81 @@ def admins_of(setting: str, tokens: dict[str, str]) -> frozenset[str]:
     return admins
 
 
-def bearer_caller(tokens: dict[str, str], authorization: str) -> str | None:
-    """The caller an ``authorization`` value ("Bearer <token>") names, or None. Every
-    front (gRPC metadata, HTTP headers) authenticates through this one check."""
+# Why a call was refused (the label of rnnserve_auth_failures_total).
+NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN = "no token", "not a bearer token", "unknown token"
+REFUSAL_REASONS = (NO_TOKEN, NOT_BEARER, UNKNOWN_TOKEN)
+
+
+def authenticated(tokens: dict[str, str], authorization: str) -> tuple[str | None, str]:
+    """The caller an ``authorization`` value ("Bearer <token>") names, or None and why
+    not (one of REFUSAL_REASONS). Every front (gRPC metadata, HTTP headers)
+    authenticates through this one check."""
+    if not authorization:
+        return None, NO_TOKEN
     scheme, _, presented = authorization.partition(" ")
     if scheme.lower() != "bearer":
-        return None
+        return None, NOT_BEARER
     found = None
     for token, name in tokens.items():  # compare every one: constant time
         if hmac.compare_digest(token.encode(), presented.strip().encode()):
             found = name
-    return found
+    return (found, "") if found is not None else (None, UNKNOWN_TOKEN)
+
+
+class Refusals:
+    """What a front does with a refused call: counts it (``on_refused``, with its
+    reason) and logs it, at most a few lines per reason every 10 s, with the call and
+    the peer but never what the caller presented."""
+
+    def __init__(self, on_refused: Callable[[str], None] | None = None) -> None:
+        self._on_refused = on_refused
+        self._log = ThrottledLog(log)
+
+    def __call__(self, call: str, peer: str, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        self._log.log(
+            logging.WARNING, reason, "refused a call to %s from %s: %s", call, peer, reason
+        )
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without a valid token (and admin calls of other callers);
-    ``refused(method, code)`` hears of every refusal (the metrics count them)."""
+    """Refuses calls without a valid token (each one told to ``refusals``) and admin
+    calls of other callers; ``counted(method, code)`` hears of every refusal (the
+    metrics count them)."""
 
     def __init__(
         self,
         tokens: dict[str, str],
         admins: frozenset[str] = frozenset(),
-        refused: Callable[[str, str], None] | None = None,
+        refusals: Refusals | None = None,
+        counted: Callable[[str, str], None] | None = None,
     ) -> None:
         self._tokens = tokens
         self._admins = admins
-        self._refused = refused
+        self._refusals = refusals or Refusals()
+        self._counted = counted
 
     def _refusal(
-        self, handler: Handler, method: str, code: grpc.StatusCode, message: str
+        self,
+        handler: Handler,
+        method: str,
+        code: grpc.StatusCode,
+        message: str,
+        refused: Callable[[str], None] | None = None,
     ) -> Handler:
-        name = method.rsplit("/", 1)[-1]
-        log.info("%s -> %s: %s", name, code.name, message)
-        if self._refused is not None:
-            self._refused(name, code.name)
-        return _refusal(handler, code, message)
+        """A refusal of the call, counted by method and code; ``refused(peer)`` is told
+        of it as it runs (unauthenticated calls: counted by reason, logged throttled)."""
+        if self._counted is not None:
+            self._counted(method.rsplit("/", 1)[-1], code.name)
+        return _refusal(handler, code, message, refused)
 
-    def _caller(self, metadata: Any) -> str | None:
+    def _caller(self, metadata: Any) -> tuple[str | None, str]:
+        """The caller's name, or None and why not."""
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
-                return bearer_caller(self._tokens, value)
-        return None
+                return authenticated(self._tokens, value)
+        return None, NO_TOKEN
 
     async def intercept_service(
         self,
@@ -152,15 +189,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
-        caller = self._caller(details.invocation_metadata)
+        caller, reason = self._caller(details.invocation_metadata)
         if caller is None:
+            refused = functools.partial(self._refusals, details.method, reason=reason)
             return self._refusal(
                 handler,
                 details.method,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid 'authorization: Bearer <token>' metadata entry is required",
+                refused,
             )
         if details.method in ADMIN_METHODS and caller not in self._admins:
+            log.info("%s -> PERMISSION_DENIED: %r is not an admin", details.method, caller)
             return self._refusal(
                 handler,
                 details.method,
@@ -172,8 +212,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         return _with_caller(handler, caller)
 
 
-def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+def _refusal(
+    handler: Handler,
+    code: grpc.StatusCode,
+    message: str,
+    refused: Callable[[str], None] | None = None,
+) -> Handler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if refused is not None:
+            refused(context.peer())
         await context.abort(code, message)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

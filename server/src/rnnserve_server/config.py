@@ -69,7 +69,11 @@ class ServerConfig:
     intra_op_spinning: bool = setting(
         False, "let idle onnxruntime threads spin for work (only with cores to spare)"
     )
-    workers: int = setting(2, "threads that run inference beside the event loop")
+    workers: int = setting(
+        2,
+        "threads that run inference beside the event loop: as many for whole inputs "
+        "(prompts, sources) and as many again for the batcher's runs of the step graph",
+    )
     max_batch: int = setting(256, "most sessions' steps one run of the step graph takes")
     batch_window_us: int = setting(
         0, "microseconds to wait for more steps before a run; 0: batch what is queued"
@@ -82,9 +86,29 @@ class ServerConfig:
     )
     max_sessions: int = setting(100_000, "open sessions allowed; more: RESOURCE_EXHAUSTED")
     max_sessions_per_caller: int = setting(
-        100_000, "open sessions one caller may hold (the authenticated caller, else its IP)"
+        10_000, "open sessions one caller may hold (the authenticated caller, else its IP)"
+    )
+    max_calls_per_caller: int = setting(
+        1024,
+        "calls one caller may have in flight at once on this replica (streams count while open)",
+    )
+    caller_tokens_per_s: float = setting(
+        20_000.0,
+        "tokens per second one caller may feed and generate on this replica, on average "
+        "(a token bucket); 0: no limit",
+    )
+    caller_token_burst: int = setting(
+        40_000,
+        "tokens one caller may use at once before caller_tokens_per_s paces it (the bucket's "
+        "size; at least the largest request: max_tokens_per_message, and a Generate's "
+        "max_tokens_per_request + max_generate_tokens)",
     )
     max_steps_per_message: int = setting(4096, "steps one StepMany message may carry")
+    max_tokens_per_message: int = setting(
+        16_384,
+        "inputs one StepMany message may carry in all: tokens, a text counted as its code "
+        "points, vectors one each (checked before anything is tokenized or run)",
+    )
     repository_poll_s: float = setting(
         0.0, "seconds between rescans of the model repository; 0: only on ReloadModels"
     )
@@ -100,9 +124,22 @@ class ServerConfig:
         "(shared by every replica: any of them continues any session)",
         secret=without_password,
     )
+    session_store_connections: int = setting(
+        32, "connections this replica keeps to the shared session store; calls wait for a free one"
+    )
+    session_store_timeout_s: float = setting(
+        5.0,
+        "seconds a call waits for a connection to the shared session store, and for its "
+        "answer, before it fails with UNAVAILABLE",
+    )
     session_idle_timeout_s: int = setting(600, "default idle time before a session closes")
     max_session_idle_timeout_s: int = setting(86_400, "largest idle timeout a caller may ask")
     max_tokens_per_request: int = setting(4096, "tokens one Step or Generate prompt may carry")
+    max_text_chars: int = setting(
+        16_384,
+        "code points one text input may carry (checked before it is tokenized: tokenizing "
+        "costs the event loop about 0.1 us per code point)",
+    )
     max_generate_tokens: int = setting(4096, "largest max_tokens a Generate call may ask")
     generate_chunk_tokens: int = setting(
         16,
@@ -110,7 +147,16 @@ class ServerConfig:
         "unrolled with sampling inside onnxruntime); 0: one step-graph run per token, "
         "sampled in numpy (the reference path)",
     )
-    max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message in or out")
+    max_request_bytes: int = setting(
+        512 * 1024,
+        "largest gRPC message (and HTTP request body) the server accepts (decoding one "
+        "holds the event loop: about 8 ms per MiB of packed token ids; 4096 steps of "
+        "StepMany with request ids take ~250 KiB)",
+    )
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        "largest gRPC message the server sends (a full distribution: 4 B per output)",
+    )
     shutdown_grace_s: float = setting(10.0, "on SIGTERM, seconds in-flight calls may finish in")
     auth_tokens: str = setting(
         "",
@@ -167,7 +213,16 @@ class ServerConfig:
             ("inline_run_us", 0 <= self.inline_run_us <= 1_000_000, "0..1000000"),
             ("max_sessions", self.max_sessions >= 1, ">= 1"),
             ("max_sessions_per_caller", self.max_sessions_per_caller >= 1, ">= 1"),
+            ("max_calls_per_caller", self.max_calls_per_caller >= 1, ">= 1"),
+            ("caller_tokens_per_s", self.caller_tokens_per_s >= 0, ">= 0 (0: no limit)"),
+            (
+                "caller_token_burst",
+                not self.caller_tokens_per_s or self.caller_token_burst >= self.largest_request,
+                f">= {self.largest_request} (max_tokens_per_message, and "
+                "max_tokens_per_request + max_generate_tokens)",
+            ),
             ("max_steps_per_message", self.max_steps_per_message >= 1, ">= 1"),
+            ("max_tokens_per_message", self.max_tokens_per_message >= 1, ">= 1"),
             ("repository_poll_s", self.repository_poll_s >= 0, ">= 0"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "-1 (off) .. 65535"),
             ("openai_port", -1 <= self.openai_port <= 65535, "-1 (off) .. 65535"),
@@ -179,6 +234,8 @@ class ServerConfig:
             ),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "set with tls_cert"),
             ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "needs tls_cert"),
+            ("session_store_connections", self.session_store_connections >= 1, ">= 1"),
+            ("session_store_timeout_s", self.session_store_timeout_s > 0, "> 0"),
             (
                 "state_keys",
                 all(len(k) >= MIN_STATE_KEY_LENGTH for k in self.inline_state_keys)
@@ -200,7 +257,9 @@ class ServerConfig:
                 ">= session_idle_timeout_s",
             ),
             ("max_tokens_per_request", self.max_tokens_per_request >= 1, ">= 1"),
+            ("max_text_chars", self.max_text_chars >= 1, ">= 1"),
             ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
+            ("max_request_bytes", self.max_request_bytes >= 1024, ">= 1024"),
             ("generate_chunk_tokens", 0 <= self.generate_chunk_tokens <= 256, "0..256"),
             ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
             ("shutdown_grace_s", self.shutdown_grace_s >= 0, ">= 0"),
@@ -214,6 +273,13 @@ class ServerConfig:
             if not ok:
                 raise ValueError(f"{name} = {self.shown(name)!r} is invalid; allowed: {allowed}")
         return self
+
+    @property
+    def largest_request(self) -> int:
+        """The most tokens one call may take from its caller's budget at once."""
+        return max(
+            self.max_tokens_per_message, self.max_tokens_per_request + self.max_generate_tokens
+        )
 
     @property
     def inline_state_keys(self) -> list[str]:

@@ -17,22 +17,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnserve_server import outputs, tracing
-from rnnserve_server.batcher import StepBatcher, StepInput, step_input
+from rnnserve_server import limits, outputs, tracing
+from rnnserve_server.batcher import StepBatcher
+from rnnserve_server.batchwork import StepInput, step_input
 from rnnserve_server.chunks import ChunkBatcher
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import FailedPrecondition, NotFound
-from rnnserve_server.inputs import TokenInput, encode_input
+from rnnserve_server.inputs import InputLimits, TokenInput, encode_input
 from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.runtime import FloatArray, Inputs
 from rnnserve_server.sampling import Described
-from rnnserve_server.sessions import Session, SessionStore
+from rnnserve_server.session import Session
+from rnnserve_server.sessions import SessionStore
 from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
+FEED_CHUNK = 512  # inputs of a long sequence per run of the sequence graph
 # Step graphs up to this size get their generation graph when their first session opens.
 EAGER_GENERATION_BYTES = 32 << 20
 
@@ -47,12 +50,30 @@ class Core:
             max_sessions_per_owner=config.max_sessions_per_caller,
             default_idle_timeout_s=config.session_idle_timeout_s,
             max_idle_timeout_s=config.max_session_idle_timeout_s,
-            records=RedisRecords(config.session_store) if config.session_store else None,
+            records=(
+                RedisRecords(
+                    config.session_store,
+                    connections=config.session_store_connections,
+                    timeout_s=config.session_store_timeout_s,
+                )
+                if config.session_store
+                else None
+            ),
             resolve=self._model_of_record,
             codec=self.state_codec,
         )
+        self.limits = limits.Limits(
+            max_calls=config.max_calls_per_caller,
+            tokens_per_s=config.caller_tokens_per_s,
+            burst=config.caller_token_burst,
+        )
+        self.input_limits = InputLimits(config.max_tokens_per_request, config.max_text_chars)
         self.stats = EngineStats()
+        # Two sets of threads: the batchers' runs (steps, chunks of generations) never
+        # queue behind a long prompt or source (a sequence graph run, as long as its
+        # tokens), so one caller's 4096-token prompts cannot hold up everybody's steps.
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-infer")
+        self._step_executor = ThreadPoolExecutor(config.workers, thread_name_prefix="rnnserve-step")
         self.batchers: dict[Model, StepBatcher] = {}
         self.chunkers: dict[Model, asyncio.Future[ChunkBatcher | None]] = {}
         self.on_models_changed: Callable[[ReloadResult], Any] | None = None
@@ -64,7 +85,8 @@ class Core:
             await batcher.close()
         for task in self.chunkers.values():
             await self._close_chunker(task)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._step_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
         if self.store.records is not None:
             await self.store.records.close()
 
@@ -100,7 +122,7 @@ class Core:
             batcher = self.batchers[model] = StepBatcher(
                 model.runtime,
                 lambda: self.store.pool(model),
-                self._executor,
+                self._step_executor,
                 max_batch=max_batch,
                 window_s=window_s,
                 inline_s=self.config.inline_run_us / 1e6,
@@ -145,7 +167,7 @@ class Core:
             model.runtime,
             graph,
             lambda: self.store.pool(model),
-            self._executor,
+            self._step_executor,
             max_batch=self._batching(model)[0],
             inline_s=self.config.inline_run_us / 1e6,
         )
@@ -155,8 +177,11 @@ class Core:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def encode(self, model: Model, given: TokenInput, *, field: str) -> Inputs:
-        """``inputs.encode_input`` under this server's max_tokens_per_request."""
-        return encode_input(model, given, field=field, limit=self.config.max_tokens_per_request)
+        """``inputs.encode_input`` under this server's limits; its steps are taken from
+        the caller's budget (RESOURCE_EXHAUSTED if it lacks them)."""
+        inputs = encode_input(model, given, field=field, limits=self.input_limits)
+        limits.current().spend(len(inputs))
+        return inputs
 
     # ------------------------------------------------------------------ repository
 
@@ -220,10 +245,12 @@ class Core:
         """Feed inputs (ids [T] or vectors [T, n_x]) to a session (its lock held); the
         output row after the last, [K + R] (``runtime.ModelRuntime``).
 
-        One input joins the cross-session batch; several run as one call on a worker
-        thread (the sequence graph where the package has one). Either way the state
-        changes only when every input has been applied, so a cancelled or failed call
-        leaves the session as it was.
+        One input joins the cross-session batch; several run on a worker thread (the
+        sequence graph where the package has one), FEED_CHUNK inputs per run, the state
+        carried from run to run: other callers' prompts queued meanwhile take their turns
+        between the runs of a long one. Either way the state changes only when every
+        input has been applied, so a cancelled or failed call leaves the session as it
+        was.
         """
         session.ensure_open()
         with tracing.span("rnnserve.feed", inputs=len(inputs), batched=len(inputs) == 1):
@@ -231,7 +258,10 @@ class Core:
                 return await self.batcher(session.model).feed(session, step_input(inputs))
             pool = self.store.pool(session.model)
             state = pool.gather([session.slot])
-            rows, state = await self.infer(session.model.runtime.run_inputs, inputs, state)
+            run_inputs = session.model.runtime.run_inputs
+            for start in range(0, len(inputs), FEED_CHUNK):
+                chunk = inputs[start : start + FEED_CHUNK]
+                rows, state = await self.infer(run_inputs, chunk, state)
             session.ensure_open()
             pool.scatter([session.slot], state)
             session.steps += len(inputs)

@@ -22,6 +22,7 @@ from rnnserve_server.conveniences import Conveniences
 from rnnserve_server.core import Core
 from rnnserve_server.generating import Generating
 from rnnserve_server.lifecycle import Lifecycle
+from rnnserve_server.limits import Limits
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.sessions import SessionStore
 from rnnserve_server.stats import BatchStats, EngineStats
@@ -47,6 +48,10 @@ class Engine:
     @property
     def store(self) -> SessionStore:
         return self.core.store
+
+    @property
+    def limits(self) -> Limits:
+        return self.core.limits
 
     @property
     def stats(self) -> EngineStats:

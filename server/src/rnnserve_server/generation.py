@@ -28,7 +28,7 @@ import numpy as np
 
 from rnnserve_server.runtime import FloatArray
 from rnnserve_server.sampling import SamplingParams, not_finite
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 from rnnserve_server.stats import GenerationStats
 from rnnserve_server.tokenizer import Tokenizer
 

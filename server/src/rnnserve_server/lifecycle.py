@@ -13,7 +13,7 @@ from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.inputs import NO_INPUT, TokenInput
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 
 
 class Lifecycle:

@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from rnnserve_server.auth import REFUSAL_REASONS
 from rnnserve_server.httpport import HttpPort
 from rnnserve_server.stats import BatchStats, Buckets, EngineStats
 
@@ -49,6 +50,18 @@ _LATENCY_BUCKETS = (
 )
 
 
+class StoreTraffic(Protocol):
+    """What the metrics read of the shared store's pipelines (pipeline.py)."""
+
+    round_trips: int
+    commands: int
+
+
+class SharedStore(Protocol):
+    @property
+    def pipeline(self) -> StoreTraffic: ...
+
+
 class SessionCounts(Protocol):
     """What the metrics read of the session store."""
 
@@ -60,6 +73,9 @@ class SessionCounts(Protocol):
 
     @property
     def state_bytes(self) -> int: ...
+
+    @property
+    def records(self) -> SharedStore | None: ...
 
 
 class Observed(Protocol):
@@ -102,6 +118,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "rnnserve_auth_failures",
+            "calls refused for want of a valid bearer token, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:  # each shown from the start, at 0
+            self.auth_failures.labels(reason)
         self._port: HttpPort | None = None
 
     def observe(self, method: str, code: str, model: str, seconds: float) -> None:
@@ -113,6 +137,9 @@ class Metrics:
     def refused(self, method: str, code: str) -> None:
         """A call refused before it ran (no valid token, not an admin): counted, not timed."""
         self.requests.labels(method, code, "").inc()
+
+    def refused_authentication(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
 
     def watch(self, engine: Observed) -> None:
         self.registry.register(_EngineCollector(engine))
@@ -146,6 +173,18 @@ class _EngineCollector(Collector):
             "bytes of hidden-state arrays allocated",
             value=store.state_bytes,
         )
+        if store.records is not None:
+            traffic = store.records.pipeline
+            yield CounterMetricFamily(
+                "rnnserve_store_round_trips",
+                "pipelines sent to the shared session store, one round trip each",
+                value=traffic.round_trips,
+            )
+            yield CounterMetricFamily(
+                "rnnserve_store_commands",
+                "record loads, saves, creations and deletions sent to the shared session store",
+                value=traffic.commands,
+            )
         cancelled = CounterMetricFamily(
             "rnnserve_cancellations", "calls the caller cancelled, by method", labels=["method"]
         )

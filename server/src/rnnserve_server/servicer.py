@@ -23,6 +23,7 @@ from rnnserve_server.repository import Model
 from rnnserve_server.rpc import Accounted, caller_of, generic_handler, guarded, parsed
 from rnnserve_server.wire import (
     FINISH,
+    MessageLimits,
     generate_options,
     generate_response,
     generated_tokens,
@@ -191,8 +192,10 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         self, request_iterator: AsyncIterator[pb.StepManyRequest], context: Any
     ) -> AsyncIterator[pb.StepManyResponse]:
         owner = caller_of(context)  # one caller for the whole stream
+        config = self.engine.config
+        limits = MessageLimits(config.max_steps_per_message, config.max_tokens_per_message)
         async for request in request_iterator:
-            message = step_columns(parsed(request), self.engine.config.max_steps_per_message)
+            message = step_columns(parsed(request), limits)
             yield step_many_response(await self.engine.steps.many(message, owner=owner))
 
     # ------------------------------------------------------------------ generation

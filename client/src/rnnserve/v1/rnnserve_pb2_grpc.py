@@ -241,7 +241,10 @@ class RnnServeServicer:
         message is answered by one response message, in order. A failing step fails alone
         (an entry in `errors`); the other steps are applied. Steps of one session within a
         message are applied in order. Errors of the stream itself: INVALID_ARGUMENT (more
-        than max_steps_per_message steps in a message; columns whose lengths disagree).
+        than max_steps_per_message steps or max_tokens_per_message inputs in a message, a
+        text counted as its code points, a step's vectors one each; steps x top_k over
+        32768; columns whose lengths disagree). A step the caller's token budget cannot pay
+        for fails alone (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -179,7 +179,7 @@ class KServeServicer(Accounted):
     async def _infer(self, request: pb.ModelInferRequest, owner: str) -> pb.ModelInferResponse:
         calls.bind(request_id=request.id)  # the logs' and traces' request id
         model = resolve(self.engine.repository, request.model_name, request.model_version)
-        call = requests.read(model, request, token_limit=self.engine.config.max_tokens_per_request)
+        call = requests.read(model, request, limits=self.engine.core.input_limits)
         session = await self.sequences.begin(
             model,
             owner,
