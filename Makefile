@@ -10,6 +10,12 @@ HOST      ?= 127.0.0.1
 PORT      ?= 50051
 HTTP_PORT ?= 8000
 
+# The variables the help texts name ($(VENV), ...), shown there with their values.
+open_paren := $$(
+close_paren := )
+HELP_VARIABLES = $(sort $(subst $(close_paren),,$(subst $(open_paren),,\
+  $(shell grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | grep -oE '\$$\([A-Z_]+\)'))))
+
 STAMP := $(VENV)/.installed
 # tritonclient needs protobuf<7, rnnserve protobuf 7: it gets a virtual environment of its own.
 TRITON_VENV ?= .venv-tritonclient
@@ -19,14 +25,16 @@ SERVER_STUBS := server/src/rnnserve_server/kserve/pb
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed $(foreach v,$(HELP_VARIABLES),-e 's|$$($(v))|$($(v))|g') \
+	  | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): client/pyproject.toml server/pyproject.toml training/pyproject.toml requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, spelled exactly, so pip takes the CPU wheel from local disk.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e client -e server -e training -r requirements-dev.txt
+	$(PY) -m pip install -q -e client -e 'server[otel]' -e training -r requirements-dev.txt
 	touch $@
 
 .PHONY: dev
@@ -69,7 +77,7 @@ lint-docker: $(STAMP) ## Validate the Dockerfiles (hadolint) and docker-compose.
 	bash scripts/lint-docker.sh $(BIN)
 
 .PHONY: system-deps
-system-deps: ## Install redis-server and nginx (Debian packages) if missing: the tests run them
+system-deps: ## Install the Debian packages the tests run (redis-server, nginx, curl, prometheus) if missing
 	bash scripts/system-deps.sh
 
 .PHONY: test

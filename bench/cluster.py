@@ -17,16 +17,18 @@ class MissingProgram(RuntimeError):
 
 class RedisServer:
     """A real redis-server (Debian's package) on a Unix socket in a temporary directory,
-    nothing persisted; ``url`` is what ``session_store`` takes."""
+    nothing persisted; ``url`` is what ``session_store`` takes. With a ``password`` it
+    requires that password of every client (``requirepass``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str = "") -> None:
         self.directory = directory
         self.socket = directory / "redis.sock"
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket}"
+        return f"unix://{self.socket}" + (f"?password={self.password}" if self.password else "")
 
     def __enter__(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -64,7 +67,15 @@ class RedisServer:
 
     def flush(self) -> None:
         subprocess.run(
-            ["redis-cli", "-s", str(self.socket), "FLUSHALL"], check=True, capture_output=True
+            [
+                "redis-cli",
+                "-s",
+                str(self.socket),
+                *(["-a", self.password] if self.password else []),
+                "FLUSHALL",
+            ],
+            check=True,
+            capture_output=True,
         )
 
 

@@ -12,7 +12,8 @@ Modes (one JSON object on the last line of stdout):
   window, and the gaps between response messages.
 - ``prompt``: one session; a prompt of T tokens in one Step (repeated), then the same
   prompt as T single-token unary Steps.
-- ``sessions``: create N sessions and leave them open (for the memory measurement).
+- ``sessions``: create N sessions and leave them open, or until their idle timeout
+  (for the memory measurements).
 
 Every loop is bounded by the window and by a step or call count.
 """
@@ -99,11 +100,12 @@ async def bounded(
 
 
 async def create_sessions(
-    stub: RnnServeStub, model: str, count: int, deadline_s: float = 600.0
+    stub: RnnServeStub, model: str, count: int, deadline_s: float = 600.0, idle_timeout_s: int = 0
 ) -> list[str]:
     async def create(_: int) -> str:
         session = await stub.CreateSession(
-            pb.CreateSessionRequest(model=model), timeout=CALL_TIMEOUT_S
+            pb.CreateSessionRequest(model=model, idle_timeout_s=idle_timeout_s),
+            timeout=CALL_TIMEOUT_S,
         )
         return session.session_id
 
@@ -371,10 +373,10 @@ async def run_prompt(
 
 
 async def run_sessions(
-    stub: RnnServeStub, model: str, count: int, time_limit_s: float
+    stub: RnnServeStub, model: str, count: int, time_limit_s: float, idle_timeout_s: int = 0
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    created = await create_sessions(stub, model, count, deadline_s=time_limit_s)
+    created = await create_sessions(stub, model, count, time_limit_s, idle_timeout_s)
     elapsed = time.perf_counter() - started
     return {"sessions": len(created), "seconds": elapsed, "errors": []}
 
@@ -438,7 +440,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             return await run_prompt(stub, args.model, args.tokens, args.repeats, args.duration)
         if args.mode == "churn":
             return await run_churn(stub, args.model, args.count, args.duration)
-        return await run_sessions(stub, args.model, args.count, args.duration)
+        return await run_sessions(stub, args.model, args.count, args.duration, args.idle_timeout)
     finally:
         await channel.close(None)
 
@@ -465,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=2000, help="prompt length")
     parser.add_argument("--repeats", type=int, default=5, help="one-call prompt repeats")
     parser.add_argument("--count", type=int, default=1000, help="sessions to create")
+    parser.add_argument(
+        "--idle-timeout", type=int, default=0, help="(sessions) their idle_timeout_s; 0: default"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = asyncio.run(_main(args))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import targets
+from bench.hostile import hostile_section
 from bench.records import (
     BASELINE,
     ECHO,
@@ -511,6 +512,7 @@ def render(result: dict[str, Any], json_path: Path, plot_path: Path, docs: Path)
     lines += _absolute(records, plot_path, docs)
     lines += _failures(records)
     lines += soak_section(json_path.parent / "soak.json")
+    lines += hostile_section(json_path.parent / "hostile.json")
     lines += training_section(docs.parent / "training-benchmarks.md", docs)
     lines += _machine(result)
     return "\n".join(lines).rstrip() + "\n"

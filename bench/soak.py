@@ -1,12 +1,15 @@
 """Soak and churn: rnnserve under steady load for minutes, then 100k sessions churned.
 
     python -m bench.soak [--minutes 3] [--sessions 256] [--churn 100000] [--windows 6]
+                         [--expire 100000]
 
 Soak: ``--sessions`` lockstep sessions (one StepStream each, one token per message) run
 for ``--minutes``, measured in ``--windows`` consecutive windows, each by a fresh load
 client process; after every window the server's RSS is read. The first window is the
 warm-up: growth is RSS at the end against RSS after it. Churn: ``--churn`` sessions are
-created, stepped once and closed; RSS after it is compared with RSS before it.
+created, stepped once and closed; RSS after it is compared with RSS before it. Expiry:
+``--expire`` sessions are opened and left idle past their timeout; RSS before, with them
+and after they expired shows how much of their memory is given back.
 Loopback only, bounded in time and count. Writes bench/results/soak.json and the
 "Soak and churn" section of docs/benchmarks.md (through bench.report).
 """
@@ -21,23 +24,28 @@ from typing import Any
 
 from bench.machine import load_average, machine_info, rss_bytes
 from bench.package import ensure_package
-from bench.procs import REPO_ROOT, python_module, run_worker, serving
+from bench.procs import REPO_ROOT, ServerProcess, python_module, run_worker, serving
 
 RESULTS = REPO_ROOT / "bench" / "results" / "soak.json"
+EXPIRY_IDLE_S = 180  # the expiring sessions' idle timeout: longer than opening them takes
+EXPIRY_SETTLE_S = 10.0  # after it: the sweep closes them, a slice at a time
 
 
-def soak(minutes: float, sessions: int, churn: int, windows: int) -> dict[str, Any]:
+def soak(
+    minutes: float, sessions: int, churn: int, windows: int, expire: int = 0
+) -> dict[str, Any]:
     package = ensure_package()
     model = package.parent.name
+    limit = str(max(sessions, 1000) * 4 + expire)
     command = python_module(
         "rnnserve_server", "--models", str(package.parent.parent), "--host", "127.0.0.1",
-        "--port", "0", "--max-sessions", str(max(sessions, 1000) * 4),
-        "--max-sessions-per-caller", str(max(sessions, 1000) * 4),
+        "--port", "0", "--max-sessions", limit, "--max-sessions-per-caller", limit,
     )  # fmt: skip
     window_s = minutes * 60 / windows
     result: dict[str, Any] = {
         "command": "python -m bench.soak "
-        f"--minutes {minutes:g} --sessions {sessions} --churn {churn} --windows {windows}",
+        f"--minutes {minutes:g} --sessions {sessions} --churn {churn} --windows {windows} "
+        f"--expire {expire}",
         "machine": machine_info(),
         "load_average_start": load_average(),
         "windows": [],
@@ -74,12 +82,35 @@ def soak(minutes: float, sessions: int, churn: int, windows: int) -> dict[str, A
         result["rss_after_churn"] = rss_bytes(server.pid)
         before = result["rss_before_churn"]
         result["churn_growth"] = (result["rss_after_churn"] - before) / before
+        if expire:
+            result["expiry"] = expiry(server, model, expire)
         result["server_log_tail"] = server.output_tail(10)
     result["load_average_end"] = load_average()
     result["errors_total"] = sum(w["error_count"] for w in result["windows"]) + int(
         result["churn"].get("error_count", 0)
     )
     return result
+
+
+def expiry(server: ServerProcess, model: str, count: int) -> dict[str, Any]:
+    """``count`` sessions opened and left to expire: the server's memory before, with them
+    and after they expired (the state pool gives its memory back, statepool.py)."""
+    before = rss_bytes(server.pid)
+    opened = run_worker(
+        "bench.load_client",
+        ["--address", server.address, "--model", model, "--mode", "sessions",
+         "--count", str(count), "--idle-timeout", str(EXPIRY_IDLE_S), "--duration", "600"],
+        timeout_s=660,
+    )  # fmt: skip
+    held = rss_bytes(server.pid)
+    time.sleep(EXPIRY_IDLE_S + EXPIRY_SETTLE_S)  # idle past their timeout, then swept
+    return {
+        "sessions": opened["sessions"],
+        "rss_before": before,
+        "rss_with_sessions": held,
+        "rss_after_expiry": rss_bytes(server.pid),
+        "returned": (held - rss_bytes(server.pid)) / max(1, held - before),
+    }
 
 
 def soak_section(path: Path = RESULTS) -> list[str]:
@@ -101,6 +132,16 @@ def soak_section(path: Path = RESULTS) -> list[str]:
         f"- churn of {result['churn']['sessions']:,} sessions (create, one step, close) in "
         f"{result['churn']['seconds']:.0f} s: memory {result['rss_before_churn'] / mib:.1f} → "
         f"{result['rss_after_churn'] / mib:.1f} MiB (**{result['churn_growth'] * 100:+.1f} %**)",
+    ]
+    expired = result.get("expiry")
+    if expired:
+        lines.append(
+            f"- {expired['sessions']:,} idle sessions opened and left to expire: memory "
+            f"{expired['rss_before'] / mib:.1f} → {expired['rss_with_sessions'] / mib:.1f} "
+            f"MiB with them → {expired['rss_after_expiry'] / mib:.1f} MiB after they expired "
+            f"(**{expired['returned'] * 100:.0f} %** of what they took given back)"
+        )
+    lines += [
         "",
         "| window | sessions | steps/s | p50 ms | p99 ms | errors | server RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -121,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=256)
     parser.add_argument("--churn", type=int, default=100_000)
     parser.add_argument("--windows", type=int, default=6)
+    parser.add_argument("--expire", type=int, default=100_000, help="idle sessions to expire")
     args = parser.parse_args(argv)
-    result = soak(args.minutes, args.sessions, args.churn, args.windows)
+    result = soak(args.minutes, args.sessions, args.churn, args.windows, args.expire)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     from bench.report import write_report

@@ -172,24 +172,30 @@ SERVER = [str(Path(sys.executable).with_name("rnnserve-server"))]
 
 
 class ServerProcess:
-    """rnnserve-server as its own process on 127.0.0.1:<free port>; its log kept."""
+    """rnnserve-server as its own process on 127.0.0.1:<free port>; its whole output
+    (stdout and stderr, in order) kept in ``lines``."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [*SERVER, "--host", "127.0.0.1", "--port", "0", *args],
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
         self.port = 0
-        assert self.process.stderr is not None
+        self.http_port = 0  # the OpenAI-compatible front's, where --openai-port is given
+        assert self.process.stdout is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
+            line = self.process.stdout.readline()
             if not line:
                 break
             self.lines.append(line)
+            http = re.search(r"OpenAI-compatible HTTP front on \S+:(\d+)/v1", line)
+            if http:
+                self.http_port = int(http.group(1))
             found = re.search(r"serving rnnserve\.v1\.RnnServe on [\d.]+:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
@@ -199,13 +205,32 @@ class ServerProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
             self.lines.append(line)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self._ended()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def openai_port(self) -> int:
+        """The OpenAI-compatible HTTP front's port (``--openai-port 0``), as logged at start."""
+        pattern = r"OpenAI-compatible HTTP front on https?://127\.0\.0\.1:(\d+)/v1"
+        (port,) = [int(m.group(1)) for line in self.lines if (m := re.search(pattern, line))]
+        return port
 
     def stop(self) -> int:
         """SIGTERM; the exit status once it has exited."""
@@ -220,9 +245,9 @@ class ServerProcess:
 
     def _ended(self) -> int:
         status = self.process.wait(30)
-        self._reader.join(10)  # the log read to its end, then the pipe closed
-        assert self.process.stderr is not None
-        self.process.stderr.close()
+        self._reader.join(10)  # the output read to its end, then the pipe closed
+        assert self.process.stdout is not None
+        self.process.stdout.close()
         return status
 
 
@@ -359,3 +384,77 @@ def assert_top_close(got: Any, expected: Any, atol: float = 2e-6) -> None:
         rtol=0,
         atol=atol,
     )
+
+
+def exported_metrics(models: Path, model_name: str) -> list[Any]:
+    """The metric families (prometheus_client's parser) a real server exports after a step,
+    a generation and a cancelled generation, so that every family has samples."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rnnserve import Client
+
+    with (
+        ServerThread(server_config(models, metrics_port=0)) as server,
+        Client(server.address) as client,
+    ):
+        with client.create_session(model_name) as session:
+            session.step(text="a")
+            session.generate_text("b", max_tokens=3)
+            stream = session.generate(max_tokens=4000, temperature=0)
+            next(stream)
+            stream.close()  # cancels it
+        assert server.running is not None
+        url = f"http://127.0.0.1:{server.running.metrics_port}/metrics"
+
+        def scrape() -> list[Any]:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return list(text_string_to_metric_families(reply.read().decode()))
+
+        deadline = time.monotonic() + 10
+        while not any(f.name == "rnnserve_cancellations" and f.samples for f in scrape()):
+            assert time.monotonic() < deadline, "the cancellation was never counted"
+            time.sleep(0.05)
+        return scrape()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a server's metrics endpoint, by name and labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def hold_streams(
+    client: Any, session_id: str, count: int, release: threading.Event
+) -> list[threading.Thread]:
+    """``count`` StepStreams, each answered once and then held open until ``release``."""
+    from rnnserve import StepInput  # the client library: only where a test streams
+
+    answered = threading.Semaphore(0)
+
+    def held() -> None:
+        def inputs() -> Iterator[Any]:
+            yield StepInput(session_id, [5])
+            release.wait(30)
+
+        results = client.step_stream(inputs())
+        next(results)  # the server has answered: the call is in flight there
+        answered.release()
+        list(results)
+
+    threads = [threading.Thread(target=held) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert answered.acquire(timeout=30)
+    return threads

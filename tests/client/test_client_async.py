@@ -58,6 +58,24 @@ def test_models_sessions_and_steps(toy: ToyServer) -> None:
     run(toy, body)
 
 
+def test_async_with_opens_and_closes_sessions_directly(toy: ToyServer) -> None:
+    async def body(client: AsyncClient) -> None:
+        async with client.create_session("toy-char") as session:
+            assert isinstance(session, rnnserve.AsyncSession)
+            assert session.id in toy.servicer.sessions
+            await session.step(text="ab")
+        assert session.id not in toy.servicer.sessions  # closed on leaving the block
+        with pytest.raises(rnnserve.NotFound):
+            async with client.create_session("nope"):
+                pass  # pragma: no cover - creating it fails
+        with pytest.raises(RuntimeError, match="boom"):
+            async with client.create_session("toy-char") as failing:
+                raise RuntimeError("boom")
+        assert failing.id not in toy.servicer.sessions  # closed on the way out too
+
+    run(toy, body)
+
+
 def test_step_stream_takes_async_and_plain_iterables(toy: ToyServer) -> None:
     async def body(client: AsyncClient) -> None:
         session = await client.create_session("toy-char")

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from conftest import ToyServer
 
 RNNSERVE = [sys.executable, "-m", "rnnserve"]
+# The CLI as started from an interactive shell, where Ctrl-C sends SIGINT. A shell that
+# ignores SIGINT (a background job, nohup, `trap '' INT`) passes that on to its children,
+# and Python installs its KeyboardInterrupt handler only where SIGINT is not ignored: so
+# the test restores the handler an interactive start would have, then runs the CLI.
+INTERACTIVE_RNNSERVE = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('rnnserve', run_name='__main__', alter_sys=True)",
+]
 
 
 def run_cli(toy: ToyServer, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -62,6 +72,25 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     shown = subprocess.run([*RNNSERVE, *argv], capture_output=True, text=True, check=False)
     assert shown.returncode == 2
     assert "usage:" in shown.stderr and "Traceback" not in shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "mistyped"),
+    [
+        (["generate", "--max-tokenz", "3"], "generate", "--max-tokenz"),  # 3: the prompt
+        (["step", "abc", "--topk", "3"], "step", "--topk 3"),
+        (["models", "--jsn"], "models", "--jsn"),
+        (["health", "--srvice", "x"], "health", "--srvice x"),
+        (["--timeout", "3", "reload", "--force"], "reload", "--force"),
+    ],
+)
+def test_a_mistyped_option_shows_its_commands_usage(
+    argv: list[str], command: str, mistyped: str
+) -> None:
+    shown = subprocess.run([*RNNSERVE, *argv], capture_output=True, text=True, check=False)
+    assert shown.returncode == 2
+    assert shown.stderr.startswith(f"usage: rnnserve {command} ")
+    assert shown.stderr.endswith(f"rnnserve {command}: error: unrecognized arguments: {mistyped}\n")
 
 
 def test_connection_options_go_before_or_after_the_command(
@@ -147,8 +176,13 @@ def test_step_shows_the_likely_next_tokens(
 def test_health_exit_status(toy: ToyServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(toy, capsys, "health") == (0, "SERVING\n", "")
     assert run_cli(toy, capsys, "health", "--service", "draining") == (1, "NOT_SERVING\n", "")
-    status, _, err = run_cli(toy, capsys, "health", "--service", "x")
-    assert status == 1 and err.startswith("error: NOT_FOUND:")
+    assert run_cli(toy, capsys, "health", "--service", "rnnserve.v1.RnnServe/nope") == (
+        1,
+        "",
+        "error: NOT_FOUND: the health service knows no service 'rnnserve.v1.RnnServe/nope'; "
+        "an rnnserve server reports on '' (the server), rnnserve.v1.RnnServe and "
+        "rnnserve.v1.RnnServe/<model> for each model it has loaded (`rnnserve models`)\n",
+    )
 
 
 def test_server_errors_print_one_line(toy: ToyServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -269,7 +303,7 @@ def test_interactive_on_a_terminal_redraws_and_restores_it(toy: ToyServer) -> No
 def test_ctrl_c_cancels_generation_cleanly(toy: ToyServer) -> None:
     toy.servicer.token_delay_s = 0.02
     process = subprocess.Popen(
-        [*RNNSERVE, "--address", toy.address, "generate", "go", "--max-tokens", "4096"],
+        [*INTERACTIVE_RNNSERVE, "--address", toy.address, "generate", "go", "--max-tokens", "4096"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -126,20 +126,20 @@ def test_classify_and_its_errors(client: Client, model_name: str) -> None:
         client.classify(CLASSIFIER, "x", tokens=[1])
 
 
-def test_stop_tokens_end_generation_after_the_token(client: Client, model_name: str) -> None:
+def test_stop_token_ids_end_generation_after_the_token(client: Client, model_name: str) -> None:
     with client.create_session(model_name) as session:
         free = [t for c in session.generate("The ", max_tokens=30, temperature=0) for t in c.tokens]
     stop = free[6].id
     first = next(i for i, t in enumerate(free) if t.id == stop)
     with client.create_session(model_name) as session:
-        chunks = list(session.generate("The ", max_tokens=30, temperature=0, stop_tokens=[stop]))
+        chunks = list(session.generate("The ", max_tokens=30, temperature=0, stop_token_ids=[stop]))
     assert [t for c in chunks for t in c.tokens] == free[: first + 1]
     assert chunks[-1].finish_reason == "stop-token" and chunks[-1].matched_stop is None
     with (
         client.create_session(model_name) as session,
         pytest.raises(InvalidArgument, match=r"stop_token_ids\[1\] = 100000"),
     ):
-        list(session.generate(max_tokens=3, stop_tokens=[stop, 100_000]))
+        list(session.generate(max_tokens=3, stop_token_ids=[stop, 100_000]))
 
 
 # ---------------------------------------------------------------- the asyncio client
@@ -285,3 +285,61 @@ def test_cli_reload(tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert status == 1 and (reply["added"], reply["removed"]) == ([], [])
         assert [m["version"] for m in reply["models"]] == [1, 2]
         assert reply["refused"][0]["path"] == str(broken)
+
+
+def test_cli_generate_says_what_a_model_needs_to_start(
+    zoo: ServerThread, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expectations = [
+        (["--model", CONDITIONAL], f"{CONDITIONAL} is a conditional generator: give "
+         "--condition, one of calm, wild"),
+        (["--model", ENCODER_DECODER], f"{ENCODER_DECODER} is an encoder-decoder model: it "
+         f"decodes a source; use `rnnserve translate --model {ENCODER_DECODER} SOURCE`"),
+        (["--model", model_name, "--condition", "calm"], "--condition is for conditional "
+         f"generators; {model_name} is not one"),
+    ]  # fmt: skip
+    for options, message in expectations:
+        assert run_cli(zoo, capsys, "generate", "Hi", *options) == (2, "", f"error: {message}\n")
+
+
+def test_cli_generate_echoes_the_prompt_only_once_the_server_accepted_it(
+    zoo: ServerThread, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(zoo, capsys, "generate", "Once", "--top-k", "100000")
+    assert (status, out) == (1, "")  # the prompt is not shown as if generation had begun
+    assert err.startswith("error: INVALID_ARGUMENT: top_k = 100000 is out of range")
+    status, out, _ = run_cli(zoo, capsys, "generate", "Once", "--max-tokens", "3")
+    assert status == 0 and out.startswith("Once")
+
+
+@pytest.mark.parametrize(
+    ("model", "needs"),
+    [
+        (ENCODER_DECODER, "a source to encode (initial state 'encoder')"),
+        (CONDITIONAL, "a condition (initial state 'condition')"),
+    ],
+)
+def test_cli_interactive_refuses_models_that_need_a_start(
+    zoo: ServerThread, capsys: pytest.CaptureFixture[str], model: str, needs: str
+) -> None:
+    assert run_cli(zoo, capsys, "interactive", "--model", model) == (
+        2,
+        "",
+        "error: interactive needs a language model whose sessions start from nothing; "
+        f"{model} needs {needs}\n",
+    )
+
+
+def test_cli_default_model_is_the_servers_default_version(
+    tiny_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for version in (1, 2):
+        copy_package(tiny_package, tmp_path, "lm", version)
+    with ServerThread(server_config(tmp_path)) as server:
+        for command in (["generate", "--max-tokens", "2"], ["step", "a"]):
+            status, out, _ = run_cli(server, capsys, *command, "--json")
+            assert (status, json.loads(out)["version"]) == (0, 2)  # the highest, not the first
+        (tmp_path / "lm" / "config.toml").write_text("[versions]\ndefault = 1\n")
+        run_cli(server, capsys, "reload")
+        status, out, _ = run_cli(server, capsys, "generate", "--max-tokens", "2", "--json")
+        assert (status, json.loads(out)["version"]) == (0, 1)  # the version the server pins

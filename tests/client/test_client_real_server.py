@@ -44,6 +44,8 @@ def test_async_client_gives_what_the_sync_client_gives(
     async def body(aclient: AsyncClient) -> None:
         assert await aclient.list_models() == client.list_models()
         assert await aclient.health() == "SERVING"
+        with pytest.raises(rnnserve.NotFound, match="the health service knows no service 'x'"):
+            await aclient.health("x")
         async with await aclient.create_session(model_name) as session:
             assert await session.step(text=PROMPT, top_k=3, return_distribution=True) == (
                 rnnserve.StepResult(
@@ -55,6 +57,27 @@ def test_async_client_gives_what_the_sync_client_gives(
                 )
             )
             assert await session.generate_text(max_tokens=20, temperature=0) == sync_text
+
+    run(server, body)
+
+
+def test_async_with_creates_and_forks_sessions_directly(
+    server: ServerThread, model_name: str
+) -> None:
+    def open_sessions() -> int:
+        return server.run(lambda: len(server.running.engine.store))  # type: ignore[union-attr]
+
+    async def body(client: AsyncClient) -> None:
+        before = open_sessions()
+        async with client.create_session(model_name, seed=4) as session:
+            await session.step(text=PROMPT)
+            async with session.fork() as copy:
+                assert open_sessions() == before + 2
+                assert (await copy.step(text="a")).steps == len(PROMPT) + 1
+            forked = await client.fork_session(session.id)  # awaited: a handle to keep
+            assert open_sessions() == before + 2
+            await forked.close()
+        assert open_sessions() == before
 
     run(server, body)
 
@@ -117,6 +140,12 @@ def test_cli_end_to_end(
     address = ["--address", server.address]
     assert main([*address, "health"]) == 0
     assert capsys.readouterr().out == "SERVING\n"
+    assert main([*address, "health", "--service", f"rnnserve.v1.RnnServe/{model_name}"]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert main([*address, "health", "--service", "rnnserve.v1.RnnServe/nope"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: NOT_FOUND: the health service knows no service 'rnnserve.v1.RnnServe/nope'; "
+    )
     assert main([*address, "models", "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["name"] == model_name

@@ -134,7 +134,7 @@ def sampling(**overrides: object) -> pb.GenerateRequest:
         "top_p": None,
         "seed": None,
         "stop": (),
-        "stop_tokens": (),
+        "stop_token_ids": (),
     }
     prompt = overrides.pop("prompt", None)
     return generate_request("s", prompt, **{**options, **overrides})  # type: ignore[arg-type]
@@ -212,13 +212,13 @@ def test_generated_chunks_name_why_they_ended() -> None:
     assert ended.finish_reason == "end-token"
 
 
-def test_stop_tokens_travel_as_ids() -> None:
-    assert list(sampling(stop_tokens=[3, 0]).stop_token_ids) == [3, 0]
+def test_stop_token_ids_travel_as_ids() -> None:
+    assert list(sampling(stop_token_ids=[3, 0]).stop_token_ids) == [3, 0]
     assert list(sampling().stop_token_ids) == []
-    with pytest.raises(ValueError, match=r"stop_tokens must be a sequence of token ids"):
-        sampling(stop_tokens="ab")
-    with pytest.raises(ValueError, match=r"stop_tokens\[0\] must be in"):
-        sampling(stop_tokens=[-1])
+    with pytest.raises(ValueError, match=r"stop_token_ids must be a sequence of token ids"):
+        sampling(stop_token_ids="ab")
+    with pytest.raises(ValueError, match=r"stop_token_ids\[0\] must be in"):
+        sampling(stop_token_ids=[-1])
 
 
 def test_create_session_requests_carry_only_what_is_given() -> None:

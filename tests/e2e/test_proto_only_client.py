@@ -104,6 +104,7 @@ CLIENT = textwrap.dedent(
             # the pieces continue the text of the session so far (the prompt)
             "decoded": decode(ids + [t.id for t in generated], tokens, page),
             "pieces": decode(ids, tokens, page) + "".join(t.piece for t in generated),
+            "prompt decoded": decode(ids, tokens, page),
             "generated": len(generated),
         }
     print(json.dumps(report))
@@ -155,6 +156,8 @@ def test_a_client_from_proto_alone_lists_encodes_and_decodes(
     word = report.pop("word-lstm")
     assert word["kind"] == "word" and word["listed"] == word["size"] == len(VOCABULARY)
     assert word["ids"] == [VOCABULARY.index(w) for w in WORDS.split(" ")]
+    # the rules say where no space goes: before the comma and the full stop
+    assert word["prompt decoded"] == "and god said, let there be light."
     (char,) = [report[name] for name in report if name != "health"]
     assert char["kind"] == "char" and char["listed"] == char["size"]
     for model in (word, char):

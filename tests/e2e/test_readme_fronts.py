@@ -42,13 +42,6 @@ def running(
         assert server.stop() == 0
 
 
-def http_port(server: ServerProcess) -> int:
-    """The HTTP front's port, as the server logs it at start."""
-    pattern = r"OpenAI-compatible HTTP front on http://127\.0\.0\.1:(\d+)/v1"
-    (port,) = [int(m.group(1)) for line in server.lines if (m := re.search(pattern, line))]
-    return port
-
-
 def test_the_tritonclient_example(running: ServerProcess, tritonclient_python: Path) -> None:
     code = readme_block("block with tritonclient").replace("127.0.0.1:50051", running.address)
     done = subprocess.run(
@@ -68,7 +61,7 @@ def test_the_tritonclient_example(running: ServerProcess, tritonclient_python: P
 
 
 def test_the_curl_example(running: ServerProcess) -> None:
-    command = readme_block("command").replace("127.0.0.1:8000", f"127.0.0.1:{http_port(running)}")
+    command = readme_block("command").replace("127.0.0.1:8000", f"127.0.0.1:{running.openai_port}")
     assert command.startswith("curl -N ")
     done = subprocess.run(
         ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False

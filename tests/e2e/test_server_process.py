@@ -17,7 +17,7 @@ from rnnserve import Client, Unavailable
 
 @pytest.fixture
 def running(models_dir: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(
+    with ServerProcess(
         "--models",
         str(models_dir),
         "--shutdown-grace-s",
@@ -27,16 +27,8 @@ def running(models_dir: Path) -> Iterator[ServerProcess]:
             "RNNSERVE_MAX_SESSIONS": "77",
             "RNNSERVE_STATE_KEYS": SHARED_STATE_KEYS,
         },
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-        server.process.wait()
-        server._reader.join(5)
-        assert server.process.stderr is not None
-        server.process.stderr.close()
 
 
 def test_configuration_is_logged_once_as_json(running: ServerProcess, model_name: str) -> None:
@@ -102,3 +94,97 @@ def test_json_logs_carry_session_and_model_ids(running: ServerProcess, model_nam
     records = [json.loads(line) for line in running.lines if line.startswith("{")]
     refused = [r for r in records if "INVALID_ARGUMENT" in r["message"]]
     assert refused and refused[-1]["session"] == session_id
+
+
+def test_json_logs_carry_the_request_id(running: ServerProcess, model_name: str) -> None:
+    import grpc
+
+    from rnnserve.v1 import rnnserve_pb2 as pb
+    from rnnserve.v1 import rnnserve_pb2_grpc
+
+    with grpc.insecure_channel(running.address) as channel:
+        stub = rnnserve_pb2_grpc.RnnServeStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.CreateSession(
+                pb.CreateSessionRequest(model="nope"), metadata=[("x-request-id", "trace-me-123")]
+            )
+        session = stub.CreateSession(pb.CreateSessionRequest(model=model_name)).session_id
+        with pytest.raises(grpc.RpcError):
+            stub.Step(pb.StepRequest(session_id=session, text="", request_id="step-42"))
+    time.sleep(0.3)
+    records = [json.loads(line) for line in running.lines if line.startswith("{")]
+    (created,) = [r for r in records if r.get("request_id") == "trace-me-123"]
+    assert created["method"] == "CreateSession" and "NOT_FOUND" in created["message"]
+    (stepped,) = [r for r in records if r.get("request_id") == "step-42"]
+    assert (stepped["method"], stepped["session"]) == ("Step", session)
+    assert stepped["model"] == f"{model_name}/1" and "INVALID_ARGUMENT" in stepped["message"]
+
+
+def test_a_config_file_sets_what_variables_and_flags_do_not(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'models = "{models_dir}"\nmax_sessions = 55\nmax_batch = 9\nlog_json = true\n'
+    )
+    with ServerProcess(
+        "--config", str(config), "--max-batch", "7", env={"RNNSERVE_MAX_SESSIONS": "66"}
+    ) as server:
+        records = [json.loads(line) for line in server.lines if line.startswith("{")]
+        (logged,) = [r for r in records if r["message"].startswith("configuration: ")]
+        shown = json.loads(logged["message"].removeprefix("configuration: "))
+        assert (shown["models"], shown["max_sessions"], shown["max_batch"]) == (
+            str(models_dir),
+            66,  # the variable over the file
+            7,  # the flag over both
+        )
+        with Client(server.address) as client:
+            assert client.health() == "SERVING"  # its models came from the file
+
+
+def test_json_logs_of_the_kserve_and_http_fronts_carry_the_request_id(
+    models_dir: Path, model_name: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    import grpc
+
+    from rnnserve_server.kserve.pb import grpc_service_pb2 as kpb
+    from rnnserve_server.kserve.pb import grpc_service_pb2_grpc as kpb_grpc
+
+    def infer(request_id: str, sequence_start: bool, text: bytes) -> kpb.ModelInferRequest:
+        request = kpb.ModelInferRequest(model_name=model_name, id=request_id)
+        request.parameters["sequence_id"].int64_param = 3
+        request.parameters["sequence_start"].bool_param = sequence_start
+        tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(text)
+        return request
+
+    with ServerProcess(
+        "--models", str(models_dir), "--log-json", "--openai-port", "0"
+    ) as server, grpc.insecure_channel(server.address) as channel:  # fmt: skip
+        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(infer("infer-0", True, b"ab"))
+        stub.ModelInfer(infer("infer-1", True, b"ab"))  # a start on a live sequence: warned
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(infer("infer-2", False, b""))  # an empty text: nothing to feed
+        completion = urllib.request.Request(
+            f"http://127.0.0.1:{server.openai_port}/v1/completions",
+            data=json.dumps({"model": model_name, "temperature": -1}).encode(),
+            headers={"content-type": "application/json", "x-request-id": "http-1"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(completion, timeout=30)
+        failed.value.close()  # its socket, which the error holds
+        server.stop()
+    records = [json.loads(line) for line in server.lines if line.startswith("{")]
+    (restarted,) = [r for r in records if r.get("request_id") == "infer-1"]
+    assert (restarted["method"], restarted["model"]) == ("ModelInfer", f"{model_name}/1")
+    assert restarted["session"] and "has a conflict" in restarted["message"]
+    (refused,) = [r for r in records if r.get("request_id") == "infer-2"]
+    assert (refused["method"], refused["model"]) == ("ModelInfer", f"{model_name}/1")
+    assert "INVALID_ARGUMENT" in refused["message"]
+    (completed,) = [r for r in records if r.get("request_id") == "http-1"]
+    assert completed["method"] == "/v1/completions"
+    assert completed["message"].startswith("/v1/completions -> INVALID_ARGUMENT: temperature")

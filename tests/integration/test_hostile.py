@@ -26,7 +26,7 @@ from rnnserve.v1 import rnnserve_pb2_grpc
 
 CONTROL_TEXT = "a control session that must not notice anything " * 3
 UINT32_MAX = 2**32 - 1
-LIMITS = {"max_tokens_per_request": 64, "max_generate_tokens": 64, "max_message_bytes": 65536,
+LIMITS = {"max_tokens_per_request": 64, "max_generate_tokens": 64, "max_request_bytes": 65536,
           "max_steps_per_message": 8}  # fmt: skip
 
 

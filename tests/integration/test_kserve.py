@@ -239,7 +239,7 @@ def test_calls_are_counted_in_the_metrics(server: ServerThread, stub: Any, model
     registry = server.running.metrics.registry  # type: ignore[union-attr]
 
     def counted(code: str) -> float:
-        labels = {"method": "ModelInfer", "code": code}
+        labels = {"method": "ModelInfer", "code": code, "model": f"{model_name}/1"}
         return registry.get_sample_value("rnnserve_requests_total", labels) or 0.0
 
     ok, invalid = counted("OK"), counted("INVALID_ARGUMENT")

@@ -217,7 +217,7 @@ def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Pat
     config = server_config(
         models_dir,
         openai_port=0,
-        max_message_bytes=2048,
+        max_request_bytes=2048,
         tls_cert=str(certificates / "server.pem"),
         tls_key=str(certificates / "server.key"),
     )
@@ -237,7 +237,7 @@ def test_tls_and_the_body_limit(models_dir: Path, model_name: str, tmp_path: Pat
             urllib.request.urlopen(urllib.request.Request(url, large), context=context)
         with raised.value as error:
             assert error.code == 413
-            assert "max_message_bytes" in json.loads(error.read())["error"]["message"]
+            assert "max_request_bytes" in json.loads(error.read())["error"]["message"]
 
 
 def test_a_stream_the_client_leaves_ends_its_generation(models_dir: Path, model_name: str) -> None:

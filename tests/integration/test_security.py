@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import ServerThread, make_test_certificates, server_config
+from support import ServerThread, make_test_certificates, scrape, server_config
 
 from rnnserve import Client, NotFound, StepInput, TLSConfig, Unauthenticated, Unavailable
 
@@ -74,6 +75,43 @@ def test_sessions_belong_to_their_caller(guarded: ServerThread, model_name: str)
         assert foreign.value.details.replace(session.id, "f" * 32) == unknown.value.details
         assert alice.step(session.id, text="c").steps == 3  # untouched by bob's attempts
         assert alice.close_session(session.id) == 3
+
+
+def test_refused_calls_are_counted_and_logged_a_few_at_a_time(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = server_config(models_dir, auth_tokens=f"alice:{ALICE}", metrics_port=0)
+    presented = "presented-secret-never-logged"
+    with ServerThread(config) as server, grpc.insecure_channel(server.address) as channel:
+        port = server.running.metrics_port  # type: ignore[union-attr]
+        assert port
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        attempts = {
+            "no token": (),
+            "unknown token": (("authorization", f"Bearer {presented}"),),
+            "not a bearer token": (("authorization", f"Basic {presented}"),),
+        }
+        list_models = channel.unary_unary("/rnnserve.v1.RnnServe/ListModels", None, None)
+        with caplog.at_level(logging.WARNING, logger="rnnserve_server.auth"):
+            for metadata in attempts.values():
+                for _ in range(25):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        list_models(b"", metadata=metadata, timeout=10)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError):
+                list(stub.ServerReflectionInfo(iter([]), metadata=attempts["no token"]))
+        samples = scrape(port)
+    for reason in attempts:
+        expected = 25 + (reason == "no token")
+        assert samples[("rnnserve_auth_failures_total", (("reason", reason),))] == expected
+    lines = [r.getMessage() for r in caplog.records if r.name == "rnnserve_server.auth"]
+    for reason in attempts:
+        shown = [line for line in lines if line.endswith(reason)]
+        assert 1 <= len(shown) <= 10  # at most a burst of lines per reason, not one per call
+        assert (
+            "refused a call to /rnnserve.v1.RnnServe/ListModels from ipv4:127.0.0.1:" in (shown[0])
+        )
+    assert not any(presented in line for line in lines)  # what was presented: never logged
 
 
 def test_malformed_token_settings_stop_the_server(models_dir: Path) -> None:

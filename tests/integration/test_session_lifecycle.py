@@ -14,14 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from statebytes import Export
 from support import (
     SHARED_STATE_KEYS,
@@ -29,6 +27,7 @@ from support import (
     assert_top_close,
     copy_package,
     edit_manifest,
+    scrape,
     server_config,
 )
 
@@ -487,17 +486,6 @@ def test_health_follows_each_model(tiny_package: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- metrics
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the metrics endpoint, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def test_metrics_count_calls_sessions_batches_tokens_and_cancellations(
     models_dir: Path, model_name: str
 ) -> None:
@@ -512,11 +500,12 @@ def test_metrics_count_calls_sessions_batches_tokens_and_cancellations(
                 session.step(text=char)
             generated = list(session.generate(max_tokens=10, temperature=0))
             samples = scrape(port)
-            step_ok = ("rnnserve_requests_total", (("code", "OK"), ("method", "Step")))
+            version = ("model", f"{model_name}/1")
+            step_ok = ("rnnserve_requests_total", (("code", "OK"), ("method", "Step"), version))
             assert samples[step_ok] == len(PROMPT)
             assert samples[("rnnserve_sessions_live", ())] == 1
             produced = sum(len(c.tokens) for c in generated)
-            assert samples[("rnnserve_generated_tokens_total", ())] == produced
+            assert samples[("rnnserve_generated_tokens_total", (version,))] == produced
             batches = {
                 labels: value
                 for (name, labels), value in samples.items()
@@ -553,30 +542,61 @@ def test_a_caller_may_hold_only_so_many_sessions(models_dir: Path, model_name: s
         second.close()
 
 
-def test_expiry_frees_every_slot(models_dir: Path, model_name: str) -> None:
+def test_expiry_frees_every_slot_and_the_pool_gives_its_memory_back(
+    models_dir: Path, model_name: str
+) -> None:
     config = server_config(models_dir, session_idle_timeout_s=1)
     with ServerThread(config) as server:
         engine = server.running.engine  # type: ignore[union-attr]
         store = engine.store
         pool = server.run(lambda: store.pool(engine.repository.get(model_name)))
         initial_capacity = server.run(lambda: pool.capacity)
+        initial_bytes = server.run(lambda: store.state_bytes)
 
-        async def open_sessions(count: int) -> None:
+        async def open_sessions(count: int, **options: int) -> list[str]:
             # In waves: thousands of calls at once on one connection make gRPC drop it.
+            opened = []
             async with AsyncClient(server.address, timeout=60) as client:
                 for wave in range(0, count, 100):
                     opening = range(wave, min(wave + 100, count))
-                    await asyncio.gather(*(client.create_session(model_name) for _ in opening))
+                    created = await asyncio.gather(
+                        *(client.create_session(model_name, **options) for _ in opening)
+                    )
+                    opened += [session.id for session in created]
+            return opened
 
         def occupancy() -> tuple[int, int]:
             return server.run(lambda: (len(store), pool.in_use))
 
         asyncio.run(open_sessions(2000))
         capacity = server.run(lambda: pool.capacity)
-        assert capacity > initial_capacity  # the sessions held slots: the pool grew for them
+        assert capacity > initial_capacity  # the sessions held slots: the pool grew
         wait_for(lambda: occupancy() == (0, 0), timeout=20)
         assert server.run(lambda: store.expired_total) == 2000
-        # The freed slots are reused: as many sessions again fit without growing the pool.
-        asyncio.run(open_sessions(capacity))
+        # all gone: the pool is back at its least size, its memory given back
+        wait_for(lambda: server.run(lambda: pool.capacity) == initial_capacity, timeout=10)
+        assert server.run(lambda: store.state_bytes) == initial_bytes
+
+        # Ten sessions outlive 2000 others, each in a state of its own, opened last: in
+        # the upper slots, which the shrinking pool moves down once the others are gone.
+        with Client(server.address) as client:
+            others = asyncio.run(open_sessions(2000, idle_timeout_s=120))
+            kept = asyncio.run(open_sessions(10, idle_timeout_s=120))
+            for i, session_id in enumerate(kept):
+                client.step(session_id, [4 + i, 9, 5 + i])
+            slots_before = server.run(lambda: [store._sessions[i].slot for i in kept])
+            assert min(slots_before) >= 2000
+            for session_id in others:
+                client.close_session(session_id)
+            wait_for(lambda: server.run(lambda: pool.capacity) == initial_capacity, timeout=10)
+            slots_after = server.run(lambda: [store._sessions[i].slot for i in kept])
+            assert max(slots_after) < initial_capacity  # they moved
+            # Every kept session goes on exactly as one that never moved.
+            for i, session_id in enumerate(kept):
+                with client.create_session(model_name) as control:
+                    client.step(control.id, [4 + i, 9, 5 + i])
+                    expected = client.step(control.id, [7])
+                assert_top_close(client.step(session_id, [7]), expected)
+        # The freed slots are reused: as many sessions again grow the pool to the same size.
+        asyncio.run(open_sessions(capacity - 10, idle_timeout_s=120))
         assert server.run(lambda: pool.capacity) == capacity
-        wait_for(lambda: occupancy() == (0, 0), timeout=20)

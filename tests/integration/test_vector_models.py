@@ -130,6 +130,59 @@ def test_inputs_are_checked_naming_the_field(client: Client, stub: Any, model_na
     assert client.close_session(session.id) == 0  # nothing was applied
 
 
+def test_vectors_are_bounded_and_paid_for_as_tokens_are(models: Path) -> None:
+    """A request's vectors count as its steps: at most max_tokens_per_request of them
+    (counted before the values are read), StepMany's in all at most
+    max_tokens_per_message (each session's by its model's input size), and each is
+    taken from the caller's token budget."""
+    config = server_config(
+        models,
+        state_keys=SHARED_STATE_KEYS,
+        max_unbounded_state=BOUND,
+        max_tokens_per_request=8,
+        max_tokens_per_message=12,
+        max_generate_tokens=4,
+        caller_token_burst=16,
+        caller_tokens_per_s=0.01,  # no refill to speak of during the test
+    )
+    with ServerThread(config) as server, grpc.insecure_channel(server.address) as channel:
+        stub = rnnserve_pb2_grpc.RnnServeStub(channel)
+        ids = [stub.CreateSession(pb.CreateSessionRequest(model=NAME)).session_id for _ in range(4)]
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Step(step_message(ids[0], vectors(9)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == (
+            "input.vectors steps = 9 exceeds the server's limit of 8 (max_tokens_per_request)"
+        )
+        assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"
+
+        def step_many(sessions: list[str], steps: int) -> Any:
+            request = pb.StepManyRequest(
+                session_ids=sessions,
+                vectors=vectors(steps * len(sessions)).ravel(),
+                value_counts=[steps * SIZE] * len(sessions),
+            )
+            (reply,) = stub.StepMany(iter([request]), timeout=30)
+            return reply
+
+        with pytest.raises(grpc.RpcError) as refused:
+            step_many(ids, 4)  # 16 vectors
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "16 vectors beside 0 tokens" in refused.value.details()
+        assert "at most 12 inputs in all per message (max_tokens_per_message)" in (
+            refused.value.details()
+        )
+        reply = step_many(ids[:3], 4)  # 12 vectors: the message's limit, 12 of 16 tokens
+        assert list(reply.steps) == [4, 4, 4] and not reply.errors
+        assert stub.Step(step_message(ids[3], vectors(4))).steps == 4  # the bucket's last 4
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Step(step_message(ids[3], vectors(4)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "caller_tokens_per_s" in refused.value.details()
+        for session_id in ids:  # the refusals applied nothing
+            assert stub.CloseSession(pb.CloseSessionRequest(session_id=session_id)).steps == 4
+
+
 def test_a_retried_step_is_answered_from_the_kept_output(
     client: Client, stub: Any, module: torch.nn.Module
 ) -> None:

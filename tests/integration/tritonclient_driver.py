@@ -9,7 +9,9 @@ returned (JSON) on stdout:
      "calls": [{"call": "infer", "request": REQUEST},
                {"call": "stream", "requests": [REQUEST, ...]},
                {"call": "server_live" | "server_ready" | "server_metadata"},
-               {"call": "model_ready" | "model_metadata" | "model_config", "model": NAME}]}
+               {"call": "model_ready" | "model_metadata" | "model_config", "model": NAME},
+               {"call": "load_model" | "unload_model", "model": NAME, "config": JSON},
+               {"call": "repository_index"}]}
 
     REQUEST: {"model": NAME, "version": "", "id": "", "sequence_id": 7 or "s", "start": bool,
               "end": bool, "ids": [int] or "text": str, "outputs": [NAME, ...],
@@ -102,6 +104,14 @@ def run(client: Any, call: dict[str, Any], headers: dict[str, str]) -> Any:
             return getattr(client, f"is_{kind}")(headers=headers)
         if kind == "server_metadata":
             return client.get_server_metadata(headers=headers, as_json=True)
+        if kind == "load_model":
+            client.load_model(call["model"], headers=headers, config=call.get("config"))
+            return "done"
+        if kind == "unload_model":
+            client.unload_model(call["model"], headers=headers)
+            return "done"
+        if kind == "repository_index":
+            return client.get_model_repository_index(headers=headers, as_json=True)
         if kind == "model_ready":
             return client.is_model_ready(call["model"], call.get("version", ""), headers=headers)
         getter = {

@@ -52,6 +52,98 @@ def test_thread_and_inline_settings_are_checked(
     assert f"{setting} = {value} is invalid; allowed: {allowed}" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- the config file
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_one_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "server.toml",
+        'models = "/srv/models"\nport = 6000\nmax_sessions = 10\nlog_json = true\n'
+        "repository_poll_s = 5\n",
+    )
+    config = load_config(["--config", str(file)], environ={})
+    assert (config.models, config.port, config.max_sessions) == (Path("/srv/models"), 6000, 10)
+    assert config.log_json is True and config.repository_poll_s == 5.0
+    assert config.host == ServerConfig().host  # not in the file: the default
+    env = {"RNNSERVE_CONFIG": str(file), "RNNSERVE_PORT": "7000"}
+    config = load_config([], environ=env)  # the file named by the variable
+    assert (config.port, config.max_sessions) == (7000, 10)  # the variable beats the file
+    config = load_config(["--port", "8000", "--no-log-json"], environ=env)
+    assert (config.port, config.log_json, config.max_sessions) == (8000, False, 10)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_sesions = 3\n", "unknown key 'max_sesions'; did you mean max_sessions?"),
+        ("max-sessions = 3\n", "unknown key 'max-sessions'; did you mean max_sessions?"),
+        ("wibble = 3\n", "unknown key 'wibble'; known: models, host, port,"),
+        ('port = "50051"\n', "port = '50051': expected an integer"),
+        ("max_sessions = 1.5\n", "max_sessions = 1.5: expected an integer"),
+        ("log_json = 1\n", "log_json = 1: expected true or false"),
+        ("auth_tokens = 12345678\n", "auth_tokens: expected a string"),
+        ("port = 70000\n", "port = 70000 is invalid; allowed: 0..65535"),
+        ("port = \n", "not valid TOML: Invalid value (at line 1, column 8)"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_the_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    file = write(tmp_path / "server.toml", text)
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(["--config", str(file)], environ={})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnserve-server: error: ") and len(err.splitlines()) == 1
+    assert message in err
+    if "invalid; allowed" not in message:  # range checks name the setting, not the file
+        assert str(file) in err
+
+
+def test_a_missing_config_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_config([], environ={"RNNSERVE_CONFIG": str(tmp_path / "nope.toml")})
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'nope.toml'}: cannot read it: No such file" in capsys.readouterr().err
+
+
+def test_secrets_are_redacted_in_the_description() -> None:
+    config = ServerConfig(
+        auth_tokens="alice:0123456789",
+        auth_tokens_file="/etc/rnnserve/tokens",
+        session_store="redis://user:hunter22@redis:6379/0",
+        tls_cert="/etc/tls/cert.pem",
+        tls_key="/etc/tls/key.pem",
+    )
+    shown = config.describe()
+    assert shown["auth_tokens"] == "***" and shown["tls_key"] == "***"
+    assert shown["session_store"] == "redis://user:***@redis:6379/0"
+    assert shown["auth_tokens_file"] == "/etc/rnnserve/tokens"  # a path, not a secret
+    assert shown["tls_cert"] == "/etc/tls/cert.pem"
+    assert ServerConfig().describe()["auth_tokens"] == ""  # empty: shown as empty
+    assert "hunter22" not in repr(shown) and "0123456789" not in repr(shown)
+
+
+def test_admins_must_be_callers_with_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = ["--auth-tokens", "alice:0123456789,bob:9876543210"]
+    assert load_config([*tokens, "--auth-admins", "alice"], environ={}).auth_admins == "alice"
+    with pytest.raises(SystemExit):
+        load_config([*tokens, "--auth-admins", "alice,alcie"], environ={})
+    err = capsys.readouterr().err
+    assert "auth_admins: 'alcie' has no token; the callers are 'alice', 'bob'" in err
+    assert "0123456789" not in err
+    with pytest.raises(SystemExit):
+        load_config(["--auth-admins", "alice"], environ={})
+    assert "auth_admins: names admins, but authentication is off" in capsys.readouterr().err
+
+
 KEY = "a-state-key-of-forty-characters-0123456"
 
 

@@ -1,11 +1,12 @@
 """The vocabulary and tokenizer shared by training and the server."""
 
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
 
-from rnnserve_server.tokenizer import UNKNOWN_TEXT, TokenizeError, Tokenizer
+from rnnserve_server.tokenizer import UNKNOWN_TEXT, TokenizeError, Tokenizer, TokenizerRules
 
 CORPUS = ["the cat sat", "the dog ran", "a cat ran"]
 
@@ -70,6 +71,27 @@ def test_rejects_inconsistent_vocabularies() -> None:
         Tokenizer(kind="bytes", tokens=("a",))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the LORD, a city, and the land.",
+        "Why? Because: he said; so! 50% of it…",
+        "they said “no” and went [home] (at last)",
+    ],
+)
+def test_word_decoding_puts_no_space_before_attached_punctuation(text: str) -> None:
+    tok = Tokenizer.build("word", [text])
+    ids = tok.encode(text)
+    decoded = tok.decode(ids)
+    # Each attached mark follows its word directly; every other token is spaced.
+    expected = (
+        text.replace("“", "“ ").replace("[", "[ ").replace("(", "( ")
+    )  # opening marks keep their space: a piece depends on its own token alone
+    assert decoded == expected
+    pieces = [tok.piece(i, first=n == 0) for n, i in enumerate(ids)]
+    assert "".join(pieces) == decoded
+
+
 def test_an_unencodable_piece_is_named_by_its_code_point_offset() -> None:
     """Offsets count code points of the normalised text (what GetVocabulary states)."""
     words = Tokenizer(kind="word", tokens=("the", "cat", "."), lowercase=True)
@@ -87,3 +109,24 @@ def test_the_rules_state_how_to_encode_and_decode() -> None:
     assert re.findall(rules.word_pattern, "the cat's, hat") == words.split("the cat's, hat")
     chars = Tokenizer(kind="char", tokens=("a",)).rules()
     assert (chars.word_pattern, chars.separator) == ("", "")
+
+
+def decode_by_rules(rules: TokenizerRules, tokens: tuple[str, ...], ids: list[int]) -> str:
+    """Decoding as the proto's TokenizerRules states it, from the rules alone (no
+    special tokens among ``ids``)."""
+    out = ""
+    for token in (tokens[i] for i in ids):
+        attached = token in rules.attached or (
+            len(token) == 1 and unicodedata.category(token) in rules.attached_categories
+        )
+        out += token if not out or attached else rules.separator + token
+    return out
+
+
+@pytest.mark.parametrize(
+    "text", ["the LORD, a city, and the land.", "they said “no” (at last)! 50% of it… [so]"]
+)
+def test_the_rules_state_the_punctuation_that_attaches(text: str) -> None:
+    tok = Tokenizer.build("word", [text])
+    ids = tok.encode(text)
+    assert decode_by_rules(tok.rules(), tok.tokens, ids) == tok.decode(ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rnnserve_train.cli import main
@@ -40,3 +42,45 @@ def test_cli_exits_2_on_unknown_keys(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["export", "--checkpoint=x.pt", "--bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert main(["--preset=nope"]) == 2
+
+
+def test_help_lists_every_key_with_its_default_and_meaning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dataclasses
+    import shlex
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default
+        shown = str(default).lower() if isinstance(default, bool) else shlex.quote(str(default))
+        setting = f"--{item.name}={shown}"
+        at = next(n for n, line in enumerate(lines) if line.strip().startswith(setting))
+        described = " ".join(lines[at : at + 2])  # the meaning follows, or on the next line
+        assert item.metadata["help"] in described, item.name
+        assert parse_overrides([f"--{item.name}={shlex.split(shown)[0]}"]) == {
+            item.name: default
+        }  # the shown default is what --key=value takes
+    for preset in ("char-gru", "dates", "tiny"):
+        assert f"  {preset} " in out
+
+
+def test_missing_data_is_one_line_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data=/nonexistent/corpus", "--max_steps=1"]) == 2
+    assert capsys.readouterr().err == (
+        "rnnserve-train: data='/nonexistent/corpus' is neither one of the data sets "
+        "(fortunes, kjv) nor an existing file or folder\n"
+    )
+
+
+def test_own_text_gets_a_description_of_its_own(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    config = make_config("word-gru", {"data": str(corpus)})
+    assert config.description == f"Word-level GRU language model of user-supplied text ({corpus})"
+    assert "Bible" not in config.description
+    chosen = make_config("word-gru", {"data": str(corpus), "description": "Mine"})
+    assert chosen.description == "Mine"  # a description given is kept
+    assert "Bible" in make_config("word-gru").description  # the preset's own data: its own

@@ -50,3 +50,7 @@ def test_the_cli_trains_and_exports_a_model_on_your_text(tmp_path: Path) -> None
     manifest = json.loads((tmp_path / "models" / "mine" / "1" / "manifest.json").read_text())
     assert manifest["training"]["data"] == str(texts)
     assert "user-supplied" in manifest["training"]["data_origin"]
+    # Not the tiny preset's description (FreeBSD fortunes): the model's own.
+    assert manifest["description"] == (
+        f"Character-level GRU language model of user-supplied text ({texts})"
+    )

@@ -29,7 +29,7 @@ from rnnserve.errors import (
     Unauthenticated,
     Unavailable,
 )
-from rnnserve.session import AsyncSession, GenerateOptions, Session
+from rnnserve.session import AsyncSession, GenerateOptions, OpeningSession, Session
 from rnnserve.types import (
     ClassifyResult,
     GeneratedChunk,
@@ -45,6 +45,7 @@ from rnnserve.types import (
     TokenProb,
     TrainingModel,
     TranslateResult,
+    UnloadResult,
     Vocabulary,
     VocabularyListing,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "InvalidArgument",
     "ModelInfo",
     "NotFound",
+    "OpeningSession",
     "PermissionDenied",
     "RefusedPackage",
     "ReloadResult",
@@ -83,6 +85,7 @@ __all__ = [
     "TranslateResult",
     "Unauthenticated",
     "Unavailable",
+    "UnloadResult",
     "Vocabulary",
     "VocabularyListing",
     "__version__",

@@ -29,6 +29,7 @@ from rnnserve.types import (
     TokenProb,
     TrainingModel,
     TranslateResult,
+    UnloadResult,
     Vocabulary,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -37,9 +38,24 @@ from rnnserve.v1 import rnnserve_pb2 as pb
 
 
 def get_model_request(name: str, version: int) -> pb.GetModelRequest:
-    """GetModel; version 0 is the default (highest loaded) version."""
+    """GetModel; version 0 is the model's default version."""
     _validate.string("name", name)
     return pb.GetModelRequest(name=name, version=_validate.unsigned("version", version, bits=32))
+
+
+def load_model_request(name: str) -> pb.LoadModelRequest:
+    _validate.string("name", name)
+    return pb.LoadModelRequest(name=name)
+
+
+def unload_model_request(name: str, version: int) -> pb.UnloadModelRequest:
+    """UnloadModel; version 0 is every version of the model."""
+    _validate.string("name", name)
+    return pb.UnloadModelRequest(name=name, version=_validate.unsigned("version", version, bits=32))
+
+
+def unload_result(message: pb.UnloadModelResponse) -> UnloadResult:
+    return UnloadResult(removed=list(message.removed), open_sessions=message.open_sessions)
 
 
 def _set_sequence(
@@ -254,7 +270,7 @@ def generate_request(
     top_p: float | None,
     seed: int | None,
     stop: str | Sequence[str],
-    stop_tokens: Sequence[int],
+    stop_token_ids: Sequence[int],
     tokens_per_message: int = 0,
 ) -> pb.GenerateRequest:
     """Generate; unset optional values leave the server's defaults in effect."""
@@ -262,7 +278,7 @@ def generate_request(
     request = pb.GenerateRequest(
         session_id=session_id,
         stop=_validate.stop_strings(stop),
-        stop_token_ids=_validate.token_ids("stop_tokens", stop_tokens),
+        stop_token_ids=_validate.token_ids("stop_token_ids", stop_token_ids),
         tokens_per_message=_validate.unsigned("tokens_per_message", tokens_per_message, bits=32),
     )
     if prompt is not None:
@@ -477,8 +493,8 @@ def translate_result(message: pb.TranslateResponse) -> TranslateResult:
     )
 
 
-def reload_result(message: pb.ReloadModelsResponse) -> ReloadResult:
-    """ReloadModelsResponse message -> dataclass."""
+def reload_result(message: pb.ReloadModelsResponse | pb.LoadModelResponse) -> ReloadResult:
+    """ReloadModelsResponse or LoadModelResponse message -> dataclass."""
     return ReloadResult(
         models=[model_info(model) for model in message.models],
         added=list(message.added),

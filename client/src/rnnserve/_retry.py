@@ -6,9 +6,9 @@ metadata, health, session export) and the calls that carry a request id (`Step`,
 instead of applying them again. What is retried: UNAVAILABLE (no server, or a load
 balancer whose replica went away: HTTP 502), ABORTED (another replica changed the
 session at the same moment; nothing of this call was kept) and a stream reset by a
-proxy mid-call (INTERNAL with RST_STREAM, or CANCELLED that the caller did not ask for:
-the replica behind it died or shut down). A server's own INTERNAL error, and every other
-status, is raised at once.
+proxy mid-call (INTERNAL with RST_STREAM, which errors.py makes UNAVAILABLE, or
+CANCELLED that the caller did not ask for: the replica behind it died or shut down). A
+server's own INTERNAL error, and every other status, is raised at once.
 """
 
 from __future__ import annotations
@@ -52,14 +52,12 @@ class RetryPolicy:
 def retryable(error: RnnServeError) -> bool:
     # CANCELLED here is never the caller's own doing (a call it cancels ends without
     # reaching the retry): a proxy reset the stream (RST_STREAM CANCEL) as its replica
-    # went away.
-    if error.code in (
+    # went away. A reset with INTERNAL_ERROR is UNAVAILABLE already (errors.py).
+    return error.code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.CANCELLED,
-    ):
-        return True
-    return error.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in error.details
+    )
 
 
 def request_id() -> str:

@@ -7,14 +7,19 @@ then checked by mypy end to end.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol, cast
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rnnserve.errors import NotFound
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
+
+RNNSERVE_SERVICE = pb.DESCRIPTOR.services_by_name["RnnServe"].full_name
 
 
 class RnnServeStub(Protocol):
@@ -34,6 +39,8 @@ class RnnServeStub(Protocol):
     Classify: grpc.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
     Translate: grpc.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
     ReloadModels: grpc.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
+    LoadModel: grpc.UnaryUnaryMultiCallable[pb.LoadModelRequest, pb.LoadModelResponse]
+    UnloadModel: grpc.UnaryUnaryMultiCallable[pb.UnloadModelRequest, pb.UnloadModelResponse]
 
 
 class AsyncRnnServeStub(Protocol):
@@ -57,6 +64,8 @@ class AsyncRnnServeStub(Protocol):
     Classify: grpc.aio.UnaryUnaryMultiCallable[pb.ClassifyRequest, pb.ClassifyResponse]
     Translate: grpc.aio.UnaryUnaryMultiCallable[pb.TranslateRequest, pb.TranslateResponse]
     ReloadModels: grpc.aio.UnaryUnaryMultiCallable[pb.ReloadModelsRequest, pb.ReloadModelsResponse]
+    LoadModel: grpc.aio.UnaryUnaryMultiCallable[pb.LoadModelRequest, pb.LoadModelResponse]
+    UnloadModel: grpc.aio.UnaryUnaryMultiCallable[pb.UnloadModelRequest, pb.UnloadModelResponse]
 
 
 class HealthStub(Protocol):
@@ -104,3 +113,20 @@ def health_status(response: object) -> str:
         cast(health_pb2.HealthCheckResponse, response).status
     )
     return str(status)
+
+
+@contextmanager
+def health_errors(service: str) -> Iterator[None]:
+    """The health service answers a service it does not know with a bare NOT_FOUND; say
+    which name was asked and which ones an rnnserve server knows."""
+    try:
+        yield
+    except NotFound as error:
+        if error.details:
+            raise
+        raise NotFound(
+            error.code,
+            f"the health service knows no service {service!r}; an rnnserve server reports "
+            f"on '' (the server), {RNNSERVE_SERVICE} and {RNNSERVE_SERVICE}/<model> for "
+            "each model it has loaded (`rnnserve models`)",
+        ) from None

@@ -109,12 +109,19 @@ class TypeAhead:
 
 
 def check_model(model: ModelInfo) -> None:
-    """Type-ahead needs one token per character and a next-token output."""
+    """Type-ahead needs one token per character, a next-token output and a session that
+    starts from nothing (no source to encode, no condition to choose)."""
     kind = model.vocabulary.kind if model.vocabulary is not None else "no"
     if kind != "char" or model.output != "vocabulary":
         raise ValueError(
             f"interactive needs a character-level language model; {model.name} has {kind} "
             f"vocabulary and a {model.output} output"
+        )
+    if model.initial_state in ("encoder", "condition"):
+        needs = "a source to encode" if model.initial_state == "encoder" else "a condition"
+        raise ValueError(
+            f"interactive needs a language model whose sessions start from nothing; "
+            f"{model.name} needs {needs} (initial state {model.initial_state!r})"
         )
 
 

@@ -15,7 +15,7 @@ from rnnserve._aio_status import FirstStatus
 from rnnserve._channel import Connection, TLSConfig
 from rnnserve._retry import Replay, RetryPolicy, request_id, retryable
 from rnnserve.errors import RnnServeError, typed_errors
-from rnnserve.session import AsyncSession
+from rnnserve.session import AsyncSession, OpeningSession
 from rnnserve.types import (
     ClassifyResult,
     GeneratedChunk,
@@ -25,6 +25,7 @@ from rnnserve.types import (
     StepResult,
     TrainingModel,
     TranslateResult,
+    UnloadResult,
     VocabularyListing,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -139,6 +140,19 @@ class AsyncClient:
         )
         return _messages.reload_result(response)
 
+    async def load_model(self, name: str, *, timeout: float | None = None) -> ReloadResult:
+        """Load one model from the server's repository (see `Client.load_model`)."""
+        request = _messages.load_model_request(name)
+        response = await self._call(self._stub.LoadModel, request, timeout, retry=True)
+        return _messages.reload_result(response)
+
+    async def unload_model(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> UnloadResult:
+        """Take a model out of service until `load_model` (see `Client.unload_model`)."""
+        request = _messages.unload_model_request(name, version)
+        return _messages.unload_result(await self._call(self._stub.UnloadModel, request, timeout))
+
     async def get_vocabulary(
         self, model: str, version: int = 0, *, timeout: float | None = None
     ) -> VocabularyListing:
@@ -165,7 +179,7 @@ class AsyncClient:
 
     # ------------------------------------------------------------ sessions
 
-    async def create_session(
+    def create_session(
         self,
         model: str,
         version: int = 0,
@@ -176,27 +190,40 @@ class AsyncClient:
         source: str | Sequence[int] | None = None,
         condition: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncSession:
-        """Open a session on a model version and return its handle (see `Client`)."""
-        request = _messages.create_session_request(
-            model,
-            version,
-            idle_timeout_s,
-            seed=seed,
-            state=state,
-            source=source,
-            condition=condition,
-        )
-        response = await self._call(self._stub.CreateSession, request, timeout)
-        return AsyncSession(self, _messages.session_info(response))
+    ) -> OpeningSession:
+        """Open a session on a model version (see `Client.create_session`).
 
-    async def fork_session(
+        `await` it for the handle, or use it directly in `async with`, which closes the
+        session at the end: `async with client.create_session("char-gru") as session:`.
+        """
+
+        async def opening() -> AsyncSession:
+            request = _messages.create_session_request(
+                model,
+                version,
+                idle_timeout_s,
+                seed=seed,
+                state=state,
+                source=source,
+                condition=condition,
+            )
+            response = await self._call(self._stub.CreateSession, request, timeout)
+            return AsyncSession(self, _messages.session_info(response))
+
+        return OpeningSession(opening())
+
+    def fork_session(
         self, session_id: str, idle_timeout_s: int = 0, *, timeout: float | None = None
-    ) -> AsyncSession:
-        """Copy a session and return the copy's handle (see `Client.fork_session`)."""
-        request = _messages.fork_session_request(session_id, idle_timeout_s)
-        response = await self._call(self._stub.ForkSession, request, timeout)
-        return AsyncSession(self, _messages.session_info(response))
+    ) -> OpeningSession:
+        """Copy a session (see `Client.fork_session`): `await` it for the copy's handle, or
+        `async with` it to close the copy at the end."""
+
+        async def opening() -> AsyncSession:
+            request = _messages.fork_session_request(session_id, idle_timeout_s)
+            response = await self._call(self._stub.ForkSession, request, timeout)
+            return AsyncSession(self, _messages.session_info(response))
+
+        return OpeningSession(opening())
 
     async def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes:
         """A session's state as bytes for `create_session(state=...)` (see `Client`)."""
@@ -305,7 +332,7 @@ class AsyncClient:
         top_p: float | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
-        stop_tokens: Sequence[int] = (),
+        stop_token_ids: Sequence[int] = (),
         tokens_per_message: int = 0,
         timeout: float | None = None,
     ) -> AsyncGenerator[GeneratedChunk, None]:
@@ -323,7 +350,7 @@ class AsyncClient:
             top_p=top_p,
             seed=seed,
             stop=stop,
-            stop_tokens=stop_tokens,
+            stop_token_ids=stop_token_ids,
             tokens_per_message=tokens_per_message,
         )
         request.request_id = request_id()
@@ -422,9 +449,10 @@ class AsyncClient:
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The server's status from the standard gRPC health service, e.g. "SERVING"."""
-        response = await self._call(
-            self._health.Check, _stubs.health_request(service), timeout, retry=True
-        )
+        with _stubs.health_errors(service):
+            response = await self._call(
+                self._health.Check, _stubs.health_request(service), timeout, retry=True
+            )
         return _stubs.health_status(response)
 
 

@@ -1,5 +1,5 @@
-"""The `rnnserve` command: list and reload models, generate, step, classify, translate,
-type-ahead and health checks.
+"""The `rnnserve` command: list, reload, load and unload models, generate, step, classify,
+translate, type-ahead and health checks.
 
 Exit status: 0 success, 1 a failed call (printed as `error: <CODE>: <details>`), 2 a usage
 error, 130 interrupted by Ctrl-C.
@@ -22,7 +22,7 @@ from rnnserve._channel import TLSConfig
 from rnnserve._version import __version__
 from rnnserve.client import Client
 from rnnserve.errors import RnnServeError
-from rnnserve.types import ModelInfo, StepInput
+from rnnserve.types import ModelInfo, ReloadResult, StepInput
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 EXIT_FAILED = 1
@@ -71,11 +71,13 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:
-    """Print the prompt, then the generated text as it arrives."""
+    """Print the prompt, once the server has accepted the request, then the generated text
+    as it arrives."""
     if args.condition is None:
         model = _pick_model(client, args.model, _LANGUAGE_MODELS)
     else:
         model = _pick_model(client, args.model, _CONDITIONAL_GENERATORS)
+    _check_start(model, args.condition)
     session = client.create_session(model.name, model.version, condition=args.condition)
     with session:
         chunks = session.generate(
@@ -103,11 +105,32 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
                 }
             )
             return 0
-        print(args.prompt, end="", flush=True)
+        # The server checks the request before its first answer: a rejected prompt or
+        # option is then reported alone, without the prompt echoed as if it had started.
+        echoed = False
         for chunk in chunks:
+            if not echoed:
+                print(args.prompt, end="", flush=True)
+                echoed = True
             print(chunk.text, end="", flush=True)
-        print()
+        print("" if echoed else args.prompt)
     return 0
+
+
+def _check_start(model: ModelInfo, condition: str | None) -> None:
+    """A session of `model` can start for `generate` (with `condition` if given)."""
+    if model.initial_state == "condition" and condition is None:
+        raise ValueError(
+            f"{model.name} is a conditional generator: give --condition, one of "
+            f"{', '.join(model.conditions)}"
+        )
+    if model.initial_state == "encoder":
+        raise ValueError(
+            f"{model.name} is an encoder-decoder model: it decodes a source; "
+            f"use `rnnserve translate --model {model.name} SOURCE`"
+        )
+    if condition is not None and model.initial_state != "condition":
+        raise ValueError(f"--condition is for conditional generators; {model.name} is not one")
 
 
 def cmd_step(client: Client, args: argparse.Namespace) -> int:
@@ -230,8 +253,31 @@ def cmd_translate(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     """Rescan the server's model repository; fail if a package was refused."""
-    result = client.reload_models()
+    return _print_changes(client.reload_models(), args.json)
+
+
+def cmd_load(client: Client, args: argparse.Namespace) -> int:
+    """Load one model from the server's repository; fail if a package was refused."""
+    return _print_changes(client.load_model(args.name), args.json)
+
+
+def cmd_unload(client: Client, args: argparse.Namespace) -> int:
+    """Take a model, or one version, out of service."""
+    name, version = _name_and_version(args.model, "unload")
+    result = client.unload_model(name, version)
     if args.json:
+        _print_json(dataclasses.asdict(result))
+        return 0
+    for removed in result.removed:
+        print(f"removed  {removed}")
+    if result.open_sessions:
+        print(f"{result.open_sessions} sessions still open on it (they go on until closed)")
+    return 0
+
+
+def _print_changes(result: ReloadResult, as_json: bool) -> int:
+    """What a reload or load changed; the exit status is 1 if a package was refused."""
+    if as_json:
         _print_json(dataclasses.asdict(result))
     else:
         for name in result.added:
@@ -291,18 +337,25 @@ _ENCODER_DECODERS = _Kind(
 
 
 def _pick_model(client: Client, spec: str | None, kind: _Kind) -> ModelInfo:
-    """`NAME[:VERSION]`, or without one the first model of the kind the command needs."""
+    """`NAME[:VERSION]`, or without one the first model (by name) of the kind the command
+    needs. Without a version, the model's default version: the server's choice, as for
+    `Client.create_session(name)` (the highest loaded, unless the server pins another)."""
     if spec is not None:
-        name, _, version = spec.partition(":")
-        if version and not version.isdigit():
-            raise ValueError(f"--model {spec!r}: expected NAME or NAME:VERSION")
-        return client.get_model(name, int(version or 0))
+        return client.get_model(*_name_and_version(spec, "--model"))
     suitable = [m for m in client.list_models() if kind.suits(m)]
     if not suitable:
         raise ValueError(
             f"the server at {client.address} has no {kind.description}; see `rnnserve models`"
         )
-    return suitable[0]
+    return client.get_model(suitable[0].name)
+
+
+def _name_and_version(spec: str, given_as: str) -> tuple[str, int]:
+    """`NAME` (version 0) or `NAME:VERSION`, given as the option or argument `given_as`."""
+    name, _, version = spec.partition(":")
+    if version and not version.isdigit():
+        raise ValueError(f"{given_as} {spec!r}: expected NAME or NAME:VERSION")
+    return name, int(version or 0)
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -393,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{help_text}. {details}" if details else help_text,
             epilog="The connection options of `rnnserve --help` may also follow the command.",
         )
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, command_parser=sub)
         return sub
 
     def model_option(sub: argparse.ArgumentParser, default_text: str) -> None:
@@ -485,6 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reload.add_argument("--json", action="store_true", help="print JSON, with every model")
 
+    load = command(
+        "load",
+        cmd_load,
+        "load one model from the server's repository",
+        "The server rereads the model's config.toml and loads the versions it serves, "
+        "bringing back any that `unload` took out; the other models are left as they are. "
+        "Exits 1 if a package was refused. With authentication on: admin callers only.",
+    )
+    load.add_argument("name", help="the model's folder name in the repository")
+    load.add_argument("--json", action="store_true", help="print JSON")
+
+    unload = command(
+        "unload",
+        cmd_unload,
+        "take a model, or one version of it, out of service",
+        "New sessions on it are refused until `load` brings it back; sessions already "
+        "open keep working until closed. With authentication on: admin callers only.",
+    )
+    unload.add_argument("model", metavar="NAME[:VERSION]", help="without a version: all")
+    unload.add_argument("--json", action="store_true", help="print JSON")
+
     interactive = command(
         "interactive", cmd_interactive, "type-ahead: the likely next characters as you type"
     )
@@ -498,7 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's: the mistake is in its options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Command = args.run
     try:
         tls = _tls_config(args)

@@ -23,6 +23,7 @@ from rnnserve.types import (
     StepResult,
     TrainingModel,
     TranslateResult,
+    UnloadResult,
     VocabularyListing,
 )
 from rnnserve.v1 import rnnserve_pb2 as pb
@@ -143,6 +144,30 @@ class Client:
             self._stub.ReloadModels, pb.ReloadModelsRequest(), timeout, retry=True
         )
         return _messages.reload_result(response)
+
+    def load_model(self, name: str, *, timeout: float | None = None) -> ReloadResult:
+        """Load one model from the server's repository, leaving every other model as it is.
+
+        The server rereads the model's config.toml and loads the versions its version
+        policy serves, bringing back any that `unload_model` took out of service;
+        `ReloadResult.models` lists the model's versions loaded afterwards. With
+        authentication on, only admin callers may (`PermissionDenied` otherwise).
+        """
+        request = _messages.load_model_request(name)
+        response = self._call(self._stub.LoadModel, request, timeout, retry=True)
+        return _messages.reload_result(response)
+
+    def unload_model(
+        self, name: str, version: int = 0, *, timeout: float | None = None
+    ) -> UnloadResult:
+        """Take a model (`version` 0: every version) out of service until `load_model`.
+
+        New sessions naming it get `NotFound`; sessions already open on it keep working
+        until closed or expired (`UnloadResult.open_sessions` counts them). With
+        authentication on, only admin callers may.
+        """
+        request = _messages.unload_model_request(name, version)
+        return _messages.unload_result(self._call(self._stub.UnloadModel, request, timeout))
 
     def get_vocabulary(
         self, model: str, version: int = 0, *, timeout: float | None = None
@@ -332,7 +357,7 @@ class Client:
         top_p: float | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
-        stop_tokens: Sequence[int] = (),
+        stop_token_ids: Sequence[int] = (),
         tokens_per_message: int = 0,
         timeout: float | None = None,
     ) -> Generator[GeneratedChunk, None, None]:
@@ -343,7 +368,7 @@ class Client:
         `max_tokens` 64, `temperature` 1.0 (0 is greedy), no top-k or top-p limit, the
         session's sampling generator (random unless the session was created with a `seed`).
         Generation stops after `max_tokens`, at the model's end token, once the text ends with
-        one of the `stop` strings, or after one of the `stop_tokens` ids (which is returned);
+        one of the `stop` strings, or after one of the `stop_token_ids` (which is returned);
         the last chunk says why. `tokens_per_message` above 1 lets the server put up to that
         many tokens in one chunk (less transport work per token, a little more latency).
 
@@ -359,7 +384,7 @@ class Client:
             top_p=top_p,
             seed=seed,
             stop=stop,
-            stop_tokens=stop_tokens,
+            stop_token_ids=stop_token_ids,
             tokens_per_message=tokens_per_message,
         )
         request.request_id = request_id()
@@ -474,9 +499,10 @@ class Client:
         `service` "" asks about the server as a whole; a service name it does not know gives
         `NotFound`.
         """
-        response = self._call(
-            self._health.Check, _stubs.health_request(service), timeout, retry=True
-        )
+        with _stubs.health_errors(service):
+            response = self._call(
+                self._health.Check, _stubs.health_request(service), timeout, retry=True
+            )
         return _stubs.health_status(response)
 
 

@@ -8,19 +8,31 @@ wall of C-core debug text that hides the one line that matters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+
 
 class RnnServeError(Exception):
-    """A call failed; `code` is the gRPC status code and `details` the server's message."""
+    """A call failed; `code` is the gRPC status code and `details` the server's message.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    `retry_after_s` is when the server says a retry can succeed (its gRPC retry pushback,
+    sent with RESOURCE_EXHAUSTED from a caller's token budget): seconds to wait,
+    `math.inf` where the same request cannot succeed (over a size limit), None where
+    the server does not say.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.retry_after_s = retry_after_s
 
 
 class InvalidArgument(RnnServeError):
@@ -32,7 +44,9 @@ class NotFound(RnnServeError):
 
 
 class ResourceExhausted(RnnServeError):
-    """A server limit was reached (sessions, tokens per request, generation length)."""
+    """A server limit was reached (sessions, request sizes, generation length, the
+    caller's calls in flight or tokens per second); the details name the setting and
+    `retry_after_s` says when a retry can succeed where the server knows."""
 
 
 class FailedPrecondition(RnnServeError):
@@ -93,18 +107,41 @@ def from_rpc_error(error: grpc.RpcError) -> RnnServeError:
     """Return the typed exception for a failed gRPC call.
 
     Codes without a subclass of their own (UNKNOWN, UNIMPLEMENTED, ...) give a plain
-    `RnnServeError` that still carries the code.
+    `RnnServeError` that still carries the code. A stream reset by a proxy mid-call
+    (gRPC's INTERNAL "Received RST_STREAM with error code 2") is `Unavailable`: that is
+    what a load balancer does when the replica behind it dies.
     """
     # A bare grpc.RpcError() carries no status; the ones raised by calls always do.
     code_of = getattr(error, "code", None)
     code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
     details_of = getattr(error, "details", None)
-    return from_status(code, (details_of() if callable(details_of) else None) or "")
+    details = (details_of() if callable(details_of) else None) or ""
+    if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+        # Not the server's INTERNAL ("internal error in <method>; see server log"): a proxy
+        # reset the stream (HTTP/2 INTERNAL_ERROR) as the replica behind it went away.
+        code = grpc.StatusCode.UNAVAILABLE
+        details = f"the stream was reset on its way (its server went away?): {details}"
+    return from_status(code, details, _pushback(error))
 
 
-def from_status(code: grpc.StatusCode, details: str) -> RnnServeError:
+def _pushback(error: grpc.RpcError) -> float | None:
+    """The server's retry pushback (gRFC A6) in seconds; math.inf for "do not retry"."""
+    trailing_of = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing_of() if callable(trailing_of) else None) or ():
+        if key == RETRY_PUSHBACK:
+            try:
+                milliseconds = int(value)
+            except (TypeError, ValueError):
+                return math.inf
+            return math.inf if milliseconds < 0 else milliseconds / 1000
+    return None
+
+
+def from_status(
+    code: grpc.StatusCode, details: str, retry_after_s: float | None = None
+) -> RnnServeError:
     """Return the typed exception for a status code and its details."""
-    return _BY_CODE.get(code, RnnServeError)(code, details)
+    return _BY_CODE.get(code, RnnServeError)(code, details, retry_after_s)
 
 
 _BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

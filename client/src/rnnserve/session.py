@@ -2,22 +2,21 @@
 
 The handles only forward to their client's methods; they add closing on `with` exit and
 tolerate a session the server has already dropped (expired), since closing it is then done.
+What a handle needs of its client is stated here (`SessionClient`, `AsyncSessionClient`),
+so this module imports neither client: they import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from rnnserve.errors import NotFound, RnnServeError
 from rnnserve.types import GeneratedChunk, ModelInfo, SessionInfo, StepResult
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-    from rnnserve.aio import AsyncClient
-    from rnnserve.client import Client
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -29,9 +28,85 @@ class GenerateOptions(TypedDict, total=False):
     top_p: float | None
     seed: int | None
     stop: str | Sequence[str]
-    stop_tokens: Sequence[int]
+    stop_token_ids: Sequence[int]
     tokens_per_message: int
     timeout: float | None
+
+
+class SessionClient(Protocol):
+    """What a `Session` calls on its client (`rnnserve.Client` has all of it)."""
+
+    def step(
+        self,
+        session_id: str,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        return_distribution: bool = False,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+        timeout: float | None = None,
+    ) -> StepResult: ...
+
+    def generate(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> Generator[GeneratedChunk, None, None]: ...
+
+    def generate_text(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> str: ...
+
+    def fork_session(
+        self, session_id: str, idle_timeout_s: int = 0, *, timeout: float | None = None
+    ) -> Session: ...
+
+    def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes: ...
+
+    def close_session(self, session_id: str, *, timeout: float | None = None) -> int: ...
+
+
+class AsyncSessionClient(Protocol):
+    """What an `AsyncSession` calls on its client (`rnnserve.AsyncClient` has all of it)."""
+
+    async def step(
+        self,
+        session_id: str,
+        tokens: Sequence[int] | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        return_distribution: bool = False,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
+        timeout: float | None = None,
+    ) -> StepResult: ...
+
+    def generate(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> AsyncGenerator[GeneratedChunk, None]: ...
+
+    async def generate_text(
+        self,
+        session_id: str,
+        prompt: str | Sequence[int] | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> str: ...
+
+    def fork_session(
+        self, session_id: str, idle_timeout_s: int = 0, *, timeout: float | None = None
+    ) -> OpeningSession: ...
+
+    async def export_session(self, session_id: str, *, timeout: float | None = None) -> bytes: ...
+
+    async def close_session(self, session_id: str, *, timeout: float | None = None) -> int: ...
 
 
 class _SessionBase:
@@ -62,7 +137,7 @@ class _SessionBase:
 class Session(_SessionBase):
     """A session opened by `Client.create_session`; closes itself at the end of a `with`."""
 
-    def __init__(self, client: Client, info: SessionInfo) -> None:
+    def __init__(self, client: SessionClient, info: SessionInfo) -> None:
         super().__init__(info)
         self._client = client
 
@@ -132,7 +207,7 @@ class Session(_SessionBase):
 class AsyncSession(_SessionBase):
     """A session opened by `AsyncClient.create_session`; closes itself after `async with`."""
 
-    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+    def __init__(self, client: AsyncSessionClient, info: SessionInfo) -> None:
         super().__init__(info)
         self._client = client
 
@@ -163,9 +238,10 @@ class AsyncSession(_SessionBase):
         """`AsyncClient.generate_text` on this session."""
         return await self._client.generate_text(self.id, prompt, **options)
 
-    async def fork(self, idle_timeout_s: int = 0, *, timeout: float | None = None) -> AsyncSession:
-        """`AsyncClient.fork_session` on this session: an independent copy, as a new handle."""
-        return await self._client.fork_session(self.id, idle_timeout_s, timeout=timeout)
+    def fork(self, idle_timeout_s: int = 0, *, timeout: float | None = None) -> OpeningSession:
+        """`AsyncClient.fork_session` on this session: an independent copy, as a new handle
+        (`await` it, or `async with` it to close the copy at the end)."""
+        return self._client.fork_session(self.id, idle_timeout_s, timeout=timeout)
 
     async def export(self, *, timeout: float | None = None) -> bytes:
         """`AsyncClient.export_session` on this session."""
@@ -196,3 +272,32 @@ class AsyncSession(_SessionBase):
         except RnnServeError:
             if exc is None:
                 raise
+
+
+class OpeningSession:
+    """A session being opened by `AsyncClient.create_session` or `fork_session`.
+
+    `await` it for the `AsyncSession`, or use it directly in `async with`, which opens
+    the session on entry and closes it on exit: `async with client.create_session(m) as s`
+    (and `async with await client.create_session(m) as s` works as well).
+    """
+
+    def __init__(self, opening: Coroutine[Any, Any, AsyncSession]) -> None:
+        self._opening = opening
+        self._session: AsyncSession | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSession]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = await self._opening
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.__aexit__(exc_type, exc, traceback)

@@ -242,13 +242,23 @@ class RefusedPackage:
 
 @dataclass(frozen=True)
 class ReloadResult:
-    """The answer to `reload_models`.
+    """The answer to `reload_models` and `load_model`.
 
-    `models` lists every model version loaded afterwards; `added` and `removed` name the
-    versions this reload loaded and unloaded as "name/version"; `refused` the broken packages.
+    `models` lists the model versions loaded afterwards (for `load_model`: the model's);
+    `added` and `removed` name the versions the call loaded and unloaded as "name/version";
+    `refused` the broken packages (and config.toml files).
     """
 
     models: list[ModelInfo]
     added: list[str]
     removed: list[str]
     refused: list[RefusedPackage]
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    """The answer to `unload_model`: the versions taken out of service ("name/version")
+    and the sessions still open on them (they keep working until closed or expired)."""
+
+    removed: list[str]
+    open_sessions: int

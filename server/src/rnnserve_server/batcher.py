@@ -10,7 +10,9 @@ whose caller is waiting for tokens feeds one token per run, and the next tokens 
 of them are sampled together. The loop collects pending work (for ``window_s`` if set,
 or as it piles up while the previous run is in flight), gathers the states from the pool
 with one indexing operation, runs the step graph once, and scatters new states and
-outputs back.
+outputs back. A run takes the single steps and the generations before the groups, and a
+group that a run passed over goes first in the next: a StepMany message of thousands of
+steps makes no other caller wait more than a run.
 
 A short run happens on the event loop thread: handing it to a worker thread and back
 costs more than the run itself, and on a busy machine each hand-off also waits for the
@@ -32,16 +34,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from rnnserve_server import tracing
+from rnnserve_server.batchwork import PendingStep, RowsAnswer, Run, StepGroup, StepInput
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.runtime import FloatArray, Inputs, IntArray, ModelRuntime
 from rnnserve_server.sampling import Described, SamplingParams, sample_rows
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 from rnnserve_server.statepool import StatePool
 from rnnserve_server.stats import BatchStats
 
@@ -52,54 +55,6 @@ ALONE_S = 0.005
 
 DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
 TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray, FloatArray]]
-# One step's input x<t>: a token id, or a vector [n_x] of a model of vector inputs.
-StepInput = int | FloatArray
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    session: Session
-    token: StepInput
-    future: asyncio.Future[Any]
-    queued_at: float
-    k: int = -1  # >= 0: answer (top k, distribution if full) instead of the logits row
-    full: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Group:
-    """Single-token steps of distinct sessions whose locks the caller holds, answered
-    together: the top k of each row, and the rows whose session was closed meanwhile."""
-
-    sessions: list[Session]
-    tokens: Inputs  # ids [n] or vectors [n, n_x]
-    k: int
-    future: asyncio.Future[RowsAnswer]
-    queued_at: float
-
-
-class RowsAnswer(NamedTuple):
-    """A group's answer: ids and probabilities [n, k] (most probable first), the values
-    [n, R]; the rows whose session was closed while they waited (not applied, their
-    outputs not valid)."""
-
-    ids: IntArray
-    probabilities: FloatArray
-    values: FloatArray
-    closed: list[int]
-
-
-@dataclass(eq=False, slots=True)
-class _Run:
-    """One run of the step graph: who is in it, where their states live. Rows are the
-    batch's steps, then the groups' rows, then the jobs."""
-
-    pool: StatePool
-    batch: list[_Pending]
-    groups: list[_Group]
-    jobs: list[Generation]
-    slots: list[int]
-    started: float
 
 
 class StepBatcher:
@@ -126,8 +81,8 @@ class StepBatcher:
         self.inline_s = inline_s
         self._describe_rows = describe_rows
         self._top_rows = top_rows
-        self._pending: deque[_Pending] = deque()
-        self._groups: deque[_Group] = deque()
+        self._pending: deque[PendingStep] = deque()
+        self._groups: deque[StepGroup] = deque()
         self._group_rows = 0  # rows of the queued groups
         # Generations whose callers wait for tokens, in turn order (a dict as ordered set).
         self._generating: dict[Generation, None] = {}
@@ -141,10 +96,18 @@ class StepBatcher:
 
     # ------------------------------------------------------------------ callers
 
+    @functools.cached_property
+    def _model(self) -> str:
+        """The model version's name/version, as the batch-run spans carry it."""
+        manifest = self._runtime.package.manifest
+        return f"{manifest.name}/{manifest.version}"
+
     async def feed(self, session: Session, token: StepInput) -> FloatArray:
         """Feed one input to the session; return the output row after it, [K + R]."""
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(session, token, future, time.perf_counter()))
+        self._pending.append(
+            PendingStep(session, token, future, time.perf_counter(), trace=tracing.link())
+        )
         self._schedule()
         return await future
 
@@ -187,10 +150,12 @@ class StepBatcher:
         state written back, the one row described; no future, no hand-off."""
         assert self._describe_rows is not None
         states = self._pool_of().states
+        started = time.perf_counter()
         logits, state = self._runtime.step_one(token, states[:, session.slot, :])
         states[:, session.slot, :] = state[:, 0, :]
         session.steps += 1
-        self.stats.record(1, [0.0], [])
+        self.stats.record(1, [0.0], [], time.perf_counter() - started)
+        tracing.batch_run(self._model, 1, started, [tracing.link()])
         return self._describe_rows(logits, [k], [full])[0]
 
     def submit(
@@ -201,7 +166,9 @@ class StepBatcher:
         if self._describe_rows is None:
             raise RuntimeError("this batcher was made without describe_rows")
         future: asyncio.Future[Described] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(session, token, future, time.perf_counter(), k, full))
+        self._pending.append(
+            PendingStep(session, token, future, time.perf_counter(), k, full, tracing.link())
+        )
         self._schedule()
         return future
 
@@ -213,12 +180,14 @@ class StepBatcher:
             raise RuntimeError("this batcher was made without top_rows")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[RowsAnswer]] = []
-        now = time.perf_counter()
+        now, trace = time.perf_counter(), tracing.link()
         for start in range(0, len(sessions), self.max_batch):
             part = sessions[start : start + self.max_batch]
             futures.append(loop.create_future())
             self._groups.append(
-                _Group(part, tokens[start : start + self.max_batch], k, futures[-1], now)
+                StepGroup(
+                    part, tokens[start : start + self.max_batch], k, futures[-1], now, trace=trace
+                )
             )
             self._group_rows += len(part)
         self._schedule()
@@ -268,12 +237,14 @@ class StepBatcher:
         self._group_rows = 0
 
     @staticmethod
-    def _futures(batch: list[_Pending], groups: list[_Group]) -> list[asyncio.Future[Any]]:
+    def _futures(batch: list[PendingStep], groups: list[StepGroup]) -> list[asyncio.Future[Any]]:
         """The futures of these steps and groups."""
         return [item.future for item in batch] + [group.future for group in groups]
 
     @classmethod
-    def _cancel(cls, batch: list[_Pending], groups: list[_Group], jobs: list[Generation]) -> None:
+    def _cancel(
+        cls, batch: list[PendingStep], groups: list[StepGroup], jobs: list[Generation]
+    ) -> None:
         for future in cls._futures(batch, groups):
             if not future.done():
                 future.cancel()
@@ -329,12 +300,13 @@ class StepBatcher:
                     [item.token for item in batch] + [job.token for job in jobs], np.int64, size
                 )
             state = pool.gather(slots)
-            run = _Run(pool, batch, groups, jobs, slots, time.perf_counter())
+            run = Run(pool, batch, groups, jobs, slots, time.perf_counter())
             if self._runtime.step_seconds(size) > self.inline_s:
                 future = asyncio.get_running_loop().run_in_executor(
                     self._executor, self._runtime.step, tokens, state
                 )
                 self._running = True
+                pool.pin()  # the run's slots must stay where they are until it is back
                 future.add_done_callback(functools.partial(self._ran, run))
                 return
             outputs = self._runtime.step(tokens, state)
@@ -344,10 +316,11 @@ class StepBatcher:
             self._finish(run, outputs)
         self._again()
 
-    def _ran(self, run: _Run, future: asyncio.Future[tuple[FloatArray, FloatArray]]) -> None:
+    def _ran(self, run: Run, future: asyncio.Future[tuple[FloatArray, FloatArray]]) -> None:
         """A run on a worker thread has ended (back on the event loop)."""
         self._running = False
-        if self._closed:
+        run.pool.unpin()
+        if self._closed or future.cancelled():  # the server is stopping
             self._cancel(run.batch, run.groups, run.jobs)
             return
         try:
@@ -363,7 +336,11 @@ class StepBatcher:
             self._schedule()
 
     def _fail(
-        self, batch: list[_Pending], groups: list[_Group], jobs: list[Generation], exc: Exception
+        self,
+        batch: list[PendingStep],
+        groups: list[StepGroup],
+        jobs: list[Generation],
+        exc: Exception,
     ) -> None:
         rows = len(batch) + sum(len(group.sessions) for group in groups) + len(jobs)
         log.error("step graph run failed for a batch of %d", rows, exc_info=exc)
@@ -375,40 +352,60 @@ class StepBatcher:
             if job.waiter is not None and not job.waiter.done():
                 job.waiter.set_exception(exc)
 
-    def _finish(self, run: _Run, outputs: tuple[FloatArray, FloatArray]) -> None:
+    def _finish(self, run: Run, outputs: tuple[FloatArray, FloatArray]) -> None:
         started = run.started
         self.stats.record(
             len(run.slots),
             [started - item.queued_at for item in run.batch]
             + [started - job.queued_at for job in run.jobs],
             [(started - group.queued_at, len(group.sessions)) for group in run.groups],
+            time.perf_counter() - started,
+        )
+        served = [i.trace for i in run.batch] + [g.trace for g in run.groups]
+        tracing.batch_run(
+            self._model, len(run.slots), started, served + [j.trace for j in run.jobs]
         )
         try:
             self._scatter(run, *outputs)
         except Exception as exc:  # a bug here must not leave callers waiting forever
             self._fail(run.batch, run.groups, run.jobs, exc)
 
-    def _take(self) -> tuple[list[_Pending], list[_Group], list[Generation]]:
-        """Up to max_batch rows: live pending steps and groups, oldest first (dropping
-        the dead ones; a group that does not fit waits at the head of the line), then
-        waiting generations in turn; a step whose session was closed fails its caller."""
-        batch: list[_Pending] = []
-        groups: list[_Group] = []
-        pending, queued = self._pending, self._groups
-        room = self.max_batch
-        while room and (pending or queued):
-            if queued and (not pending or queued[0].queued_at <= pending[0].queued_at):
-                group = queued[0]
-                if len(group.sessions) > room:
-                    break
-                queued.popleft()
-                self._group_rows -= len(group.sessions)
-                if group.future.done():  # the caller gave up while queued
-                    self.stats.dropped += len(group.sessions)
-                else:
-                    groups.append(group)
-                    room -= len(group.sessions)
-                continue
+    def _take(self) -> tuple[list[PendingStep], list[StepGroup], list[Generation]]:
+        """Up to max_batch rows, so that nobody waits behind a bulk of work for more
+        than a run: a group that the last run passed over first (it did not fit); then
+        the single steps, oldest first, and the waiting generations in turn (each one a
+        caller's turn); then the groups that fit, oldest first. A group left waiting by
+        a run that took others instead goes first in the next one. The dead are dropped
+        on the way; a step whose session was closed fails its caller."""
+        batch: list[PendingStep] = []
+        groups: list[StepGroup] = []
+        room = self._take_groups(groups, self.max_batch, passed_only=True)
+        overdue = bool(groups)  # this run is the turn of a group passed over
+        room = self._take_steps(batch, room)
+        jobs, room = self._take_jobs(room)
+        self._take_groups(groups, room, passed_only=False)
+        if self._groups and not overdue:
+            self._groups[0].passed = True
+        return batch, groups, jobs
+
+    def _take_groups(self, groups: list[StepGroup], room: int, *, passed_only: bool) -> int:
+        queued = self._groups
+        while queued and (not passed_only or queued[0].passed):
+            group = queued[0]
+            if not group.future.done() and len(group.sessions) > room:
+                break
+            queued.popleft()
+            self._group_rows -= len(group.sessions)
+            if group.future.done():  # the caller gave up while queued
+                self.stats.dropped += len(group.sessions)
+            else:
+                groups.append(group)
+                room -= len(group.sessions)
+        return room
+
+    def _take_steps(self, batch: list[PendingStep], room: int) -> int:
+        pending = self._pending
+        while room and pending:
             item = pending.popleft()
             if item.future.done():  # the caller gave up while queued
                 self.stats.dropped += 1
@@ -417,6 +414,9 @@ class StepBatcher:
             else:
                 batch.append(item)
                 room -= 1
+        return room
+
+    def _take_jobs(self, room: int) -> tuple[list[Generation], int]:
         jobs: list[Generation] = []
         if room > 0 and self._generating:
             for job in list(self._generating)[:room]:
@@ -431,9 +431,9 @@ class StepBatcher:
                     # to the back of the line: more generations than max_batch take turns
                     del self._generating[job]
                     self._generating[job] = None
-        return batch, groups, jobs
+        return jobs, room - len(jobs)
 
-    def _scatter(self, run: _Run, logits: FloatArray, new_state: FloatArray) -> None:
+    def _scatter(self, run: Run, logits: FloatArray, new_state: FloatArray) -> None:
         pool, batch, jobs, slots = run.pool, run.batch, run.jobs, run.slots
         live: list[int] = []
         for i, item in enumerate(batch):
@@ -445,7 +445,7 @@ class StepBatcher:
             else:
                 live.append(i)
         offset = len(batch)
-        answered: list[tuple[_Group, int, list[int]]] = []  # group, first row, closed rows
+        answered: list[tuple[StepGroup, int, list[int]]] = []  # group, first row, closed rows
         for group in run.groups:
             size = len(group.sessions)
             if group.future.done():
@@ -505,7 +505,7 @@ class StepBatcher:
         if live_jobs:
             self._advance_generations(live_jobs, logits)
 
-    def _answer(self, group: _Group, logits: FloatArray, closed: list[int]) -> None:
+    def _answer(self, group: StepGroup, logits: FloatArray, closed: list[int]) -> None:
         """A group's rows have been applied (but the closed ones): its top k, at once."""
         gone = set(closed)
         for r, session in enumerate(group.sessions):

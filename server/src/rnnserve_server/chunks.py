@@ -34,6 +34,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from rnnserve_server import tracing
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
 from rnnserve_server.gengraph import ChunkResult, GenerationGraph
@@ -65,6 +66,7 @@ class ChunkBatcher:
         inline_s: float,
     ) -> None:
         self._runtime = runtime
+        self._model = f"{runtime.package.manifest.name}/{runtime.package.manifest.version}"
         self.graph = graph
         self._pool_of = pool_of
         self._executor = executor
@@ -223,7 +225,10 @@ class ChunkBatcher:
                 job.waiter.set_exception(exc)
 
     def _finish(self, jobs: list[Generation], started: float, result: ChunkResult) -> None:
-        self.stats.record(len(jobs), [started - job.queued_at for job in jobs], [])
+        self.stats.record(
+            len(jobs), [started - job.queued_at for job in jobs], [], time.perf_counter() - started
+        )
+        tracing.batch_run(self._model, len(jobs), started, [job.trace for job in jobs])
         self.stats.steps += len(jobs) * (self.graph.steps - 1)  # every row fed K tokens
         for row, job in enumerate(jobs):
             waiter = job.waiter

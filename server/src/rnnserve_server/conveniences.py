@@ -69,8 +69,8 @@ class Conveniences:
                 f"model {model.name} is not an encoder-decoder (its state starts from "
                 f"{model.package.manifest.initial_state.kind}); Translate needs a seq2seq model"
             )
-        if options.temperature is None:
-            options = dataclasses.replace(options, temperature=0.0)
+        if options.temperature is None and "temperature" not in model.config.sampling:
+            options = dataclasses.replace(options, temperature=0.0)  # greedy, unless asked
         self.generating.checked(model, options)
         session = await self.lifecycle.create(model, owner=owner, source=source)
         tokens: list[GeneratedToken] = []

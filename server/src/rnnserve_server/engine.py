@@ -22,6 +22,7 @@ from rnnserve_server.conveniences import Conveniences
 from rnnserve_server.core import Core
 from rnnserve_server.generating import Generating
 from rnnserve_server.lifecycle import Lifecycle
+from rnnserve_server.limits import Limits
 from rnnserve_server.repository import Model, ReloadResult, Repository
 from rnnserve_server.sessions import SessionStore
 from rnnserve_server.stats import BatchStats, EngineStats
@@ -49,6 +50,10 @@ class Engine:
         return self.core.store
 
     @property
+    def limits(self) -> Limits:
+        return self.core.limits
+
+    @property
     def stats(self) -> EngineStats:
         return self.core.stats
 
@@ -60,6 +65,12 @@ class Engine:
         for model, batcher in list(self.core.batchers.items()):
             yield f"{model.name}/{model.version}", batcher.stats
 
+    def chunk_stats(self) -> Iterator[tuple[str, BatchStats]]:
+        for model, building in list(self.core.chunkers.items()):
+            chunker = self.core.built(building)
+            if chunker is not None:
+                yield f"{model.name}/{model.version}", chunker.stats
+
     @property
     def on_models_changed(self) -> Callable[[ReloadResult], Any] | None:
         return self.core.on_models_changed
@@ -70,6 +81,12 @@ class Engine:
 
     async def reload(self) -> ReloadResult:
         return await self.core.reload()
+
+    async def load_model(self, name: str) -> ReloadResult:
+        return await self.core.load_model(name)
+
+    async def unload_model(self, name: str, version: int = 0) -> tuple[list[str], int]:
+        return await self.core.unload_model(name, version)
 
     async def poll_repository(self, interval_s: float) -> None:
         await self.core.poll_repository(interval_s)

@@ -6,6 +6,7 @@ details. Anything else that escapes is a bug: logged with its traceback, INTERNA
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -30,7 +31,18 @@ class NotFound(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
+    """A limit was reached. ``retry_after_s`` says when a retry can succeed: a delay in
+    seconds, ``NEVER`` (the same request fails again: it is over a size limit), or None
+    (not known: the message says what frees room)."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+NEVER = math.inf  # a retry_after_s: retrying the same request cannot succeed
 
 
 class FailedPrecondition(ServiceError):
@@ -63,6 +75,26 @@ def out_of_range(field: str, value: Any, allowed: str) -> InvalidArgument:
     return InvalidArgument(f"{field} = {shown(value)} is out of range; allowed: {allowed}")
 
 
-def over_limit(what: str, value: int, limit: int, setting: str) -> ResourceExhausted:
-    """RESOURCE_EXHAUSTED naming the limit and the server setting that sets it."""
-    return ResourceExhausted(f"{what} = {value} exceeds the server's limit of {limit} ({setting})")
+def over_limit(
+    what: str, value: int, limit: int, setting: str, *, retry_after_s: float | None = NEVER
+) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED naming the limit and the server setting that sets it; by
+    default a size limit, which no retry of the same request gets past."""
+    return ResourceExhausted(
+        f"{what} = {value} exceeds the server's limit of {limit} ({setting})", retry_after_s
+    )
+
+
+def too_many_sessions(count: int, limit: int, *, per_caller: bool) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for a session limit (max_sessions, max_sessions_per_caller):
+    room comes back when a session closes or expires, which no delay can promise."""
+    what, setting = (
+        ("open sessions of this caller", "max_sessions_per_caller")
+        if per_caller
+        else ("open sessions", "max_sessions")
+    )
+    return ResourceExhausted(
+        f"{what} = {count} exceeds the server's limit of {limit} ({setting}); retry "
+        "once a session has been closed (CloseSession) or has expired",
+        retry_after_s=None,
+    )

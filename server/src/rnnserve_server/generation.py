@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,8 @@ import numpy as np
 
 from rnnserve_server.runtime import FloatArray
 from rnnserve_server.sampling import SamplingParams, not_finite
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
+from rnnserve_server.stats import GenerationStats
 from rnnserve_server.tokenizer import Tokenizer
 
 
@@ -88,6 +90,7 @@ class Generation:
         per_message: int = 1,
         record: list[tuple[int, float]] | None = None,
         keep_draws: bool = False,
+        stats: GenerationStats | None = None,
     ) -> None:
         self.session = session
         self.params = params
@@ -116,6 +119,10 @@ class Generation:
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[list[GenerateEvent]] | None = None
         self.queued_at = 0.0
+        # The model's counters: tokens, and the time between two tokens as they are fed.
+        self.stats = stats
+        self.last_fed_at = 0.0
+        self.trace: Any = None  # the span context the runs feeding it link to (tracing on)
         # By chunks: the current one, and the state after the last token taken ([L, H],
         # None until a chunk has been taken from).
         self.chunk: Chunk | None = None
@@ -155,6 +162,7 @@ class Generation:
         """``self.token`` has just been fed (session.steps counts it): record its event.
         True if the generation goes on and needs its next token sampled."""
         self.pending = False
+        self._count()
         if self.record is not None:
             self.record.append((self.token, self.probability))
         self.session.touch()
@@ -164,6 +172,16 @@ class Generation:
         if self.keep_draws:  # the batcher draws the next token now
             self.before_draw = self.rng.bit_generator.state
         return True
+
+    def _count(self) -> None:
+        """A token of this call counts as fed (not a retry's replay): the model's token
+        count, and the time since the one before."""
+        if self.stats is not None:
+            now = time.perf_counter()
+            self.stats.tokens += 1
+            if self.last_fed_at:
+                self.stats.inter_token.add(now - self.last_fed_at)
+            self.last_fed_at = now
 
     def fail(self, error: BaseException) -> None:
         """Sampling failed: the events so far go out, the next advance raises this."""
@@ -235,6 +253,7 @@ class Generation:
             at = chunk.cursor
             chunk.cursor += 1
             session.steps += 1
+            self._count()
             if self.record is not None:
                 self.record.append((self.token, self.probability))
             events.append(self._event(self.token, self.probability, session.steps))

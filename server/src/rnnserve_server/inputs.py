@@ -47,32 +47,48 @@ class TokenInput(NamedTuple):
 NO_INPUT = TokenInput()
 
 
-def encode_input(model: Model, given: TokenInput, *, field: str, limit: int) -> Inputs:
+class InputLimits(NamedTuple):
+    """The server's limits on one input (max_tokens_per_request, max_text_chars)."""
+
+    tokens: int
+    text_chars: int
+
+
+def encode_input(model: Model, given: TokenInput, *, field: str, limits: InputLimits) -> Inputs:
     """What the model's graphs read, checked: token ids [T] (from ids or text: non-empty,
-    in range) or vectors [T, n_x] (``vectors_of``); at most ``limit`` steps (the
-    server's max_tokens_per_request)."""
+    in range) or vectors [T, n_x] (``vectors_of``); within ``limits``.
+
+    The sizes are checked before any work that grows with them (converting the ids,
+    tokenizing the text), so an oversized input costs next to nothing.
+    """
     if not given.given:
         what = "float vectors" if model.package.tokenizer is None else "token ids or text"
         raise InvalidArgument(f"{field}: give {what}")
     _check_kind(model, given, field)
     if given.vectors is not None:
-        return vectors_of(model, given.vectors, field=f"{field}.vectors", limit=limit)
+        return vectors_of(model, given.vectors, field=f"{field}.vectors", limit=limits.tokens)
     if given.text is not None:
+        if len(given.text) > limits.text_chars:
+            raise over_limit(
+                f"{field}.text code points", len(given.text), limits.text_chars, "max_text_chars"
+            )
         try:
-            ids = model.package.vocabulary.encode(given.text)
+            encoded: Sequence[int] = model.package.vocabulary.encode(given.text)
         except TokenizeError as exc:
             raise InvalidArgument(f"{field}.text: {exc}") from None
     else:
-        ids = list(given.ids or ())
-    if not ids:
+        encoded = given.ids or ()
+    if not encoded:
         raise InvalidArgument(f"{field} is empty; at least one token is required")
-    if len(ids) > limit:
-        raise over_limit(f"{field} tokens", len(ids), limit, "max_tokens_per_request")
+    if len(encoded) > limits.tokens:
+        raise over_limit(f"{field} tokens", len(encoded), limits.tokens, "max_tokens_per_request")
+    ids = np.asarray(encoded, dtype=np.int64)
     size = model.package.vocabulary.size
-    for position, token in enumerate(ids):
-        if not 0 <= token < size:
-            raise out_of_range(f"{field}.ids[{position}]", token, f"0 .. {size - 1}")
-    return np.asarray(ids, dtype=np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= size))
+    if len(bad):
+        position = int(bad[0])
+        raise out_of_range(f"{field}.ids[{position}]", int(ids[position]), f"0 .. {size - 1}")
+    return ids
 
 
 def _check_kind(model: Model, given: TokenInput, field: str) -> None:
@@ -91,26 +107,28 @@ def _check_kind(model: Model, given: TokenInput, field: str) -> None:
 
 def vectors_of(model: Model, given: VectorInput, *, field: str, limit: int) -> FloatArray:
     """Float vectors [T, n_x], checked: 1 .. ``limit`` steps, exactly steps * n_x
-    values, every one finite (INVALID_ARGUMENT naming the step and index otherwise)."""
+    values, every one finite (INVALID_ARGUMENT naming the step and index otherwise).
+    The counts are checked before the values are copied out of the request."""
     size = model.package.manifest.input.size
-    values = np.asarray(given.values, dtype=np.float32)
+    count = len(given.values)
     steps = given.steps
     if steps is None:
-        if len(values) % size:
+        if count % size:
             raise InvalidArgument(
-                f"{field}: {len(values)} values are not whole vectors of {size} floats "
+                f"{field}: {count} values are not whole vectors of {size} floats "
                 "(the model's input size)"
             )
-        steps = len(values) // size
+        steps = count // size
     if steps < 1:
         raise InvalidArgument(f"{field} is empty; at least one vector is required")
     if steps > limit:
         raise over_limit(f"{field} steps", steps, limit, "max_tokens_per_request")
-    if len(values) != steps * size:
+    if count != steps * size:
         raise InvalidArgument(
-            f"{field}.values holds {len(values)} floats; expected steps x input size = "
+            f"{field}.values holds {count} floats; expected steps x input size = "
             f"{steps} x {size} = {steps * size}"
         )
+    values = np.asarray(given.values, dtype=np.float32)
     finite = np.isfinite(values)
     if not finite.all():
         at = int(np.argmin(finite))

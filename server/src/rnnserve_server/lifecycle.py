@@ -13,7 +13,7 @@ from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.inputs import NO_INPUT, TokenInput
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 
 
 class Lifecycle:
@@ -77,7 +77,7 @@ class Lifecycle:
             raise InvalidArgument(
                 f"model {model.name} starts from its {kind} state; it takes no source or condition"
             )
-        core.store.check_capacity(owner)
+        core.store.check_capacity(owner, model)
         if build is not None:
             initial = await core.infer(build)
         core.prepare(model)  # its generation graph, built while the caller gets going

@@ -6,7 +6,10 @@ session *is*: its state, step count, sampling generator, owner, idle timeout and
 last call it answered, as signed bytes (sessionrecord.py) that a replica checks like an
 import whenever it reads them. Each call loads the record (one round trip; the state travels
 only if another replica changed it since this one last saw it), runs, and saves with a
-compare-and-set on the record's revision (a second round trip). Redis keeps the idle
+compare-and-set on the record's revision (a second round trip). The loads and saves
+of calls made at the same time share their round trips (pipeline.py): a StepMany
+message's sessions, or a batch the batcher ran, cost a round trip each way, not one per
+step. Redis keeps the idle
 expiry (a key's TTL is the session's idle timeout, refreshed by every call) and the
 session limits (sorted sets of live sessions, in total and per caller, scored by expiry).
 
@@ -19,11 +22,13 @@ that was acknowledged: a call's effect is in Redis before its answer leaves.
 from __future__ import annotations
 
 import contextlib
-import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from rnnserve_server.errors import Aborted, DataLoss, Unavailable, over_limit, shown
+from rnnserve_server.errors import Aborted, DataLoss, Unavailable, shown, too_many_sessions
+from rnnserve_server.pipeline import Call, ScriptPipeline
+from rnnserve_server.redaction import without_password
 
 # Every script gets KEYS: the record, the caller's sessions, all sessions; ARGV[1] the
 # session id, ARGV[2] the owner. This prelude restarts a session's idle timer: the
@@ -134,16 +139,6 @@ class Gone(Exception):
 UNCHANGED = object()
 
 
-def _without_password(url: str) -> str:
-    """The URL as logs and messages show it: any password replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
-
-
 @contextlib.contextmanager
 def _reachable(url: str) -> Iterator[None]:
     """Redis's own failures (connection refused, timeouts) as UNAVAILABLE."""
@@ -158,12 +153,29 @@ def _reachable(url: str) -> Iterator[None]:
 class RedisRecords:
     """Session records in one Redis database, under ``prefix``."""
 
-    def __init__(self, url: str, prefix: str = "rnnserve:") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "rnnserve:",
+        *,
+        connections: int = 32,
+        timeout_s: float = 5.0,
+    ) -> None:
         import redis.asyncio  # only this store needs the redis package
 
         self.url = url
-        self.shown_url = _without_password(url)
-        self.redis = redis.asyncio.Redis.from_url(url)
+        self.shown_url = without_password(url)
+        # At most ``connections``; a call finding them all busy waits for one (up to
+        # ``timeout_s``, as it waits for an answer), instead of failing at once.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        self.redis = redis.asyncio.Redis.from_pool(pool)  # closing it closes the pool
+        self.pipeline = ScriptPipeline(self.redis)
         self.prefix = prefix
         self._create = self.redis.register_script(_CREATE)
         self._load = self.redis.register_script(_LOAD)
@@ -171,10 +183,15 @@ class RedisRecords:
         self._delete = self.redis.register_script(_DELETE)
 
     async def ping(self) -> None:
+        """Fail unless Redis answers; give it the scripts (a Redis that loses them later
+        gets them again, pipeline.py)."""
         with _reachable(self.shown_url):
             await self.redis.ping()
+            for script in (self._create, self._load, self._save, self._delete):
+                await self.redis.script_load(script.script)
 
     async def close(self) -> None:
+        await self.pipeline.close()
         await self.redis.aclose()
 
     def _keys(self, session_id: str, owner: str) -> list[str]:
@@ -182,6 +199,18 @@ class RedisRecords:
             f"{self.prefix}session:{session_id}",
             f"{self.prefix}owner:{owner}",
             f"{self.prefix}sessions",
+        ]
+
+    async def _run(self, script: Any, calls: Sequence[Call]) -> list[Any]:
+        """Each call's result, or an Unavailable where Redis refused it; Unavailable
+        (raised) if Redis cannot be reached at all."""
+        with _reachable(self.shown_url):
+            results = await self.pipeline.run(script, calls)
+        return [
+            Unavailable(f"the session store at {self.shown_url} refused a command: {r}")
+            if isinstance(r, Exception)
+            else r
+            for r in results
         ]
 
     async def create(
@@ -208,52 +237,86 @@ class RedisRecords:
             "session",
             session,
         ]
-        with _reachable(self.shown_url):
-            status, count = await self._create(
-                keys=self._keys(session_id, owner),
-                args=[session_id, owner, idle_ms, max_sessions, max_per_owner, *fields],
-            )
+        args = [session_id, owner, idle_ms, max_sessions, max_per_owner, *fields]
+        (result,) = await self._run(self._create, [(self._keys(session_id, owner), args)])
+        status, count = _raised(result)
         if status == -1:
-            raise over_limit("open sessions", count + 1, max_sessions, "max_sessions")
+            raise too_many_sessions(count + 1, max_sessions, per_caller=False)
         if status == -2:
-            raise over_limit(
-                "open sessions of this caller", count + 1, max_per_owner, "max_sessions_per_caller"
-            )
+            raise too_many_sessions(count + 1, max_per_owner, per_caller=True)
         if status == -3:  # a chosen id that is open (random ones never collide)
             raise Aborted(f"session {shown(session_id)} exists already")
 
     async def load(self, session_id: str, owner: str, revision: int) -> Record | object:
         """The record, or UNCHANGED if its revision is still ``revision``; refreshes the
         idle expiry. Gone if there is no such session of this owner."""
-        with _reachable(self.shown_url):
-            found = await self._load(
-                keys=self._keys(session_id, owner), args=[session_id, owner, revision]
-            )
-        if found is None:
-            raise Gone(session_id)
-        if len(found) == 1:
-            return UNCHANGED
-        return Record.parse(session_id, found)
+        (result,) = await self.load_many([(session_id, owner, revision)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def load_many(
+        self, sessions: Sequence[tuple[str, str, int]]
+    ) -> list[Record | object | Exception]:
+        """``load`` for each (session id, owner, revision), together: per session its
+        record, UNCHANGED, or its error (Gone, DataLoss, Unavailable)."""
+        found = await self._run(
+            self._load, [(self._keys(i, owner), [i, owner, rev]) for i, owner, rev in sessions]
+        )
+        return [_loaded(i, result) for (i, _, _), result in zip(sessions, found, strict=True)]
 
     async def save(self, session_id: str, owner: str, revision: int, session: bytes) -> int:
         """Store a call's outcome if the record is still at ``revision``; the new revision."""
-        with _reachable(self.shown_url):
-            result = int(
-                await self._save(
-                    keys=self._keys(session_id, owner),
-                    args=[session_id, owner, revision, "session", session],
-                )
-            )
-        if result == -1:
-            raise Gone(session_id)
-        if result == -2:
-            raise Conflict(session_id)
-        return result
+        (result,) = await self.save_many([(session_id, owner, revision, session)])
+        return int(_raised(result))
+
+    async def save_many(
+        self, sessions: Sequence[tuple[str, str, int, bytes]]
+    ) -> list[int | Exception]:
+        """``save`` for each (session id, owner, revision, record), together: per session
+        its new revision or its error (Gone, Conflict, Unavailable)."""
+        saved = await self._run(
+            self._save,
+            [
+                (self._keys(i, owner), [i, owner, rev, "session", data])
+                for i, owner, rev, data in sessions
+            ],
+        )
+        return [_saved(i, result) for (i, *_), result in zip(sessions, saved, strict=True)]
 
     async def delete(self, session_id: str, owner: str) -> bytes | None:
         """Remove a session; its signed record, or None if there was none of this owner."""
-        with _reachable(self.shown_url):
-            session = await self._delete(
-                keys=self._keys(session_id, owner), args=[session_id, owner]
-            )
+        (result,) = await self._run(
+            self._delete, [(self._keys(session_id, owner), [session_id, owner])]
+        )
+        session = _raised(result)
         return None if session is None else bytes(session)
+
+
+def _raised(result: Any) -> Any:
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _loaded(session_id: str, found: Any) -> Record | object | Exception:
+    if isinstance(found, Exception):
+        return found
+    if found is None:
+        return Gone(session_id)
+    if len(found) == 1:
+        return UNCHANGED
+    try:
+        return Record.parse(session_id, found)
+    except DataLoss as error:
+        return error
+
+
+def _saved(session_id: str, result: Any) -> int | Exception:
+    if isinstance(result, Exception):
+        return result
+    if int(result) == -1:
+        return Gone(session_id)
+    if int(result) == -2:
+        return Conflict(session_id)
+    return int(result)

@@ -16,15 +16,19 @@ import grpc
 
 from rnnserve.v1 import rnnserve_pb2 as pb
 from rnnserve.v1 import rnnserve_pb2_grpc
+from rnnserve_server import calls
 from rnnserve_server.errors import InvalidArgument, out_of_range
 from rnnserve_server.generation import GenerateEvent
+from rnnserve_server.repository import Model
 from rnnserve_server.rpc import Accounted, caller_of, generic_handler, guarded, parsed
 from rnnserve_server.wire import (
     FINISH,
+    MessageLimits,
     generate_options,
     generate_response,
     generated_tokens,
     model_info,
+    refused_packages,
     step_columns,
     step_many_response,
     step_response,
@@ -43,8 +47,17 @@ def add_to_server(servicer: RnnServeServicer, server: grpc.aio.Server) -> None:
 
 
 class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
+    SERVICE = pb.DESCRIPTOR.services_by_name["RnnServe"].full_name
+
     async def _session(self, session_id: str, context: Any) -> Any:
-        return await self.engine.sessions.lookup(session_id, caller_of(context))
+        session = await self.engine.sessions.lookup(session_id, caller_of(context))
+        calls.bind(session=session.id, model=session.model)
+        return session
+
+    def _model(self, name: str, version: int) -> Model:
+        model = self.engine.repository.get(name, version)
+        calls.bind(model=model)
+        return model
 
     # ------------------------------------------------------------------ models
 
@@ -60,7 +73,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
-        return model_info(self.engine.repository.get(request.name, request.version))
+        return model_info(self._model(request.name, request.version))
 
     @guarded
     async def GetVocabulary(
@@ -78,8 +91,25 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             models=[model_info(m) for m in self.engine.repository.list()],
             added=result.added,
             removed=result.removed,
-            refused=[pb.RefusedPackage(path=str(p), reason=r) for p, r in result.refused.items()],
+            refused=refused_packages(result),
         )
+
+    @guarded
+    async def LoadModel(self, request: pb.LoadModelRequest, context: Any) -> pb.LoadModelResponse:
+        result = await self.engine.load_model(request.name)
+        return pb.LoadModelResponse(
+            models=[model_info(m) for m in self.engine.repository.list() if m.name == request.name],
+            added=result.added,
+            removed=result.removed,
+            refused=refused_packages(result),
+        )
+
+    @guarded
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: Any
+    ) -> pb.UnloadModelResponse:
+        removed, still_open = await self.engine.unload_model(request.name, request.version)
+        return pb.UnloadModelResponse(removed=removed, open_sessions=still_open)
 
     # ------------------------------------------------------------------ sessions
 
@@ -88,7 +118,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         version = request.version
         if request.state and not version:  # an import names its own version
             version = self.engine.sessions.exported_version(request.state) or 0
-        model = self.engine.repository.get(request.model, version)
+        model = self._model(request.model, version)
         session = await self.engine.sessions.create(
             model,
             idle_timeout_s=request.idle_timeout_s,
@@ -98,6 +128,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
             source=token_input(request, "source_tokens", "source_text", "source"),
             condition=request.condition,
         )
+        calls.bind(session=session.id)
         return pb.Session(
             session_id=session.id,
             model=model_info(model),
@@ -139,6 +170,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         session = await self.engine.sessions.lookup(
             request.session_id, caller_of(context) if owner is None else owner
         )
+        calls.bind(session=session.id, model=session.model)
         out = await self.engine.steps.step(
             session,
             token_input(request, "tokens", "text", "input"),
@@ -165,8 +197,10 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
         self, request_iterator: AsyncIterator[pb.StepManyRequest], context: Any
     ) -> AsyncIterator[pb.StepManyResponse]:
         owner = caller_of(context)  # one caller for the whole stream
+        config = self.engine.config
+        limits = MessageLimits(config.max_steps_per_message, config.max_tokens_per_message)
         async for request in request_iterator:
-            message = step_columns(parsed(request), self.engine.config.max_steps_per_message)
+            message = step_columns(parsed(request), limits)
             yield step_many_response(await self.engine.steps.many(message, owner=owner))
 
     # ------------------------------------------------------------------ generation
@@ -199,7 +233,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def Classify(self, request: pb.ClassifyRequest, context: Any) -> pb.ClassifyResponse:
-        model = self.engine.repository.get(request.model, request.version)
+        model = self._model(request.model, request.version)
         result = await self.engine.conveniences.classify(
             model,
             token_input(request, "tokens", "text", "input"),
@@ -216,7 +250,7 @@ class RnnServeServicer(Accounted, rnnserve_pb2_grpc.RnnServeServicer):
 
     @guarded
     async def Translate(self, request: pb.TranslateRequest, context: Any) -> pb.TranslateResponse:
-        model = self.engine.repository.get(request.model, request.version)
+        model = self._model(request.model, request.version)
         source = token_input(request, "source_tokens", "source_text", "source")
         if not source.given:
             raise InvalidArgument("source: give source_tokens or source_text")

@@ -1,14 +1,14 @@
 """The in-process session store: hidden state per session, idle expiry, limits.
 
-State lives in one preallocated array per model, ``[L, capacity, H]``, indexed by
-slot, so gathering a batch of sessions is one indexing operation. A slot is released
-exactly once, under the session's lock, after the session has left the index: no
-in-flight call can write into a slot that another session has been given.
+State lives in one preallocated array per model (statepool.py), indexed by slot, so
+gathering a batch of sessions is one indexing operation. A slot is released exactly
+once, under the session's lock, after the session has left the index: no in-flight
+call can write into a slot that another session has been given. The expiry sweep
+shrinks pools that have become mostly free (their sessions' slots move).
 
 With a shared store (``records``, Redis) the record there is the session and the pool
-slot a cache of it: ``load`` brings the slot up to date at the start of each call and
-``save`` writes the call's outcome back (records.py); without one both do nothing. A
-record is signed bytes (sessionrecord.py), checked like an import whenever it is read.
+slot a cache of it, looked up, loaded and saved by the store's shared part
+(sharedcopies.py); without one those do nothing.
 
 Everything here runs on the event loop thread; inference threads only ever see copies.
 """
@@ -16,120 +16,44 @@ Everything here runs on the event loop thread; inference threads only ever see c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 
 from rnnserve_server.errors import (
     Aborted,
     DataLoss,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
     over_limit,
     shown,
+    too_many_sessions,
 )
-from rnnserve_server.records import UNCHANGED, Conflict, Gone, Record, RedisRecords
+from rnnserve_server.records import RedisRecords
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray
-from rnnserve_server.sessionrecord import RecordContent, open_record, record_steps, seal_record
-from rnnserve_server.statecodec import MAX_STEPS, RngState, StateCodec
+from rnnserve_server.session import Session
+from rnnserve_server.sessionrecord import record_steps
+from rnnserve_server.sharedcopies import SharedCopies
+from rnnserve_server.statecodec import StateCodec
 from rnnserve_server.statepool import StatePool
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SESSION_ID_HEX = 32  # 128 random bits
+SWEEP_SLICE = 1000  # sessions the expiry sweep looks at between two turns of the event loop
 # First revisions of shared records are drawn below this: Redis's Lua numbers are doubles
 # and are written back as integers exactly while they stay under 2**53.
 FIRST_REVISIONS = 1 << 40
 
 
-@dataclass(frozen=True, slots=True)
-class LastCall:
-    """The last call a session answered, so that its retry is not applied twice.
-
-    ``reply`` is what a Generate produced (tokens and probabilities, how it ended, the
-    step count before its first token, the sampling state it would continue from);
-    None for a Step, whose answer follows from the state, except for a model without a
-    head graph: then ``output`` keeps the output row the Step answered with.
-    """
-
-    request_id: str
-    reply: dict[str, Any] | None = None
-    output: FloatArray | None = None
-
-
-@dataclass(eq=False, slots=True)
-class Session:
-    """One session's bookkeeping; its state lives in the model's StatePool at ``slot``.
-
-    Slotted, with the lock and the sampling generator made on first use, so an idle
-    session costs little beyond its state (a million idle sessions is a target).
-    """
-
-    id: str
-    model: Model
-    slot: int
-    idle_timeout_s: float
-    owner: str = ""
-    steps: int = 0
-    created: float = field(default_factory=time.monotonic)
-    last_used: float = field(default_factory=time.monotonic)
-    closed: bool = False
-    revision: int = 0  # of the shared record this slot holds (shared store only)
-    last: LastCall | None = None
-    _lock: asyncio.Lock | None = None
-    _rng: np.random.Generator | None = None
-
-    @property
-    def lock(self) -> asyncio.Lock:
-        """Orders the session's calls; held for the whole of each call."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
-
-    @property
-    def busy(self) -> bool:
-        return self._lock is not None and self._lock.locked()
-
-    @property
-    def rng(self) -> np.random.Generator:
-        """The session's sampling generator (random seed unless one was given)."""
-        if self._rng is None:
-            self._rng = np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-        return self._rng
-
-    @rng.setter
-    def rng(self, generator: np.random.Generator) -> None:
-        self._rng = generator
-
-    def touch(self) -> None:
-        self.last_used = time.monotonic()
-
-    def ensure_open(self) -> None:
-        if self.closed:
-            raise NotFound(f"session {self.id} was closed")
-
-    def ensure_room(self, tokens: int) -> None:
-        """FAILED_PRECONDITION if feeding ``tokens`` more could pass MAX_STEPS."""
-        if self.steps + tokens > MAX_STEPS:
-            raise FailedPrecondition(
-                f"session {self.id} is at step {self.steps}; {tokens} more would pass "
-                f"{MAX_STEPS}, the most steps a session may take: start a new session"
-            )
-
-    def answered(self, request_id: str) -> bool:
-        """Whether ``request_id`` names the last call this session answered."""
-        return bool(request_id) and self.last is not None and self.last.request_id == request_id
-
-
-class SessionStore:
+class SessionStore(SharedCopies):
     def __init__(
         self,
         *,
@@ -148,8 +72,10 @@ class SessionStore:
         self.max_idle_timeout_s = max_idle_timeout_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self._releasing: set[Session] = set()  # out of the index, their slots not yet free
         self._pools: dict[Model, StatePool] = {}
         self._per_owner: dict[str, int] = {}
+        self._per_model: dict[str, int] = {}  # by model name: config.toml's max_sessions
         self.expired_total = 0
         self.closed_total = 0
         self.created_total = 0
@@ -182,23 +108,26 @@ class SessionStore:
                 f"0 (the default, {self.default_idle_timeout_s:g}) .. {self.max_idle_timeout_s:g}"
             )
 
-    def check_capacity(self, owner: str) -> None:
-        """RESOURCE_EXHAUSTED if one more session would pass a limit (the shared store
-        counts sessions itself, across replicas, when one is created)."""
+    def check_capacity(self, owner: str, model: Model) -> None:
+        """RESOURCE_EXHAUSTED if one more session would pass a limit: the server's, or
+        the model's config.toml (the shared store counts sessions itself, across
+        replicas, when one is created; a model's config may not limit them there)."""
         if self.records is not None:
             return
-        if len(self._sessions) >= self.max_sessions:
+        limit = model.config.max_sessions
+        if limit is not None and self._per_model.get(model.name, 0) >= limit:
             raise over_limit(
-                "open sessions", len(self._sessions) + 1, self.max_sessions, "max_sessions"
+                f"open sessions of model {model.name}",
+                self._per_model.get(model.name, 0) + 1,
+                limit,
+                f"sessions.max_sessions in {model.config.path}",
+                retry_after_s=None,  # room comes back when one of its sessions ends
             )
+        if len(self._sessions) >= self.max_sessions:
+            raise too_many_sessions(len(self._sessions) + 1, self.max_sessions, per_caller=False)
         owned = self._per_owner.get(owner, 0)
         if owned >= self.max_sessions_per_owner:
-            raise over_limit(
-                "open sessions of this caller",
-                owned + 1,
-                self.max_sessions_per_owner,
-                "max_sessions_per_caller",
-            )
+            raise too_many_sessions(owned + 1, self.max_sessions_per_owner, per_caller=True)
 
     def create(
         self,
@@ -219,7 +148,7 @@ class SessionStore:
         self.check_idle_timeout(idle_timeout_s)
         if session_id:
             self._make_room_for(session_id)
-        self.check_capacity(owner)
+        self.check_capacity(owner, model)
         session_id = session_id or secrets.token_hex(SESSION_ID_HEX // 2)
         slot = self.pool(model).allocate(
             model.runtime.initial_state if initial is None else initial
@@ -228,20 +157,27 @@ class SessionStore:
             id=session_id,
             model=model,
             slot=slot,
-            idle_timeout_s=idle_timeout_s or self.default_idle_timeout_s,
+            idle_timeout_s=idle_timeout_s
+            or model.config.idle_timeout_s
+            or self.default_idle_timeout_s,
             owner=owner,
             steps=steps,
         )
         if rng is not None:
             session.rng = rng
-        self._sessions[session_id] = session
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        self._index(session)
         self.created_total += 1
         log.debug(
             "session created",
             extra={"session": session_id, "model": f"{model.name}/{model.version}"},
         )
         return session
+
+    def _index(self, session: Session) -> None:
+        """Put a new session (or this replica's copy of one) in the index and counts."""
+        self._sessions[session.id] = session
+        self._per_owner[session.owner] = self._per_owner.get(session.owner, 0) + 1
+        self._per_model[session.model.name] = self._per_model.get(session.model.name, 0) + 1
 
     def _make_room_for(self, session_id: str) -> None:
         """Before a session is created under an id its caller chose: an idle-expired
@@ -295,128 +231,6 @@ class SessionStore:
             self._evict(session)
             raise
         return session
-
-    async def lookup(self, session_id: str, owner: str = "") -> Session:
-        """The session a call names: ``get``, or with a shared store the replica's copy of
-        the record (made from the record on this replica's first call of the session)."""
-        if self.records is None:
-            return self.get(session_id, owner)
-        if not session_id:
-            raise InvalidArgument("session_id is required")
-        session = self._sessions.get(session_id)
-        if session is None or session.owner != owner:
-            try:
-                record = await self.records.load(session_id, owner, -1)
-            except Gone:
-                raise self._unknown(session_id) from None
-            session = self._sessions.get(session_id)  # another call may have made it
-            if session is None or session.owner != owner:
-                assert isinstance(record, Record)
-                session = self._adopt(session_id, owner, record)
-        return session
-
-    def _sealed(self, session: Session) -> bytes:
-        """The session's record as the shared store keeps it (signed)."""
-        assert self._codec is not None
-        last = session.last or LastCall("")
-        content = RecordContent(
-            idle_timeout_s=session.idle_timeout_s,
-            steps=session.steps,
-            rng=RngState.of(session.rng),
-            state=self.state(session),
-            last_request=last.request_id,
-            last_reply=last.reply,
-            last_output=last.output,
-        )
-        return seal_record(self._codec, session.id, session.owner, session.model, content)
-
-    def _opened(
-        self, session_id: str, owner: str, data: bytes, model: Model | None = None
-    ) -> tuple[Model, RecordContent]:
-        """A record's model and content, checked (DATA_LOSS if it fails a check); with
-        ``model``, the record must be of that model's name and version."""
-        assert self._codec is not None and self._resolve is not None
-        resolve = self._resolve
-
-        def model_for(name: str, version: int) -> Model:
-            if model is None:
-                return resolve(name, version)
-            if (name, version) != (model.name, model.version):
-                raise DataLoss(
-                    f"session {session_id}: its record in the shared store names model "
-                    f"{name}/{version}, the session is of {model.name}/{model.version}"
-                )
-            return model
-
-        return open_record(
-            self._codec, data, session_id=session_id, owner=owner, model_for=model_for
-        )
-
-    def _adopt(self, session_id: str, owner: str, record: Record) -> Session:
-        """This replica's copy of a session another replica made."""
-        model, content = self._opened(session_id, owner, record.session)
-        slot = self.pool(model).allocate(content.state)
-        session = Session(
-            id=session_id,
-            model=model,
-            slot=slot,
-            idle_timeout_s=content.idle_timeout_s,
-            owner=owner,
-        )
-        self._apply(session, content, record.revision)
-        self._sessions[session_id] = session
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
-        return session
-
-    def _apply(self, session: Session, content: RecordContent, revision: int) -> None:
-        self.pool(session.model).states[:, session.slot, :] = content.state
-        session.steps = content.steps
-        session.rng = content.rng.generator()
-        session.revision = revision
-        session.last = (
-            LastCall(content.last_request, content.last_reply, content.last_output)
-            if content.last_request
-            else None
-        )
-
-    async def load(self, session: Session) -> None:
-        """At the start of a call, under the session's lock: the slot as the shared
-        record has it (nothing moves unless another replica changed the session)."""
-        session.ensure_open()
-        if self.records is None:
-            return
-        try:
-            record = await self.records.load(session.id, session.owner, session.revision)
-        except Gone:
-            self._evict(session)
-            raise self._unknown(session.id) from None
-        if record is not UNCHANGED:
-            assert isinstance(record, Record)
-            _, content = self._opened(session.id, session.owner, record.session, session.model)
-            self._apply(session, content, record.revision)
-        session.touch()
-
-    async def save(self, session: Session) -> None:
-        """At the end of a call that changed the session, under its lock: the shared
-        record updated, if no other call changed it meanwhile (ABORTED otherwise)."""
-        if self.records is None:
-            return
-        try:
-            session.revision = await self.records.save(
-                session.id, session.owner, session.revision, self._sealed(session)
-            )
-        except Gone:
-            self._evict(session)
-            raise self._unknown(session.id) from None
-        except Unavailable:
-            session.revision = -1  # the slot is ahead of the record: reload next time
-            raise
-        except Conflict:
-            session.revision = -1  # the next call reloads the record
-            raise Aborted(
-                f"session {session.id} was changed by another call at the same time (on "
-                "another replica); this call's change was not kept: retry it"
-            ) from None
 
     def _evict(self, session: Session) -> None:
         """Drop this replica's copy (the slot is freed once no call holds it)."""
@@ -481,11 +295,16 @@ class SessionStore:
         if self._sessions.pop(session.id, None) is None:
             return False  # already closed or expired: the slot is released only once
         session.closed = True
-        left = self._per_owner[session.owner] - 1
-        if left:
-            self._per_owner[session.owner] = left
-        else:
-            del self._per_owner[session.owner]
+        self._releasing.add(session)
+        for counts, key in (
+            (self._per_owner, session.owner),
+            (self._per_model, session.model.name),
+        ):
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
         if reason == "expired":
             self.expired_total += 1
         elif reason == "closed":
@@ -497,20 +316,52 @@ class SessionStore:
         """Free the slot once no call of the session is in flight (under its lock)."""
         async with session.lock:
             self.pool(session.model).release(session.slot)
+            self._releasing.discard(session)
 
     @staticmethod
     def _idle_past_timeout(session: Session, now: float) -> bool:
-        return not session.busy and now - session.last_used > session.idle_timeout_s
+        return now - session.last_used > session.idle_timeout_s and not session.busy
 
     async def expire_idle(self) -> int:
         """Close sessions idle past their timeout; those with a call in flight are busy.
-        With a shared store only this replica's copies go (Redis expires the records)."""
-        now = self._clock()
-        idle = [s for s in self._sessions.values() if self._idle_past_timeout(s, now)]
+        With a shared store only this replica's copies go (Redis expires the records).
+        The sessions are looked at a slice at a time, other calls served in between, so
+        that a hundred thousand sessions never hold up the event loop."""
         reason = "expired" if self.records is None else "evicted"
-        for session in idle:
-            await self.close(session, reason=reason)
-        return len(idle)
+        everyone = list(self._sessions.values())
+        expired = 0
+        for start in range(0, len(everyone), SWEEP_SLICE):
+            now = self._clock()
+            for session in everyone[start : start + SWEEP_SLICE]:
+                if not session.closed and self._idle_past_timeout(session, now):
+                    await self.close(session, reason=reason)
+                    expired += 1
+            await asyncio.sleep(0)
+        self._shrink_pools()
+        return expired
+
+    def _shrink_pools(self) -> None:
+        """Give back the memory of pools that are mostly free (statepool.py): their
+        sessions' slots move."""
+        for model, pool in self._pools.items():
+            if not pool.shrinkable:
+                continue
+            holders = {
+                s.slot: s
+                for s in itertools.chain(self._sessions.values(), self._releasing)
+                if s.model is model
+            }
+            if len(holders) != pool.in_use:  # a slot whose holder is unknown: leave it be
+                log.warning(
+                    "state pool of %s/%s: %d slots in use, %d sessions hold one; not shrunk",
+                    model.name,
+                    model.version,
+                    pool.in_use,
+                    len(holders),
+                )
+                continue
+            for old, new in pool.shrink().items():
+                holders[old].slot = new
 
     async def run_expiry(self, interval_s: float) -> None:
         while True:

@@ -5,15 +5,17 @@ session at a time (Step, StepStream) or many at once (StepMany)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rnnserve_server import outputs
+from rnnserve_server import limits, outputs
+from rnnserve_server.batchwork import step_input
 from rnnserve_server.core import Core
 from rnnserve_server.errors import NotFound, ServiceError, out_of_range
 from rnnserve_server.inputs import (
@@ -27,8 +29,12 @@ from rnnserve_server.inputs import (
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import FloatArray, Inputs, IntArray
 from rnnserve_server.sampling import Top
-from rnnserve_server.sessions import LastCall, Session
+from rnnserve_server.session import LastCall, Session
 from rnnserve_server.statecodec import MAX_STEPS
+
+T = TypeVar("T")
+# Rows of a StepMany message read between two turns of the event loop (~1 ms of work).
+SLICE_ROWS = 256
 
 
 @dataclass(slots=True)
@@ -114,6 +120,32 @@ class StepManyAnswer:
     blocks: list[StepRows] = field(default_factory=list)
     single: dict[int, StepOutput | ServiceError] = field(default_factory=dict)
 
+    def whole(self) -> StepRows | None:
+        """The blocks as one, where they answer every step, in order, of one model."""
+        blocks = self.blocks
+        if self.single or not blocks:
+            return None
+        first = blocks[0]
+        if len(blocks) == 1:
+            return first if len(first.rows) == self.size else None
+        widths = first.ids.shape[1], first.values.shape[1]
+        if any(
+            b.names is not first.names or (b.ids.shape[1], b.values.shape[1]) != widths
+            for b in blocks
+        ):
+            return None
+        rows = [row for block in blocks for row in block.rows]
+        if rows != list(range(self.size)):
+            return None
+        return StepRows(
+            rows,
+            [steps for block in blocks for steps in block.steps],
+            np.concatenate([block.ids for block in blocks]),
+            np.concatenate([block.probabilities for block in blocks]),
+            first.names,
+            np.concatenate([block.values for block in blocks]),
+        )
+
     def in_order(self) -> list[StepOutput | ServiceError]:
         """Every row's outcome, in the message's order."""
         outcomes: dict[int, StepOutput | ServiceError] = dict(self.single)
@@ -151,10 +183,11 @@ class Stepping:
         if token is not None and short and self.core.store.records is None:
             # The common case, kept short (it runs for every streamed token): one input,
             # no retry to recognise, the session in this process (nothing to load or save).
+            limits.current().spend(1)
             async with session.lock:
                 session.ensure_open()
                 session.ensure_room(1)
-                described = await self.core.batcher(model).step(session, token, k, full)
+                described = await self.core.step_described(session, token, k, full)
                 session.last = None
                 session.touch()
                 return StepOutput(session.steps, 1, *described)
@@ -174,8 +207,8 @@ class Stepping:
                 session.ensure_room(len(inputs))
                 if len(inputs) == 1 and not keep_output and not with_logits:
                     # joins the batch, which describes every output at once
-                    x = inputs[0] if inputs.ndim > 1 else int(inputs[0])
-                    described = await self.core.batcher(model).step(session, x, k, full)
+                    x = step_input(inputs)
+                    described = await self.core.step_described(session, x, k, full)
                     session.last = LastCall(request_id) if request_id else None
                     await self.core.store.save(session)
                     session.touch()
@@ -197,9 +230,10 @@ class Stepping:
 
         Single-token steps of sessions that appear once and have no call in flight go to
         their model's batcher as one group (arrays in, arrays out: one run for up to
-        max_batch of them); the rest (several tokens or text, a session named twice, a
-        busy session, a retry, and every step where sessions live in a shared store)
-        take the ordinary path, in message order per session.
+        max_batch of them), with a shared store their records loaded and saved
+        together; the rest (several tokens or text, a session named twice, a busy
+        session, a retry, and where sessions live in a shared store every step with a
+        request id) take the ordinary path, in message order per session.
         """
         answer = StepManyAnswer(len(message))
         single = answer.single
@@ -211,39 +245,49 @@ class Stepping:
         lengths, request_ids, tokens = message.lengths, message.request_ids, message.tokens
         vectors = message.vectors
         mentions = Counter(message.session_ids)
-        local = self.core.store.records is None
+        store = self.core.store
+        shared = store.records is not None
+        found = await self._lookups(message.session_ids, owner) if shared else None
         groups: dict[Model, tuple[list[int], list[Session], list[Any]]] = {}
         # (row, session, where its tokens start, where its vectors' values start)
         ordinary: list[tuple[int, Session, int, int]] = []
+        starts: list[tuple[int, int]] = []  # where each row's tokens and values start
         start = vector_start = 0
+        vector_steps = 0  # the message's vectors, counted by their sessions' input sizes
         for row, session_id in enumerate(message.session_ids):
+            if row and not row % SLICE_ROWS:
+                await asyncio.sleep(0)  # other callers' turn between slices of a long message
             at, vector_at = start, vector_start
+            starts.append((at, vector_at))
             count = message.value_count(row)
             if count:
                 vector_start += count
             else:
                 start += 1 if lengths is None else lengths[row]
-            try:  # looked up in message order, so a session named twice keeps its order
+            try:  # in message order, so a session named twice keeps its order
                 if request_ids:
                     check_request_id(request_ids[row])
-                if local:
-                    session = self.core.store.get(session_id, owner)
-                else:
-                    session = await self.core.store.lookup(session_id, owner)
+                looked_up = store.get(session_id, owner) if found is None else found[row]
+                if isinstance(looked_up, ServiceError):
+                    raise looked_up
+                session = looked_up
             except ServiceError as exc:
                 single[row] = exc
                 continue
             runtime = session.model.runtime
+            if count and runtime.input_size:
+                vector_steps += count // runtime.input_size
             if (
-                not local
                 # one input of the kind the model reads
-                or (count != runtime.input_size if count else runtime.input_size or start - at != 1)
+                (count != runtime.input_size if count else runtime.input_size or start - at != 1)
                 or mentions[session_id] > 1
                 or session.busy
                 or session.steps >= MAX_STEPS  # no room: the ordinary path refuses it
                 or (
-                    request_ids and (session.answered(request_ids[row]) or not runtime.has("head"))
-                )  # a retry, or a call whose output a retry needs kept (no head graph)
+                    request_ids
+                    and (shared or session.answered(request_ids[row]) or not runtime.has("head"))
+                )  # a retry (in a shared store only the record says), or a call whose output
+                # a retry needs kept (no head graph)
             ):
                 ordinary.append((row, session, at, vector_at))
                 continue
@@ -253,6 +297,9 @@ class Stepping:
             group[0].append(row)
             group[1].append(session)
             group[2].append(vectors[vector_at : vector_at + count] if count else tokens[at])
+
+        if vector_steps:
+            self._check_message_size(message, vector_steps)
 
         async def one(row: int, session: Session, at: int, vector_at: int) -> None:
             try:
@@ -268,13 +315,16 @@ class Stepping:
 
         arrays: dict[Model, Inputs] = {}
         for model, group in list(groups.items()):  # bad inputs fail their steps alone
-            checked = self._drop_bad_inputs(model, group, single)
+            ordinary += self._busy_meanwhile(group, starts)
+            checked = self._drop_bad_inputs(model, group, single) if group[0] else None
+            if checked is not None:
+                checked = self._within_budget(group, checked, single)
             if checked is None:
                 del groups[model]
             else:
                 arrays[model] = checked
         held: dict[int, Session] = {}  # the group sessions whose locks this call holds
-        tasks: list[asyncio.Future[None]] = []
+        tasks: list[asyncio.Future[Any]] = []
         try:
             # Every group's locks before any group runs, in one order (by session id):
             # two messages cannot each hold a lock the other waits for.
@@ -284,29 +334,58 @@ class Stepping:
                 await session.lock.acquire()
                 held[id(session)] = session
             tasks = [asyncio.ensure_future(one(*item)) for item in ordinary]
-            for model, (rows, sessions, _) in groups.items():
+
+            async def chunk(model: Model, part: slice) -> StepRows:
+                rows, sessions, _ = groups[model]
                 try:
-                    block = await self._step_rows(
+                    return await self._step_rows(
                         model,
-                        rows,
-                        sessions,
-                        arrays[model],
+                        rows[part],
+                        sessions[part],
+                        arrays[model][part],
                         k=k,
                         request_ids=request_ids,
                         single=single,
                     )
-                finally:  # each group's sessions are free as soon as it is answered
-                    for session in sessions:
+                finally:  # a chunk's sessions are free as soon as it is answered
+                    for session in sessions[part]:
                         del held[id(session)]
                         session.lock.release()
-                answer.blocks.append(block)
-            await asyncio.gather(*tasks)
+
+            # In chunks of SLICE_ROWS, each answered in a turn of the event loop of its
+            # own (the batcher still runs up to max_batch rows at once). The first goes
+            # to its batcher in this turn, as a single step queued beside it does, so
+            # that the two share a run.
+            parts = [
+                (model, slice(start, start + SLICE_ROWS))
+                for model, (rows, _, _) in groups.items()
+                for start in range(0, len(rows), SLICE_ROWS)
+            ]
+            later = [asyncio.ensure_future(chunk(*part)) for part in parts[1:]]
+            tasks += later
+            if parts:
+                answer.blocks.append(await chunk(*parts[0]))
+            answer.blocks += await _every(later)
+            await _every(tasks)
         finally:
             for session in held.values():
                 session.lock.release()
             for task in tasks:
                 task.cancel()
         return answer
+
+    def _check_message_size(self, message: StepColumns, vector_steps: int) -> None:
+        """INVALID_ARGUMENT for the stream past max_tokens_per_message inputs in all, a
+        step's vectors counted one each (known once its session's model is: the wire
+        counted the tokens and texts before reading them)."""
+        limit = self.core.config.max_tokens_per_message
+        tokens = len(message.tokens) + sum(map(len, message.texts or ()))
+        if tokens + vector_steps > limit:
+            raise out_of_range(
+                "vectors",
+                f"{vector_steps} vectors beside {tokens} tokens",
+                f"at most {limit} inputs in all per message (max_tokens_per_message)",
+            )
 
     @staticmethod
     def _drop_bad_inputs(
@@ -338,6 +417,53 @@ class Stepping:
             del rows[i], sessions[i], given[i]
         return np.delete(inputs, bad, axis=0) if rows else None
 
+    @staticmethod
+    def _busy_meanwhile(
+        group: tuple[list[int], list[Session], list[Any]], starts: list[tuple[int, int]]
+    ) -> list[tuple[int, Session, int, int]]:
+        """Take out of the group the sessions another call took up while the message was
+        being read (between its slices); they go the ordinary way, which waits for them,
+        so that the group's locks are all free and taken at once. ``starts``: where each
+        row's tokens and vector values start."""
+        rows, sessions, given = group
+        moved = []
+        for i in reversed(range(len(rows))):
+            if sessions[i].busy:
+                moved.append((rows[i], sessions[i], *starts[rows[i]]))
+                del rows[i], sessions[i], given[i]
+        return moved[::-1]
+
+    @staticmethod
+    def _within_budget(
+        group: tuple[list[int], list[Session], list[Any]],
+        inputs: Inputs,
+        single: dict[int, StepOutput | ServiceError],
+    ) -> Inputs | None:
+        """Take the group's tokens from the caller's budget; the steps it cannot pay for
+        (the last ones) fail alone, RESOURCE_EXHAUSTED. Their inputs; None if none is
+        left."""
+        rows, sessions, given = group
+        budget = limits.current()
+        paid = budget.spend_up_to(len(rows))
+        if paid < len(rows):
+            refusal = budget.refusal(len(rows) - paid)
+            single.update(dict.fromkeys(rows[paid:], refusal))
+            del rows[paid:], sessions[paid:], given[paid:]
+        return inputs[:paid] if rows else None
+
+    async def _lookups(
+        self, session_ids: Sequence[str], owner: str
+    ) -> list[Session | ServiceError]:
+        """Every step's session from the shared store: the records this replica has no
+        copy of are loaded together (SLICE_ROWS a group, all groups in one go)."""
+        parts = await asyncio.gather(
+            *(
+                self.core.store.lookup_many(session_ids[at : at + SLICE_ROWS], owner)
+                for at in range(0, len(session_ids), SLICE_ROWS)
+            )
+        )
+        return [found for part in parts for found in part]
+
     async def _step_rows(
         self,
         model: Model,
@@ -350,20 +476,60 @@ class Stepping:
         single: dict[int, StepOutput | ServiceError],
     ) -> StepRows:
         """Single-input steps of distinct sessions of one model (their locks held), as
-        one group."""
+        one group; with a shared store their records loaded before and saved after, all
+        together (a step whose load or save fails fails alone)."""
+        store = self.core.store
+        failed = await store.load_many(sessions)
+        for i, session in enumerate(sessions):
+            if failed[i] is None:
+                try:
+                    session.ensure_room(1)  # by the record's step count
+                except ServiceError as error:
+                    failed[i] = error
+        if any(failed):
+            inputs = inputs[[i for i, error in enumerate(failed) if error is None]]
+        rows, sessions = _without(failed, rows, single, rows, sessions)
         answer = await self.core.batcher(model).step_rows(sessions, inputs, k)
+        now = time.monotonic()
         for session, row in zip(sessions, rows, strict=True):
             session.last = LastCall(request_ids[row]) if request_ids and request_ids[row] else None
-            session.touch()
+            session.touch(now)
+        closed: list[ServiceError | None] = [None] * len(rows)
+        for i in answer.closed:  # closed while waiting: not applied
+            closed[i] = NotFound(f"session {sessions[i].id} was closed")
         steps = [session.steps for session in sessions]
+        kept = list(range(len(rows)))
+        rows, sessions, steps, kept = _without(closed, rows, single, rows, sessions, steps, kept)
+        saved = await store.save_many(sessions)
+        rows, steps, kept = _without(saved, rows, single, rows, steps, kept)
         ids_out, probabilities, values = answer.ids, answer.probabilities, answer.values
-        if answer.closed:  # closed while waiting: not applied
-            for i in answer.closed:
-                single[rows[i]] = NotFound(f"session {sessions[i].id} was closed")
-            gone = set(answer.closed)
-            kept = [i for i in range(len(rows)) if i not in gone]
-            rows = [rows[i] for i in kept]
-            steps = [steps[i] for i in kept]
+        if len(kept) < len(ids_out):
             ids_out, probabilities, values = ids_out[kept], probabilities[kept], values[kept]
-        names = outputs.names(model)
-        return StepRows(rows, steps, ids_out, probabilities, names, values)
+        return StepRows(rows, steps, ids_out, probabilities, outputs.names(model), values)
+
+
+async def _every(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """The results of all ``tasks``, or the first error: once every task has ended, so
+    that no error of another is left unretrieved."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def _without(
+    errors: Sequence[ServiceError | None],
+    rows: list[int],
+    single: dict[int, StepOutput | ServiceError],
+    *columns: list[Any],
+) -> list[list[Any]]:
+    """``columns`` without the entries whose ``errors`` entry is set; each such row of
+    the message is answered by its error (in ``single``)."""
+    if not any(errors):
+        return list(columns)
+    for row, error in zip(rows, errors, strict=True):
+        if error is not None:
+            single[row] = error
+    kept = [i for i, error in enumerate(errors) if error is None]
+    return [[column[i] for i in kept] for column in columns]

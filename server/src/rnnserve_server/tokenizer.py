@@ -6,7 +6,10 @@ Two kinds exist:
 
 * ``char``: one token per Unicode code point (after the configured normalisation);
 * ``word``: words and single punctuation marks, split by a fixed regular expression;
-  decoded text joins words with single spaces.
+  decoded text joins tokens with single spaces, except that no space goes before a mark
+  that attaches to the text before it (``. , ; : ! ? % …``, closing brackets and closing
+  quotes): ``the LORD, a city.``. Opening marks keep their spaces (``( a city)``): a
+  token's text depends on that token alone, so streamed pieces add up to ``decode``.
 
 Never materialise one-hot vectors: an id *is* the column of ``W_ax`` to gather.
 """
@@ -26,6 +29,15 @@ TOKENIZER_KINDS = ("char", "word")
 UNKNOWN_TEXT = "\ufffd"
 NORMALIZATIONS = ("NFC", "NFKC", "none")
 _WORD_PATTERN = re.compile(r"\w+(?:'\w+)*|[^\w\s]", re.UNICODE)
+_ATTACHED_MARKS = frozenset(".,;:!?%…")
+_ATTACHED_CATEGORIES = ("Pe", "Pf")  # closing brackets, closing quotes
+
+
+def _attaches(token: str) -> bool:
+    """A punctuation token written right after the text before it, without a space."""
+    return len(token) == 1 and (
+        token in _ATTACHED_MARKS or unicodedata.category(token) in _ATTACHED_CATEGORIES
+    )
 
 
 # How offsets into a text count, in messages (TokenizeError) and in GetVocabulary.
@@ -170,8 +182,8 @@ class Tokenizer:
             offsets=OFFSETS,
             separator=" " if word else "",
             unknown_text=UNKNOWN_TEXT,
-            attached=(),
-            attached_categories=(),
+            attached=tuple(sorted(_ATTACHED_MARKS)) if word else (),
+            attached_categories=_ATTACHED_CATEGORIES if word else (),
         )
 
     def is_special(self, token_id: int) -> bool:
@@ -187,12 +199,13 @@ class Tokenizer:
         Special tokens add nothing, except the unknown token, which shows as U+FFFD.
 
         Word tokens are separated by a space, so every piece but the first of a text
-        starts with one. Concatenating the pieces of a sequence gives ``decode``.
+        starts with one, except punctuation that attaches to the text before it (see
+        the module's docstring). Concatenating the pieces of a sequence gives ``decode``.
         """
         if self.is_special(token_id):
             return UNKNOWN_TEXT if token_id == self.special_tokens.get("unk") else ""
         token = self.tokens[token_id]
-        if self.kind == "word" and not first:
+        if self.kind == "word" and not first and not _attaches(token):
             return " " + token
         return token
 

@@ -15,7 +15,9 @@ export an existing checkpoint, train the demo zoo, or compute the baselines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from rnnserve_train.config import (
     BUDGETS,
     PRESETS,
     ConfigError,
+    TrainConfig,
     field_types,
     make_config,
     parse_overrides,
@@ -40,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
-        print(f"presets: {', '.join(PRESETS)}")
-        print(f"keys: {', '.join(f'{k} ({t.__name__})' for k, t in field_types().items())}")
+        print(_help())
         return 0
     try:
         if args and args[0] == "export":
@@ -58,6 +60,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rnnserve-train: {exc}", file=sys.stderr)
         return 2
+
+
+def _help() -> str:
+    """The presets, then every key with its default and what it means."""
+    lines = ["presets (--preset=NAME; each sets some of the keys below):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name:16} {values.get('description', TrainConfig.description)}")
+    lines.append("")
+    lines.append("keys (--key=value; the default without a preset, and what it is):")
+    width = 30
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default
+        shown = str(default).lower() if isinstance(default, bool) else shlex.quote(str(default))
+        setting = f"--{item.name}={shown}"
+        if len(setting) > width:  # the meaning on a line of its own
+            lines += [f"  {setting}", f"  {'':{width}} {item.metadata['help']}"]
+        else:
+            lines.append(f"  {setting:{width}} {item.metadata['help']}")
+    return "\n".join(lines)
 
 
 def _train(args: list[str]) -> int:

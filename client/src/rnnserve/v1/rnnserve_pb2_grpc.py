@@ -104,6 +104,16 @@ class RnnServeStub:
                 request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/LoadModel',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/rnnserve.v1.RnnServe/UnloadModel',
+                request_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class RnnServeServicer:
@@ -234,7 +244,10 @@ class RnnServeServicer:
         message is answered by one response message, in order. A failing step fails alone
         (an entry in `errors`); the other steps are applied. Steps of one session within a
         message are applied in order. Errors of the stream itself: INVALID_ARGUMENT (more
-        than max_steps_per_message steps in a message; columns whose lengths disagree).
+        than max_steps_per_message steps or max_tokens_per_message inputs in a message, a
+        text counted as its code points, a step's vectors one each; steps x top_k over
+        32768; columns whose lengths disagree). A step the caller's token budget cannot pay
+        for fails alone (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,7 +277,32 @@ class RnnServeServicer:
     def ReloadModels(self, request, context):
         """Rescans the model repository: new packages and versions are loaded, removed ones
         unloaded (their open sessions keep working until closed), broken ones reported.
-        The server can also do this by itself (setting repository_poll_s).
+        The server can also do this by itself (setting repository_poll_s). Versions that
+        UnloadModel took out of service stay out. With authentication on, only the callers
+        the setting auth_admins names may call it (PERMISSION_DENIED for others).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Loads one model from the repository, leaving every other model as it is: rereads
+        <models>/<name>/config.toml and loads the versions its version policy serves
+        (new or changed ones; versions UnloadModel took out of service come back).
+        Errors: INVALID_ARGUMENT (not a model name), NOT_FOUND (no folder of that name in
+        the repository), PERMISSION_DENIED (authentication on and the caller not in
+        auth_admins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Takes a model, or one version of it, out of service until LoadModel brings it back
+        (ReloadModels and polling leave it out meanwhile): new sessions and one-call
+        conveniences naming it answer NOT_FOUND. Sessions already open on it keep working
+        until they are closed or expire; the response counts them. Errors: NOT_FOUND (not
+        loaded), PERMISSION_DENIED (as LoadModel).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -342,6 +380,16 @@ def add_RnnServeServicer_to_server(servicer, server):
                     servicer.ReloadModels,
                     request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -722,6 +770,60 @@ class RnnServe:
             '/rnnserve.v1.RnnServe/ReloadModels',
             rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsRequest.SerializeToString,
             rnnserve_dot_v1_dot_rnnserve__pb2.ReloadModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/LoadModel',
+            rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.RnnServe/UnloadModel',
+            rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelRequest.SerializeToString,
+            rnnserve_dot_v1_dot_rnnserve__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

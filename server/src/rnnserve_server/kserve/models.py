@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from rnnserve_server import calls
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import InvalidArgument, NotFound, ServiceError
 from rnnserve_server.kserve.pb import grpc_service_pb2 as pb
 from rnnserve_server.kserve.pb import model_config_pb2 as mc
+from rnnserve_server.modelconfig import VersionPolicy
 from rnnserve_server.modelpackage import GRAPH_SIGNATURES
 from rnnserve_server.repository import Model, Repository
 
@@ -64,7 +66,7 @@ def outputs(model: Model) -> list[TensorSpec]:
 
 
 def resolve(repository: Repository, name: str, version: str) -> Model:
-    """The model a request names: version "" is the highest loaded; NOT_FOUND in
+    """The model a request names: version "" is its default version; NOT_FOUND in
     Triton's words for an unknown model or version."""
     number = 0
     if version:
@@ -78,10 +80,12 @@ def resolve(repository: Repository, name: str, version: str) -> Model:
                 "version should be an integral value > 0"
             )
     try:
-        return repository.get(name, number)
+        model = repository.get(name, number)
     except ServiceError:
         which = f"'{name}'" + (f" version {version}" if version else "")
         raise NotFound(f"Request for unknown model: {which} is not found") from None
+    calls.bind(model=model)  # the call's model label (metrics, logs, traces)
+    return model
 
 
 def versions(repository: Repository, name: str) -> list[str]:
@@ -106,7 +110,24 @@ def metadata(model: Model, loaded_versions: list[str]) -> pb.ModelMetadataRespon
     )
 
 
+def version_policy(policy: VersionPolicy) -> mc.ModelVersionPolicy:
+    """The model's config.toml version policy in Triton's terms."""
+    if policy.policy == "latest":
+        return mc.ModelVersionPolicy(
+            latest=mc.ModelVersionPolicy.Latest(num_versions=policy.latest)
+        )
+    if policy.policy == "specific":
+        return mc.ModelVersionPolicy(
+            specific=mc.ModelVersionPolicy.Specific(versions=list(policy.specific))
+        )
+    return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
+
+
 def config(model: Model, server: ServerConfig) -> mc.ModelConfig:
+    """The model's configuration: its manifest, and its config.toml's settings where it
+    has them, else the server's."""
+    own = model.config
+    max_batch, window_us = own.batching(server)
     manifest = model.package.manifest
     tokenizer = model.package.tokenizer
     state_in, state_out = GRAPH_SIGNATURES["step"][0][1], GRAPH_SIGNATURES["step"][1][1]
@@ -142,8 +163,12 @@ def config(model: Model, server: ServerConfig) -> mc.ModelConfig:
         ),
         "output_kind": manifest.output.kind,
         "initial_state": initial.kind + (f":{initial.token}" if initial.token else ""),
-        "max_batch": str(server.max_batch),
+        "max_batch": str(max_batch),
     }
+    if own.versions.default:
+        parameters["default_version"] = str(own.versions.default)
+    if own.path is not None:
+        parameters["config_file"] = str(own.path)
     if manifest.output.labels:
         parameters["labels"] = json.dumps(list(manifest.output.labels), ensure_ascii=False)
     if manifest.conditions:
@@ -163,12 +188,16 @@ def config(model: Model, server: ServerConfig) -> mc.ModelConfig:
             mc.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype], dims=list(s.shape))
             for s in outputs(model)
         ],
+        version_policy=version_policy(own.versions),
         sequence_batching=mc.ModelSequenceBatching(
             oldest=mc.ModelSequenceBatching.StrategyOldest(
-                max_candidate_sequences=server.max_sessions,
-                max_queue_delay_microseconds=server.batch_window_us,
+                max_candidate_sequences=min(
+                    own.max_sessions or server.max_sessions, server.max_sessions
+                ),
+                max_queue_delay_microseconds=window_us,
             ),
-            max_sequence_idle_microseconds=server.session_idle_timeout_s * 1_000_000,
+            max_sequence_idle_microseconds=(own.idle_timeout_s or server.session_idle_timeout_s)
+            * 1_000_000,
             state=[state],
         ),
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rnnserve_server.errors import InvalidArgument, out_of_range, shown
-from rnnserve_server.inputs import NO_INPUT, TokenInput, encode_input
+from rnnserve_server.errors import InvalidArgument, out_of_range, over_limit, shown
+from rnnserve_server.inputs import NO_INPUT, InputLimits, TokenInput, encode_input
 from rnnserve_server.kserve import tensors
 from rnnserve_server.kserve.models import (
     CONDITION,
@@ -151,8 +151,9 @@ def _requested(model: Model, request: pb.ModelInferRequest) -> tuple[Requested, 
     return tuple(chosen)
 
 
-def _inputs(model: Model, request: pb.ModelInferRequest) -> dict[str, Any]:
-    """Each input tensor's value (ids or text), its datatype and shape checked."""
+def _inputs(model: Model, request: pb.ModelInferRequest, token_limit: int) -> dict[str, Any]:
+    """Each input tensor's value (ids or text), its datatype and shape checked, and an
+    INT64 tensor's element count against ``token_limit`` before its elements are read."""
     specs = {s.name: s for s in inputs(model)}
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -175,6 +176,15 @@ def _inputs(model: Model, request: pb.ModelInferRequest) -> dict[str, Any]:
                 f"model '{model.name}' expects '{spec.datatype}'"
             )
         _check_shape(model, spec, list(tensor.shape))
+        if spec.datatype == "INT64":
+            count = tensors.element_count(tensor.name, tensor.shape)
+            if count > token_limit:
+                raise over_limit(
+                    f"inference input '{tensor.name}' tokens",
+                    count,
+                    token_limit,
+                    "max_tokens_per_request",
+                )
         data = raw[index] if raw else None
         if data is not None and tensor.HasField("contents"):
             raise InvalidArgument(
@@ -205,13 +215,13 @@ def _one_of(values: dict[str, Any], ids_name: str, text_name: str) -> TokenInput
     return NO_INPUT
 
 
-def read(model: Model, request: pb.ModelInferRequest, *, token_limit: int) -> InferCall:
-    """The request, checked against the model (token ids in range, at most
-    ``token_limit`` of them)."""
+def read(model: Model, request: pb.ModelInferRequest, *, limits: InputLimits) -> InferCall:
+    """The request, checked against the model and the server's ``limits`` (token ids in
+    range, their count and a text's length checked before they are read or tokenized)."""
     parameters = request.parameters
     sequence = _sequence(model, parameters)
     start = _flag(parameters, "sequence_start")
-    values = _inputs(model, request)
+    values = _inputs(model, request, limits.tokens)
     if (INPUT_IDS in values) == (TEXT in values):
         raise InvalidArgument(
             f"model '{model.name}' takes exactly one of the inputs '{INPUT_IDS}' (token ids) "
@@ -239,7 +249,7 @@ def read(model: Model, request: pb.ModelInferRequest, *, token_limit: int) -> In
         )
     given = _one_of(values, INPUT_IDS, TEXT)
     field = INPUT_IDS if given.ids is not None else TEXT
-    ids = encode_input(model, given, field=field, limit=token_limit)
+    ids = encode_input(model, given, field=field, limits=limits)
     return InferCall(
         sequence=sequence,
         start=start,

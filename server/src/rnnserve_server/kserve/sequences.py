@@ -32,7 +32,8 @@ from rnnserve_server.errors import InvalidArgument, NotFound
 from rnnserve_server.inputs import NO_INPUT, TokenInput
 from rnnserve_server.lifecycle import Lifecycle
 from rnnserve_server.repository import Model
-from rnnserve_server.sessions import SESSION_ID_HEX, Session
+from rnnserve_server.session import Session
+from rnnserve_server.sessions import SESSION_ID_HEX
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import grpc
 
+from rnnserve_server import calls
 from rnnserve_server.engine import Engine
-from rnnserve_server.errors import NotFound, ServiceError
+from rnnserve_server.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from rnnserve_server.kserve import requests
 from rnnserve_server.kserve.models import config, resolve, versions
 from rnnserve_server.kserve.models import metadata as model_metadata
@@ -35,7 +36,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
 SERVER_NAME = "rnnserve"
 # The protocol extensions rnnserve serves (Triton's names).
-EXTENSIONS = ("classification", "sequence", "model_configuration", "parameters")
+EXTENSIONS = (
+    "classification",
+    "sequence",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+)
 
 
 class Unimplemented(ServiceError):
@@ -55,7 +62,29 @@ def _unsupported(method: str, why: str) -> Callable[..., Any]:
     return guarded(handler)
 
 
+def _check_repository_call(
+    request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest,
+    *,
+    accepted: tuple[str, ...],
+) -> None:
+    """INVALID_ARGUMENT for what rnnserve's one repository, read as it is on disk, cannot
+    do: another repository, a configuration or files sent with the call."""
+    if request.repository_name:
+        raise InvalidArgument(
+            f"repository_name = {request.repository_name!r}: rnnserve serves one model "
+            "repository (the setting models); leave it empty"
+        )
+    for name in sorted(request.parameters):
+        if name not in accepted:
+            raise InvalidArgument(
+                f"parameter {name!r} is not supported: rnnserve loads a model as its folder "
+                "in the repository holds it (its versions and config.toml)"
+            )
+
+
 class KServeServicer(Accounted):
+    SERVICE = SERVICE_NAME
+
     def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         super().__init__(engine, metrics)
         self.sequences = Sequences(engine.sessions)
@@ -105,7 +134,13 @@ class KServeServicer(Accounted):
             )
             for m in repository.list()
         ]
-        if not request.ready:  # the packages the server refused, and why
+        if not request.ready:  # what is not served, and why (Triton's reason "unloaded")
+            index += [
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=str(version), state="UNAVAILABLE", reason="unloaded"
+                )
+                for name, version in repository.unloaded()
+            ]
             index += [
                 pb.RepositoryIndexResponse.ModelIndex(
                     name=path.parent.name, version=path.name, state="UNAVAILABLE", reason=reason
@@ -114,11 +149,37 @@ class KServeServicer(Accounted):
             ]
         return pb.RepositoryIndexResponse(models=index)
 
+    @guarded
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> Any:
+        """rnnserve.v1 LoadModel: the model's folder rescanned (admin, as LoadModel)."""
+        _check_repository_call(request, accepted=())
+        result = await self.engine.load_model(request.model_name)
+        if not any(m.name == request.model_name for m in self.engine.repository.list()):
+            reasons = "; ".join(f"{path}: {why}" for path, why in sorted(result.refused.items()))
+            raise FailedPrecondition(
+                f"failed to load '{request.model_name}': no version of it is served"
+                + (f" ({reasons})" if reasons else " (no version folder its policy serves)")
+            )
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> Any:
+        """rnnserve.v1 UnloadModel of every version: open sequences go on until they end."""
+        # no ensembles, so nothing depends on a model: unload_dependents changes nothing
+        _check_repository_call(request, accepted=("unload_dependents",))
+        await self.engine.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
     # ------------------------------------------------------------------ inference
 
     async def _infer(self, request: pb.ModelInferRequest, owner: str) -> pb.ModelInferResponse:
+        calls.bind(request_id=request.id)  # the logs' and traces' request id
         model = resolve(self.engine.repository, request.model_name, request.model_version)
-        call = requests.read(model, request, token_limit=self.engine.config.max_tokens_per_request)
+        call = requests.read(model, request, limits=self.engine.core.input_limits)
         session = await self.sequences.begin(
             model,
             owner,
@@ -127,6 +188,7 @@ class KServeServicer(Accounted):
             source=call.source,
             condition=call.condition,
         )
+        calls.bind(session=session.id)
         try:
             out = await self.engine.steps.step(
                 session, call.tokens, k=call.k, full=call.full, with_logits=call.with_logits
@@ -161,13 +223,6 @@ class KServeServicer(Accounted):
 
     ModelStatistics = _unsupported(
         "ModelStatistics", "the server's Prometheus metrics count calls (metrics_port)"
-    )
-    RepositoryModelLoad = _unsupported(
-        "RepositoryModelLoad",
-        "models load from the repository directory (rnnserve.v1 ReloadModels rescans it)",
-    )
-    RepositoryModelUnload = _unsupported(
-        "RepositoryModelUnload", "remove the package from the repository and reload"
     )
     SystemSharedMemoryStatus = _unsupported("SystemSharedMemoryStatus", "no shared memory")
     SystemSharedMemoryRegister = _unsupported("SystemSharedMemoryRegister", "no shared memory")

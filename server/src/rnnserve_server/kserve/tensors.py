@@ -57,7 +57,7 @@ def byte_strings(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
     else:
         values = []
         at = 0
-        while at < len(raw):
+        while at < len(raw) and len(values) <= count:  # one more than the shape says: refused
             if at + 4 > len(raw):
                 raise InvalidArgument(
                     f"inference input '{tensor.name}': {len(raw) - at} bytes left where a "

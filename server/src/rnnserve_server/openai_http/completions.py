@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
+import anyio
+
 from rnnserve_server.engine import Engine
 from rnnserve_server.errors import NotFound, ServiceError
 from rnnserve_server.generating import GenerateOptions
@@ -20,10 +22,11 @@ from rnnserve_server.generation import GenerateEvent
 from rnnserve_server.inputs import NO_INPUT, TokenInput, encode_input
 from rnnserve_server.openai_http.schema import ApiError, CompletionRequest, from_service_error
 from rnnserve_server.repository import Model, Repository
-from rnnserve_server.sessions import Session
+from rnnserve_server.session import Session
 
 # Models that continue text from their own start (not from a source or a condition).
 LANGUAGE_MODEL_STARTS = ("zeros", "after_token")
+OPENAI_MAX_TOKENS = 16  # OpenAI's default max_tokens for completions
 FINISH = {"length": "length", "end_token": "stop", "stop_string": "stop", "stop_token": "stop"}
 
 
@@ -131,6 +134,7 @@ class Completion:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self._events, self._first = events, first
+        self._closed = False
         self._withheld = StopWithholder(stops)
 
     @classmethod
@@ -141,7 +145,10 @@ class Completion:
             raise ApiError(400, f"{name}: rnnserve supports only {allowed}", param=name)
         model = language_model(engine.repository, body.model)
         config = engine.config
-        max_tokens = body.max_tokens or 16
+        # unset: the model's config.toml default, else OpenAI's
+        max_tokens = body.max_tokens or int(
+            model.config.sampling.get("max_tokens", OPENAI_MAX_TOKENS)
+        )
         if max_tokens > config.max_generate_tokens:
             raise ApiError(
                 400,
@@ -151,18 +158,12 @@ class Completion:
             )
         prompt = prompt_input(body.prompt)
         ids = None
-        if prompt.given:
+        if prompt.given:  # its text measured before it is tokenized, its ids counted
             try:
-                ids = encode_input(model, prompt, field="prompt", limit=1 << 62).tolist()
+                limits = engine.core.input_limits
+                ids = encode_input(model, prompt, field="prompt", limits=limits).tolist()
             except ServiceError as exc:
                 raise from_service_error(exc) from None
-            if len(ids) > config.max_tokens_per_request:
-                raise ApiError(
-                    400,
-                    f"prompt: {len(ids)} tokens; this server takes at most "
-                    f"{config.max_tokens_per_request} per request (max_tokens_per_request)",
-                    param="prompt",
-                )
         session = await cls._session(engine, body, model, owner)
         temporary = not body.session_id and not body.keep_session
         options = GenerateOptions(
@@ -216,25 +217,38 @@ class Completion:
         with contextlib.suppress(ServiceError):
             await engine.sessions.close(session)
 
+    async def close(self) -> None:
+        """End the generation (the session keeps the tokens delivered) and close a
+        temporary session; once, however often it is called (``pieces`` calls it as it
+        ends, and the front after the response, for a stream that never began)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: a stream the client left is cancelled by sse-starlette's anyio task
+        # group, whose cancellation would otherwise strike every await here again.
+        with anyio.CancelScope(shield=True):
+            await self._events.aclose()
+            if self.temporary:
+                await self._close(self.engine, self.session)
+
     async def pieces(self) -> AsyncGenerator[tuple[str, str | None], None]:
         """(text, None) while it generates, then (the rest, finish reason)."""
         try:
-            async with contextlib.aclosing(self._events) as events:
-                event: GenerateEvent | None = self._first
-                while event is not None:
-                    piece = "" if event.token is None else event.token.text
-                    self.completion_tokens += event.token is not None
-                    if event.finish_reason is not None:
-                        rest = self._withheld.finish(piece, event.matched_stop)
-                        yield rest, FINISH[event.finish_reason]
-                        return
-                    text = self._withheld.feed(piece)
-                    if text:
-                        yield text, None
-                    event = await anext(events, None)
+            events = self._events
+            event: GenerateEvent | None = self._first
+            while event is not None:
+                piece = "" if event.token is None else event.token.text
+                self.completion_tokens += event.token is not None
+                if event.finish_reason is not None:
+                    rest = self._withheld.finish(piece, event.matched_stop)
+                    yield rest, FINISH[event.finish_reason]
+                    return
+                text = self._withheld.feed(piece)
+                if text:
+                    yield text, None
+                event = await anext(events, None)
         finally:
-            if self.temporary:
-                await self._close(self.engine, self.session)
+            await self.close()
 
     @property
     def usage(self) -> dict[str, int]:

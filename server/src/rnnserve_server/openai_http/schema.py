@@ -5,13 +5,14 @@ status.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rnnserve_server.errors import ServiceError
+from rnnserve_server.errors import NEVER, ServiceError
 
 
 class StreamOptions(BaseModel):
@@ -29,7 +30,7 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[int] | list[str] | list[list[int]] = ""
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # None: the model's, else 16
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = Field(default=None, ge=0, lt=1 << 64)
@@ -73,13 +74,21 @@ class CompletionRequest(BaseModel):
 
 
 class ApiError(Exception):
-    """An error as the OpenAI API answers it: an HTTP status and ``{"error": {...}}``."""
+    """An error as the OpenAI API answers it: an HTTP status, ``{"error": {...}}`` and
+    its headers (``Retry-After``)."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     @property
     def status_name(self) -> str:
@@ -93,7 +102,8 @@ class ApiError(Exception):
 
 
 # The one error mapping, as HTTP: a server limit is 429 (the SDKs retry it, as they do
-# 409 and 503), a bad field 400, an unknown model or session 404.
+# 409 and 503), a bad field 400, an unknown model or session 404. A size limit, which no
+# retry of the same request gets past, is 400 (as OpenAI answers a prompt too long).
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -126,7 +136,17 @@ def from_service_error(exc: ServiceError, *, code: str | None = None) -> ApiErro
     temperature, top_p, stop[0], prompt, max_tokens)."""
     found = _FIELD.match(exc.message)
     param = found.group(0) if found and found.group(0) in CompletionRequest.model_fields else None
-    return ApiError(HTTP_STATUS.get(exc.code, 500), exc.message, param=param, code=code)
+    status = HTTP_STATUS.get(exc.code, 500)
+    wait = getattr(exc, "retry_after_s", None)
+    headers = None
+    if wait == NEVER:
+        status = 400
+    elif wait is not None:  # what the SDKs read: OpenAI's retry-after-ms, then Retry-After
+        headers = {
+            "Retry-After": str(math.ceil(wait)),
+            "retry-after-ms": str(math.ceil(wait * 1000)),
+        }
+    return ApiError(status, exc.message, param=param, code=code, headers=headers)
 
 
 def from_validation_error(exc: ValidationError) -> ApiError:
