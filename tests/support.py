@@ -24,7 +24,7 @@ import numpy as np
 from bench.cluster import MissingProgram, Nginx, RedisServer
 from rnnserve_server.app import RunningServer, create_server
 from rnnserve_server.config import ServerConfig
-from rnnserve_server.modelpackage import MANIFEST_FILE
+from rnnserve_server.manifest import MANIFEST_FILE
 
 T = TypeVar("T")
 P = TypeVar("P", RedisServer, Nginx)

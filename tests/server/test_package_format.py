@@ -11,17 +11,15 @@ import numpy as np
 import pytest
 from support import as_format_1, copy_package, edit_manifest, embed_weights
 
-from rnnserve_server.modelpackage import (
+from rnnserve_server.manifest import (
     CELLS,
     Manifest,
     OutputSpec,
     PackageError,
     StatePart,
     cell_state,
-    load_package,
-    part_bound,
-    state_violation,
 )
+from rnnserve_server.modelpackage import load_package, part_bound, state_violation
 from rnnserve_server.repository import Model
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 

@@ -13,7 +13,8 @@ import pytest
 from support import as_format_1, copy_package, edit_manifest
 
 from rnnserve_server.errors import NotFound, Unavailable
-from rnnserve_server.modelpackage import MANIFEST_FILE, load_package
+from rnnserve_server.manifest import MANIFEST_FILE
+from rnnserve_server.modelpackage import load_package
 from rnnserve_server.repository import Repository
 from rnnserve_server.runtime import ProviderChoice
 from rnnserve_server.trainingmarks import MARK_FILE

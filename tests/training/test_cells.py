@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from rnnserve_server.modelpackage import InitialStateSpec, OutputSpec, load_package
+from rnnserve_server.manifest import InitialStateSpec, OutputSpec
+from rnnserve_server.modelpackage import load_package
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train.config import make_config
 from rnnserve_train.export import Layout, export_model

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnserve_server.errors import InvalidArgument, NotFound, Unavailable, shown
+from rnnserve_server.manifest import NAME_PATTERN, PackageError
 from rnnserve_server.modelconfig import (
     MODEL_CONFIG_FILE,
     ModelConfig,
     ModelConfigError,
     ModelLimits,
 )
-from rnnserve_server.modelpackage import NAME_PATTERN, ModelPackage, PackageError, load_package
+from rnnserve_server.modelpackage import ModelPackage, load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 from rnnserve_server.trainingmarks import TrainingMark, read_mark, read_marks
 

@@ -22,7 +22,8 @@ import onnxruntime as ort
 
 from rnnserve_server.errors import FailedPrecondition
 from rnnserve_server.gengraph import GenerationGraph, Unsupported, verify
-from rnnserve_server.modelpackage import ModelPackage, PackageError
+from rnnserve_server.manifest import PackageError
+from rnnserve_server.modelpackage import ModelPackage
 from rnnserve_server.sharedweights import load_shared_weights
 
 log = logging.getLogger(__name__)

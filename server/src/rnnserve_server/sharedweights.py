@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 from onnx import external_data_helper
 
-from rnnserve_server.modelpackage import ModelPackage, PackageError
+from rnnserve_server.manifest import PackageError
+from rnnserve_server.modelpackage import ModelPackage
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ import numpy as np
 
 from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import InvalidArgument
-from rnnserve_server.modelpackage import NAME_PATTERN, STATE_PART_NAME, Manifest, state_violation
+from rnnserve_server.manifest import NAME_PATTERN, STATE_PART_NAME, Manifest
+from rnnserve_server.modelpackage import state_violation
 from rnnserve_server.runtime import FloatArray
 from rnnserve_server.statekeys import MAC_BYTES, StateKeys
 

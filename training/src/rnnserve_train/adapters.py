@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from rnnserve_server.modelpackage import StatePart, StateSpec
+from rnnserve_server.manifest import StatePart, StateSpec
 from rnnserve_train.model import CELLS, Cell, LSTMCell, RNNLanguageModel, TorchGRUCell
 
 

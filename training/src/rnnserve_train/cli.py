@@ -27,7 +27,6 @@ from rnnserve_train.config import (
     PRESETS,
     ConfigError,
     TrainConfig,
-    field_types,
     make_config,
     parse_overrides,
 )

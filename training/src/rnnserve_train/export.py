@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from rnnserve_server.modelpackage import (
+from rnnserve_server.manifest import (
     InitialStateSpec,
     Manifest,
     OutputSpec,
     TokenizerSpec,
-    load_package,
     standard_graph,
 )
+from rnnserve_server.modelpackage import load_package
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train import graphs, sharing
 from rnnserve_train.baselines import baseline_lines

@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from rnnserve_server.modelpackage import (
+from rnnserve_server.manifest import (
     InitialStateSpec,
     InputSpec,
     Manifest,

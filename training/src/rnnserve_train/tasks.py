@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from rnnserve_server.modelpackage import InitialStateSpec, OutputSpec
+from rnnserve_server.manifest import InitialStateSpec, OutputSpec
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train.config import TrainConfig, model_options
 from rnnserve_train.corpora import Example, ExampleSet, load_dates, load_names

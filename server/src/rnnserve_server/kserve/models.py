@@ -18,8 +18,8 @@ from rnnserve_server.config import ServerConfig
 from rnnserve_server.errors import InvalidArgument, NotFound, ServiceError
 from rnnserve_server.kserve.pb import grpc_service_pb2 as pb
 from rnnserve_server.kserve.pb import model_config_pb2 as mc
+from rnnserve_server.manifest import GRAPH_SIGNATURES
 from rnnserve_server.modelconfig import VersionPolicy
-from rnnserve_server.modelpackage import GRAPH_SIGNATURES
 from rnnserve_server.repository import Model, Repository
 
 PLATFORM = "rnnserve"
