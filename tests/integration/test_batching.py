@@ -212,7 +212,7 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
     away before its run applies nothing."""
     from rnnserve_server.errors import NotFound
     from rnnserve_server.inputs import TokenInput
-    from rnnserve_server.stepping import StepColumns
+    from rnnserve_server.stepresults import StepColumns
 
     tokens = [4 + 5 * i for i in range(8)]
 

@@ -39,11 +39,12 @@ from typing import Any
 import numpy as np
 
 from rnnserve_server import tracing
+from rnnserve_server.batchresults import DescribeRows, TopRows, deliver
 from rnnserve_server.batchwork import PendingStep, RowsAnswer, Run, StepGroup, StepInput
 from rnnserve_server.errors import NotFound
 from rnnserve_server.generation import GenerateEvent, Generation
-from rnnserve_server.runtime import FloatArray, Inputs, IntArray, ModelRuntime
-from rnnserve_server.sampling import Described, SamplingParams, sample_rows
+from rnnserve_server.runtime import FloatArray, Inputs, ModelRuntime
+from rnnserve_server.sampling import Described
 from rnnserve_server.session import Session
 from rnnserve_server.statepool import StatePool
 from rnnserve_server.stats import BatchStats
@@ -52,9 +53,6 @@ log = logging.getLogger(__name__)
 
 # A session whose steps no other session's came between for this long steps alone.
 ALONE_S = 0.005
-
-DescribeRows = Callable[[FloatArray, list[int], list[bool]], list[Described]]
-TopRows = Callable[[FloatArray, int], tuple[IntArray, FloatArray, FloatArray]]
 
 
 class StepBatcher:
@@ -366,9 +364,18 @@ class StepBatcher:
             self._model, len(run.slots), started, served + [j.trace for j in run.jobs]
         )
         try:
-            self._scatter(run, *outputs)
+            answered = deliver(
+                run,
+                *outputs,
+                stats=self.stats,
+                describe_rows=self._describe_rows,
+                top_rows=self._top_rows,
+            )
         except Exception as exc:  # a bug here must not leave callers waiting forever
             self._fail(run.batch, run.groups, run.jobs, exc)
+        else:
+            for job in answered:
+                self._generating.pop(job, None)
 
     def _take(self) -> tuple[list[PendingStep], list[StepGroup], list[Generation]]:
         """Up to max_batch rows, so that nobody waits behind a bulk of work for more
@@ -432,126 +439,3 @@ class StepBatcher:
                     del self._generating[job]
                     self._generating[job] = None
         return jobs, room - len(jobs)
-
-    def _scatter(self, run: Run, logits: FloatArray, new_state: FloatArray) -> None:
-        pool, batch, jobs, slots = run.pool, run.batch, run.jobs, run.slots
-        live: list[int] = []
-        for i, item in enumerate(batch):
-            if item.future.done():  # cancelled during the run: its result is never seen
-                self.stats.dropped += 1
-            elif item.session.closed:
-                self.stats.dropped += 1
-                item.future.set_exception(NotFound(f"session {item.session.id} was closed"))
-            else:
-                live.append(i)
-        offset = len(batch)
-        answered: list[tuple[StepGroup, int, list[int]]] = []  # group, first row, closed rows
-        for group in run.groups:
-            size = len(group.sessions)
-            if group.future.done():
-                self.stats.dropped += size
-            else:
-                closed = [r for r, session in enumerate(group.sessions) if session.closed]
-                if closed:
-                    self.stats.dropped += len(closed)
-                    gone = set(closed)
-                    live += [offset + r for r in range(size) if r not in gone]
-                else:
-                    live += range(offset, offset + size)
-                answered.append((group, offset, closed))
-            offset += size
-        live_jobs: list[tuple[int, Generation]] = []
-        for j, job in enumerate(jobs):
-            waiter = job.waiter
-            if waiter is None or waiter.done():
-                self.stats.dropped += 1
-            elif job.session.closed:
-                self.stats.dropped += 1
-                waiter.set_exception(NotFound(f"session {job.session.id} was closed"))
-            else:
-                live.append(offset + j)
-                live_jobs.append((offset + j, job))
-        if len(live) == len(slots):
-            pool.scatter(slots, new_state)
-        elif live:
-            pool.scatter([slots[i] for i in live], new_state[:, live, :])
-        for group, first, closed in answered:
-            self._answer(group, logits[first : first + len(group.sessions)], closed)
-        described: list[int] = []
-        for i in live:
-            if i >= len(batch):
-                break
-            item = batch[i]
-            item.session.steps += 1
-            if item.k >= 0:
-                described.append(i)
-            else:
-                item.future.set_result(logits[i])
-        if described:
-            assert self._describe_rows is not None
-            try:
-                rows = self._describe_rows(
-                    logits[described] if len(described) < len(logits) else logits,
-                    [batch[i].k for i in described],
-                    [batch[i].full for i in described],
-                )
-            except Exception as exc:  # fails these callers, not the loop
-                log.exception("describing the outputs of a batch failed")
-                for i in described:
-                    batch[i].future.set_exception(exc)
-            else:
-                for i, out in zip(described, rows, strict=True):
-                    batch[i].future.set_result(out)
-        if live_jobs:
-            self._advance_generations(live_jobs, logits)
-
-    def _answer(self, group: StepGroup, logits: FloatArray, closed: list[int]) -> None:
-        """A group's rows have been applied (but the closed ones): its top k, at once."""
-        gone = set(closed)
-        for r, session in enumerate(group.sessions):
-            if not gone or r not in gone:
-                session.steps += 1
-        assert self._top_rows is not None
-        try:
-            ids, probabilities, values = self._top_rows(logits, group.k)
-        except Exception as exc:  # fails this group, not the loop
-            log.exception("describing the outputs of a group of steps failed")
-            group.future.set_exception(exc)
-        else:
-            group.future.set_result(RowsAnswer(ids, probabilities, values, closed))
-
-    def _advance_generations(
-        self, live_jobs: list[tuple[int, Generation]], logits: FloatArray
-    ) -> None:
-        """Each job's token has been fed: record it, sample the next ones together."""
-        # Rows sampled with the same parameters are sampled together.
-        groups: dict[SamplingParams, list[tuple[int, Generation]]] = {}
-        for row, job in live_jobs:
-            job.session.steps += 1
-            if job.fed():
-                groups.setdefault(job.params, []).append((row, job))
-        for params, members in groups.items():
-            try:
-                drawn = sample_rows(
-                    params,
-                    logits[[row for row, _ in members]],
-                    [job.rng for _, job in members],
-                )
-            except Exception as exc:  # e.g. a NaN output: fails these generations only
-                log.exception("sampling failed for %d generations", len(members))
-                for _, job in members:
-                    job.fail(exc)
-                continue
-            for (_, job), (token, probability) in zip(members, drawn, strict=True):
-                job.sampled(token, probability)
-        for _, job in live_jobs:
-            waiter = job.waiter
-            assert waiter is not None
-            if job.finished or job.error is not None or len(job.events) >= job.per_message:
-                self._generating.pop(job, None)
-                if job.events:  # the tokens fed before a failure still reach the caller
-                    events, job.events = job.events, []
-                    waiter.set_result(events)
-                else:
-                    assert job.error is not None
-                    waiter.set_exception(job.error)

@@ -14,7 +14,7 @@ from rnnserve_server.generation import GeneratedToken, GenerateEvent
 from rnnserve_server.inputs import DEFAULT_TOP_K, TokenInput, VectorInput
 from rnnserve_server.repository import Model, ReloadResult
 from rnnserve_server.rpc import bounded_details
-from rnnserve_server.stepping import StepColumns, StepManyAnswer, StepOutput
+from rnnserve_server.stepresults import StepColumns, StepManyAnswer, StepOutput
 from rnnserve_server.trainingmarks import TrainingMark
 
 SHAPES = {

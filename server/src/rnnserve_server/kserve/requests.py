@@ -36,7 +36,7 @@ from rnnserve_server.kserve.sequences import SequenceId
 from rnnserve_server.outputs import names
 from rnnserve_server.repository import Model
 from rnnserve_server.sampling import MAX_TOP_K
-from rnnserve_server.stepping import StepOutput
+from rnnserve_server.stepresults import StepOutput
 
 DEFAULT_TOP_K = 5
 CLASSIFIABLE = (LOGITS, PROBABILITIES)
