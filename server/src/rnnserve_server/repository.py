@@ -309,7 +309,9 @@ class Repository:
         return self.models[(name, pinned or versions[-1])]
 
     def _not_loaded(self, name: str, version: int) -> NotFound:
-        """NOT_FOUND for a model (version 0) or version that is not loaded, naming what is."""
+        """NOT_FOUND for a model (version 0) or version that is not loaded, naming what is;
+        raises UNAVAILABLE instead for a model of which no version is loaded because it is
+        still training or was just written (``_raise_if_training``)."""
         known = sorted(v for n, v in self.models if n == name)
         if not known:
             self._raise_if_training(name)
