@@ -284,7 +284,7 @@ FULL_BUDGET: dict[str, dict[str, Any]] = {
         "dropout": 0.3,
         "lr": 3e-3,
         "min_lr": 1e-4,
-        "max_steps": 4000,
+        "max_steps": 6000,
         "eval_every": 500,
     },
     "name-generator": {

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import importlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +34,7 @@ class Example:
     source: str
     target: str
     key: str
+    split: str = ""  # "": the task splits by a hash of ``key``; else the data set decided it
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,9 @@ def locale_names(locale: str) -> list[str]:
     return sorted(n.strip() for n in names if n.strip())
 
 
-def load_names(*, unambiguous: bool) -> ExampleSet:
-    """(name -> locale) pairs of ``NAME_LOCALES``. With ``unambiguous``, names listed by
-    more than one of the locales are left out (a classifier could not be right on them)."""
+def load_names() -> ExampleSet:
+    """(name -> locale) pairs of ``NAME_LOCALES`` (the generator's data): a name that
+    several of the locales list is kept under each."""
     by_locale = {locale: locale_names(locale) for locale in NAME_LOCALES}
     owners: dict[str, int] = {}
     for names in by_locale.values():
@@ -138,7 +140,6 @@ def load_names(*, unambiguous: bool) -> ExampleSet:
         Example(source=name, target=locale, key=name)
         for locale, names in by_locale.items()
         for name in names
-        if not (unambiguous and owners[name] > 1)
     ]
     # In a fixed pseudo-random order, so the first N (max_documents) mix the locales and
     # the splits (a hash other than the split's own).
@@ -153,11 +154,113 @@ def load_names(*, unambiguous: bool) -> ExampleSet:
         licence=f"{_licence(FAKER_DISTRIBUTION)} (faker's name lists ship with the package)",
         examples=tuple(examples),
         classes=NAME_LOCALES,
+        notes=f"{shared} names appear in more than one locale and are kept under each",
+    )
+
+
+FULL_NAMES_SEED = 20261207  # which pairs are drawn; the training seed does not change it
+# Full names drawn per locale and split (fewer where a locale's lists combine into fewer).
+FULL_NAMES_PER_LOCALE = {"train": 10000, "val": 200, "test": 400}
+
+
+def name_pairs(locale: str) -> list[tuple[list[str], list[str]]]:
+    """(first names, last names) lists of ``locale`` that faker's formats combine, one pair
+    per gender where the provider keeps gendered lists (cs_CZ's ``-ová`` surnames go with
+    female first names only), sorted."""
+    provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+
+    def names(*attributes: str) -> list[str]:
+        found = {n.strip() for a in attributes for n in getattr(provider, a, ()) or ()}
+        return sorted(n for n in found if n)
+
+    common = names("last_names", "unisex_last_names")
+    return [
+        (names("first_names_male"), names("last_names_male", "male_last_names") or common),
+        (names("first_names_female"), names("last_names_female") or common),
+    ]
+
+
+def load_full_names(val_fraction: float, test_fraction: float) -> ExampleSet:
+    """ "First Last" -> locale for ``NAME_LOCALES``, the pairs faker's name formats make
+    (a gender's first names with that gender's surnames), without prefixes or suffixes.
+
+    The split is that of the parts: every first and last name falls in train, val or test
+    by a hash of its text (``split_of``, the fractions given), and a full name is made of
+    two parts of one split, so no test name shares a first or last name with a training
+    one. A full name that two locales could both make is left out. Of each locale's pairs,
+    ``FULL_NAMES_PER_LOCALE`` are drawn per split (all of them where there are fewer) with
+    a fixed seed, so the set is the same on every machine."""
+    from rnnserve_train.data import split_of  # data imports this module
+
+    groups = {locale: name_pairs(locale) for locale in NAME_LOCALES}
+    lookup = [[(set(f), set(last)) for f, last in g] for g in groups.values()]
+
+    def unambiguous(first: str, last: str) -> bool:
+        makers = sum(any(first in fs and last in ls for fs, ls in g) for g in lookup)
+        return makers == 1
+
+    rng = np.random.default_rng(FULL_NAMES_SEED)
+    examples: list[Example] = []
+    for locale, pairs in groups.items():
+        for split, wanted in FULL_NAMES_PER_LOCALE.items():
+            own = [
+                (
+                    [f for f in firsts if split_of(f, val_fraction, test_fraction) == split],
+                    [n for n in lasts if split_of(n, val_fraction, test_fraction) == split],
+                )
+                for firsts, lasts in pairs
+            ]
+            for name in draw_pairs(own, wanted, rng, unambiguous):
+                examples.append(Example(name, locale, name, split=split))
+    examples.sort(key=lambda e: (hashlib.sha256(b"order " + e.key.encode()).digest(), e.target))
+    return ExampleSet(
+        name=_version(FAKER_DISTRIBUTION),
+        origin=(
+            "full names (first and last, as faker's name formats pair them) of faker's "
+            f"person providers for the locales {', '.join(NAME_LOCALES)}"
+        ),
+        licence=f"{_licence(FAKER_DISTRIBUTION)} (faker's name lists ship with the package)",
+        examples=tuple(examples),
+        classes=NAME_LOCALES,
         notes=(
-            f"{shared} names appear in more than one locale"
-            + (" and are left out" if unambiguous else " and are kept under each")
+            "split by first and last name (no part of a test name is in training); full "
+            "names two locales could make are left out; at most "
+            + ", ".join(f"{n} {s}" for s, n in FULL_NAMES_PER_LOCALE.items())
+            + f" per locale, drawn with seed {FULL_NAMES_SEED}"
         ),
     )
+
+
+def draw_pairs(
+    groups: Sequence[tuple[Sequence[str], Sequence[str]]],
+    wanted: int,
+    rng: np.random.Generator,
+    keep: Callable[[str, str], bool],
+) -> list[str]:
+    """Up to ``wanted`` distinct "first last" names of ``groups`` ((firsts, lasts) lists)
+    that ``keep``, uniform over the pairs: every one where the pairs are few, else drawn
+    (a drawn pair that is not kept or already drawn is drawn again, at most 50 times
+    ``wanted`` in all)."""
+    sizes = [len(firsts) * len(lasts) for firsts, lasts in groups]
+    total = sum(sizes)
+    if total <= 4 * wanted:
+        every = sorted(
+            {f"{f} {n}" for firsts, lasts in groups for f in firsts for n in lasts if keep(f, n)}
+        )
+        count = min(wanted, len(every))
+        return [every[i] for i in sorted(rng.choice(len(every), size=count, replace=False))]
+    offsets = np.cumsum([0, *sizes])
+    chosen: dict[str, None] = {}
+    for _ in range(50 * wanted):
+        if len(chosen) == wanted:
+            break
+        index = int(rng.integers(total))
+        group = int(np.searchsorted(offsets, index, side="right")) - 1
+        firsts, lasts = groups[group]
+        first, last = divmod(index - int(offsets[group]), len(lasts))
+        if keep(firsts[first], lasts[last]):
+            chosen.setdefault(f"{firsts[first]} {lasts[last]}")
+    return list(chosen)
 
 
 # ---------------------------------------------------------------------- dates

@@ -34,7 +34,13 @@ from torch.nn import functional
 from rnnserve_server.manifest import InitialStateSpec, OutputSpec
 from rnnserve_server.tokenizer import Tokenizer
 from rnnserve_train.config import TrainConfig, model_options
-from rnnserve_train.corpora import Example, ExampleSet, load_dates, load_names
+from rnnserve_train.corpora import (
+    Example,
+    ExampleSet,
+    load_dates,
+    load_full_names,
+    load_names,
+)
 from rnnserve_train.data import (
     build_tokenizer,
     chunks,
@@ -416,7 +422,10 @@ class ExampleTask(Task):
         examples = data.examples[: config.max_documents] if config.max_documents else data.examples
         parts: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
         for example in examples:
-            parts[split_of(example.key, config.val_fraction, config.test_fraction)].append(example)
+            split = example.split or split_of(
+                example.key, config.val_fraction, config.test_fraction
+            )
+            parts[split].append(example)
         self.data, self.parts = data, parts
         self.classes = data.classes
         self.tokenizer = tokenizer or build_tokenizer(
@@ -482,11 +491,11 @@ class Classifier(ExampleTask):
     shape = "many-to-one"
     main_metric = "accuracy"
     loss_metric = "bits"  # the training objective per name (prefix_loss included)
-    split_key = "the name"
+    split_key = "the first and the last name (a full name's parts share one split)"
 
     @staticmethod
     def load(config: TrainConfig) -> ExampleSet:
-        return load_names(unambiguous=True)
+        return load_full_names(config.val_fraction, config.test_fraction)
 
     def build_model(self) -> RNNLanguageModel:
         c = self.config
@@ -610,7 +619,7 @@ class ConditionalGenerator(ExampleTask):
 
     @staticmethod
     def load(config: TrainConfig) -> ExampleSet:
-        return load_names(unambiguous=False)
+        return load_names()
 
     def build_model(self) -> RNNLanguageModel:
         c = self.config
