@@ -141,20 +141,26 @@ def load_names() -> ExampleSet:
         for locale, names in by_locale.items()
         for name in names
     ]
-    # In a fixed pseudo-random order, so the first N (max_documents) mix the locales and
-    # the splits (a hash other than the split's own).
-    examples.sort(key=lambda e: (hashlib.sha256(b"order " + e.key.encode()).digest(), e.target))
     shared = sum(1 for count in owners.values() if count > 1)
+    return faker_set(
+        "first and last names",
+        examples,
+        notes=f"{shared} names appear in more than one locale and are kept under each",
+    )
+
+
+def faker_set(what: str, examples: list[Example], notes: str) -> ExampleSet:
+    """The names data set of ``examples`` (``what`` of faker's person providers), in a
+    fixed pseudo-random order, so the first N (max_documents) mix the locales and the
+    splits (a hash other than the split's own)."""
+    examples.sort(key=lambda e: (hashlib.sha256(b"order " + e.key.encode()).digest(), e.target))
     return ExampleSet(
         name=_version(FAKER_DISTRIBUTION),
-        origin=(
-            "first and last names of faker's person providers for the locales "
-            f"{', '.join(NAME_LOCALES)}"
-        ),
+        origin=f"{what} of faker's person providers for the locales {', '.join(NAME_LOCALES)}",
         licence=f"{_licence(FAKER_DISTRIBUTION)} (faker's name lists ship with the package)",
         examples=tuple(examples),
         classes=NAME_LOCALES,
-        notes=f"{shared} names appear in more than one locale and are kept under each",
+        notes=notes,
     )
 
 
@@ -199,29 +205,23 @@ def load_full_names(val_fraction: float, test_fraction: float) -> ExampleSet:
         makers = sum(any(first in fs and last in ls for fs, ls in g) for g in lookup)
         return makers == 1
 
+    def by_split(names: list[str]) -> dict[str, list[str]]:
+        parts: dict[str, list[str]] = {split: [] for split in FULL_NAMES_PER_LOCALE}
+        for name in names:
+            parts[split_of(name, val_fraction, test_fraction)].append(name)
+        return parts
+
     rng = np.random.default_rng(FULL_NAMES_SEED)
     examples: list[Example] = []
     for locale, pairs in groups.items():
+        split_pairs = [(by_split(firsts), by_split(lasts)) for firsts, lasts in pairs]
         for split, wanted in FULL_NAMES_PER_LOCALE.items():
-            own = [
-                (
-                    [f for f in firsts if split_of(f, val_fraction, test_fraction) == split],
-                    [n for n in lasts if split_of(n, val_fraction, test_fraction) == split],
-                )
-                for firsts, lasts in pairs
-            ]
+            own = [(firsts[split], lasts[split]) for firsts, lasts in split_pairs]
             for name in draw_pairs(own, wanted, rng, unambiguous):
                 examples.append(Example(name, locale, name, split=split))
-    examples.sort(key=lambda e: (hashlib.sha256(b"order " + e.key.encode()).digest(), e.target))
-    return ExampleSet(
-        name=_version(FAKER_DISTRIBUTION),
-        origin=(
-            "full names (first and last, as faker's name formats pair them) of faker's "
-            f"person providers for the locales {', '.join(NAME_LOCALES)}"
-        ),
-        licence=f"{_licence(FAKER_DISTRIBUTION)} (faker's name lists ship with the package)",
-        examples=tuple(examples),
-        classes=NAME_LOCALES,
+    return faker_set(
+        "full names (first and last, as faker's name formats pair them)",
+        examples,
         notes=(
             "split by first and last name (no part of a test name is in training); full "
             "names two locales could make are left out; at most "
