@@ -53,5 +53,9 @@ def start(device: str) -> Ranks:
 
 
 def stop(ranks: Ranks) -> None:
+    """Leave the process group together: the other ranks wait at a barrier while rank 0
+    evaluates and exports. A rank that tore its group down alone while rank 0 was still
+    working ended in gloo's ``terminate called without an active exception`` (SIGABRT)."""
     if ranks.world > 1 and distributed.is_initialized():
+        distributed.barrier()
         distributed.destroy_process_group()
