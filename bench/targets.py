@@ -222,7 +222,8 @@ def idle_memory(records: Sequence[Record]) -> Verdict:
             value,
             (
                 f"{ours.bytes_per_session:,.0f} B/session vs {ours.state_bytes_per_session} B "
-                f"of state = {value:.2f}× (measured at {ours.sessions:,} sessions, linear to 1M)"
+                f"of state = {value:.2f}× (at 1M, from the marginal cost measured up to "
+                f"{ours.sessions:,} sessions)"
             ),
         )
     return _ratio_verdict(

@@ -46,3 +46,31 @@ def test_a_shrink_waits_for_pinned_slots_and_keeps_room() -> None:
     moves = pool.shrink()
     assert pool.capacity == 256  # twice the slots in use, a power of two
     assert set(moves) == set(slots[440:]) - set(range(256))
+
+
+def test_random_allocations_releases_and_shrinks_keep_every_state_with_its_owner() -> None:
+    """A session's slot is never handed to another while it holds it, through growth
+    (slots never used are handed out only when none released is free) and shrinks."""
+    rng = np.random.default_rng(16)
+    pool = StatePool(1, 2)
+    owners: dict[int, float] = {}  # slot -> the value its owner wrote
+    for step in range(6000):
+        if owners and rng.random() < (0.3 if step < 3000 else 0.7):
+            slot = list(owners)[rng.integers(len(owners))]
+            pool.release(slot)
+            del owners[slot]
+        else:
+            value = float(step)
+            slot = pool.allocate(np.full((1, 2), value, np.float32))
+            assert slot not in owners and 0 <= slot < pool.capacity
+            owners[slot] = value
+        if pool.shrinkable and rng.random() < 0.05:
+            moves = pool.shrink()
+            owners = {moves.get(slot, slot): value for slot, value in owners.items()}
+        assert pool.in_use == len(owners)
+        if step % 100 == 0 or step == 5999:
+            slots = list(owners)
+            assert (pool.gather(slots)[0, :, 0] == [owners[s] for s in slots]).all()
+    released = max(owners)
+    pool.release(released)
+    assert pool.allocate(np.zeros((1, 2), np.float32)) == released  # a released one first

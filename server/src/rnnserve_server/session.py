@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,15 +45,19 @@ class Session:
     model: Model
     slot: int
     idle_timeout_s: float
-    owner: str = ""
+    owner: str = ""  # interned: one string shared by all of a caller's sessions
     steps: int = 0
-    created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
     revision: int = 0  # of the shared record this slot holds (shared store only)
     last: LastCall | None = None
     _lock: asyncio.Lock | None = None
     _rng: np.random.Generator | None = None
+
+    def __post_init__(self) -> None:
+        # Each call builds its caller's name anew (rpc.caller_of): without interning,
+        # every idle session kept a copy of it (58 bytes each, measured with tracemalloc).
+        self.owner = sys.intern(self.owner)
 
     @property
     def lock(self) -> asyncio.Lock:
