@@ -44,6 +44,14 @@ class TrainConfig:
     hidden_size: int = key(256, "hidden state size of each layer")
     head: str = key("softmax", "many-to-one only: softmax over the labels, or sigmoid (one each)")
     prefix_loss: float = key(0.0, "many-to-one: weight of the mean loss over every step")
+    part_dropout: float = key(
+        0.0, "many-to-one names: share of training names cut to one part (augment.py)"
+    )
+    part_splice: float = key(
+        0.0,
+        "many-to-one names: chance a training name's part is a prefix of it joined to a "
+        "suffix of another of its locale's parts (augment.py)",
+    )
     embedding_size: int = key(
         0, "0: the first layer gathers rows of W_x; d: tokens read an embedding E[x] of size d"
     )
@@ -471,6 +479,12 @@ def validate(config: TrainConfig) -> None:
         problems.append("tie_embeddings=true needs a vocabulary output, not a classifier's labels")
     if not 0.0 <= config.dropout < 1.0:
         problems.append(f"dropout={config.dropout} must be in [0, 1)")
+    for key in ("part_dropout", "part_splice"):
+        value = getattr(config, key)
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{key}={value} must be in [0, 1]")
+        elif value and (config.shape, config.data) != ("many-to-one", "names"):
+            problems.append(f"{key}={value} is for shape=many-to-one, data=names only")
     if config.min_count < 1 or config.parity_steps < 1:
         problems.append("min_count and parity_steps must be at least 1")
     if config.val_fraction <= 0 or config.test_fraction <= 0:

@@ -33,6 +33,7 @@ from torch.nn import functional
 
 from rnnserve_server.manifest import InitialStateSpec, OutputSpec
 from rnnserve_server.tokenizer import Tokenizer
+from rnnserve_train.augment import PartAugmenter
 from rnnserve_train.config import TrainConfig, model_options
 from rnnserve_train.corpora import (
     Example,
@@ -459,13 +460,18 @@ class ExampleTask(Task):
         raise NotImplementedError
 
     def batches(self, seed: int) -> Iterator[Batch]:
+        for examples in self.example_batches(seed):
+            yield self.collate(examples)
+
+    def example_batches(self, seed: int) -> Iterator[list[Example]]:
+        """Endless batches of training examples, each epoch in a fresh seeded order."""
         train = self.parts["train"]
         generator = torch.Generator().manual_seed(seed)
         size = min(self.config.batch_size, len(train))
         while True:
             order = torch.randperm(len(train), generator=generator).tolist()
             for start in range(0, len(order) - size + 1, size):
-                yield self.collate([train[i] for i in order[start : start + size]])
+                yield [train[i] for i in order[start : start + size]]
 
     def eval_batches(self, split: str) -> Iterator[tuple[list[Example], Batch]]:
         examples = self.parts[split]
@@ -517,6 +523,17 @@ class Classifier(ExampleTask):
         inputs, lengths = pad_sequences([[bos, *self.encode(e.source)] for e in examples], pad)
         labels = torch.tensor([self.classes.index(e.target) for e in examples])
         return {"inputs": inputs, "lengths": lengths, "labels": labels}
+
+    def batches(self, seed: int) -> Iterator[Batch]:
+        """Training names, varied by part dropout and part splice where the config asks
+        (augment.py); the plain names otherwise."""
+        c = self.config
+        if not (c.part_dropout or c.part_splice):
+            yield from super().batches(seed)
+            return
+        augment = PartAugmenter(self.parts["train"], c.part_dropout, c.part_splice, seed)
+        for examples in self.example_batches(seed):
+            yield self.collate([augment(e) for e in examples])
 
     def loss(self, model: RNNLanguageModel, batch: Batch, state: Tensor | None) -> Loss:
         return classifier_loss(model, batch, self.config.head, self.config.prefix_loss)
