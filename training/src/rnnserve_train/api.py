@@ -52,7 +52,8 @@ def train_and_export(config: TrainConfig) -> Path | None:
         return None
     # Marked in the repository while it trains, so a server there calls it unavailable
     # (still training), not unknown.
-    with MarkKeeper(Path(config.out) / config.name, config.name, config.max_steps) as mark:
+    steps = config.max_steps * config.ensemble  # an ensemble's members, one after another
+    with MarkKeeper(Path(config.out) / config.name, config.name, steps) as mark:
         if vectors:
             return vowels.train_and_package(config, mark.update)
         result = train(config, mark.update)

@@ -57,6 +57,11 @@ class TrainConfig:
     )
     tie_embeddings: bool = key(False, "W_ya = E (needs embedding_size = hidden_size)")
     dropout: float = key(0.0, "dropout of the embedding and every layer's output, in training")
+    ensemble: int = key(
+        1,
+        "members trained with seeds seed, seed+1, ... and served merged as one network of "
+        "their units side by side, the mean of their logits (ensemble.py, merge.py)",
+    )
     # --- vocabulary, built from the training split only
     tokenizer: str = key("char", "char (one token per character) or word")
     vocab_size: int = key(0, "most tokens in the vocabulary, specials included; 0: no cap")
@@ -479,6 +484,18 @@ def validate(config: TrainConfig) -> None:
         problems.append("tie_embeddings=true needs a vocabulary output, not a classifier's labels")
     if not 0.0 <= config.dropout < 1.0:
         problems.append(f"dropout={config.dropout} must be in [0, 1)")
+    if config.ensemble < 1:
+        problems.append(f"ensemble={config.ensemble} must be at least 1")
+    elif config.ensemble > 1 and (
+        config.tie_embeddings
+        or config.shape in ("one-to-many", "seq2seq")
+        or config.data == "japanese-vowels"
+    ):
+        problems.append(
+            f"ensemble={config.ensemble}: members are merged for token models without tied "
+            "embeddings, an encoder or initial-state conditions (not for one-to-many, "
+            "seq2seq or japanese-vowels)"
+        )
     for key in ("part_dropout", "part_splice"):
         value = getattr(config, key)
         if not 0.0 <= value <= 1.0:

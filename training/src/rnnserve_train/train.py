@@ -85,6 +85,10 @@ def train(config: TrainConfig, report: ProgressReport | None = None) -> TrainRes
     """Train (or, with ``resume``, continue the checkpoint in the run directory);
     ``report`` hears of the progress (on the main rank)."""
     validate(config)
+    if config.ensemble > 1:
+        from rnnserve_train.ensemble import train_ensemble  # it calls train() per member
+
+        return train_ensemble(config, report or (lambda step, phase: None))
     ranks = distributed.start(config.device)
     try:
         return _train(config, ranks, report or (lambda step, phase: None))
