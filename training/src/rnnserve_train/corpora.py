@@ -223,8 +223,8 @@ def load_full_names(val_fraction: float, test_fraction: float) -> ExampleSet:
         "full names (first and last, as faker's name formats pair them)",
         examples,
         notes=(
-            "split by first and last name (no part of a test name is in training); full "
-            "names two locales could make are left out; at most "
+            "no part of a test name is in training; full names two locales could make "
+            "are left out; at most "
             + ", ".join(f"{n} {s}" for s, n in FULL_NAMES_PER_LOCALE.items())
             + f" per locale, drawn with seed {FULL_NAMES_SEED}"
         ),
