@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from rnnserve_server.modelpackage import load_package
 from rnnserve_server.runtime import ModelRuntime, ProviderChoice
 from rnnserve_train.api import train_and_export
 from rnnserve_train.checkpoint import load_checkpoint
-from rnnserve_train.config import make_config
+from rnnserve_train.config import ConfigError, make_config, validate
 from rnnserve_train.tasks import make_task
 
 
@@ -85,3 +86,11 @@ def test_an_ensemble_of_two_is_served_as_the_mean_of_its_members(tmp_path: Path)
             axis=0,
         )
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_an_ensemble_is_refused_where_members_cannot_be_merged() -> None:
+    with pytest.raises(ConfigError, match="ensemble=0 must be at least 1"):
+        validate(make_config("name-language", {"ensemble": 0}))
+    with pytest.raises(ConfigError, match="ensemble=2: members are merged for token models"):
+        validate(make_config("dates", {"ensemble": 2}))
+    validate(make_config("char-gru", {"ensemble": 2}))  # a language model merges

@@ -44,7 +44,7 @@ ZOO: dict[str, tuple[str, dict[str, int]]] = {
     "word-gru": ("many-to-many, T_x = T_y", {"quick": 250, "full": 2400}),
     "dates": ("seq2seq (many-to-many, T_x ≠ T_y)", {"quick": 125, "full": 330}),
     "one-step": ("one-to-one", {"quick": 85, "full": 950}),
-    "name-language": ("many-to-one", {"quick": 55, "full": 200}),
+    "name-language": ("many-to-one", {"quick": 55, "full": 1300}),
     "name-generator": ("one-to-many", {"quick": 45, "full": 150}),
     "vowels": ("many-to-one over float vectors", {"quick": 40, "full": 120}),
 }
