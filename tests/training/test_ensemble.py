@@ -40,6 +40,11 @@ def test_an_ensemble_of_two_is_served_as_the_mean_of_its_members(tmp_path: Path)
     manifest = package.manifest
     assert manifest.hidden_size == 32 and manifest.cell == "gru"
     assert manifest.training["ensemble"]["seeds"] == [config.seed, config.seed + 1]
+    card = (path / "MODEL_CARD.md").read_text()
+    assert (
+        "- an ensemble of 2 networks of 16 units (embedding 8), trained apart with seeds " in card
+    )
+    assert "- the members alone, test_accuracy: " in card
     members_dir = tmp_path / "runs" / "name-language" / "members"
     members = [load_checkpoint(members_dir / f"member-{k}" / "checkpoint.pt") for k in (1, 2)]
     assert [m.config.seed for m in members] == [config.seed, config.seed + 1]

@@ -188,7 +188,10 @@ def write_model_card(
         )
         + f", AdamW lr {config.lr:g} → {config.min_lr:g} (cosine), clip {config.grad_clip:g}, "
         + (f"dropout {config.dropout:g}, " if config.dropout else "")
+        + (f"part dropout {config.part_dropout:g}, " if config.part_dropout else "")
+        + (f"part splice {config.part_splice:g}, " if config.part_splice else "")
         + f"seed {config.seed}",
+        *ensemble_lines(training.get("ensemble")),
         f"- {training.get('seconds')} s on {training.get('machine')} "
         f"(torch {training.get('torch')}, {training.get('processes', 1)} process(es))",
         "",
@@ -311,6 +314,24 @@ def export_model(
         )
     log.info("exported %s (parity max abs diff %s)", staged.final, parity.max_abs_diff)
     return staged.final
+
+
+def ensemble_lines(ensemble: Mapping[str, Any] | None) -> list[str]:
+    """The card's lines on a merged ensemble (ensemble.py), none for a single network."""
+    if not ensemble:
+        return []
+    figures = {k: v for k, v in ensemble.items() if k.startswith("member_test_")}
+    return [
+        f"- an ensemble of {ensemble['members']} networks of "
+        f"{ensemble['member_hidden_size']} units (embedding {ensemble['member_embedding_size']}"
+        f"), trained apart with seeds {', '.join(map(str, ensemble['seeds']))}, each with the "
+        f"steps above, merged into this one: {ensemble['merged']}",
+        *(
+            f"- the members alone, {k.removeprefix('member_')}: "
+            + ", ".join(f"{v:.4f}" for v in values)
+            for k, values in figures.items()
+        ),
+    ]
 
 
 def tokenizer_spec(tokenizer: Tokenizer) -> TokenizerSpec:
