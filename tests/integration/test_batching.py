@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import numpy as np
 import pytest
@@ -270,3 +271,51 @@ def test_step_many_groups_share_runs_with_single_steps_and_drop_what_nobody_sees
         np.testing.assert_allclose(got.top.probabilities, expected.top.probabilities, atol=2e-6)
     for got, expected in zip(result["singles"], result["solo"], strict=False):  # type: ignore[call-overload]
         assert got.top.ids == expected.top.ids
+
+
+def test_step_many_cancelled_between_its_chunks_releases_every_session_once(
+    server: ServerThread, model_name: str
+) -> None:
+    """A StepMany group of more rows than one chunk (SLICE_ROWS) whose caller goes away
+    while the chunks are in flight: every session's lock is released exactly once (none
+    released twice, none left held), no task's error is left unretrieved, and every
+    session steps again afterwards."""
+    from rnnserve_server.inputs import TokenInput
+    from rnnserve_server.stepping import SLICE_ROWS
+    from rnnserve_server.stepresults import StepColumns
+
+    count = SLICE_ROWS + 40
+
+    async def scenario() -> dict[str, object]:
+        engine = server.running.engine  # type: ignore[union-attr]
+        model = engine.repository.get(model_name)
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, object]] = []
+        before = loop.get_exception_handler()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        try:
+            sessions = [await engine.sessions.create(model) for _ in range(count)]
+            outcomes = []
+            for turns in range(4):  # cancelled after 0-3 turns of the loop
+                many = asyncio.ensure_future(
+                    engine.steps.many(StepColumns([s.id for s in sessions], [5] * count, k=3))
+                )
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                many.cancel()
+                outcomes.append((await asyncio.gather(many, return_exceptions=True))[0])
+                await asyncio.sleep(0.05)  # the chunks still in flight end
+                gc.collect()  # an unretrieved task error is reported as its task is freed
+            busy = sum(s.busy for s in sessions)
+            after = [
+                await engine.steps.step(s, TokenInput(ids=[7]), k=3, full=False)
+                for s in sessions[:: SLICE_ROWS // 4]
+            ]
+        finally:
+            loop.set_exception_handler(before)
+        return {"errors": errors, "busy": busy, "after": after, "outcomes": outcomes}
+
+    result = server.call(scenario())
+    assert result["errors"] == []
+    assert result["busy"] == 0
+    assert all(out.steps >= 1 for out in result["after"])  # type: ignore[attr-defined]

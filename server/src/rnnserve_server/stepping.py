@@ -250,10 +250,16 @@ class Stepping:
             answer.blocks += await _every(later)
             await _every(tasks)
         finally:
-            for session in held.values():
-                session.lock.release()
+            # The chunks still in flight (the call failed or was cancelled) end first:
+            # each releases its own sessions as it ends, so releasing the rest before
+            # they had would release a lock twice, or one another call had taken since.
             for task in tasks:
                 task.cancel()
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)  # none unretrieved
+            finally:
+                for session in held.values():
+                    session.lock.release()
         return answer
 
     def _check_message_size(self, message: StepColumns, vector_steps: int) -> None:
