@@ -211,12 +211,14 @@ def test_step_many_pays_step_by_step(metered: ServerThread, model_name: str) -> 
 def test_a_generation_takes_its_max_tokens_up_front(metered: ServerThread, model_name: str) -> None:
     with caller(metered, "dave") as dave, dave.create_session(model_name) as session:
         session.step(tokens=[5] * 10)
-        session.step(tokens=[5] * 5)  # 15 of 30 left
+        session.step(tokens=[5] * 10)
+        session.step(tokens=[5] * 9)  # 1 of 30 left: 20 more need ~1 s of refill at RATE
         with pytest.raises(ResourceExhausted, match=r"tokens = 20 exceeds"):
             list(session.generate(max_tokens=20))  # would it stop early? it is not asked
-        assert session.step(tokens=[5]).steps == 16  # the refusal took nothing
+        time.sleep(0.5)  # ~10 tokens back; had the refusal taken 20, none would be left
+        assert session.step(tokens=[5]).steps == 30  # the refusal took nothing
         chunks = list(session.generate(max_tokens=5))
-        assert chunks[-1].steps <= 16 + 5
+        assert chunks[-1].steps <= 30 + 5
 
 
 def test_a_caller_has_so_many_calls_in_flight(metered: ServerThread, model_name: str) -> None:
