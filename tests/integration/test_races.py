@@ -27,7 +27,9 @@ async def churn(address: str, model: str, seed: int) -> dict[str, np.ndarray]:
     async with AsyncClient(address, timeout=30) as client:
 
         async def survivor(index: int) -> None:
-            session = await client.create_session(model)
+            # Its own long timeout: on a busy machine a gap between two of its steps
+            # passed the server's 1 s default and the survivor expired with the victims.
+            session = await client.create_session(model, idle_timeout_s=60)
             rows = []
             for char in TEXT:
                 result = await session.step(text=char, return_distribution=True)
