@@ -97,7 +97,7 @@ models: $(STAMP) ## Train every demo-zoo model the repository lacks, quick budge
 	$(BIN)/rnnserve-train zoo --out=$(MODELS)
 
 .PHONY: models-full
-models-full: $(STAMP) ## Add a full-budget version of every zoo model (about an hour on 2 cores; docs/models.md)
+models-full: $(STAMP) ## Add a full-budget version of every zoo model (about 80 minutes on 2 cores; docs/models.md)
 	$(BIN)/rnnserve-train zoo --budget=full --out=$(MODELS)
 
 .PHONY: run

@@ -6,7 +6,7 @@ zoo takes about as long as its longest half. Each run's log goes to
 ``<runs>/<name>.log``.
 
 Two budgets: ``quick`` (the default, minutes: ``make models``, CI) and ``full`` (the
-preset's ``FULL_BUDGET``, about an hour on 2 cores, every model beating its baseline).
+preset's ``FULL_BUDGET``, about 80 minutes on 2 cores, every model beating its baseline).
 A model counts as present when a version of it was trained with that budget, so
 ``--budget=full`` adds a full-budget version beside a quick one, and the server, which
 serves the highest version by default, serves it.
