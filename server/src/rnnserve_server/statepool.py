@@ -92,8 +92,8 @@ class StatePool:
         size = max(MIN_CAPACITY, 1 << (2 * self.in_use - 1).bit_length())
         free = set(self._free)
         used = [slot for slot in range(self._fresh) if slot not in free]
-        lower_free = [slot for slot in range(min(size, self._fresh) - 1, -1, -1) if slot in free]
-        lower_free[:0] = range(size - 1, self._fresh - 1, -1)  # never used, taken last
+        # Released or never used, highest first: pop() takes the lowest.
+        lower_free = [s for s in range(size - 1, -1, -1) if s in free or s >= self._fresh]
         moves = {slot: lower_free.pop() for slot in used if slot >= size}
         if moves:
             self.states[:, list(moves.values()), :] = self.states[:, list(moves), :]
